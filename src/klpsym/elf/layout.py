@@ -1,0 +1,107 @@
+"""ELF64 byte layouts as numpy dtypes, built per file from its byte order.
+
+Each layout is declared once and serves both directions: ``np.frombuffer``
+reads it, ``ndarray.tobytes`` writes it.  Nothing here is global state: a
+:class:`Layout` is made for one file's class and byte order (and cached, since
+it is immutable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from klpsym.elf.constants import ElfClass, ElfData
+
+_EHDR64 = [
+    ("e_ident", "V16"),
+    ("e_type", "u2"),
+    ("e_machine", "u2"),
+    ("e_version", "u4"),
+    ("e_entry", "u8"),
+    ("e_phoff", "u8"),
+    ("e_shoff", "u8"),
+    ("e_flags", "u4"),
+    ("e_ehsize", "u2"),
+    ("e_phentsize", "u2"),
+    ("e_phnum", "u2"),
+    ("e_shentsize", "u2"),
+    ("e_shnum", "u2"),
+    ("e_shstrndx", "u2"),
+]
+_SHDR64 = [
+    ("sh_name", "u4"),
+    ("sh_type", "u4"),
+    ("sh_flags", "u8"),
+    ("sh_addr", "u8"),
+    ("sh_offset", "u8"),
+    ("sh_size", "u8"),
+    ("sh_link", "u4"),
+    ("sh_info", "u4"),
+    ("sh_addralign", "u8"),
+    ("sh_entsize", "u8"),
+]
+_SYM64 = [
+    ("st_name", "u4"),
+    ("st_info", "u1"),
+    ("st_other", "u1"),
+    ("st_shndx", "u2"),
+    ("st_value", "u8"),
+    ("st_size", "u8"),
+]
+_RELA64 = [("r_offset", "u8"), ("r_info", "u8"), ("r_addend", "i8")]
+_REL64 = [("r_offset", "u8"), ("r_info", "u8")]
+
+
+def _dtype(fields: list[tuple[str, str]], order: str) -> np.dtype[np.void]:
+    return np.dtype([(name, order + code if code[0] in "ui" else code) for name, code in fields])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The record layouts of one ELF class and byte order."""
+
+    elf_class: ElfClass
+    data: ElfData
+    ehdr: np.dtype[np.void]
+    shdr: np.dtype[np.void]
+    sym: np.dtype[np.void]
+    rela: np.dtype[np.void]
+    rel: np.dtype[np.void]
+    word: np.dtype[np.unsignedinteger]  # Elf64_Word, for SHT_SYMTAB_SHNDX
+
+    @property
+    def byteorder(self) -> str:
+        return "little" if self.data == ElfData.LSB else "big"
+
+    @staticmethod
+    def r_sym(r_info: np.ndarray) -> np.ndarray:
+        """ELF64_R_SYM: the symbol index of relocation entries."""
+        return (r_info >> np.uint64(32)).astype(np.int64)
+
+    @staticmethod
+    def r_type(r_info: np.ndarray) -> np.ndarray:
+        """ELF64_R_TYPE."""
+        return (r_info & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+@lru_cache(maxsize=None)
+def layout_for(elf_class: ElfClass, data: ElfData) -> Layout:
+    """The layouts for a file of this class and byte order.  Only ELF64 is
+    supported: every kernel that has livepatch relocations for plain modules
+    (>= 5.8) on a 64-bit architecture loads ELF64 modules."""
+    if elf_class != ElfClass.ELF64:
+        raise ValueError(f"no layout for {elf_class!r}")
+    order = "<" if data == ElfData.LSB else ">"
+    return Layout(
+        elf_class=elf_class,
+        data=data,
+        ehdr=_dtype(_EHDR64, order),
+        shdr=_dtype(_SHDR64, order),
+        sym=_dtype(_SYM64, order),
+        rela=_dtype(_RELA64, order),
+        rel=_dtype(_REL64, order),
+        word=np.dtype(order + "u4"),
+    )

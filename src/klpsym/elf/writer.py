@@ -1,0 +1,274 @@
+"""Serialise an :class:`~klpsym.elf.file.ElfFile` back to bytes.
+
+The writer assigns section indexes from the order of ``elf.sections``,
+re-encodes symbol section indexes (st_shndx and SHT_SYMTAB_SHNDX, with the
+e_shnum/e_shstrndx escape values when there are SHN_LORESERVE sections or
+more), and lays out the file:
+
+* a section keeps its input offset when nothing before it grew into that
+  place and it is not larger than it was, so a rewrite with no change is
+  byte-identical and a small change leaves the rest of the file in place;
+* any other section is placed after the previous one at its sh_addralign;
+* new sections go after the input's sections, and the section header table
+  goes last when it changed size;
+* bytes between sections are the input's padding where the input had
+  padding, and zero where an input section's old content would show through
+  (a moved relocation must not survive as a stale copy).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from klpsym.elf.constants import ET, SHN, SHT
+from klpsym.elf.file import ElfFile, Section, SymbolTable
+from klpsym.errors import ElfError
+
+
+def _align(value: int, alignment: int) -> int:
+    if alignment <= 1:
+        return value
+    return (value + alignment - 1) // alignment * alignment
+
+
+def write(elf: ElfFile) -> bytes:
+    if elf.elf_type != ET.REL:
+        raise ElfError(f"{elf.name}: only relocatable objects (ET_REL) can be written")
+    secs = elf.sections
+    if not secs or secs[0].uid != 0 or secs[0].type != SHT.NULL:
+        raise ElfError(f"{elf.name}: the first section must be the null section")
+    if not any(s is elf.shstrtab for s in secs):
+        raise ElfError(f"{elf.name}: the section name table was removed")
+
+    symtab = elf._symtab
+    remap, index = _indexes(secs)
+    if symtab is not None and symtab.shndx_section is None:
+        real, new = _new_indexes(symtab, remap)
+        if np.any(real & (new >= SHN.LORESERVE)):
+            _add_shndx_section(elf, symtab)
+            secs = elf.sections
+            remap, index = _indexes(secs)
+
+    if symtab is not None:
+        _encode_symtab(elf, symtab, remap)
+    name_offsets = _section_names(elf)
+
+    return _layout_and_emit(elf, secs, index, name_offsets)
+
+
+# -- symbols -----------------------------------------------------------------
+
+
+def _indexes(secs: list[Section]) -> tuple[np.ndarray, dict[int, int]]:
+    """Section uid -> index in the output, as an array and a dict."""
+    remap = np.full(max(s.uid for s in secs) + 1, -1, dtype=np.int64)
+    for i, s in enumerate(secs):
+        remap[s.uid] = i
+    return remap, {s.uid: i for i, s in enumerate(secs)}
+
+
+def _new_indexes(symtab: SymbolTable, remap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each symbol: whether it is in a real section, and that section's
+    output index (0 for the reserved values)."""
+    ref = symtab.section_ref
+    real = ref >= 0
+    safe = np.where(real, ref, 0)
+    new = np.where(safe < len(remap), remap[np.minimum(safe, len(remap) - 1)], -1)
+    lost = np.flatnonzero(real & (new < 0))
+    if len(lost):
+        raise ElfError(f"symbol {symtab.name(int(lost[0]))!r} is defined in a section that was removed")
+    return real, np.where(real, new, 0)
+
+
+def _add_shndx_section(elf: ElfFile, symtab: SymbolTable) -> None:
+    sec = elf.new_section(
+        ".symtab_shndx", SHT.SYMTAB_SHNDX, addralign=4, entsize=4, link=symtab.section
+    )
+    sec.table = np.zeros(len(symtab), dtype=elf.layout.word)
+    elf.insert_section(sec, after=symtab.section)
+    symtab.shndx_section = sec
+
+
+def _encode_symtab(elf: ElfFile, symtab: SymbolTable, remap: np.ndarray) -> None:
+    ref = symtab.section_ref
+    real, new = _new_indexes(symtab, remap)
+    need_x = real & (new >= SHN.LORESERVE)
+    st = np.where(real, np.where(need_x, int(SHN.XINDEX), new), -ref)
+    xval = np.where(need_x, new, 0)
+    # Keep the input's own encoding wherever the symbol's section did not
+    # change, so an untouched table is written back byte for byte.
+    keep = (ref == symtab._orig_ref) & np.where(real, new == ref, True)
+    st = np.where(keep, symtab._orig_shndx, st)
+    if symtab._orig_xindex is not None:
+        xval = np.where(keep, symtab._orig_xindex, xval)
+    if np.any(need_x) and symtab.shndx_section is None:
+        raise ElfError(f"{elf.name}: symbols need SHT_SYMTAB_SHNDX but there is none")
+    symtab.array["st_shndx"] = st.astype(np.uint16)
+    symtab.section.table = symtab.array
+    if symtab.shndx_section is not None:
+        symtab.shndx_section.table = xval.astype(elf.layout.word)
+    strtab = symtab.section.link
+    if strtab is not None and len(symtab.strings) != len(strtab.data):
+        strtab.data = symtab.strings.data
+        strtab.table = None
+
+
+# -- section names -----------------------------------------------------------
+
+
+def _section_names(elf: ElfFile) -> list[int]:
+    names = elf.shstrings
+    orig = elf._shstr_orig
+    offsets: list[int] = []
+    for i, s in enumerate(elf.sections):
+        if i == 0:
+            offsets.append(int(elf.shdr0["sh_name"]))
+            continue
+        off = s.orig_name_offset
+        if off is not None and off < len(orig):
+            end = orig.find(b"\0", off)
+            if end >= 0 and orig[off:end].decode("utf-8", "surrogateescape") == s.name:
+                offsets.append(off)
+                continue
+        offsets.append(names.find_or_append(s.name))
+    if len(names) != len(orig):
+        elf.shstrtab.data = names.data
+        elf.shstrtab.table = None
+    return offsets
+
+
+# -- layout ------------------------------------------------------------------
+
+
+class _Covered:
+    """The byte ranges the input's headers and sections occupied."""
+
+    def __init__(self, elf: ElfFile) -> None:
+        spans = [(0, elf.layout.ehdr.itemsize)]
+        orig_shnum = int(elf.header["e_shnum"]) or int(elf.shdr0["sh_size"])
+        spans.append((int(elf.header["e_shoff"]), int(elf.header["e_shoff"]) + orig_shnum * elf.layout.shdr.itemsize))
+        for s in elf.sections:
+            if s.orig_offset is not None and s.orig_size:
+                spans.append((s.orig_offset, s.orig_offset + s.orig_size))
+        spans.sort()
+        self.starts = [a for a, _ in spans]
+        self.spans = spans
+
+    def padding(self, raw: memoryview, a: int, b: int) -> bytes:
+        """The input's bytes in [a, b), zeroed where an input section was."""
+        if a >= b:
+            return b""
+        if b > len(raw):
+            return bytes(b - a)
+        chunk = bytearray(raw[a:b])
+        hi = bisect.bisect_left(self.starts, b)
+        for s, e in self.spans[:hi]:
+            if e > a:
+                lo_, hi_ = max(s, a), min(e, b)
+                if lo_ < hi_:
+                    chunk[lo_ - a: hi_ - a] = bytes(hi_ - lo_)
+        return bytes(chunk)
+
+
+_SHDR = object()  # marker for the section header table in the layout sequence
+
+
+def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
+                     name_offsets: list[int]) -> bytes:
+    layout = elf.layout
+    raw = memoryview(elf.raw)
+    n = len(secs)
+    shdr_size = n * layout.shdr.itemsize
+    orig_shoff = int(elf.header["e_shoff"])
+    orig_shnum = int(elf.header["e_shnum"]) or int(elf.shdr0["sh_size"])
+    shdr_in_place = shdr_size <= orig_shnum * layout.shdr.itemsize
+
+    contents: dict[int, bytes | memoryview] = {}
+    originals: list[tuple[int, int, object]] = []
+    new_items: list[object] = []
+    for i, s in enumerate(secs[1:], start=1):
+        if s.type != SHT.NOBITS:
+            contents[s.uid] = s.content()
+        if s.orig_offset is not None:
+            originals.append((s.orig_offset, s.orig_index or 0, s))
+        else:
+            new_items.append(s)
+    if shdr_in_place:
+        originals.append((orig_shoff, n + 1, _SHDR))
+    originals.sort(key=lambda t: (t[0], t[1]))
+    sequence = [item for _, _, item in originals] + new_items
+    if not shdr_in_place:
+        sequence.append(_SHDR)
+
+    covered = _Covered(elf)
+    offsets: dict[int, int] = {}
+    chunks: list[tuple[int, bytes | memoryview]] = []
+    cursor = layout.ehdr.itemsize
+    preserving = True
+    shoff = 0
+    for item in sequence:
+        if item is _SHDR:
+            size, align, orig_off, orig_size = shdr_size, 8, orig_shoff, orig_shnum * layout.shdr.itemsize
+        else:
+            assert isinstance(item, Section)
+            size = 0 if item.type == SHT.NOBITS else len(contents[item.uid])
+            align = max(item.addralign, 1)
+            orig_off = item.orig_offset if item.orig_offset is not None else -1
+            orig_size = item.orig_size or 0
+        if orig_off >= cursor and size <= orig_size:
+            place = orig_off
+        else:
+            place = _align(cursor, align)
+            if place != orig_off:
+                preserving = False
+        if place > cursor and size:
+            pad = covered.padding(raw, cursor, place) if preserving else bytes(place - cursor)
+            chunks.append((cursor, pad))
+        if item is _SHDR:
+            shoff = place
+        else:
+            assert isinstance(item, Section)
+            offsets[item.uid] = place
+            if size:
+                chunks.append((place, contents[item.uid]))
+        if size:
+            cursor = place + size
+    if preserving and len(raw) > cursor:
+        chunks.append((cursor, covered.padding(raw, cursor, len(raw))))
+
+    # headers
+    hdr = elf.header.copy()
+    hdr["e_shoff"] = shoff
+    shstrndx = index[elf.shstrtab.uid]
+    hdr["e_shnum"] = n if n < SHN.LORESERVE else 0
+    hdr["e_shstrndx"] = shstrndx if shstrndx < SHN.LORESERVE else SHN.XINDEX
+    table = np.zeros(n, dtype=layout.shdr)
+    table[0] = elf.shdr0
+    table[0]["sh_size"] = n if n >= SHN.LORESERVE else 0
+    table[0]["sh_link"] = shstrndx if shstrndx >= SHN.LORESERVE else 0
+    for i, s in enumerate(secs[1:], start=1):
+        rec = table[i]
+        rec["sh_name"] = name_offsets[i]
+        rec["sh_type"] = s.type
+        rec["sh_flags"] = s.flags
+        rec["sh_addr"] = s.addr
+        rec["sh_offset"] = offsets[s.uid]
+        rec["sh_size"] = s.size
+        rec["sh_link"] = index[s.link.uid] if s.link is not None else s.link_raw
+        rec["sh_info"] = index[s.info_section.uid] if s.info_section is not None else s.info
+        rec["sh_addralign"] = s.addralign
+        rec["sh_entsize"] = s.entsize
+        if s.link is not None and s.link.uid not in index:
+            raise ElfError(f"{elf.name}: section {s.name} links to a removed section")
+        if s.info_section is not None and s.info_section.uid not in index:
+            raise ElfError(f"{elf.name}: section {s.name} applies to a removed section")
+    chunks.append((0, hdr.tobytes()))
+    chunks.append((shoff, table.tobytes()))
+
+    total = max(off + len(c) for off, c in chunks)
+    out = bytearray(total)
+    for off, c in chunks:
+        out[off: off + len(c)] = c
+    return bytes(out)
