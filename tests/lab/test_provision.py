@@ -1,0 +1,95 @@
+"""Provisioning a real Debian kernel and building a module against it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from klpsym.errors import LabError
+from klpsym.lab.build import BuildError, build_modules
+from klpsym.lab.provision import Kernel, provision
+from klpsym.lab.vmlinux import pvh_entry
+
+pytestmark = pytest.mark.real
+
+HELLO = """\
+#include <linux/module.h>
+extern unsigned long kallsyms_lookup_name(const char *name);
+static int __init hello_init(void)
+{
+	pr_info("hello %lx\\n", kallsyms_lookup_name("jiffies"));
+	return 0;
+}
+static void __exit hello_exit(void) {}
+module_init(hello_init);
+module_exit(hello_exit);
+MODULE_LICENSE("GPL");
+"""
+
+
+def test_provision_is_idempotent(bookworm: Kernel) -> None:
+    start = time.monotonic()
+    again = provision("bookworm", bookworm.home.parent.parent.parent)
+    assert time.monotonic() - start < 2.0
+    assert again == bookworm
+
+
+def test_tree_layout(bookworm: Kernel) -> None:
+    k = bookworm
+    assert k.suite == "bookworm"
+    assert k.release.endswith("-amd64")
+    assert k.package_version.startswith(k.release.split("-")[0].rsplit(".", 1)[0])
+    for path in (k.vmlinuz, k.vmlinux, k.config, k.system_map):
+        assert path.is_file(), path
+    assert (k.kernel_dir / "Module.symvers").stat().st_size > 100_000
+    assert (k.kernel_dir / ".config").is_file()
+    assert (k.kernel_dir / "include" / "config" / "kernel.release").is_file()
+    assert (k.modules_dir / "modules.dep").is_file()
+    assert any(k.modules_dir.joinpath("kernel").rglob("*.ko"))
+    # No symlink in the tree may point outside it (Debian's are absolute to /usr/src).
+    for link in (
+        k.modules_dir / "build",
+        k.modules_dir / "source",
+        k.kernel_dir / "scripts",
+        k.kernel_dir / "tools",
+    ):
+        assert link.is_symlink() and not str(link.readlink()).startswith("/")
+        assert link.resolve().is_dir()
+        assert link.resolve().is_relative_to(k.root)
+    assert "/usr/src" not in (k.kernel_dir / "Makefile").read_text()
+
+
+def test_vmlinux_is_elf_with_pvh_note(bookworm: Kernel) -> None:
+    with bookworm.vmlinux.open("rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    entry = pvh_entry(bookworm.vmlinux)
+    assert entry is not None and 0 < entry < 1 << 32  # a physical 32-bit entry
+
+
+def test_unknown_suite_is_a_clean_error(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="cannot provision Debian 'no-such-suite'"):
+        provision("no-such-suite", tmp_path)
+
+
+def test_build_module(bookworm: Kernel, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.c").write_text(HELLO)
+    (src / "Kbuild").write_text("obj-m := hello.o\n")
+    kos = build_modules(bookworm, src, tmp_path / "out")
+    assert kos == [tmp_path / "out" / "hello.ko"]
+    assert kos[0].read_bytes()[:4] == b"\x7fELF"
+    assert sorted(p.name for p in src.iterdir()) == ["Kbuild", "hello.c"]  # source stays clean
+    assert f"vermagic={bookworm.release} ".encode() in kos[0].read_bytes()
+
+
+def test_build_error_is_one_line(bookworm: Kernel, tmp_path: Path) -> None:
+    (tmp_path / "bad.c").write_text("int x = ;\n")
+    (tmp_path / "Kbuild").write_text("obj-m := bad.o\n")
+    with pytest.raises(BuildError) as err:
+        build_modules(bookworm, tmp_path)
+    assert "\n" not in str(err.value)
+    assert "bad.c:1" in str(err.value) and "error" in str(err.value)
+    assert "Error" in err.value.log
