@@ -16,3 +16,13 @@ from klpsym.lab.provision import Kernel, provision
 def bookworm() -> Kernel:
     """The current Debian bookworm amd64 kernel, provisioned into the cache."""
     return provision("bookworm")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # tests import the synthetic ELF builder as a plain module
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
