@@ -5,5 +5,16 @@ Used by the tests, the demo and users; nothing here installs anything on the hos
 
 from klpsym.lab.build import BuildError, build_modules
 from klpsym.lab.provision import Kernel, default_cache_dir, provision
+from klpsym.lab.qemu import BootError, BootResult, boot, capture_kallsyms
 
-__all__ = ["BuildError", "Kernel", "build_modules", "default_cache_dir", "provision"]
+__all__ = [
+    "BootError",
+    "BootResult",
+    "BuildError",
+    "Kernel",
+    "boot",
+    "build_modules",
+    "capture_kallsyms",
+    "default_cache_dir",
+    "provision",
+]

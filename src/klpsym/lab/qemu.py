@@ -1,0 +1,336 @@
+"""Boot a provisioned kernel in QEMU (TCG), run a shell script in it, collect the output.
+
+The uncompressed vmlinux is booted through its PVH entry with qboot as the
+firmware: no bzImage decompressor, no option ROM dance, so reaching /init takes
+about a second even without KVM (never used: KVM hangs on the machines this
+runs on).  The guest userland is busybox-static in an initramfs.
+
+Serial ports: ttyS0 is the kernel console (``BootResult.console``); ttyS1 is
+the result channel, switched to raw mode so that bytes pass unchanged
+(``BootResult.output_bytes``): the script's stdout and stderr go there,
+followed by an exit marker carrying a per-boot nonce, from which the exit
+status is read.
+
+The initrd is a cached base archive (busybox, a few directories and device
+nodes) with a small archive appended per boot: /init, the script and the
+caller's files under /lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from klpsym.errors import LabError
+from klpsym.lab.cpio import CpioWriter
+from klpsym.lab.provision import Kernel
+
+QEMU = "qemu-system-x86_64"
+BOOT_TIMEOUT = 180.0
+DEFAULT_MEMORY_MB = 512
+# quiet: the console only carries warnings and worse, which keeps the serial
+# port (slow under TCG) out of the boot's critical path.  cryptomgr.notests
+# skips the crypto self-tests; panic=-1 + QEMU's -no-reboot turn a panic into
+# an immediate exit instead of a hang.
+BASE_CMDLINE = ("console=ttyS0", "quiet", "cryptomgr.notests", "panic=-1")
+_BASE_FORMAT = 1  # bump when the base archive's content changes
+_FIRMWARE_DIRS = (
+    Path("/usr/share/qemu"),
+    Path("/usr/share/seabios"),
+    Path("/usr/local/share/qemu"),
+)
+
+INIT = """#!/bin/sh
+export PATH=/sbin:/bin HOME=/root
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+stty -F /dev/ttyS1 raw -echo
+cd /lab
+/bin/sh /lab/.script </dev/null >/dev/ttyS1 2>&1
+rc=$?
+printf '\\nklpsym-lab-exit %s %d\\n' @NONCE@ "$rc" >/dev/ttyS1
+poweroff -f
+"""
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """What one boot produced."""
+
+    console: str  # everything on ttyS0 (kernel log)
+    output: str  # what the script wrote to the result channel (ttyS1), decoded
+    seconds: float  # wall time of the QEMU run
+    exit_status: int = 0  # the script's exit status
+    output_bytes: bytes = b""  # ``output`` as raw bytes (binary-safe)
+
+
+class BootError(LabError):
+    """A boot did not run the script to its end; ``console`` holds the kernel log."""
+
+    def __init__(self, message: str, console: str) -> None:
+        super().__init__(message)
+        self.console = console
+
+    def console_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.console.splitlines()[-lines:])
+
+
+def _cache_dir(kernel: Kernel) -> Path:
+    # home = <cache>/kernels/<suite>/<release>_<version>
+    return kernel.home.parent.parent.parent
+
+
+def _is_static(path: Path) -> bool:
+    """True for an ELF executable without a program interpreter (PT_INTERP)."""
+    import struct
+
+    with path.open("rb") as f:
+        ehdr = f.read(64)
+        if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
+            return False
+        (phoff,) = struct.unpack_from("<Q", ehdr, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
+        f.seek(phoff)
+        phdrs = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", phdrs, i * phentsize)[0] != 3 for i in range(phnum))
+
+
+def _busybox() -> Path:
+    found = shutil.which("busybox")
+    for cand in (found, "/bin/busybox", "/usr/bin/busybox"):
+        if cand and Path(cand).is_file() and _is_static(Path(cand)):
+            return Path(cand)
+    raise LabError("no statically linked busybox found; apt-get install busybox-static")
+
+
+def _qemu() -> str:
+    found = shutil.which(QEMU)
+    if found is None:
+        raise LabError(
+            f"{QEMU} not found; run scripts/bootstrap or apt-get install qemu-system-x86"
+        )
+    return found
+
+
+def _qboot() -> Path | None:
+    for d in _FIRMWARE_DIRS:
+        if (d / "qboot.rom").is_file():
+            return d / "qboot.rom"
+    return None
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def base_initramfs(cache_dir: Path) -> Path:
+    """The cached base archive: busybox-static, the directory skeleton, console nodes."""
+    busybox = _busybox()
+    blob = busybox.read_bytes()
+    key = hashlib.sha256(blob + b"%d" % _BASE_FORMAT).hexdigest()[:16]
+    path = cache_dir / "initramfs" / f"base-{key}.cpio"
+    if path.is_file():
+        return path
+    w = CpioWriter()
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "lab", "run", "mnt"):
+        w.mkdir(d)
+    w.file("bin/busybox", blob, 0o755)
+    w.symlink("bin/sh", "busybox")
+    # /init's stdio before devtmpfs is mounted (init/main.c opens /dev/console).
+    w.chardev("dev/console", 5, 1)
+    w.chardev("dev/null", 1, 3, 0o666)
+    w.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    w.file("etc/group", b"root:x:0:\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.part")
+    tmp.write_bytes(bytes(w))
+    os.replace(tmp, path)
+    return path
+
+
+def _overlay(files: Mapping[str, Path], script: str, nonce: str) -> bytes:
+    w = CpioWriter(first_inode=1 << 20)
+    w.file("init", INIT.replace("@NONCE@", nonce).encode(), 0o755)
+    w.mkdir("lab")
+    w.file("lab/.script", script.encode(), 0o755)
+    for name, src in files.items():
+        src = Path(src)
+        if not src.exists():
+            raise LabError(f"file {src} for the guest does not exist")
+        w.add_path(f"lab/{name}", src)
+    return bytes(w)
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    keep = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " | ".join(keep[-lines:]) if keep else "empty console"
+
+
+def _crash_line(console: str) -> str:
+    """The most telling console line after a failed boot (panic, oops, BUG...)."""
+    for pat in (r"Kernel panic - not syncing.*", r"BUG: .*", r"Oops: .*", r"general protection.*"):
+        m = re.search(pat, console)
+        if m:
+            return m.group(0).strip()
+    return _tail(console)
+
+
+def boot(
+    kernel: Kernel,
+    files: Mapping[str, Path],
+    script: str,
+    timeout: float = BOOT_TIMEOUT,
+    *,
+    cmdline: Sequence[str] = (),
+    memory_mb: int = DEFAULT_MEMORY_MB,
+) -> BootResult:
+    """Boot ``kernel``, run ``script`` with /bin/sh as root in /lab, power off.
+
+    ``files`` are copied to /lab/<name> in the guest (directories recursively).
+    Before the script runs, /proc, /sys and /dev (devtmpfs) are mounted and
+    busybox's applets are on PATH.  The script's stdout and stderr come back
+    as ``BootResult.output``; a nonzero exit status is returned, not raised.
+    Raises BootError (a LabError, console attached) when QEMU is missing or
+    fails, on timeout, or if the guest stops before the script has finished
+    (a kernel panic, say).
+    """
+    qemu = _qemu()
+    base = base_initramfs(_cache_dir(kernel))
+    nonce = secrets.token_hex(8)
+    with tempfile.TemporaryDirectory(prefix="klpsym-boot-") as tmpdir:
+        tmp = Path(tmpdir)
+        initrd, console_log, result = tmp / "initrd.cpio", tmp / "console.log", tmp / "result.bin"
+        with initrd.open("wb") as f:
+            f.write(base.read_bytes())
+            f.write(_overlay(files, script, nonce))
+        cmd = [
+            qemu,
+            "-nodefaults",
+            "-no-user-config",
+            "-display", "none",
+            "-accel", "tcg",
+            "-machine", "pc",
+            "-smp", "1",
+            "-m", str(memory_mb),
+            "-kernel", str(kernel.vmlinux),
+            "-initrd", str(initrd),
+            "-append", " ".join((*BASE_CMDLINE, *cmdline)),
+            "-serial", f"file:{console_log}",
+            "-serial", f"file:{result}",
+            "-no-reboot",
+        ]  # fmt: skip
+        qboot = _qboot()
+        if qboot is not None:
+            cmd[1:1] = ["-bios", str(qboot)]
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            console = _read(console_log)
+            raise BootError(
+                f"booting {kernel.release} timed out after {timeout:g} s;"
+                f" console ends: {_tail(console)}",
+                console,
+            ) from None
+        seconds = time.monotonic() - start
+        console = _read(console_log)
+        raw = result.read_bytes() if result.exists() else b""
+    if proc.returncode != 0:
+        raise BootError(f"{QEMU} exited with {proc.returncode}: {_tail(proc.stderr, 1)}", console)
+    marker = f"\nklpsym-lab-exit {nonce} ".encode()
+    pos = raw.rfind(marker)
+    if pos < 0:
+        raise BootError(
+            f"{kernel.release} stopped before the script finished: {_crash_line(console)}",
+            console,
+        )
+    status_text = raw[pos + len(marker) :].split(b"\n", 1)[0]
+    out = raw[:pos]
+    return BootResult(
+        console=console,
+        output=out.decode(errors="replace"),
+        seconds=seconds,
+        exit_status=int(status_text or b"0"),
+        output_bytes=out,
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace").replace("\r\n", "\n")
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------ kallsyms
+
+_KALLSYMS_LINE = re.compile(rb"^[0-9a-f]{16} [A-Za-z] \S+(\t\[\S+\])?$")
+MIN_KALLSYMS_LINES = 10_000
+
+
+def capture_kallsyms(kernel: Kernel, *, timeout: float = BOOT_TIMEOUT) -> Path:
+    """The guest's /proc/kallsyms, read as root, cached as ``kernel.kallsyms_cache``.
+
+    Boots once (later calls return the cached file).  The text (~4 MB) is
+    gzipped in the guest and sent raw over the result channel (raw tty mode
+    keeps bytes intact; gzip's CRC checks them).  PVH boots skip KASLR, so the
+    addresses are the link-time ones of ``kernel.vmlinux``.
+    """
+    dest = kernel.kallsyms_cache
+    if dest.is_file():
+        return dest
+    with _flock(kernel.home / ".kallsyms.lock"):
+        if dest.is_file():
+            return dest
+        result = boot(kernel, {}, "gzip -c /proc/kallsyms", timeout=timeout)
+        if result.exit_status != 0:
+            raise LabError(
+                f"reading /proc/kallsyms in {kernel.release} failed: {_tail(result.output, 1)}"
+            )
+        try:
+            text = gzip.decompress(result.output_bytes)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LabError(f"kallsyms from {kernel.release} arrived corrupted: {exc}") from None
+        lines = text.splitlines()
+        bad = [ln for ln in lines[:1000] if not _KALLSYMS_LINE.match(ln)]
+        if bad:
+            raise LabError(f"kallsyms from {kernel.release} has a malformed line {bad[0][:80]!r}")
+        if len(lines) < MIN_KALLSYMS_LINES:
+            raise LabError(f"kallsyms from {kernel.release} has only {len(lines)} lines")
+        if not any(ln.endswith(b" _stext") and not ln.startswith(b"0" * 16) for ln in lines):
+            raise LabError(f"kallsyms from {kernel.release} has no _stext address (kptr_restrict?)")
+        tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+        tmp.write_bytes(text)
+        os.replace(tmp, dest)
+    return dest
