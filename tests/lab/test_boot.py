@@ -60,3 +60,12 @@ def test_capture_kallsyms(bookworm: Kernel) -> None:
     text_syms = [line for line in lines if line[17] in "Tt"]
     assert all(not line.startswith("0000000000000000") for line in text_syms)
     assert capture_kallsyms(bookworm) == path  # cached
+
+
+def test_in_tree_modules_with_dependencies(bookworm: Kernel) -> None:
+    # nf_conntrack needs nf_defrag_ipv4/6 and libcrc32c (modules.dep); libcrc32c in
+    # turn needs a crc32c provider (modules.softdep), which the kernel requests itself.
+    result = boot(bookworm, {}, "modprobe nf_conntrack && lsmod", modules=["nf-conntrack"])
+    assert result.exit_status == 0, result.output
+    loaded = {line.split()[0] for line in result.output.splitlines()[1:]}
+    assert {"nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "libcrc32c"} <= loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 
@@ -93,3 +94,36 @@ def test_build_error_is_one_line(bookworm: Kernel, tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
     assert "bad.c:1" in str(err.value) and "error" in str(err.value)
     assert "Error" in err.value.log
+
+
+def test_failed_provision_leaves_nothing_and_retries(
+    bookworm: Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash mid-way leaves no kernel behind; a corrupt cached .deb is fetched again."""
+    # (not "import klpsym.lab.provision as prov": klpsym.lab re-exports the
+    # function provision, which shadows the submodule of the same name)
+    prov = importlib.import_module("klpsym.lab.provision")
+
+    real_debs = bookworm.home.parent.parent.parent / "debs"
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    for deb in real_debs.glob("*.deb"):
+        if "linux-headers" in deb.name and deb.name.endswith("_amd64.deb"):
+            (debs / deb.name).write_bytes(b"truncated")  # must be noticed and re-fetched
+            corrupt = debs / deb.name
+        else:
+            (debs / deb.name).symlink_to(deb)
+
+    def boom(vmlinuz: Path, dest: Path) -> Path:
+        raise LabError("injected failure")
+
+    monkeypatch.setattr(prov, "extract_vmlinux", boom)
+    with pytest.raises(LabError, match="injected failure"):
+        provision("bookworm", tmp_path)
+    assert corrupt.stat().st_size > 100_000  # re-downloaded and verified
+    assert list((tmp_path / "kernels" / "bookworm").iterdir()) == []  # no half tree, no .tmp
+
+    monkeypatch.undo()
+    again = provision("bookworm", tmp_path)
+    assert (again.release, again.package_version) == (bookworm.release, bookworm.package_version)
+    assert again.home.parent == tmp_path.resolve() / "kernels" / "bookworm"

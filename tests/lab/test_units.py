@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,7 @@ def _bzimage(payload: bytes, setup_sects: int = 4) -> bytes:
     ],
     ids=["xz", "gzip", "lzma"],
 )
-def test_decompress_vmlinuz(compress: object) -> None:
-    assert callable(compress)
+def test_decompress_vmlinuz(compress: Callable[[bytes], bytes]) -> None:
     blob = compress(FAKE_ELF)
     assert decompress_vmlinuz(_bzimage(blob)) == FAKE_ELF
     # Without a usable header the magic scan (scripts/extract-vmlinux style) finds it.
@@ -53,7 +53,8 @@ def test_decompress_vmlinuz_rejects_garbage() -> None:
 
 
 def _parse(archive: bytes) -> list[tuple[str, int, bytes]]:
-    out, pos = [], 0
+    out: list[tuple[str, int, bytes]] = []
+    pos = 0
     while True:
         assert archive[pos : pos + 6] == b"070701"
         fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]

@@ -70,7 +70,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         raise LabError("give the guest something to run: --script '...' or --script-file FILE")
     files = dict(_file_arg(spec) for spec in args.file)
     try:
-        result = boot(_kernel(args), files, script, args.timeout, cmdline=args.append)
+        result = boot(
+            _kernel(args), files, script, args.timeout, cmdline=args.append, modules=args.module
+        )
     except BootError as exc:
         if args.console:
             sys.stderr.write(exc.console)
@@ -113,6 +115,10 @@ def parser() -> argparse.ArgumentParser:
     so.add_argument(
         "--file", action="append", default=[], metavar="[NAME=]PATH",
         help="copy PATH to /lab/NAME in the guest (repeatable)",
+    )  # fmt: skip
+    so.add_argument(
+        "--module", action="append", default=[], metavar="NAME",
+        help="in-tree module to make modprobe-able, with its dependencies (repeatable)",
     )  # fmt: skip
     so.add_argument("--script", default=None, help="shell script to run in /lab")
     so.add_argument("--script-file", type=Path, default=None)

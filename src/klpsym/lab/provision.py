@@ -355,6 +355,15 @@ def _check(kernel: Kernel) -> None:
     for path in needed:
         if not path.exists():
             raise LabError(f"provisioned kernel {kernel.release} lacks {path}")
+    # uname -r is UTS_RELEASE; Debian's include/config/kernel.release holds the
+    # upstream version ("6.1.192") instead, so it cannot serve as the check.
+    uts = kernel.kernel_dir / "include" / "generated" / "utsrelease.h"
+    try:
+        uts_text = uts.read_text()
+    except OSError:
+        uts_text = ""
+    if f'"{kernel.release}"' not in uts_text:
+        raise LabError(f"{uts} does not name release {kernel.release}; package set mismatch?")
     if pvh_entry(kernel.vmlinux) is None:
         raise LabError(f"{kernel.vmlinux} has no PVH entry note; QEMU cannot boot it directly")
 

@@ -46,7 +46,7 @@ DEFAULT_MEMORY_MB = 512
 # skips the crypto self-tests; panic=-1 + QEMU's -no-reboot turn a panic into
 # an immediate exit instead of a hang.
 BASE_CMDLINE = ("console=ttyS0", "quiet", "cryptomgr.notests", "panic=-1")
-_BASE_FORMAT = 1  # bump when the base archive's content changes
+_BASE_FORMAT = 2  # bump when the base archive's content changes
 _FIRMWARE_DIRS = (
     Path("/usr/share/qemu"),
     Path("/usr/share/seabios"),
@@ -159,6 +159,8 @@ def base_initramfs(cache_dir: Path) -> Path:
         w.mkdir(d)
     w.file("bin/busybox", blob, 0o755)
     w.symlink("bin/sh", "busybox")
+    # The kernel's request_module() runs /sbin/modprobe (modprobe_path).
+    w.symlink("sbin/modprobe", "/bin/busybox")
     # /init's stdio before devtmpfs is mounted (init/main.c opens /dev/console).
     w.chardev("dev/console", 5, 1)
     w.chardev("dev/null", 1, 3, 0o666)
@@ -171,9 +173,104 @@ def base_initramfs(cache_dir: Path) -> Path:
     return path
 
 
-def _overlay(files: Mapping[str, Path], script: str, nonce: str) -> bytes:
+def _modname(name: str) -> str:
+    """Module name as the kernel compares it: no directory, no .ko, '-' equals '_'."""
+    base = name.rsplit("/", 1)[-1]
+    for suffix in (".xz", ".zst", ".gz", ".ko"):
+        base = base.removesuffix(suffix)
+    return base.replace("-", "_")
+
+
+def _read_modfile(kernel: Kernel, name: str) -> list[str]:
+    path = kernel.modules_dir / name
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        raise LabError(f"{path} is missing; re-provision with kmod (depmod) installed") from None
+
+
+def kernel_module_closure(kernel: Kernel, names: Sequence[str]) -> dict[str, list[str]]:
+    """The in-tree modules ``names`` and everything they need, per depmod's files.
+
+    Follows modules.dep, plus the "pre:" soft dependencies of modules.softdep
+    (resolved by name or through modules.alias: ``libcrc32c`` needs a ``crc32c``
+    provider, loaded by the kernel's request_module()).  Maps each module's path
+    (relative to ``kernel.modules_dir``) to its hard dependencies.
+    """
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in _read_modfile(kernel, "modules.dep"):
+        path, _, rest = line.partition(":")
+        if path:
+            deps[path] = rest.split()
+            by_name[_modname(path)] = path
+    aliases: dict[str, list[str]] = {}
+    for line in _read_modfile(kernel, "modules.alias"):
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias":
+            aliases.setdefault(parts[1], []).append(parts[2])
+    soft: dict[str, list[str]] = {}
+    for line in _read_modfile(kernel, "modules.softdep"):
+        parts = line.split()
+        if len(parts) > 2 and parts[0] == "softdep":
+            pre: list[str] = []
+            section = ""
+            for token in parts[2:]:
+                if token.endswith(":"):
+                    section = token
+                elif section == "pre:":
+                    pre.append(token)
+            soft[_modname(parts[1])] = pre
+
+    def providers(name: str) -> list[str]:
+        if _modname(name) in by_name:
+            return [by_name[_modname(name)]]
+        return [by_name[_modname(m)] for m in aliases.get(name, []) if _modname(m) in by_name]
+
+    todo: list[str] = []
+    for name in names:
+        found = providers(name)
+        if not found:
+            raise LabError(f"{kernel.release} has no in-tree module {name!r} (see modules.dep)")
+        todo += found
+    closure: dict[str, list[str]] = {}
+    while todo:
+        path = todo.pop()
+        if path in closure:
+            continue
+        closure[path] = deps.get(path, [])
+        todo.extend(closure[path])
+        for wanted in soft.get(_modname(path), []):
+            todo.extend(providers(wanted))
+    return closure
+
+
+def _module_files(w: CpioWriter, kernel: Kernel, names: Sequence[str]) -> None:
+    """Add the closure of ``names`` and filtered depmod files for busybox modprobe."""
+    closure = kernel_module_closure(kernel, names)
+    included = {_modname(p) for p in closure}
+    moddir = f"lib/modules/{kernel.release}"
+    for path in sorted(closure):
+        w.add_path(f"{moddir}/{path}", kernel.modules_dir / path)
+    dep = "".join(f"{p}:{''.join(' ' + d for d in ds)}\n" for p, ds in closure.items())
+    w.file(f"{moddir}/modules.dep", dep.encode())
+    alias = [
+        line
+        for line in _read_modfile(kernel, "modules.alias")
+        if line.startswith("alias ") and _modname(line.rsplit(" ", 1)[-1]) in included
+    ]
+    w.file(f"{moddir}/modules.alias", "".join(ln + "\n" for ln in alias).encode())
+    for extra in ("modules.builtin", "modules.order"):
+        w.add_path(f"{moddir}/{extra}", kernel.modules_dir / extra)
+
+
+def _overlay(
+    files: Mapping[str, Path], script: str, nonce: str, kernel: Kernel, modules: Sequence[str]
+) -> bytes:
     w = CpioWriter(first_inode=1 << 20)
     w.file("init", INIT.replace("@NONCE@", nonce).encode(), 0o755)
+    if modules:
+        _module_files(w, kernel, modules)
     w.mkdir("lab")
     w.file("lab/.script", script.encode(), 0o755)
     for name, src in files.items():
@@ -206,10 +303,15 @@ def boot(
     *,
     cmdline: Sequence[str] = (),
     memory_mb: int = DEFAULT_MEMORY_MB,
+    modules: Sequence[str] = (),
+    qemu_args: Sequence[str] = (),
 ) -> BootResult:
     """Boot ``kernel``, run ``script`` with /bin/sh as root in /lab, power off.
 
     ``files`` are copied to /lab/<name> in the guest (directories recursively).
+    ``modules`` names in-tree modules (e.g. ``"nf_conntrack"``) to put, with their
+    dependencies, under /lib/modules/<release> so ``modprobe`` finds them.
+    ``cmdline`` adds kernel arguments, ``qemu_args`` QEMU options (e.g. ``-cpu max``).
     Before the script runs, /proc, /sys and /dev (devtmpfs) are mounted and
     busybox's applets are on PATH.  The script's stdout and stderr come back
     as ``BootResult.output``; a nonzero exit status is returned, not raised.
@@ -225,7 +327,7 @@ def boot(
         initrd, console_log, result = tmp / "initrd.cpio", tmp / "console.log", tmp / "result.bin"
         with initrd.open("wb") as f:
             f.write(base.read_bytes())
-            f.write(_overlay(files, script, nonce))
+            f.write(_overlay(files, script, nonce, kernel, modules))
         cmd = [
             qemu,
             "-nodefaults",
@@ -241,6 +343,7 @@ def boot(
             "-serial", f"file:{console_log}",
             "-serial", f"file:{result}",
             "-no-reboot",
+            *qemu_args,
         ]  # fmt: skip
         qboot = _qboot()
         if qboot is not None:
