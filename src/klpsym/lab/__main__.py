@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +108,10 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("suite")
     sb.add_argument("src", type=Path)
     sb.add_argument("--out", type=Path, default=None, help="copy SRC here and build there")
-    sb.add_argument("make_args", nargs="*", help="extra make arguments (after --)")
+    sb.add_argument(
+        "--make-arg", dest="make_args", action="append", default=[], metavar="ARG",
+        help="extra make argument, e.g. V=1 (repeatable)",
+    )  # fmt: skip
     sb.set_defaults(func=cmd_build)
 
     so = sub.add_parser("boot", help="boot the kernel and run a script as root")
@@ -141,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KlpsymError as exc:
         print(f"klpsym.lab: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return status
 
 
