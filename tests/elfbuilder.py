@@ -103,7 +103,7 @@ class ElfBuilder:
     def build(self) -> bytes:
         e = self.e
         secs: list[Sec] = [Sec("", 0)] + list(self.sections)
-        for name, rels in self.relocs.items():
+        for name in self.relocs:
             secs.append(Sec(".rela" + name, SHT_RELA, SHF_INFO_LINK, b"", 8, 24,
                             info=self.targets[name]))
         symtab = Sec(".symtab", SHT_SYMTAB, 0, b"", 8, 24)

@@ -185,7 +185,8 @@ class SymbolTable:
     def undefined(self) -> np.ndarray:
         """Indexes of the undefined symbols (SHN_UNDEF, excluding entry 0)."""
         idx = np.flatnonzero(self.section_ref == 0)
-        return idx[idx != 0]
+        undefined: np.ndarray = idx[idx != 0]
+        return undefined
 
     def special(self, shn: SHN) -> np.ndarray:
         return np.flatnonzero(self.section_ref == -int(shn))
@@ -292,6 +293,15 @@ class ElfFile:
             section.table = np.frombuffer(section.data, dtype=dt).copy()
         return section.table
 
+    def parse_tables(self) -> None:
+        """Parse the symbol table and every SHT_RELA table now (they are
+        otherwise parsed on first use); parsed tables are re-encoded when
+        written instead of copied."""
+        if self.has_symtab:
+            _ = self.symtab
+        for sec in self.rela_sections():
+            self.rela(sec)
+
     # -- editing -----------------------------------------------------------
 
     def new_section(self, name: str, type: int, **fields: object) -> Section:
@@ -350,7 +360,8 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
     hdr = np.frombuffer(view[: layout.ehdr.itemsize], dtype=layout.ehdr)[0].copy()
     etype = int(hdr["e_type"])
     if relocatable_only and etype != ET.REL:
-        kind = {ET.EXEC: "an executable", ET.DYN: "a shared object", ET.CORE: "a core dump"}
+        kind: dict[int, str] = {ET.EXEC: "an executable", ET.DYN: "a shared object",
+                                ET.CORE: "a core dump"}
         raise _fail(
             name,
             f"is {kind.get(etype, f'of ELF type {etype}')} (ET_REL expected); "

@@ -9,7 +9,7 @@ it is immutable).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class Layout:
         return (r_info & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def layout_for(elf_class: ElfClass, data: ElfData) -> Layout:
     """The layouts for a file of this class and byte order.  Only ELF64 is
     supported: every kernel that has livepatch relocations for plain modules

@@ -78,7 +78,8 @@ def _new_indexes(symtab: SymbolTable, remap: np.ndarray) -> tuple[np.ndarray, np
     new = np.where(safe < len(remap), remap[np.minimum(safe, len(remap) - 1)], -1)
     lost = np.flatnonzero(real & (new < 0))
     if len(lost):
-        raise ElfError(f"symbol {symtab.name(int(lost[0]))!r} is defined in a section that was removed")
+        name = symtab.name(int(lost[0]))
+        raise ElfError(f"symbol {name!r} is defined in a section that was removed")
     return real, np.where(real, new, 0)
 
 
@@ -148,7 +149,8 @@ class _Covered:
     def __init__(self, elf: ElfFile) -> None:
         spans = [(0, elf.layout.ehdr.itemsize)]
         orig_shnum = int(elf.header["e_shnum"]) or int(elf.shdr0["sh_size"])
-        spans.append((int(elf.header["e_shoff"]), int(elf.header["e_shoff"]) + orig_shnum * elf.layout.shdr.itemsize))
+        shoff = int(elf.header["e_shoff"])
+        spans.append((shoff, shoff + orig_shnum * elf.layout.shdr.itemsize))
         for s in elf.sections:
             if s.orig_offset is not None and s.orig_size:
                 spans.append((s.orig_offset, s.orig_offset + s.orig_size))
@@ -188,7 +190,7 @@ def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
     contents: dict[int, bytes | memoryview] = {}
     originals: list[tuple[int, int, object]] = []
     new_items: list[object] = []
-    for i, s in enumerate(secs[1:], start=1):
+    for s in secs[1:]:
         if s.type != SHT.NOBITS:
             contents[s.uid] = s.content()
         if s.orig_offset is not None:
@@ -210,7 +212,8 @@ def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
     shoff = 0
     for item in sequence:
         if item is _SHDR:
-            size, align, orig_off, orig_size = shdr_size, 8, orig_shoff, orig_shnum * layout.shdr.itemsize
+            size, align = shdr_size, 8
+            orig_off, orig_size = orig_shoff, orig_shnum * layout.shdr.itemsize
         else:
             assert isinstance(item, Section)
             size = 0 if item.type == SHT.NOBITS else len(contents[item.uid])

@@ -1,0 +1,144 @@
+"""``klpsym convert``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
+from klpsym.klp.convert import ConvertResult, convert_file
+from klpsym.klp.plan import Fate, Plan, parse_sympos
+
+EPILOG = SOURCES_HELP + """
+
+examples:
+  # built with KBUILD_MODPOST_WARN=1 (modpost: "kallsyms_lookup_name" undefined!)
+  klpsym convert hello.ko -o hello.klp.ko
+  klpsym convert hello.ko --dry-run              # show the plan, write nothing
+  klpsym convert hello.ko --in-place --sympos show_state=2
+  # for another kernel: its headers and a copy of its kallsyms
+  klpsym convert hello.ko -o out.ko --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 \\
+      --kallsyms kallsyms-6.1.0-56.txt
+
+exit status: 0 converted (or nothing to convert), 2 refused or bad input
+(one line on stderr says why; nothing is written)."""
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "convert", help="rewrite a built module so unexported symbols resolve at load time",
+        description="Rewrite a built module (.ko) so that its references to unexported kernel "
+                    "symbols are resolved by the module loader through kallsyms.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("module", metavar="MODULE.ko", type=Path, help="the linked module")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", metavar="OUT", type=Path,
+                     help="write the converted module here (atomically)")
+    out.add_argument("--in-place", action="store_true", help="replace MODULE.ko (atomically)")
+    p.add_argument("--sympos", metavar="NAME=N", action="append", default=[],
+                   help="which of several same-name kallsyms entries to use (1-based, in "
+                        "kallsyms order; repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (symbol, fate, POS, relocations), write nothing")
+    p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
+    add_source_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sympos = parse_sympos(args.sympos)
+    target = target_from_args(args)
+    result = convert_file(args.module, target, sympos, output=args.output,
+                          in_place=args.in_place, dry_run=args.dry_run)
+    if args.json:
+        json.dump(to_json(result, args.dry_run), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.dry_run:
+        print_plan(result.plan)
+    else:
+        print_result(result)
+    return 0
+
+
+def _relocs(counts: dict[str, int]) -> str:
+    return " ".join(f"{sec}:{n}" for sec, n in sorted(counts.items())) or "-"
+
+
+def print_plan(plan: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output is not wrapped at 80 columns: it is read by scripts and logs.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console.print(f"module {plan.module.path} ({plan.module.name})")
+    console.print(f"target {plan.target.describe()}")
+    table = Table()
+    for col in ("symbol", "fate", "POS", "type", "address", "relocations"):
+        table.add_column(col, no_wrap=col != "relocations")
+    order = {Fate.CONVERT: 0, Fate.LIVEPATCH: 1, Fate.MODULE_EXPORT: 2, Fate.EXPORTED: 3,
+             Fate.WEAK: 4, Fate.MISSING: 5}
+    for s in sorted(plan.symbols, key=lambda s: (order[s.fate], s.name)):
+        fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else "")
+        c = s.candidate
+        table.add_row(s.name, fate, "" if s.pos is None else str(s.pos),
+                      c.type if c else "", f"{c.address:#x}" if c and c.address else "",
+                      _relocs(s.relocations))
+    console.print(table)
+    n = len(plan.to_convert)
+    console.print(f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
+                  f"relocation{'s' * (plan.relocations_to_move != 1)} to move")
+    for note in plan.notes:
+        console.print(f"note: {note}")
+
+
+def print_result(result: ConvertResult) -> None:
+    plan = result.plan
+    n = len(plan.to_convert)
+    if not n:
+        already = sum(1 for s in plan.symbols if s.fate == Fate.LIVEPATCH)
+        why = (f"already converted ({already} livepatch symbols)" if already
+               else "every undefined symbol is exported")
+        where = f"; copied to {result.output}" if result.written else ""
+        print(f"{plan.module.path}: nothing to convert, {why}{where}")
+        return
+    moved = sum(result.moved.values())
+    names = ", ".join(f"{s.name}" + (f",{s.pos}" if s.pos else "") for s in plan.to_convert[:6])
+    more = f" and {n - 6} more" if n > 6 else ""
+    print(f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
+          f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
+          f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}")
+    for note in plan.notes:
+        print(f"note: {note}")
+
+
+def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
+    plan = result.plan
+    return {
+        "module": str(plan.module.path),
+        "module_name": plan.module.name,
+        "target": {"description": plan.target.describe(), "release": plan.version.release,
+                   "kallsyms": plan.target.kallsyms_source},
+        "dry_run": dry_run,
+        "output": None if result.output is None or dry_run else str(result.output),
+        "written": result.written,
+        "symbols": [
+            {
+                "name": s.name,
+                "fate": s.fate.value,
+                "provider": s.provider,
+                "pos": s.pos,
+                "type": s.candidate.type if s.candidate else None,
+                "address": s.candidate.address if s.candidate and s.candidate.address else None,
+                "candidates": s.candidates,
+                "relocations": s.relocations,
+            }
+            for s in plan.symbols
+        ],
+        "converted": len(plan.to_convert),
+        "relocations_moved": sum(result.moved.values()) if result.written else 0,
+        "relocations_to_move": plan.relocations_to_move,
+        "notes": plan.notes,
+    }

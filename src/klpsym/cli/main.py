@@ -1,0 +1,58 @@
+"""klpsym command line.  Only argument parsing and printing live here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from klpsym import __version__
+from klpsym.errors import KlpsymError
+
+DESCRIPTION = """\
+Let an out-of-tree kernel module use kernel symbols that are not exported.
+
+klpsym rewrites a built module (.ko) the way livepatch modules are built:
+each undefined symbol that the target kernel does not export but has in
+kallsyms becomes a livepatch symbol (.klp.sym.vmlinux.NAME,POS), and the
+relocations that use it move into .klp.rela.vmlinux.* sections.  The kernel's
+own module loader resolves them through kallsyms when the module loads
+(kernels >= 5.8 built with CONFIG_LIVEPATCH=y).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from klpsym.cli import convert
+
+    parser = argparse.ArgumentParser(
+        prog="klpsym", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'klpsym COMMAND --help' for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"klpsym {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    convert.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.run(args)
+        return code
+    except KlpsymError as e:
+        print(f"klpsym: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("klpsym: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

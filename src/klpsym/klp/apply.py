@@ -1,0 +1,109 @@
+"""Rewrite a module's ELF object so the loader resolves symbols via kallsyms.
+
+For each symbol to convert (see :mod:`klpsym.klp.plan`):
+
+* the symbol is renamed ``.klp.sym.vmlinux.NAME,POS`` and put in
+  SHN_LIVEPATCH, which simplify_symbols() leaves alone
+  (kernel/module/main.c: ``case SHN_LIVEPATCH: break;``);
+* every relocation that uses it moves out of its ``.rela.X`` into
+  ``.klp.rela.vmlinux.X`` (SHT_RELA, SHF_RELA_LIVEPATCH | SHF_INFO_LINK |
+  SHF_ALLOC, sh_link = .symtab, sh_info = X).  Since v5.8 (commit
+  7c8e2bdd5f0d, "livepatch: Apply vmlinux-specific KLP relocations early")
+  apply_relocations() hands such sections to klp_apply_section_relocs(),
+  which fills in the symbol from kallsyms and applies them.
+
+A relocation is moved, never copied: x86_64's apply_relocate_add() refuses
+to write over nonzero bytes, so applying one twice fails the load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from klpsym.elf import ElfFile
+from klpsym.elf.constants import SHF, SHN, SHT
+from klpsym.errors import ConvertError
+from klpsym.klp.names import klp_section_name, klp_symbol_name
+
+KLP_RELA_FLAGS = SHF.RELA_LIVEPATCH | SHF.INFO_LINK | SHF.ALLOC
+
+
+@dataclass(frozen=True)
+class Conversion:
+    symbol_index: int
+    name: str
+    pos: int
+
+
+def relocation_users(elf: ElfFile, symbol_indexes: np.ndarray) -> dict[int, dict[str, int]]:
+    """For each symbol index: how many ordinary relocations use it, per
+    relocated section name."""
+    wanted = np.zeros(len(elf.symtab), dtype=bool)
+    wanted[symbol_indexes] = True
+    users: dict[int, dict[str, int]] = {int(i): {} for i in symbol_indexes}
+    for sec in elf.rela_sections():
+        if sec.flags & SHF.RELA_LIVEPATCH or sec.link is not elf.symtab.section:
+            continue
+        syms = elf.layout.r_sym(elf.rela(sec)["r_info"])
+        _check_sym_range(elf, sec.name, syms)
+        hits = syms[wanted[syms]]
+        if not len(hits):
+            continue
+        target = sec.info_section.name if sec.info_section is not None else sec.name
+        idx, counts = np.unique(hits, return_counts=True)
+        for i, c in zip(idx.tolist(), counts.tolist(), strict=True):
+            users[i][target] = users[i].get(target, 0) + c
+    return users
+
+
+def _check_sym_range(elf: ElfFile, secname: str, syms: np.ndarray) -> None:
+    if len(syms) and int(syms.max()) >= len(elf.symtab):
+        raise ConvertError(
+            f"{elf.name}: a relocation in {secname} uses symbol {int(syms.max())}, "
+            f"but the symbol table has {len(elf.symtab)} entries"
+        )
+
+
+def apply_conversions(elf: ElfFile, conversions: Sequence[Conversion]) -> dict[str, int]:
+    """Convert the symbols in place; return the relocations moved per target
+    section name."""
+    symtab = elf.symtab
+    convert = np.zeros(len(symtab), dtype=bool)
+    for c in conversions:
+        convert[c.symbol_index] = True
+        symtab.rename(c.symbol_index, klp_symbol_name(c.name, c.pos))
+        symtab.set_special_section(c.symbol_index, SHN.LIVEPATCH)
+
+    moved: dict[str, int] = {}
+    for sec in list(elf.rela_sections()):
+        if sec.flags & SHF.RELA_LIVEPATCH or sec.link is not symtab.section:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        _check_sym_range(elf, sec.name, syms)
+        mask = convert[syms]
+        if not mask.any():
+            continue
+        target = sec.info_section
+        if target is None:
+            raise ConvertError(f"{elf.name}: relocation section {sec.name} does not say which "
+                               "section it applies to (sh_info)")
+        klp_name = klp_section_name(target.name)
+        klp = elf.section_by_name(klp_name)
+        if klp is None:
+            klp = elf.new_section(
+                klp_name, SHT.RELA, flags=int(KLP_RELA_FLAGS), addralign=8,
+                entsize=elf.layout.rela.itemsize, link=symtab.section, info_section=target,
+            )
+            klp.table = rela[mask].copy()
+            elf.insert_section(klp, after=sec)
+        else:
+            # A module converted before, now with more symbols: one klp
+            # section per target, as the loader expects.
+            klp.table = np.concatenate([elf.rela(klp), rela[mask]])
+        sec.table = rela[~mask].copy()
+        moved[target.name] = moved.get(target.name, 0) + int(mask.sum())
+    return moved

@@ -1,0 +1,253 @@
+"""Classify a module's undefined symbols for a target kernel and decide what
+to convert.
+
+Each undefined symbol gets a fate, the way modpost and the loader see it:
+
+* ``exported``: vmlinux exports it (visible to this module) - left alone;
+* ``module-export``: a module exports it (the target's own Module.symvers
+  lists in-tree modules too, and ``--symvers`` adds others) - left alone;
+* ``convert``: not exported, but in vmlinux's kallsyms - becomes
+  ``.klp.sym.vmlinux.NAME,POS``;
+* ``livepatch``: already a livepatch symbol (converted before);
+* ``missing``: neither - an error, as modpost's "undefined!" is;
+* ``weak``: a weak reference to nothing - the loader allows it.
+
+Every refusal is a :class:`~klpsym.errors.ConvertError` with one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from klpsym.elf.constants import EM, SHN, STB
+from klpsym.errors import ConvertError
+from klpsym.kernel.kallsyms import Candidate, is_data
+from klpsym.kernel.target import TargetKernel
+from klpsym.kernel.version import (
+    KernelVersion,
+    klp_sym_name_max,
+    supports_klp_for_plain_modules,
+)
+from klpsym.klp.apply import Conversion, relocation_users
+from klpsym.klp.names import parse_symbol_name
+from klpsym.module.ko import Module
+from klpsym.module.license import GPL_COMPATIBLE, is_gpl_compatible
+
+
+class Fate(StrEnum):
+    EXPORTED = "exported"
+    MODULE_EXPORT = "module-export"
+    CONVERT = "convert"
+    LIVEPATCH = "livepatch"
+    MISSING = "missing"
+    WEAK = "weak"
+
+
+@dataclass
+class SymbolPlan:
+    index: int
+    name: str
+    fate: Fate
+    provider: str | None = None  # exporting module, for exports
+    pos: int | None = None
+    candidate: Candidate | None = None
+    candidates: int = 0  # same-name entries in kallsyms
+    relocations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """'data' or 'text' from the kallsyms type letter, when converted."""
+        if self.candidate is None:
+            return ""
+        return "data" if is_data(self.candidate.type) else "text"
+
+
+@dataclass
+class Plan:
+    module: Module
+    target: TargetKernel
+    version: KernelVersion
+    name_width: int
+    symbols: list[SymbolPlan]
+    notes: list[str]
+
+    @property
+    def to_convert(self) -> list[SymbolPlan]:
+        return [s for s in self.symbols if s.fate == Fate.CONVERT]
+
+    @property
+    def conversions(self) -> list[Conversion]:
+        return [Conversion(s.index, s.name, s.pos or 0) for s in self.to_convert]
+
+    @property
+    def relocations_to_move(self) -> int:
+        return sum(sum(s.relocations.values()) for s in self.to_convert)
+
+
+def parse_sympos(items: list[str]) -> dict[str, int]:
+    """``NAME=N`` pairs from ``--sympos``."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, num = item.rpartition("=")
+        if not sep or not name or not num.isdigit():
+            raise ConvertError(f"--sympos {item!r}: expected NAME=N, e.g. --sympos show_state=2")
+        if name in out and out[name] != int(num):
+            raise ConvertError(f"--sympos {name} is given twice with different positions")
+        out[name] = int(num)
+    return out
+
+
+def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -> Plan:
+    elf = module.elf
+    where = str(module.path)
+    if elf.machine != EM.X86_64:
+        raise ConvertError(
+            f"{where}: machine {elf.machine} is not x86_64; klpsym converts x86_64 modules only "
+            "(the loader rules it checks are x86_64's)"
+        )
+    version = _target_version(module, target)
+    name_width = klp_sym_name_max(version)
+    symtab = elf.symtab
+    undefined = symtab.undefined()
+    binds = symtab.binds
+    livepatch = symtab.special(SHN.LIVEPATCH)
+    users = relocation_users(elf, np.concatenate([undefined, livepatch]))
+    notes: list[str] = list(target.notes)
+
+    symbols: list[SymbolPlan] = []
+    for i in livepatch.tolist():
+        name = symtab.name(i)
+        parsed = parse_symbol_name(name, name_width)
+        symbols.append(SymbolPlan(i, parsed.name if parsed else name, Fate.LIVEPATCH,
+                                  pos=parsed.pos if parsed else None, relocations=users[i]))
+    for i in undefined.tolist():
+        name = symtab.name(i)
+        if not name:
+            continue
+        symbols.append(_classify(i, name, bool(binds[i] == STB.WEAK), module, target, sympos,
+                                 users[i]))
+
+    unknown = sorted(set(sympos) - {s.name for s in symbols if s.fate == Fate.CONVERT})
+    for name in unknown:
+        used = next((s for s in symbols if s.name == name), None)
+        if used is None:
+            raise ConvertError(f"--sympos {name}: {where} does not use a symbol named {name}")
+        raise ConvertError(f"--sympos {name}: {name} is {used.fate.value}, not converted; "
+                           "drop the flag")
+
+    missing = [s.name for s in symbols if s.fate == Fate.MISSING]
+    if missing:
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        shown = ", ".join(missing[:8]) + more
+        raise ConvertError(
+            f"{where}: undefined symbol{'s' if len(missing) > 1 else ''} {shown} "
+            f"{'are' if len(missing) > 1 else 'is'} neither exported by kernel {target.release} "
+            f"({target.symvers.source}) nor in its kallsyms ({target.kallsyms_source}); "
+            "check the name, or add the exporting module's Module.symvers with --symvers"
+        )
+
+    plan = Plan(module, target, version, name_width, symbols, notes)
+    if plan.to_convert:
+        _check_convertible(plan)
+    return plan
+
+
+def _target_version(module: Module, target: TargetKernel) -> KernelVersion:
+    built_for = module.modinfo.vermagic_release
+    if built_for is not None and target.release != built_for:
+        raise ConvertError(
+            f"{module.path}: built for kernel {built_for} (vermagic) but the target kernel is "
+            f"{target.release}; rebuild the module against {target.release}'s headers, or point "
+            f"--kernel-dir at {built_for}'s"
+        )
+    return target.version
+
+
+def _classify(index: int, name: str, weak: bool, module: Module, target: TargetKernel,
+              sympos: Mapping[str, int], relocations: dict[str, int]) -> SymbolPlan:
+    export = target.symvers.get(name)
+    if export is not None and export.visible_to(module.name):
+        fate = Fate.EXPORTED if export.module == "vmlinux" else Fate.MODULE_EXPORT
+        return SymbolPlan(index, name, fate, provider=export.module, relocations=relocations)
+    candidates = target.kallsyms.candidates(name)
+    if not candidates:
+        return SymbolPlan(index, name, Fate.WEAK if weak else Fate.MISSING,
+                          relocations=relocations)
+    plan = SymbolPlan(index, name, Fate.CONVERT, candidates=len(candidates),
+                      relocations=relocations)
+    # POS, as klp_find_object_symbol() counts it: 0 when the name is unique,
+    # else the 1-based position among same-name entries in kallsyms order.
+    wanted = sympos.get(name)
+    if wanted is None:
+        if len(candidates) > 1:
+            listing = "; ".join(_describe(c) for c in candidates)
+            raise ConvertError(
+                f"{name} is ambiguous: {len(candidates)} symbols of that name in "
+                f"{target.kallsyms.source} ({listing}); pick one with --sympos {name}=N"
+            )
+        plan.pos, plan.candidate = 0, candidates[0]
+        return plan
+    if not 1 <= wanted <= len(candidates) and not (wanted == 0 and len(candidates) == 1):
+        raise ConvertError(
+            f"--sympos {name}={wanted}: {target.kallsyms.source} has {len(candidates)} "
+            f"symbol{'s' if len(candidates) > 1 else ''} named {name}; use 1..{len(candidates)}"
+        )
+    plan.pos = wanted
+    plan.candidate = candidates[max(wanted, 1) - 1]
+    return plan
+
+
+def _describe(c: Candidate) -> str:
+    addr = f" at {c.address:#x}" if c.address else ""
+    return f"{c.pos}: type {c.type}{addr}"
+
+
+def _check_convertible(plan: Plan) -> None:
+    module, target, version = plan.module, plan.target, plan.version
+    where = str(module.path)
+    names = ", ".join(s.name for s in plan.to_convert[:5])
+    if not supports_klp_for_plain_modules(version):
+        raise ConvertError(
+            f"{where}: target kernel {version.release} is older than 5.8; its loader applies klp "
+            "relocations only to livepatch modules, so this module would run with zero addresses "
+            "(use the kallsyms or kprobe methods instead)"
+        )
+    config = target.config
+    if config is None:
+        plan.notes.append("target .config unknown: could not check CONFIG_LIVEPATCH=y; without it "
+                          "the loader silently skips klp relocations")
+    elif not config.enabled("CONFIG_LIVEPATCH"):
+        raise ConvertError(
+            f"{where}: target kernel {version.release} is built without CONFIG_LIVEPATCH; its "
+            f"loader skips klp relocations, so {names} would be zero at run time"
+        )
+    license = module.modinfo.license
+    if license is None:
+        raise ConvertError(f"{where}: no MODULE_LICENSE(); unexported symbols are kernel "
+                           "internals, so klpsym converts GPL-compatible modules only")
+    if not is_gpl_compatible(license):
+        raise ConvertError(
+            f"{where}: MODULE_LICENSE(\"{license}\") is not GPL-compatible (the kernel accepts: "
+            f"{', '.join(sorted(GPL_COMPATIBLE))}); unexported symbols are kernel internals"
+        )
+    for s in plan.to_convert:
+        if "," in s.name:
+            raise ConvertError(f"{s.name}: symbol names with ',' cannot be written as "
+                               ".klp.sym.vmlinux.NAME,POS")
+        if len(s.name) > plan.name_width:
+            raise ConvertError(
+                f"{s.name[:40]}...: name is {len(s.name)} characters; kernel {version.release} "
+                f"parses at most {plan.name_width} (KSYM_NAME_LEN {plan.name_width + 1})"
+            )
+        if s.kind == "data" and config is not None and not config.enabled("CONFIG_KALLSYMS_ALL"):
+            raise ConvertError(
+                f"{s.name} is a data symbol (type {s.candidate.type if s.candidate else '?'}) and "
+                f"kernel {version.release} lacks CONFIG_KALLSYMS_ALL, so kallsyms cannot find it"
+            )
+    if module.signature is not None:
+        plan.notes.append("the module's signature was removed (it no longer matches); sign the "
+                          "output again with the kernel's scripts/sign-file")
