@@ -1,1 +1,62 @@
-"""kernel layer."""
+"""Kernel symbol sources: Module.symvers, kallsyms (/proc/kallsyms, System.map,
+vmlinux .symtab), .config and the kernel version; :func:`discover` bundles
+them as a :class:`TargetKernel`."""
+
+from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.kallsyms import (
+    AmbiguousSymbolError,
+    Candidate,
+    KallsymsTable,
+    SymbolLookupError,
+    SymbolNotFoundError,
+    is_data,
+    is_text,
+    parse_proc_kallsyms,
+    read_proc_kallsyms,
+    read_system_map,
+)
+from klpsym.kernel.symvers import (
+    Export,
+    Symvers,
+    module_name_matches,
+    parse_symvers,
+    read_symvers,
+    read_symvers_files,
+)
+from klpsym.kernel.target import TargetKernel, discover
+from klpsym.kernel.version import (
+    KernelVersion,
+    klp_sym_name_max,
+    ksym_name_len,
+    read_kernel_version,
+    supports_klp_for_plain_modules,
+)
+from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
+
+__all__ = [
+    "AmbiguousSymbolError",
+    "Candidate",
+    "Export",
+    "KallsymsTable",
+    "KernelConfig",
+    "KernelVersion",
+    "SymbolLookupError",
+    "SymbolNotFoundError",
+    "Symvers",
+    "TargetKernel",
+    "discover",
+    "is_data",
+    "is_text",
+    "kallsyms_from_vmlinux",
+    "klp_sym_name_max",
+    "ksym_name_len",
+    "module_name_matches",
+    "parse_proc_kallsyms",
+    "parse_symvers",
+    "read_kernel_version",
+    "read_proc_kallsyms",
+    "read_symvers",
+    "read_symvers_files",
+    "read_system_map",
+    "supports_klp_for_plain_modules",
+]

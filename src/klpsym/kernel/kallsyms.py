@@ -1,0 +1,470 @@
+"""vmlinux's kallsyms table, and the livepatch symbol position (POS) rule.
+
+Livepatch resolves ``.klp.sym.vmlinux.NAME,POS`` by walking vmlinux's
+kallsyms in index order (kernel/livepatch/core.c klp_find_object_symbol() with
+klp_find_callback(), or klp_match_callback() since v6.2, whose name-sorted
+walk keeps same-name entries in (address, index) order) and counting the
+entries called NAME:
+
+* POS 0: NAME must occur exactly once;
+* POS N > 0: the N-th occurrence (1-based) -- N = 1 is also fine for a
+  unique name;
+* an entry whose address is 0 counts as "not found" (``args.addr == 0``).
+
+So all POS needs is the *order* of vmlinux's kallsyms entries: /proc/kallsyms
+read without privileges (addresses shown as 0) is as good as root's.
+
+kallsyms is not System.map: scripts/kallsyms (v6.1, used by Debian bookworm)
+reads the mksysmap output and drops more (``is_ignored_symbol()``:
+kallsyms_* tables, absolute symbols, some arch stubs; ``symbol_valid()``:
+without CONFIG_KALLSYMS_ALL everything outside [_stext, _etext] and
+[_sinittext, _einittext]; names of KSYM_NAME_LEN or more), relabels per-cpu
+symbols as ``A`` (CONFIG_KALLSYMS_ABSOLUTE_PERCPU) and sorts by address with
+its own tie-breaks (``compare_symbols()``).  :func:`read_system_map` applies
+the same rules so its POS match the running kernel's.
+
+Type letters are informational only: POS never depends on them.  They follow
+nm's meaning (t/T text, d/D b/B r/R data, w/W weak, A absolute/per-cpu), but
+newer kernels are reported to print letters that do not (7.x: unverified
+here), so nothing should be decided from them beyond a message or a hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from klpsym.errors import KernelSourceError
+from klpsym.kernel._io import line_error, read_text
+from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.version import (
+    KernelVersion,
+    kallsyms_keeps_start_stop,
+    ksym_name_len,
+)
+
+# -- errors -----------------------------------------------------------------------
+
+
+class SymbolLookupError(KernelSourceError):
+    """A name cannot be turned into a livepatch symbol position."""
+
+
+class SymbolNotFoundError(SymbolLookupError):
+    """The name is not in vmlinux's kallsyms (or not at the asked position)."""
+
+
+class AmbiguousSymbolError(SymbolLookupError):
+    """The name occurs more than once in kallsyms and no position was chosen."""
+
+    def __init__(self, name: str, candidates: Sequence[Candidate], source: str) -> None:
+        self.name = name
+        self.candidates = tuple(candidates)
+        self.source = source
+        listed = ", ".join(c.describe() for c in self.candidates)
+        super().__init__(
+            f"symbol {name} is ambiguous: {len(self.candidates)} entries in {source} "
+            f"({listed}); choose one with --sympos {name}=POS"
+        )
+
+
+# -- the table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One kallsyms entry of a name."""
+
+    pos: int  # 1-based among the entries of this name, in kallsyms order
+    type: str  # the type letter
+    address: int | None  # None when the source shows no addresses
+    index: int  # row in the table (kallsyms index)
+
+    def describe(self) -> str:
+        addr = "address unknown" if self.address is None else f"{self.address:#x}"
+        return f"POS {self.pos}: {self.type} {addr}"
+
+
+TEXT_TYPES = frozenset("tTwW")
+DATA_TYPES = frozenset("dDbBrRgGsSvVcCuA")
+
+
+def is_text(type_letter: str) -> bool:
+    """t/T (and w/W, which the kernel uses for weak functions)."""
+    return type_letter in TEXT_TYPES
+
+
+def is_data(type_letter: str) -> bool:
+    """d/D b/B r/R (and small-data, weak-object, common, unique, and ``A``,
+    which kallsyms uses for per-cpu variables).  See the module docstring:
+    letters are hints."""
+    return type_letter in DATA_TYPES
+
+
+class KallsymsTable:
+    """vmlinux's symbols in kallsyms order, as numpy arrays.
+
+    ``addresses`` (uint64; all 0 when unknown), ``types`` (``<U1``),
+    ``names`` (object array of str).  ``has_addresses`` is False for a
+    /proc/kallsyms read without privileges or under kptr_restrict.
+    """
+
+    def __init__(self, addresses: np.ndarray, types: np.ndarray, names: np.ndarray,
+                 source: str, *, has_addresses: bool | None = None,
+                 notes: Sequence[str] = ()) -> None:
+        n = len(names)
+        if len(addresses) != n or len(types) != n:
+            raise ValueError("addresses, types and names differ in length")
+        self.addresses = np.ascontiguousarray(addresses, dtype=np.uint64)
+        self.types = np.asarray(types, dtype="<U1")
+        self.names = np.asarray(names, dtype=object)
+        self.source = source
+        self.has_addresses = bool(np.any(self.addresses)) if has_addresses is None \
+            else has_addresses
+        self.notes = tuple(notes)
+        self._first: dict[str, int] | None = None
+        self._dups: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[int, str, str]], source: str,
+                  **kw: object) -> KallsymsTable:
+        """From (address, type, name) tuples already in kallsyms order."""
+        addresses = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
+        types = np.array([r[1] for r in rows], dtype="<U1")
+        names = np.empty(len(rows), dtype=object)
+        names[:] = [r[2] for r in rows]
+        return cls(addresses, types, names, source, **kw)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"<KallsymsTable {len(self)} symbols from {self.source}>"
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._index()
+
+    def __iter__(self) -> Iterator[tuple[int, str, str]]:
+        for i in range(len(self)):
+            yield int(self.addresses[i]), str(self.types[i]), str(self.names[i])
+
+    def _index(self) -> dict[str, int]:
+        if self._first is None:
+            first: dict[str, int] = {}
+            dups: dict[str, list[int]] = {}
+            setdefault = first.setdefault
+            for i, name in enumerate(self.names.tolist()):
+                j = setdefault(name, i)
+                if j != i:
+                    lst = dups.get(name)
+                    if lst is None:
+                        dups[name] = [j, i]
+                    else:
+                        lst.append(i)
+            self._first, self._dups = first, dups
+        return self._first
+
+    def rows_of(self, name: str) -> list[int]:
+        """Table rows holding ``name``, in kallsyms order."""
+        i = self._index().get(name)
+        if i is None:
+            return []
+        return list(self._dups.get(name, (i,)))
+
+    def count(self, name: str) -> int:
+        return len(self.rows_of(name))
+
+    def duplicated_names(self) -> dict[str, int]:
+        """Every name that occurs more than once, with its count."""
+        self._index()
+        return {k: len(v) for k, v in self._dups.items()}
+
+    def candidates(self, name: str) -> list[Candidate]:
+        """Every entry called ``name``, POS 1..N in kallsyms order."""
+        return [
+            Candidate(pos, str(self.types[i]),
+                      int(self.addresses[i]) if self.has_addresses else None, i)
+            for pos, i in enumerate(self.rows_of(name), 1)
+        ]
+
+    def sympos(self, name: str) -> int:
+        """The POS livepatch needs for ``name`` with no choice made: 0 when
+        it is unique.  Raises SymbolNotFoundError or AmbiguousSymbolError."""
+        return self.resolve(name)[0]
+
+    def resolve(self, name: str, sympos: int | None = None) -> tuple[int, Candidate]:
+        """The POS to write for ``name`` and the entry it designates.
+
+        ``sympos`` is the user's choice (``--sympos NAME=N``); None or 0
+        means "must be unique" and gives POS 0.
+        """
+        cands = self.candidates(name)
+        if not cands:
+            raise SymbolNotFoundError(
+                f"symbol {name} is not in vmlinux's kallsyms ({self.source}); it is neither "
+                "exported nor resolvable by livepatch on this kernel"
+            )
+        if sympos is not None and sympos < 0:
+            raise SymbolLookupError(f"--sympos {name}={sympos}: POS must be 0 or more")
+        if not sympos:
+            if len(cands) > 1:
+                raise AmbiguousSymbolError(name, cands, self.source)
+            pos, chosen = 0, cands[0]
+        else:
+            if sympos > len(cands):
+                only = "once" if len(cands) == 1 else f"{len(cands)} times"
+                raise SymbolNotFoundError(
+                    f"--sympos {name}={sympos}: {name} occurs only {only} in {self.source} "
+                    f"({', '.join(c.describe() for c in cands)})"
+                )
+            pos, chosen = sympos, cands[sympos - 1]
+        if chosen.address == 0:
+            raise SymbolNotFoundError(
+                f"symbol {name} is at address 0 in {self.source}; livepatch treats address 0 "
+                "as 'not found' (klp_find_object_symbol), so it cannot be resolved"
+            )
+        return pos, chosen
+
+
+# -- /proc/kallsyms ---------------------------------------------------------------
+
+PROC_KALLSYMS = "/proc/kallsyms"
+
+
+def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS) -> KallsymsTable:
+    """A ``/proc/kallsyms`` (or a saved copy): ``ADDR TYPE NAME`` for vmlinux,
+    ``ADDR TYPE NAME\\t[MODULE]`` for modules, BPF programs and ftrace/kprobe
+    trampolines -- every ``[...]`` line is dropped: only vmlinux counts."""
+    text = read_text(
+        path, "kallsyms",
+        "pass --kallsyms with a copy of the target's /proc/kallsyms, or --system-map/--vmlinux",
+    )
+    return parse_proc_kallsyms(text, str(path))
+
+
+def parse_proc_kallsyms(text: str, source: str = PROC_KALLSYMS) -> KallsymsTable:
+    lines = text.split("\n")
+    parts = [ln.split() for ln in lines]
+    ok = [len(p) == 3 or (len(p) == 4 and _is_module_tag(p[3])) or not p for p in parts]
+    if not all(ok):
+        bad = ok.index(False)
+        raise line_error(source, bad + 1, "not a kallsyms line (ADDRESS TYPE NAME [MODULE])",
+                         lines[bad])
+    rows = [p for p in parts if len(p) == 3]
+    try:
+        addrs, types, names = _columns(rows)
+    except _BadRow as e:
+        i = [k for k, p in enumerate(parts) if len(p) == 3][e.row]
+        raise line_error(source, i + 1, e.what, lines[i]) from None
+    table = KallsymsTable(addrs, types, names, source)
+    if not len(table):
+        raise KernelSourceError(f"{source}: no vmlinux symbols (empty, or modules only)")
+    if not table.has_addresses:
+        table.notes += (_HIDDEN_NOTE,)
+    return table
+
+
+_HIDDEN_NOTE = ("addresses are hidden (read without root, or kptr_restrict); "
+                "the order is kept, which is all POS needs")
+
+
+def _is_module_tag(tok: str) -> bool:
+    return len(tok) >= 2 and tok[0] == "[" and tok[-1] == "]"
+
+
+class _BadRow(Exception):
+    def __init__(self, row: int, what: str) -> None:
+        self.row, self.what = row, what
+
+
+def _columns(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(rows)
+    try:
+        addrs = np.fromiter((int(r[0], 16) for r in rows), dtype=np.uint64, count=n)
+    except (ValueError, OverflowError):
+        for i, r in enumerate(rows):
+            try:
+                v = int(r[0], 16)
+                if not 0 <= v < 1 << 64:
+                    raise ValueError
+            except ValueError:
+                raise _BadRow(i, f"address {r[0]!r} is not a 64-bit hexadecimal number") from None
+        raise  # pragma: no cover - the loop finds the row
+    tlist = [r[1] for r in rows]
+    if any(len(t) != 1 for t in tlist):
+        i = next(i for i, t in enumerate(tlist) if len(t) != 1)
+        raise _BadRow(i, f"type {tlist[i]!r} is not one letter")
+    types = np.array(tlist, dtype="<U1")
+    names = np.empty(n, dtype=object)
+    names[:] = [r[2] for r in rows]
+    return addrs, types, names
+
+
+# -- System.map -------------------------------------------------------------------
+
+_DEBIAN_STUB = "The real System.map is in"
+
+
+def reject_debian_stub(head: str, source: str) -> None:
+    """Raise if ``head`` (the start of a System.map) is Debian's one-line
+    placeholder ``ffffffffffffffff B The real System.map is in the
+    linux-image-<version>-dbg package``."""
+    if _DEBIAN_STUB in head:
+        raise KernelSourceError(
+            f"{source}: is Debian's placeholder ('The real System.map is in the "
+            "linux-image-<version>-dbg package'), not a symbol map; use --kallsyms with the "
+            "target's /proc/kallsyms, the System.map from linux-image-<release>-dbg, or "
+            "--vmlinux /usr/lib/debug/boot/vmlinux-<release> from that package"
+        )
+
+
+def read_system_map(path: Path | str, *, config: KernelConfig | None = None,
+                    version: KernelVersion | None = None) -> KallsymsTable:
+    """A System.map (``nm -n vmlinux`` filtered by scripts/mksysmap), turned
+    into what scripts/kallsyms keeps, in kallsyms order.
+
+    ``config`` supplies CONFIG_KALLSYMS_ALL and CONFIG_KALLSYMS_ABSOLUTE_PERCPU
+    (without it KALLSYMS_ALL=y is assumed, as in distribution kernels, and a
+    note says so); ``version`` the version-dependent rules (default: v6.1).
+    """
+    text = read_text(
+        path, "System.map",
+        "pass the System.map of the target kernel's build (or --kallsyms/--vmlinux)",
+    )
+    source = str(path)
+    reject_debian_stub(text[:1024], source)
+    lines = text.split("\n")
+    parts = [ln.split() for ln in lines]
+    ok = [len(p) == 3 or not p for p in parts]
+    if not all(ok):
+        bad = ok.index(False)
+        raise line_error(source, bad + 1, "not a System.map line (ADDRESS TYPE NAME)",
+                         lines[bad])
+    rows = [p for p in parts if p]
+    try:
+        addrs, types, names = _columns(rows)
+    except _BadRow as e:
+        i = [k for k, p in enumerate(parts) if p][e.row]
+        raise line_error(source, i + 1, e.what, lines[i]) from None
+    return kallsyms_from_nm(addrs, types, names, source, config=config, version=version)
+
+
+# -- scripts/kallsyms emulation (shared with vmlinux.py) --------------------------
+
+# is_ignored_symbol() of scripts/kallsyms.c (v6.1.192, plus the "$", ".L" and
+# "__crc_" prefixes it had before mksysmap took them over; harmless to keep).
+_IGNORED_NAMES = frozenset({
+    "kallsyms_addresses", "kallsyms_offsets", "kallsyms_relative_base",
+    "kallsyms_num_syms", "kallsyms_names", "kallsyms_markers",
+    "kallsyms_token_table", "kallsyms_token_index", "kallsyms_seqs_of_names",
+    "_SDA_BASE_", "_SDA2_BASE_",
+})
+_IGNORED_PREFIXES = (
+    "$", ".L", "__crc_",
+    "__efistub_", "__kvm_nvhe_$", "__kvm_nvhe_.L", "__AArch64ADRPThunk_",
+    "__ARMV5PILongThunk_", "__ARMV7PILongThunk_", "__ThumbV7PILongThunk_",
+    "__LA25Thunk_", "__microLA25Thunk_", "__kcfi_typeid_",
+)
+_IGNORED_SUFFIXES = ("_from_arm", "_from_thumb", "_veneer")
+_IGNORED_MATCHES = (".long_branch.", ".plt_branch.")
+_KEPT_ABSOLUTE = frozenset({
+    "__kernel_syscall_via_break", "__kernel_syscall_via_epc", "__kernel_sigtramp", "__gp",
+})
+
+
+def _ignored(name: str, type_: str) -> bool:
+    if type_ in "UuNn":
+        return True
+    if type_ in "Aa" and name not in _KEPT_ABSOLUTE:
+        return True
+    return (
+        name in _IGNORED_NAMES
+        or name.startswith(_IGNORED_PREFIXES)
+        or name.endswith(_IGNORED_SUFFIXES)
+        or any(m in name for m in _IGNORED_MATCHES)
+    )
+
+
+def _linker_provided(name: str) -> bool:
+    """may_be_linker_script_provide_symbol() of scripts/kallsyms.c."""
+    if len(name) < 8 or not name.startswith("__"):
+        return False
+    return (name.startswith(("__start_", "__stop_", "__end_"))
+            or name.endswith(("_start", "_end")))
+
+
+def kallsyms_from_nm(addresses: np.ndarray, types: np.ndarray, names: np.ndarray,
+                     source: str, *, config: KernelConfig | None,
+                     version: KernelVersion | None) -> KallsymsTable:
+    """Apply scripts/kallsyms to ``nm -n``-ordered symbols (after mksysmap):
+    read_symbol() filters, shrink_table(), make_percpus_absolute(),
+    sort_symbols()."""
+    notes: list[str] = []
+    if version is None:
+        version = KernelVersion(6, 1, 0, "6.1 (assumed)")
+        notes.append("kernel version unknown: kallsyms rules of v6.1 assumed")
+    if config is None:
+        all_symbols, absolute_percpu = True, True
+        notes.append("no .config: CONFIG_KALLSYMS_ALL=y and CONFIG_KALLSYMS_ABSOLUTE_PERCPU=y "
+                     "assumed (as in distribution kernels)")
+    else:
+        all_symbols = config.enabled("KALLSYMS_ALL")
+        absolute_percpu = config.enabled("KALLSYMS_ABSOLUTE_PERCPU")
+    name_len = ksym_name_len(version)
+    name_list: list[str] = names.tolist()
+    type_list: list[str] = types.tolist()
+
+    # read_symbol(): too long names and is_ignored_symbol()
+    keep = np.fromiter(
+        (len(n) < name_len and not _ignored(n, t)
+         for n, t in zip(name_list, type_list, strict=True)),
+        dtype=bool, count=len(name_list),
+    )
+    # check_symbol_range() sees only the symbols read_symbol() kept; the last wins.
+    ranges: dict[str, int] = {}
+    wanted = {"_stext", "_etext", "_sinittext", "_einittext", "__per_cpu_start",
+              "__per_cpu_end"}
+    for i in np.flatnonzero(keep).tolist():
+        if name_list[i] in wanted:
+            ranges[name_list[i]] = int(addresses[i])
+
+    if not all_symbols:  # symbol_valid()
+        valid = np.zeros(len(name_list), dtype=bool)
+        text_end = ranges.get("_etext", 0)
+        init_end = ranges.get("_einittext", 0)
+        for lo_name, hi in (("_stext", text_end), ("_sinittext", init_end)):
+            lo = ranges.get(lo_name, 0)
+            valid |= (addresses >= np.uint64(lo)) & (addresses <= np.uint64(hi))
+        at_end = ((addresses == np.uint64(text_end)) & (names != "_etext")) | \
+                 ((addresses == np.uint64(init_end)) & (names != "_einittext"))
+        valid &= ~at_end
+        if kallsyms_keeps_start_stop(version):
+            valid |= np.fromiter((n.startswith(("__start_", "__stop_")) for n in name_list),
+                                 dtype=bool, count=len(name_list))
+        keep &= valid
+
+    idx = np.flatnonzero(keep)
+    if not len(idx):
+        raise KernelSourceError(f"{source}: no symbol is left after kallsyms' filtering")
+    addr_k = addresses[idx]
+    types_k = types[idx].copy()
+    names_k = names[idx]
+    if absolute_percpu and "__per_cpu_start" in ranges:  # make_percpus_absolute()
+        lo, hi = ranges["__per_cpu_start"], ranges.get("__per_cpu_end", 0)
+        types_k[(addr_k >= np.uint64(lo)) & (addr_k <= np.uint64(hi))] = "A"
+
+    # sort_symbols(): address, then non-weak first, then not linker-provided
+    # first, then fewer leading underscores, then input order.
+    kept_names: list[str] = names_k.tolist()
+    weak = np.isin(types_k, np.array(["w", "W"]))
+    provided = np.fromiter((_linker_provided(n) for n in kept_names), dtype=bool,
+                           count=len(kept_names))
+    unders = np.fromiter((len(n) - len(n.lstrip("_")) for n in kept_names), dtype=np.int64,
+                         count=len(kept_names))
+    start_pos = np.arange(len(kept_names))
+    order = np.lexsort((start_pos, unders, provided, weak, addr_k))
+    return KallsymsTable(addr_k[order], types_k[order], names_k[order], source,
+                         notes=notes)

@@ -1,0 +1,264 @@
+"""Module.symvers: the symbols a kernel (and its modules) export.
+
+modpost writes one line per export, fields separated by tabs.  Three layouts
+exist since symbol namespaces were added; the one in use is recognised on
+each line from where the EXPORT_SYMBOL* word is:
+
+* ``crc name module export`` -- before v5.4 (no namespaces).
+* ``crc name namespace module export`` -- v5.4 and v5.5 (commit cb9b55d21fe0
+  "modpost: add support for symbol namespaces"); the namespace field is
+  always there, empty when the export has none.
+* ``crc name module export namespace`` -- since v5.6: commit 5190044c2965
+  ("modpost: move the namespace field in Module.symvers last", Jessica Yu),
+  merged through "Kbuild fixes for v5.6 (3rd)" and tagged for stable, so
+  later 5.4.y/5.5.y releases write this layout too.  (Verified from the
+  patch thread and that pull request; not v5.9/5.10.)  The namespace is empty
+  for most exports, so the line ends with a tab.
+
+The CRC is ``0x00000000`` when CONFIG_MODVERSIONS is off (or the symbol has
+no CRC); it is read as ``crc=None``.
+
+Exports for named modules only (v6.16+): ``EXPORT_SYMBOL_GPL_FOR_MODULES``,
+renamed ``EXPORT_SYMBOL_FOR_MODULES`` in v6.17 (include/linux/export.h:
+``__EXPORT_SYMBOL(sym, "GPL", "module:" mods)``), put the export in the
+namespace ``module:PATTERN[,PATTERN...]``.  kernel/module/main.c
+(module_match(), since commit 092a4f5985f2 "module: Add module specific
+symbol namespace support" and its follow-ups) lets a module use it when its
+name matches one of the comma separated patterns; a pattern may end in ``*``
+(tail glob, the only wildcard), and ``-`` and ``_`` compare equal (module
+names are KBUILD_MODNAME, dashes turned into underscores).  Such a namespace
+cannot be imported with MODULE_IMPORT_NS.  To every other module the symbol
+is unexported.  (A July 2025 proposal also restricted these exports to
+in-tree modules; whether that was merged is not verified, so it is not
+modelled here.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from klpsym.errors import KernelSourceError
+from klpsym.kernel._io import line_error, read_text
+
+#: The export-type words modpost has written (export_str() in
+#: scripts/mod/modpost.c; the UNUSED and GPL_FUTURE kinds were removed in 5.13).
+EXPORT_TYPES = frozenset({
+    "EXPORT_SYMBOL",
+    "EXPORT_SYMBOL_GPL",
+    "EXPORT_SYMBOL_GPL_FUTURE",
+    "EXPORT_UNUSED_SYMBOL",
+    "EXPORT_UNUSED_SYMBOL_GPL",
+})
+GPL_ONLY_TYPES = frozenset({"EXPORT_SYMBOL_GPL", "EXPORT_UNUSED_SYMBOL_GPL"})
+
+MODULE_NS_PREFIX = "module:"
+
+#: Layout names, as recorded in :attr:`Symvers.layouts`.
+LAYOUT_NO_NAMESPACE = "crc name module export (<5.4)"
+LAYOUT_NAMESPACE_THIRD = "crc name namespace module export (5.4-5.5)"
+LAYOUT_NAMESPACE_LAST = "crc name module export namespace (5.6+)"
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """One exported symbol."""
+
+    name: str
+    crc: int | None  # None: 0x00000000, i.e. no CRC (modversions off)
+    module: str  # "vmlinux" or the module's path without .ko ("fs/ext4/ext4")
+    export_type: str  # "EXPORT_SYMBOL", "EXPORT_SYMBOL_GPL", ...
+    namespace: str = ""  # "" when none; "module:kvm,kvm-*" for module-only exports
+    origin: str = ""  # "path:line" it was read from
+
+    @property
+    def gpl_only(self) -> bool:
+        return self.export_type in GPL_ONLY_TYPES
+
+    @property
+    def from_vmlinux(self) -> bool:
+        return self.module == "vmlinux"
+
+    @property
+    def module_only(self) -> bool:
+        """Exported for named modules only (EXPORT_SYMBOL_FOR_MODULES)."""
+        return self.namespace.startswith(MODULE_NS_PREFIX)
+
+    @property
+    def allowed_modules(self) -> tuple[str, ...]:
+        """The module name patterns of a module-only export, else ()."""
+        if not self.module_only:
+            return ()
+        return tuple(p for p in self.namespace[len(MODULE_NS_PREFIX):].split(",") if p)
+
+    @property
+    def import_namespace(self) -> str | None:
+        """The namespace a user must MODULE_IMPORT_NS(), if any (module-only
+        namespaces are implicit and cannot be imported)."""
+        if not self.namespace or self.module_only:
+            return None
+        return self.namespace
+
+    def visible_to(self, module_name: str) -> bool:
+        """Whether a module called ``module_name`` may link against this
+        export (namespace imports aside)."""
+        if not self.module_only:
+            return True
+        return module_name_matches(self.namespace[len(MODULE_NS_PREFIX):], module_name)
+
+
+def module_name_matches(patterns: str, module_name: str) -> bool:
+    """kernel/module/main.c module_match(): ``patterns`` is a comma separated
+    list; a pattern ending in ``*`` matches by prefix; ``-`` equals ``_``."""
+    name = module_name.replace("-", "_")
+    for pat in patterns.split(","):
+        if not pat:
+            continue
+        pat = pat.replace("-", "_")
+        if pat.endswith("*"):
+            if name.startswith(pat[:-1]):
+                return True
+        elif name == pat:
+            return True
+    return False
+
+
+class Symvers:
+    """The exports of one or more Module.symvers files, by name."""
+
+    def __init__(self, exports: dict[str, Export] | None = None,
+                 sources: Iterable[str] = (), layouts: Iterable[str] = ()) -> None:
+        self.exports: dict[str, Export] = dict(exports or {})
+        self.sources: tuple[str, ...] = tuple(sources)
+        self.layouts: frozenset[str] = frozenset(layouts)
+
+    def __len__(self) -> int:
+        return len(self.exports)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.exports
+
+    def __iter__(self) -> Iterator[Export]:
+        return iter(self.exports.values())
+
+    def __repr__(self) -> str:
+        return f"<Symvers {len(self.exports)} exports from {', '.join(self.sources) or '-'}>"
+
+    def get(self, name: str) -> Export | None:
+        return self.exports.get(name)
+
+    @property
+    def source(self) -> str:
+        return " + ".join(self.sources) if self.sources else "<no Module.symvers>"
+
+    def is_exported(self, name: str) -> bool:
+        return name in self.exports
+
+    def is_gpl_only(self, name: str) -> bool:
+        """True if ``name`` is exported GPL-only (False if not exported)."""
+        e = self.exports.get(name)
+        return e is not None and e.gpl_only
+
+    def exported_by_vmlinux(self, name: str) -> bool:
+        e = self.exports.get(name)
+        return e is not None and e.from_vmlinux
+
+    def visible_to(self, name: str, module_name: str) -> bool:
+        """Whether a module called ``module_name`` may use the export ``name``:
+        False when it is not exported at all, or exported only for other
+        modules (EXPORT_SYMBOL_FOR_MODULES)."""
+        e = self.exports.get(name)
+        return e is not None and e.visible_to(module_name)
+
+    def merge(self, *others: Symvers) -> Symvers:
+        """A new Symvers with the exports of ``self`` and ``others``.
+
+        ``Symvers.merge(a, b, c)`` works too.  The same name exported by two
+        different modules is an error (the kernel would refuse to load the
+        second exporter); the same export read twice is kept once.
+        """
+        exports = dict(self.exports)
+        sources = list(self.sources)
+        layouts = set(self.layouts)
+        for other in others:
+            for name, e in other.exports.items():
+                prev = exports.get(name)
+                if prev is not None and prev.module != e.module:
+                    raise KernelSourceError(
+                        f"{e.origin or other.source}: {name} is exported by {e.module}, but "
+                        f"{prev.origin or 'an earlier Module.symvers'} has it exported by "
+                        f"{prev.module}; a symbol can be exported once (drop one --symvers)"
+                    )
+                exports[name] = e
+            sources.extend(s for s in other.sources if s not in sources)
+            layouts |= other.layouts
+        return Symvers(exports, sources, layouts)
+
+
+def read_symvers(path: Path | str) -> Symvers:
+    """Parse one Module.symvers (any layout since v2.6.18)."""
+    text = read_text(
+        path, "Module.symvers",
+        "install the kernel's headers package (linux-headers-<release>) or pass --symvers",
+    )
+    return parse_symvers(text, str(path))
+
+
+def read_symvers_files(paths: Iterable[Path | str]) -> Symvers:
+    """Parse and merge several Module.symvers files, first one first."""
+    result = Symvers()
+    for p in paths:
+        result = result.merge(read_symvers(p))
+    return result
+
+
+def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
+    exports: dict[str, Export] = {}
+    layouts: set[str] = set()
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) == 1:  # hand-made file with spaces instead of tabs
+            fields = line.split()
+        e, layout = _parse_line(fields, source, lineno, line)
+        prev = exports.get(e.name)
+        if prev is not None and prev.module != e.module:
+            raise line_error(
+                source, lineno,
+                f"{e.name} exported again (first by {prev.module} at {prev.origin})", line,
+            )
+        exports[e.name] = e
+        layouts.add(layout)
+    return Symvers(exports, [source], layouts)
+
+
+def _parse_line(fields: list[str], source: str, lineno: int,
+                line: str) -> tuple[Export, str]:
+    n = len(fields)
+    if n == 5 and fields[3] in EXPORT_TYPES:
+        crc_s, name, module, export, namespace = fields
+        layout = LAYOUT_NAMESPACE_LAST
+    elif n == 5 and fields[4] in EXPORT_TYPES:
+        crc_s, name, namespace, module, export = fields
+        layout = LAYOUT_NAMESPACE_THIRD
+    elif n == 4 and fields[3] in EXPORT_TYPES:
+        crc_s, name, module, export = fields
+        namespace = ""
+        layout = LAYOUT_NO_NAMESPACE
+    else:
+        raise line_error(
+            source, lineno,
+            "not a Module.symvers line (expected CRC<tab>NAME<tab>MODULE<tab>EXPORT_SYMBOL*"
+            "[<tab>NAMESPACE])", line,
+        )
+    try:
+        crc = int(crc_s, 16)
+    except ValueError:
+        raise line_error(source, lineno, f"CRC {crc_s!r} is not hexadecimal", line) from None
+    if not name or not module or any(c.isspace() for c in name):
+        raise line_error(source, lineno, "empty or malformed symbol or module name", line)
+    return Export(name, crc or None, module, export, namespace.strip(),
+                  f"{source}:{lineno}"), layout
