@@ -327,7 +327,7 @@ def test_cli_dry_run_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not list(tmp_path.glob("*.klp*"))
     assert main(["convert", str(src), "--dry-run", "--json", "--sympos", "show_state=3"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    conv = {s["name"]: s for s in doc["symbols"] if s["fate"] == "convert"}
+    conv = {s["name"]: s for s in doc["symbols"] if s["kind"] == "convert"}
     assert conv["show_state"]["pos"] == 3 and conv["show_state"]["candidates"] == 3
     assert conv["kallsyms_lookup_name"]["relocations"] == {".text": 1, ".data": 1}
     assert doc["written"] is False and doc["relocations_to_move"] == 4

@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
                    help="which of several same-name kallsyms entries to use (1-based, in "
                         "kallsyms order; repeatable)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (symbol, fate, POS, relocations), write nothing")
+                   help="print the plan (symbol, kind, POS, relocations per section), write nothing")
     p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     add_source_flags(p)
     p.set_defaults(run=run)
@@ -76,7 +76,7 @@ def print_plan(plan: Plan) -> None:
     console.print(f"module {plan.module.path} ({plan.module.name})")
     console.print(f"target {plan.target.describe()}")
     table = Table()
-    for col in ("symbol", "fate", "POS", "type", "address", "relocations"):
+    for col in ("symbol", "kind", "POS", "type", "address", "relocations"):
         table.add_column(col, no_wrap=col != "relocations")
     order = {Fate.CONVERT: 0, Fate.LIVEPATCH: 1, Fate.MODULE_EXPORT: 2, Fate.EXPORTED: 3,
              Fate.WEAK: 4, Fate.MISSING: 5}
@@ -127,7 +127,7 @@ def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
         "symbols": [
             {
                 "name": s.name,
-                "fate": s.fate.value,
+                "kind": s.fate.value,
                 "provider": s.provider,
                 "pos": s.pos,
                 "type": s.candidate.type if s.candidate else None,
