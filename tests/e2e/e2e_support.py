@@ -1,0 +1,256 @@
+"""Helpers for the end-to-end tests: the cases, the guest script, its parser.
+
+The session builds every test module (tests/modules/*) and the demo module
+(examples/hello_klp) with the kernel's own kbuild, converts each with the
+``klpsym convert`` command line exactly as a user would, then boots the
+kernel ONCE (each TCG boot costs seconds) and loads every converted module,
+plus the unconverted call_func.ko as the negative case.
+
+Result channel format (one record a line, written by GUEST_SCRIPT's helpers):
+
+    @@begin CASE                 a case starts (the kernel log was just cleared)
+    @@kv KEY=VALUE               something the script measured (exit codes, sysctls)
+    @@dmesg LINE                 the kernel log written while the case ran
+    @@end CASE
+    @@kallsyms LINE              /proc/kallsyms lines of the symbols the tests check
+
+Modules print ``klptest TAG: key=value ...`` lines; ``CaseResult.records``
+parses them.  Tests assert on values read back from the guest: addresses
+against /proc/kallsyms of the same boot, sysctls as user space saw them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from klpsym.lab.qemu import BootError, BootResult
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_SOURCES = {
+    "call_func": REPO / "tests/modules/call_func",
+    "data_rw": REPO / "tests/modules/data_rw",
+    "fn_pointers": REPO / "tests/modules/fn_pointers",
+    "init_exit": REPO / "tests/modules/init_exit",
+    "two_files": REPO / "tests/modules/two_files",
+    "sympos": REPO / "tests/modules/sympos",
+    "hello_klp": REPO / "examples/hello_klp",
+}
+
+# sympos.c references c_start: three static functions of that name in
+# bookworm's vmlinux.  The 2nd is not the first match, so a converter that
+# ignored POS would be caught.
+SYMPOS_NAME = "c_start"
+SYMPOS_POS = 2
+EXTRA_CONVERT_ARGS: dict[str, list[str]] = {
+    "sympos": ["--sympos", f"{SYMPOS_NAME}={SYMPOS_POS}"],
+}
+
+# The unexported symbols each module references (what modpost warns about).
+UNEXPORTED: dict[str, set[str]] = {
+    "call_func": {"kallsyms_lookup_name"},
+    "data_rw": {"dmesg_restrict"},
+    "fn_pointers": {"bpf_get_current_pid_tgid", "bpf_get_current_comm", "bpf_ktime_get_ns"},
+    "init_exit": {"kallsyms_lookup_name", "lookup_symbol_name"},
+    "two_files": {"kallsyms_lookup_name", "core_kernel_text", "kptr_restrict"},
+    "sympos": {SYMPOS_NAME},
+    "hello_klp": {"kallsyms_lookup_name"},
+}
+
+# Symbols whose same-boot /proc/kallsyms lines the guest sends back.
+KALLSYMS_NAMES = sorted(set().union(*UNEXPORTED.values()) | {"init_task", "_printk", "jiffies"})
+
+CONVERT_TIMEOUT = 120.0
+BOOT_TIMEOUT = 300.0
+
+
+def klpsym(*args: str | Path, timeout: float = CONVERT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run the klpsym command line as a user would (this interpreter, the repo's package)."""
+    return subprocess.run(
+        [sys.executable, "-m", "klpsym.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Converted:
+    name: str
+    original: Path
+    output: Path
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.output.is_file()
+
+    def explain(self) -> str:
+        return (
+            f"klpsym convert {self.original.name} exited {self.returncode}:"
+            f" {self.stderr.strip() or self.stdout.strip()[-500:]}"
+        )
+
+
+_RECORD = re.compile(r"klptest (\S+): (.*)$")
+
+
+@dataclass
+class CaseResult:
+    """What the guest reported for one case."""
+
+    name: str
+    kv: dict[str, str] = field(default_factory=dict)
+    dmesg: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)  # e.g. insmod's own error message
+
+    def records(self, tag: str) -> list[dict[str, str]]:
+        """The module's ``klptest TAG: k=v k=v`` lines from the kernel log, parsed."""
+        out = []
+        for line in self.dmesg:
+            m = _RECORD.search(line)
+            if m and m.group(1) == tag:
+                out.append(dict(kv.split("=", 1) for kv in m.group(2).split() if "=" in kv))
+        return out
+
+    def record(self, tag: str, *keys: str, **match: str) -> dict[str, str]:
+        """The one record of ``tag`` that has all ``keys`` and whose fields include ``match``."""
+        found = [
+            r
+            for r in self.records(tag)
+            if all(k in r for k in keys) and all(r.get(k) == v for k, v in match.items())
+        ]
+        assert len(found) == 1, (
+            f"expected one 'klptest {tag}' line with {keys} {match}:\n{self.log()}"
+        )
+        return found[0]
+
+    def log(self) -> str:
+        return "\n".join(
+            [f"kv: {self.kv}", *self.other, *self.dmesg]
+            if self.kv or self.dmesg
+            else ["(no output)"]
+        )
+
+
+@dataclass
+class GuestRun:
+    boot: BootResult | None
+    error: BootError | None
+    cases: dict[str, CaseResult]
+    kallsyms: dict[str, list[int]]  # name -> vmlinux addresses, kallsyms order
+    script: str
+
+    def case(self, name: str) -> CaseResult:
+        if self.error is not None:
+            pytest.fail(f"the guest did not finish: {self.error}\n{self.error.console_tail()}")
+        assert name in self.cases, f"guest sent nothing for {name!r}:\n{self.raw()}"
+        return self.cases[name]
+
+    def address(self, name: str) -> int:
+        addrs = self.kallsyms.get(name, [])
+        assert len(addrs) == 1, f"{name}: expected one vmlinux kallsyms entry, got {addrs}"
+        return addrs[0]
+
+    def raw(self) -> str:
+        return self.boot.output[-3000:] if self.boot else "(no boot)"
+
+
+def parse_output(text: str) -> tuple[dict[str, CaseResult], dict[str, list[int]]]:
+    cases: dict[str, CaseResult] = {}
+    kallsyms: dict[str, list[int]] = {}
+    current: CaseResult | None = None
+    for line in text.splitlines():
+        if line.startswith("@@begin "):
+            current = cases.setdefault(line.split(None, 1)[1], CaseResult(line.split(None, 1)[1]))
+        elif line.startswith("@@end "):
+            current = None
+        elif line.startswith("@@kallsyms "):
+            fields = line.split()
+            if len(fields) == 4:  # "@@kallsyms ADDR TYPE NAME": vmlinux (modules add [mod])
+                kallsyms.setdefault(fields[3], []).append(int(fields[1], 16))
+        elif current is None:
+            continue
+        elif line.startswith("@@kv "):
+            key, _, value = line[5:].partition("=")
+            current.kv[key] = value
+        elif line.startswith("@@dmesg "):
+            current.dmesg.append(line[8:])
+        else:
+            current.other.append(line)
+    return cases, kallsyms
+
+
+def hex_addr(value: str) -> int:
+    """A %px value (16 hex digits, no 0x) as an int."""
+    return int(value, 16)
+
+
+# The guest script.  Each case clears the kernel log first, so the log lines
+# that follow belong to that case.
+GUEST_HELPERS = r"""
+set -u
+begin() { echo "@@begin $1"; dmesg -c >/dev/null; }
+end() { dmesg | sed 's/^/@@dmesg /'; echo "@@end $1"; }
+kv() { echo "@@kv $1=$2"; }
+load() { insmod "$1"; kv insmod_rc $?; }
+"""
+
+
+def guest_script(present: set[str], sympos_positions: list[int] = []) -> str:  # noqa: B006
+    """The script for the one boot; ``present`` names the converted modules that exist.
+
+    ``sympos_positions``: POS values for which /lab/klp/sympos.posN.ko exists
+    (the same module converted with ``--sympos c_start=N``); each is loaded and
+    unloaded in turn as case ``sympos_posN``.
+    """
+    parts = [GUEST_HELPERS]
+
+    def case(name: str, body: str) -> None:
+        if name not in present:
+            body = "kv skipped convert_failed"
+        parts.append(f"begin {name}\n{body}\nend {name}\n")
+
+    # Negative first: the unconverted module must be refused (and leaves
+    # nothing loaded, so the converted call_func.ko can load next).
+    parts.append(
+        "begin unconverted_call_func\nload /lab/orig/call_func.ko\n"
+        "kv loaded $(grep -c '^call_func ' /proc/modules)\nend unconverted_call_func\n"
+    )
+    case("call_func", "load /lab/klp/call_func.ko")
+    case(
+        "data_rw",
+        "kv sysctl_before $(cat /proc/sys/kernel/dmesg_restrict)\n"
+        "load /lab/klp/data_rw.ko\n"
+        "kv sysctl_after $(cat /proc/sys/kernel/dmesg_restrict)",
+    )
+    case("fn_pointers", "load /lab/klp/fn_pointers.ko")
+    case(
+        "init_exit",
+        "load /lab/klp/init_exit.ko\nrmmod init_exit; kv rmmod_rc $?\n"
+        "kv loaded_after_rmmod $(grep -c '^init_exit ' /proc/modules)",
+    )
+    case(
+        "two_files",
+        "kv sysctl_kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\nload /lab/klp/two_files.ko",
+    )
+    case("sympos", "load /lab/klp/sympos.ko\nrmmod sympos; kv rmmod_rc $?")
+    for pos in sympos_positions:
+        parts.append(
+            f"begin sympos_pos{pos}\nload /lab/klp/sympos.pos{pos}.ko\n"
+            f"rmmod sympos; kv rmmod_rc $?\nend sympos_pos{pos}\n"
+        )
+    case("hello_klp", "load /lab/klp/hello_klp.ko")
+    names = "|".join(re.escape(n) for n in KALLSYMS_NAMES)
+    parts.append(f"grep -E ' ({names})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n")
+    parts.append("begin final\nkv tainted $(cat /proc/sys/kernel/tainted)\nend final\n")
+    return "".join(parts)

@@ -1,0 +1,256 @@
+"""End to end: build real modules, convert them with the CLI, load them in QEMU.
+
+One boot serves every test below that takes the ``guest`` fixture (see
+conftest.py).  Each test asserts on what came back from the guest: the
+module's own printout, cross-checked against /proc/kallsyms and /proc/sys
+as read in the same boot.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from e2e_support import (
+    SYMPOS_NAME,
+    SYMPOS_POS,
+    UNEXPORTED,
+    CaseResult,
+    Converted,
+    GuestRun,
+    hex_addr,
+    klpsym,
+)
+
+from klpsym.lab.provision import Kernel
+
+pytestmark = pytest.mark.e2e
+
+SHN_LIVEPATCH = 0xFF20
+
+
+def loaded(guest: GuestRun, name: str, converted: dict[str, Converted]) -> CaseResult:
+    """The guest's result for ``name``, after checking that its conversion worked and insmod did."""
+    conv = converted[name]
+    assert conv.ok, conv.explain()
+    case = guest.case(name)
+    assert case.kv.get("insmod_rc") == "0", f"insmod {name}.ko failed:\n{case.log()}"
+    return case
+
+
+# ------------------------------------------------------------------ static checks
+
+
+def _readelf(ko: Path, *flags: str) -> str:
+    return subprocess.run(
+        ["readelf", "-W", *flags, str(ko)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def rela_users(ko: Path, names: set[str]) -> dict[str, dict[str, int]]:
+    """symbol -> {relocation section: count}, for the symbols in ``names`` (readelf -r)."""
+    users: dict[str, dict[str, int]] = {}
+    section = ""
+    for line in _readelf(ko, "-r").splitlines():
+        m = re.match(r"Relocation section '([^']+)'", line)
+        if m:
+            section = m.group(1)
+            continue
+        f = line.split()
+        if len(f) >= 5 and f[2].startswith("R_X86_64_") and f[4] in names:
+            per = users.setdefault(f[4], {})
+            per[section] = per.get(section, 0) + 1
+    return users
+
+
+def test_modules_reference_what_they_claim(built: dict[str, Path]) -> None:
+    """Guard on the test modules themselves: the compiler emitted the shapes we test."""
+    for name, names in UNEXPORTED.items():
+        users = rela_users(built[name], names)
+        assert set(users) == names, f"{name}.ko: unexported references {users}"
+    fp = rela_users(built["fn_pointers"], UNEXPORTED["fn_pointers"])
+    assert fp["bpf_get_current_pid_tgid"] == {".rela.data": 1}
+    assert fp["bpf_get_current_comm"] == {".rela.rodata": 1}
+    assert fp["bpf_ktime_get_ns"] == {".rela.rodata": 1}
+    ie = rela_users(built["init_exit"], UNEXPORTED["init_exit"])
+    assert set(ie["kallsyms_lookup_name"]) == {".rela.init.text"}
+    assert set(ie["lookup_symbol_name"]) == {".rela.exit.text"}
+
+
+@pytest.mark.parametrize("name", sorted(UNEXPORTED))
+def test_converted_elf(name: str, built: dict[str, Path], converted: dict[str, Converted]) -> None:
+    """Every relocation against an unexported symbol moved to .klp.rela.vmlinux.<target>,
+    against a .klp.sym.vmlinux.NAME,POS symbol in SHN_LIVEPATCH (checked with readelf)."""
+    conv = converted[name]
+    assert conv.ok, conv.explain()
+    names = UNEXPORTED[name]
+    before = rela_users(built[name], names)
+    pos = {n: (SYMPOS_POS if n == SYMPOS_NAME else 0) for n in names}
+    klp_names = {f".klp.sym.vmlinux.{n},{pos[n]}": n for n in names}
+    after = rela_users(conv.output, set(klp_names) | names)
+    for plain in names:
+        assert plain not in after, f"{plain} still relocated through {after.get(plain)}"
+    moved = {
+        klp_names[k]: {
+            ".rela" + sec.removeprefix(".klp.rela.vmlinux."): count for sec, count in v.items()
+        }
+        for k, v in after.items()
+    }
+    assert moved == before
+    for sec in {s for v in after.values() for s in v}:
+        assert sec.startswith(".klp.rela.vmlinux."), sec
+
+    # Symbols: .klp.sym.vmlinux.NAME,POS with st_shndx SHN_LIVEPATCH, none left undefined.
+    syms = _readelf(conv.output, "-s")
+    for klp_name in klp_names:
+        lines = [ln for ln in syms.splitlines() if ln.split() and ln.split()[-1] == klp_name]
+        assert lines, f"no symbol {klp_name} in {conv.output.name}"
+        assert all(f"{SHN_LIVEPATCH:#x}" in ln.lower() for ln in lines), lines
+    und = {ln.split()[-1] for ln in syms.splitlines() if " UND " in ln and ln.split()[-1] != "UND"}
+    assert not und & names
+
+    # Sections: SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH (readelf flags A, I, o).
+    for line in _readelf(conv.output, "-S").splitlines():
+        m = re.search(r"\]\s+(\.klp\.rela\.vmlinux\.\S+)\s+RELA\s+(?:\S+\s+){4}(\S+)", line)
+        if m:
+            assert set("AIo") <= set(m.group(2)), line
+
+
+def test_sympos_without_sympos_is_refused(
+    kernel: Kernel, built: dict[str, Path], kallsyms_file: Path, tmp_path: Path
+) -> None:
+    """No boot needed: an ambiguous name is refused with exit 2, naming the candidates."""
+    out = tmp_path / "sympos.ko"
+    proc = klpsym(
+        "convert", built["sympos"], "-o", out,
+        "--kernel-dir", kernel.kernel_dir, "--kallsyms", kallsyms_file,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("klpsym: error: "), proc.stderr
+    assert SYMPOS_NAME in lines[0] and "--sympos" in lines[0]
+    # every same-name kallsyms entry is listed, by address
+    wanted = [
+        int(ln.split()[0], 16)
+        for ln in kallsyms_file.read_text().splitlines()
+        if ln.split()[2:] == [SYMPOS_NAME]
+    ]
+    assert len(wanted) >= 2, f"{SYMPOS_NAME} is no longer ambiguous in this kernel: pick another"
+    listed = {int(h, 16) for h in re.findall(r"0x[0-9a-fA-F]+", lines[0])}
+    assert set(wanted) <= listed, lines[0]
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ in the guest
+
+
+def test_boot_is_clean(guest: GuestRun) -> None:
+    if guest.error is not None:
+        pytest.fail(f"the guest did not finish: {guest.error}\n{guest.error.console_tail()}")
+    assert guest.boot is not None
+    assert guest.boot.exit_status == 0, guest.raw()
+    for bad in ("BUG:", "Oops", "general protection", "Call Trace", "WARNING:"):
+        assert bad not in guest.boot.console, guest.boot.console[-3000:]
+    print(f"boot: {guest.boot.seconds:.1f} s")
+
+
+def test_unconverted_module_is_refused(guest: GuestRun) -> None:
+    case = guest.case("unconverted_call_func")
+    assert case.kv.get("insmod_rc") not in (None, "0"), case.log()
+    assert case.kv.get("loaded") == "0", case.log()
+    assert any("call_func: Unknown symbol kallsyms_lookup_name" in ln for ln in case.dmesg), (
+        case.log()
+    )
+
+
+def test_call_func(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "call_func", converted)
+    for name in ("init_task", "_printk"):
+        rec = case.record("call_func", name=name)
+        assert hex_addr(rec["got"]) == guest.address(name), rec
+        assert rec["got"] == rec["want"] and rec["match"] == "1", rec
+    fn = case.record("call_func", "fn")
+    assert hex_addr(fn["fn"]) == guest.address("kallsyms_lookup_name")
+    assert case.record("call_func", result="OK")
+
+
+def test_data_rw(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "data_rw", converted)
+    rec = case.record("data_rw", "old", "new")
+    before, after = int(case.kv["sysctl_before"]), int(case.kv["sysctl_after"])
+    assert hex_addr(rec["addr"]) == guest.address("dmesg_restrict")
+    assert int(rec["old"]) == before  # the module read what user space saw
+    assert int(rec["new"]) == 1 - before
+    assert int(rec["readback"]) == int(rec["new"])
+    assert after == int(rec["new"])  # user space sees the module's write
+
+
+def test_fn_pointers(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "fn_pointers", converted)
+    data = case.record("fn_pointers", slot="data")
+    assert hex_addr(data["fn"]) == guest.address("bpf_get_current_pid_tgid")
+    assert data["got"] == data["want"] and data["match"] == "1", data
+    assert int(data["got"]) >> 32 > 1  # a real tgid (insmod), not 0 or init's 1
+    comm = case.record("fn_pointers", slot="rodata.comm")
+    assert hex_addr(comm["fn"]) == guest.address("bpf_get_current_comm")
+    assert comm["ret"] == "0" and comm["comm"] == "insmod" and comm["match"] == "1", comm
+    kt = case.record("fn_pointers", slot="rodata.ktime")
+    assert hex_addr(kt["fn"]) == guest.address("bpf_ktime_get_ns")
+    assert 0 < int(kt["t0"]) <= int(kt["got"]) <= int(kt["t1"]), kt
+    assert case.record("fn_pointers", result="OK")
+
+
+def test_init_exit(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "init_exit", converted)
+    assert case.kv.get("rmmod_rc") == "0", case.log()
+    assert case.kv.get("loaded_after_rmmod") == "0", case.log()
+    init = case.record("init_exit", phase="init")
+    assert hex_addr(init["got"]) == guest.address("init_task") == hex_addr(init["want"])
+    assert init["match"] == "1"
+    exit_ = case.record("init_exit", phase="exit")
+    assert exit_["ret"] == "0" and exit_["name"] == "init_task" and exit_["match"] == "1", exit_
+
+
+def test_two_files(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "two_files", converted)
+    a = case.record("two_files", part="a")
+    assert hex_addr(a["got"]) == guest.address("_printk") == hex_addr(a["want"])
+    b = case.record("two_files", part="b")
+    assert hex_addr(b["addr"]) == guest.address("kptr_restrict")
+    assert b["kptr_restrict"] == case.kv["sysctl_kptr_restrict"]
+    assert b["core_text_printk"] == "1" and b["core_text_module"] == "0", b
+
+
+def test_sympos(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "sympos", converted)
+    rec = case.record("sympos", name=SYMPOS_NAME)
+    same_boot = guest.kallsyms.get(SYMPOS_NAME, [])
+    assert len(same_boot) >= SYMPOS_POS, same_boot
+    assert hex_addr(rec["addr"]) == same_boot[SYMPOS_POS - 1], (rec, same_boot)
+    assert hex_addr(rec["addr"]) != same_boot[0]
+
+
+def test_sympos_every_position(guest: GuestRun, sympos_variants: dict[int, Converted]) -> None:
+    """The same module converted with --sympos c_start=N for each N gets the N-th entry."""
+    same_boot = guest.kallsyms.get(SYMPOS_NAME, [])
+    assert len(sympos_variants) == len(same_boot) >= 2, (sorted(sympos_variants), same_boot)
+    for pos, conv in sorted(sympos_variants.items()):
+        assert conv.ok, conv.explain()
+        case = guest.case(f"sympos_pos{pos}")
+        assert case.kv.get("insmod_rc") == "0" and case.kv.get("rmmod_rc") == "0", case.log()
+        rec = case.record("sympos", name=SYMPOS_NAME)
+        assert hex_addr(rec["addr"]) == same_boot[pos - 1], (pos, rec, same_boot)
+
+
+def test_hello_klp_demo(guest: GuestRun, converted: dict[str, Converted]) -> None:
+    case = loaded(guest, "hello_klp", converted)
+    j = case.record("hello", "jiffies_by_name")
+    assert (
+        hex_addr(j["jiffies_by_name"]) == guest.address("jiffies") == hex_addr(j["jiffies_by_link"])
+    )
+    k = case.record("hello", "kallsyms_lookup_name")
+    assert hex_addr(k["kallsyms_lookup_name"]) == guest.address("kallsyms_lookup_name")
+    assert k["kallsyms_lookup_name"] == k["by_link"]
+    assert case.record("hello", result="OK")
