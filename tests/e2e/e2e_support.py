@@ -142,7 +142,7 @@ class CaseResult:
         )
 
 
-@dataclass
+@dataclass(repr=False)
 class GuestRun:
     boot: BootResult | None
     error: BootError | None
@@ -160,6 +160,14 @@ class GuestRun:
         addrs = self.kallsyms.get(name, [])
         assert len(addrs) == 1, f"{name}: expected one vmlinux kallsyms entry, got {addrs}"
         return addrs[0]
+
+    def check_addr(self, printed: str, name: str) -> None:
+        """The module printed (%px) the address /proc/kallsyms gives ``name`` in this boot."""
+        got, want = hex_addr(printed), self.address(name)
+        assert got == want, f"{name}: module printed {got:#x}, /proc/kallsyms says {want:#x}"
+
+    def __repr__(self) -> str:
+        return f"<GuestRun cases={sorted(self.cases)} error={self.error}>"
 
     def raw(self) -> str:
         return self.boot.output[-3000:] if self.boot else "(no boot)"
