@@ -1,0 +1,353 @@
+"""klpsym.kernel.kallsyms: /proc/kallsyms and System.map readers, POS rules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kallsyms_asm import decode_kallsyms_asm
+from vmlinux_builder import (
+    SAMPLE_KALLSYMS_ALL,
+    SAMPLE_KALLSYMS_TEXT,
+    mksysmap,
+    sample_image,
+)
+
+from klpsym.elf import ElfFile
+from klpsym.errors import KernelSourceError, KlpsymError
+from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.kallsyms import (
+    AmbiguousSymbolError,
+    KallsymsTable,
+    SymbolLookupError,
+    SymbolNotFoundError,
+    is_data,
+    is_text,
+    parse_proc_kallsyms,
+    read_proc_kallsyms,
+    read_system_map,
+)
+from klpsym.kernel.version import KernelVersion
+from klpsym.kernel.vmlinux import nm_symbols
+
+PROC = """\
+ffffffff81000000 T _stext
+ffffffff81000000 T _text
+ffffffff81001000 t init_once
+ffffffff81002000 T schedule
+ffffffff81003000 t init_once
+ffffffff81004000 t zero_addr_later
+ffffffff81005000 t init_once
+ffffffffc0a00000 t init_once\t[ext4]
+ffffffffc0a01000 T ext4_only\t[ext4]
+ffffffffc0b00000 t bpf_prog_6deef7357e7b4530_sd_fw_egress\t[bpf]
+ffffffffc0c00000 t ftrace_trampoline\t[__builtin__ftrace]
+"""
+
+V61 = KernelVersion.parse("6.1.0-56-amd64")
+ALL = KernelConfig.from_text("CONFIG_KALLSYMS_ALL=y\nCONFIG_KALLSYMS_ABSOLUTE_PERCPU=y\n")
+TEXT_ONLY = KernelConfig.from_text("# CONFIG_KALLSYMS_ALL is not set\n"
+                                   "CONFIG_KALLSYMS_ABSOLUTE_PERCPU=y\n")
+
+
+def rows(t: KallsymsTable) -> list[tuple[str, str]]:
+    return [(str(a), str(b)) for a, b in zip(t.types, t.names, strict=True)]
+
+
+# -- /proc/kallsyms ---------------------------------------------------------------
+
+
+def test_proc_keeps_vmlinux_only_in_order() -> None:
+    t = parse_proc_kallsyms(PROC, "kallsyms")
+    assert len(t) == 7
+    assert [str(n) for n in t.names] == [
+        "_stext", "_text", "init_once", "schedule", "init_once", "zero_addr_later", "init_once"]
+    assert t.has_addresses and t.addresses.dtype == np.uint64
+    assert int(t.addresses[3]) == 0xFFFFFFFF81002000
+    assert "ext4_only" not in t and "ftrace_trampoline" not in t and "schedule" in t
+    assert t.count("init_once") == 3 and t.count("nope") == 0
+    assert t.duplicated_names() == {"init_once": 3}
+    assert list(t)[3] == (0xFFFFFFFF81002000, "T", "schedule")
+
+
+def test_candidates_and_resolve() -> None:
+    t = parse_proc_kallsyms(PROC, "kallsyms")
+    cands = t.candidates("init_once")
+    assert [(c.pos, c.type, c.address, c.index) for c in cands] == [
+        (1, "t", 0xFFFFFFFF81001000, 2), (2, "t", 0xFFFFFFFF81003000, 4),
+        (3, "t", 0xFFFFFFFF81005000, 6)]
+    assert t.resolve("schedule") == (0, t.candidates("schedule")[0])
+    assert t.sympos("schedule") == 0
+    assert t.resolve("schedule", 1)[0] == 1  # POS 1 of a unique name is also accepted
+    assert t.resolve("init_once", 2) == (2, cands[1])
+    assert t.resolve("init_once", 3)[1].address == 0xFFFFFFFF81005000
+    with pytest.raises(AmbiguousSymbolError) as exc:
+        t.resolve("init_once")
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg == ("symbol init_once is ambiguous: 3 entries in kallsyms (POS 1: t "
+                   "0xffffffff81001000, POS 2: t 0xffffffff81003000, POS 3: t 0xffffffff81005000)"
+                   "; choose one with --sympos init_once=POS")
+    assert exc.value.candidates == tuple(cands) and exc.value.name == "init_once"
+    with pytest.raises(AmbiguousSymbolError):
+        t.sympos("init_once")
+    with pytest.raises(SymbolNotFoundError, match="init_once=4: init_once occurs only 3 times"):
+        t.resolve("init_once", 4)
+    with pytest.raises(SymbolNotFoundError, match="schedule=2: schedule occurs only once"):
+        t.resolve("schedule", 2)
+    with pytest.raises(SymbolNotFoundError, match="symbol ext4_only is not in vmlinux's"):
+        t.resolve("ext4_only")
+    with pytest.raises(SymbolLookupError, match="POS must be 0 or more"):
+        t.resolve("schedule", -1)
+    assert issubclass(AmbiguousSymbolError, KlpsymError)
+    assert issubclass(SymbolNotFoundError, KernelSourceError)
+
+
+def test_address_zero_is_not_found() -> None:
+    t = parse_proc_kallsyms("0000000000000000 A fixed_percpu_data\n"
+                            "ffffffff81000000 T _stext\n", "k")
+    with pytest.raises(SymbolNotFoundError, match="address 0"):
+        t.resolve("fixed_percpu_data")
+
+
+def test_hidden_addresses_keep_order() -> None:
+    hidden = "\n".join("0" * 16 + line[16:] for line in PROC.splitlines())
+    t = parse_proc_kallsyms(hidden, "kallsyms (non-root)")
+    assert not t.has_addresses and t.notes and "order is kept" in t.notes[0]
+    assert [c.address for c in t.candidates("init_once")] == [None, None, None]
+    assert [c.index for c in t.candidates("init_once")] == [2, 4, 6]
+    assert t.resolve("init_once", 2)[0] == 2 and t.resolve("schedule")[0] == 0
+    assert "address unknown" in str(pytest.raises(AmbiguousSymbolError, t.resolve,
+                                                  "init_once").value)
+
+
+@pytest.mark.parametrize(("text", "line", "what"), [
+    ("ffffffff81000000 T a\nffffffff81000001 T\n", 2, "not a kallsyms line"),
+    ("ffffffff81000000 T a\nzzzz T b\n", 2, "address 'zzzz' is not a 64-bit hex"),
+    ("ffffffff81000000 T a\n1ffffffff81000001 T b\n", 2, "address '1f+81000001' is not"),
+    ("ffffffff81000000 TT a\n", 1, "type 'TT' is not one letter"),
+    ("ffffffff81000000 T a\tjunk\n", 1, "not a kallsyms line"),
+    ("ffffffff81000000 T a b c d\n", 1, "not a kallsyms line"),
+    ("ffffffffc0000000 t m\t[mod]\n\nffffffff81000000 T a extra\n", 3, "not a kallsyms line"),
+])
+def test_proc_malformed(text: str, line: int, what: str) -> None:
+    with pytest.raises(KernelSourceError, match=rf"^bad:{line}: {what}"):
+        parse_proc_kallsyms(text, "bad")
+
+
+def test_proc_empty_and_missing(tmp_path: Path) -> None:
+    with pytest.raises(KernelSourceError, match="no vmlinux symbols"):
+        parse_proc_kallsyms("", "empty")
+    with pytest.raises(KernelSourceError, match="no vmlinux symbols"):
+        parse_proc_kallsyms("ffffffffc0000000 t m\t[mod]\n", "mods")
+    with pytest.raises(KernelSourceError, match=r"no such file \(kallsyms\); pass --kallsyms"):
+        read_proc_kallsyms(tmp_path / "kallsyms")
+    (tmp_path / "k").write_text(PROC)
+    assert len(read_proc_kallsyms(tmp_path / "k")) == 7
+
+
+def test_type_letters() -> None:
+    assert all(is_text(c) for c in "tTwW") and not any(is_data(c) for c in "tTwW")
+    assert all(is_data(c) for c in "dDbBrRA") and not any(is_text(c) for c in "dDbBrRA")
+
+
+def _big_kallsyms(n: int) -> str:
+    rng = np.random.default_rng(1)
+    names = [f"sym_{i}" if i % 50 else f"dup_{(i // 50) % 1000}" for i in range(n)]
+    addrs = np.sort(rng.integers(0xFFFFFFFF81000000, 0xFFFFFFFF83000000, n, dtype=np.uint64))
+    types = rng.choice(list("tTdDbBrR"), n)
+    lines = [f"{a:016x} {t} {s}" for a, t, s in zip(addrs.tolist(), types, names, strict=True)]
+    lines += [f"ffffffffc0{i:06x} t mod_sym_{i}\t[some_mod]" for i in range(2000)]
+    return "\n".join(lines) + "\n"
+
+
+def test_proc_speed(tmp_path: Path) -> None:
+    path = tmp_path / "kallsyms"
+    path.write_text(_big_kallsyms(200_000))
+    best = 1e9
+    for _ in range(2):
+        t0 = time.perf_counter()
+        t = read_proc_kallsyms(path)
+        t.candidates("dup_7")  # builds the name index
+        best = min(best, time.perf_counter() - t0)
+    assert len(t) == 200_000 and t.count("dup_7") == 4
+    assert best < 1.0, f"reading 200k kallsyms lines took {best:.2f}s"
+
+
+def _host_kallsyms_readable() -> bool:
+    try:
+        with open("/proc/kallsyms") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    return bool(first) and not first.startswith("0" * 16)
+
+
+@pytest.mark.skipif(not _host_kallsyms_readable(), reason="no /proc/kallsyms with addresses")
+def test_host_proc_kallsyms_root_and_nobody(tmp_path: Path) -> None:
+    """The running kernel's kallsyms, as root and as user nobody (addresses
+    hidden): same names in the same order, so every POS is the same."""
+    root = read_proc_kallsyms("/proc/kallsyms")
+    assert len(root) > 10_000 and root.has_addresses
+    assert "_stext" in root
+    zeroed = tmp_path / "zeroed"
+    zeroed.write_text("".join("0" * 16 + ln[16:] + "\n"
+                              for ln in Path("/proc/kallsyms").read_text().splitlines()))
+    views = [("zeroed copy", read_proc_kallsyms(zeroed))]
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() == 0 and setpriv:
+        out = subprocess.run(
+            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
+             "/proc/kallsyms"], capture_output=True, check=True, timeout=60).stdout
+        nobody = tmp_path / "nobody"
+        nobody.write_bytes(out)
+        views.append(("as nobody", read_proc_kallsyms(nobody)))
+    for label, view in views:
+        assert not view.has_addresses, label
+        assert len(view) == len(root), label
+        assert list(view.names) == list(root.names), label
+        for name in list(root.duplicated_names())[:200]:
+            assert [c.index for c in view.candidates(name)] == \
+                   [c.index for c in root.candidates(name)], (label, name)
+
+
+# -- System.map -------------------------------------------------------------------
+
+DEBIAN_STUB = "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n"
+
+
+def test_debian_stub(tmp_path: Path) -> None:
+    p = tmp_path / "System.map-6.1.0-56-amd64"
+    p.write_text(DEBIAN_STUB)
+    with pytest.raises(KernelSourceError) as exc:
+        read_system_map(p)
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}: is Debian's placeholder")
+    assert "--kallsyms" in msg and "-dbg" in msg and "--vmlinux" in msg and "\n" not in msg
+
+
+def _sample_system_map(tmp_path: Path) -> Path:
+    vml = tmp_path / "vmlinux"
+    vml.write_bytes(sample_image().to_bytes())
+    a, t, n = nm_symbols(ElfFile.from_path(vml, relocatable_only=False))
+    sysmap = tmp_path / "System.map"
+    sysmap.write_text(mksysmap(list(zip(a.tolist(), t.tolist(), n.tolist(), strict=True))))
+    return sysmap
+
+
+def test_system_map_kallsyms_rules(tmp_path: Path) -> None:
+    sysmap = _sample_system_map(tmp_path)
+    t = read_system_map(sysmap, config=ALL, version=V61)
+    assert rows(t) == SAMPLE_KALLSYMS_ALL
+    assert not t.notes
+    # POS of "dup": the kernel counts in kallsyms order, data and init text included
+    assert [(c.pos, c.type) for c in t.candidates("dup")] == [
+        (1, "t"), (2, "t"), (3, "t"), (4, "d"), (5, "t")]
+    assert "kallsyms_offsets" not in t and "__kcfi_typeid_foo" not in t
+    assert "x" * 600 not in t  # >= KSYM_NAME_LEN
+    text = read_system_map(sysmap, config=TEXT_ONLY, version=V61)
+    assert rows(text) == SAMPLE_KALLSYMS_TEXT
+    assert [c.pos for c in text.candidates("dup")] == [1, 2, 3, 4]
+    with pytest.raises(SymbolNotFoundError):
+        text.resolve("global_var")  # data: not in kallsyms without KALLSYMS_ALL
+    # since v6.10 __start_*/__stop_* are kept without KALLSYMS_ALL
+    newer = read_system_map(sysmap, config=TEXT_ONLY, version=KernelVersion.parse("6.12.48"))
+    assert ("R", "__start___tracepoints") in rows(newer)
+    assert rows(newer).index(("R", "__start___tracepoints")) == rows(newer).index(
+        ("T", "_etext")) + 1
+    # no config: KALLSYMS_ALL assumed, and said
+    guessed = read_system_map(sysmap)
+    assert rows(guessed) == SAMPLE_KALLSYMS_ALL
+    assert any("CONFIG_KALLSYMS_ALL=y" in n for n in guessed.notes)
+    # KSYM_NAME_LEN 128 before 6.1
+    long_name = "y" * 200
+    sysmap.write_text(sysmap.read_text() + f"ffffffff81000800 t {long_name}\n")
+    assert long_name in read_system_map(sysmap, config=ALL, version=V61)
+    assert long_name not in read_system_map(sysmap, config=ALL,
+                                            version=KernelVersion.parse("5.10.0"))
+
+
+@pytest.mark.parametrize(("text", "line", "what"), [
+    ("ffffffff81000000 T _stext\nffffffff81000000 T\n", 2, "not a System.map line"),
+    ("ffffffff81000000 T _stext\n\nffffffff8100000g T x\n", 3, "address 'ffffffff8100000g'"),
+    ("ffffffff81000000 T a\tb\n", 1, "not a System.map line"),
+])
+def test_system_map_malformed(tmp_path: Path, text: str, line: int, what: str) -> None:
+    p = tmp_path / "System.map"
+    p.write_text(text)
+    with pytest.raises(KernelSourceError, match=rf"^{p}:{line}: {what}"):
+        read_system_map(p, config=ALL, version=V61)
+
+
+def test_system_map_nothing_left(tmp_path: Path) -> None:
+    p = tmp_path / "System.map"
+    p.write_text("0000000000001234 A __crc_x\n")
+    with pytest.raises(KernelSourceError, match="no symbol is left"):
+        read_system_map(p, config=ALL, version=V61)
+
+
+# -- against the real scripts/kallsyms (Debian's linux-kbuild) ---------------------
+
+
+def _run_real_kallsyms(binary: Path, sysmap: Path, all_symbols: bool) -> list[tuple[str, str]]:
+    args = [str(binary)] + (["--all-symbols"] if all_symbols else []) + [
+        "--absolute-percpu", "--base-relative", str(sysmap)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300).stdout
+    return decode_kallsyms_asm(out)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("all_symbols", [True, False])
+def test_matches_real_scripts_kallsyms(bookworm, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                       all_symbols: bool) -> None:
+    """Debian's own scripts/kallsyms binary (linux-kbuild-6.1, the headers'
+    scripts/) and klpsym's emulation order the same input the same way: the
+    tricky sample, and the host's whole kallsyms re-sorted like nm -n."""
+    binary = bookworm.kernel_dir / "scripts" / "kallsyms"
+    assert binary.is_file(), binary
+    cfg = ALL if all_symbols else TEXT_ONLY
+    version = KernelVersion.parse(bookworm.release)
+    sysmap = _sample_system_map(tmp_path)
+    assert rows(read_system_map(sysmap, config=cfg, version=version)) == \
+        _run_real_kallsyms(binary, sysmap, all_symbols)
+    if _host_kallsyms_readable():
+        host = read_proc_kallsyms("/proc/kallsyms")
+        order = np.lexsort((np.argsort(np.argsort(host.names, kind="stable")), host.addresses))
+        pseudo = tmp_path / "pseudo.map"
+        pseudo.write_text("".join(f"{int(host.addresses[i]):016x} {host.types[i]} "
+                                  f"{host.names[i]}\n" for i in order.tolist()))
+        assert rows(read_system_map(pseudo, config=cfg, version=version)) == \
+            _run_real_kallsyms(binary, pseudo, all_symbols)
+
+
+@pytest.mark.real
+def test_real_debian_system_map_is_the_stub(bookworm) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(KernelSourceError, match="Debian's placeholder"):
+        read_system_map(bookworm.system_map)
+
+
+@pytest.mark.e2e
+def test_real_guest_kallsyms(bookworm) -> None:  # type: ignore[no-untyped-def]
+    """The booted bookworm kernel's /proc/kallsyms (captured by the lab)."""
+    from klpsym.kernel.symvers import read_symvers
+    from klpsym.lab.qemu import capture_kallsyms
+
+    t = read_proc_kallsyms(capture_kallsyms(bookworm))
+    assert len(t) > 50_000 and t.has_addresses
+    assert t.resolve("kallsyms_lookup_name")[0] == 0
+    dups = t.duplicated_names()
+    assert len(dups) > 100
+    name = max(dups, key=lambda k: dups[k])
+    cands = t.candidates(name)
+    assert [c.pos for c in cands] == list(range(1, len(cands) + 1))
+    assert all(a.address is not None and b.address is not None and a.address <= b.address
+               for a, b in zip(cands, cands[1:], strict=False))
+    # CONFIG_KALLSYMS_ALL=y: every vmlinux export is in kallsyms
+    symvers = read_symvers(bookworm.kernel_dir / "Module.symvers")
+    missing = [e.name for e in symvers if e.from_vmlinux and e.name not in t]
+    assert not missing, missing[:10]

@@ -1,0 +1,178 @@
+"""klpsym.kernel.target.discover: defaults, symbol sources, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from vmlinux_builder import sample_image
+
+from klpsym.errors import KernelSourceError
+from klpsym.kernel.target import TargetKernel, discover
+
+SYMVERS = (
+    "0x4c9d28b0\tphys_base\tvmlinux\tEXPORT_SYMBOL\t\n"
+    "0x12345678\tinit_uts_ns\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
+)
+KALLSYMS = (
+    "ffffffff81000000 T _stext\n"
+    "ffffffff81001000 t helper\n"
+    "ffffffff81002000 t helper\n"
+    "ffffffff81003000 T phys_base\n"
+)
+RELEASE = "6.1.0-99-test"
+
+
+def make_kdir(root: Path, release: str = RELEASE, *, symvers: bool = True,
+              config: bool = True) -> Path:
+    kdir = root / "build"
+    (kdir / "include" / "generated").mkdir(parents=True)
+    (kdir / "include" / "generated" / "utsrelease.h").write_text(
+        f'#define UTS_RELEASE "{release}"\n')
+    if symvers:
+        (kdir / "Module.symvers").write_text(SYMVERS)
+    if config:
+        (kdir / ".config").write_text("CONFIG_KALLSYMS_ALL=y\nCONFIG_LIVEPATCH=y\n")
+    return kdir
+
+
+def host(tmp_path: Path, **kw: object) -> dict[str, object]:
+    """discover() arguments that describe a fake host running RELEASE."""
+    proc = tmp_path / "proc_kallsyms"
+    proc.write_text(KALLSYMS)
+    (tmp_path / "boot").mkdir(exist_ok=True)
+    args: dict[str, object] = {"running_release": RELEASE, "proc_kallsyms": proc,
+                               "boot_dir": tmp_path / "boot",
+                               "modules_root": tmp_path / "lib_modules"}
+    args.update(kw)
+    return args
+
+
+def test_running_kernel_defaults(tmp_path: Path) -> None:
+    mod_build = tmp_path / "lib_modules" / RELEASE
+    mod_build.mkdir(parents=True)
+    make_kdir(mod_build)
+    t = discover(**host(tmp_path))  # type: ignore[arg-type]
+    assert isinstance(t, TargetKernel)
+    assert t.release == RELEASE and t.version.as_tuple == (6, 1, 0)
+    assert t.kernel_dir == mod_build / "build"
+    assert t.symvers.exported_by_vmlinux("phys_base")
+    assert t.config is not None and t.config.enabled("KALLSYMS_ALL")
+    assert t.livepatch_enabled is True and t.ksym_name_len == 512
+    assert t.supports_klp_for_plain_modules
+    assert t.kallsyms_source == str(tmp_path / "proc_kallsyms")
+    assert t._kallsyms is None  # lazy
+    assert t.kallsyms.count("helper") == 2
+    assert t.kallsyms is t.kallsyms
+    assert RELEASE in t.describe()
+
+
+def test_other_kernel_needs_a_symbol_source(tmp_path: Path) -> None:
+    kdir = make_kdir(tmp_path, "6.12.48+deb13-amd64")
+    with pytest.raises(KernelSourceError) as exc:
+        discover(kdir, **host(tmp_path))  # type: ignore[arg-type]
+    msg = str(exc.value)
+    assert msg.startswith(f"{kdir}: is for kernel 6.12.48+deb13-amd64 but this machine runs "
+                          f"{RELEASE}")
+    assert "--kallsyms" in msg and "--system-map" in msg and "--vmlinux" in msg
+    copy = tmp_path / "target_kallsyms"
+    copy.write_text(KALLSYMS.replace("helper", "other_helper"))
+    t = discover(kdir, kallsyms=copy, **host(tmp_path))  # type: ignore[arg-type]
+    assert t.release == "6.12.48+deb13-amd64"
+    assert t.kallsyms.count("other_helper") == 2 and "helper" not in t.kallsyms
+
+
+def test_system_map_and_vmlinux_sources(tmp_path: Path) -> None:
+    kdir = make_kdir(tmp_path)
+    smap = tmp_path / "System.map"
+    smap.write_text("ffffffff81000000 T _stext\nffffffff81000010 t helper\n"
+                    "ffffffff81000020 t helper\nffffffff81001000 T _etext\n")
+    t = discover(kdir, system_map=smap, **host(tmp_path, running_release="other"))  # type: ignore[arg-type]
+    assert t.kallsyms.count("helper") == 2 and t.kallsyms_source == f"System.map {smap}"
+    stub = tmp_path / "System.map-stub"
+    stub.write_text("ffffffffffffffff B The real System.map is in the "
+                    "linux-image-<version>-dbg package\n")
+    with pytest.raises(KernelSourceError, match="Debian's placeholder"):  # at discover time
+        discover(kdir, system_map=stub, **host(tmp_path))  # type: ignore[arg-type]
+    vml = tmp_path / "vmlinux"
+    vml.write_bytes(sample_image(RELEASE).to_bytes())
+    t = discover(kdir, vmlinux=vml, **host(tmp_path))  # type: ignore[arg-type]
+    assert t.kallsyms.count("dup") == 5
+    wrong = tmp_path / "vmlinux-other"
+    wrong.write_bytes(sample_image("6.1.0-98-other").to_bytes())
+    with pytest.raises(KernelSourceError, match=rf"vmlinux is 6\.1\.0-98-other, but the target "
+                                                 rf"kernel is {RELEASE}"):
+        discover(kdir, vmlinux=wrong, **host(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(KernelSourceError, match="--kallsyms and --vmlinux both given"):
+        discover(kdir, kallsyms=smap, vmlinux=vml, **host(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(KernelSourceError, match=r"nope: no such file \(--system-map\)"):
+        discover(kdir, system_map=tmp_path / "nope", **host(tmp_path))  # type: ignore[arg-type]
+
+
+def test_symvers_handling(tmp_path: Path) -> None:
+    kdir = make_kdir(tmp_path, symvers=False)
+    with pytest.raises(KernelSourceError) as exc:
+        discover(kdir, **host(tmp_path))  # type: ignore[arg-type]
+    assert str(exc.value) == (f"{kdir / 'Module.symvers'}: no Module.symvers in {kdir}; install "
+                              f"linux-headers-{RELEASE} or pass --symvers")
+    extra = tmp_path / "dep.symvers"
+    extra.write_text("0x1\tdep_fn\t/src/dep/dep\tEXPORT_SYMBOL_GPL\t\n")
+    with pytest.raises(KernelSourceError, match="no export of vmlinux in it"):
+        discover(kdir, symvers=[extra], **host(tmp_path))  # type: ignore[arg-type]
+    (kdir / "Module.symvers").write_text(SYMVERS)
+    t = discover(kdir, symvers=[extra], **host(tmp_path))  # type: ignore[arg-type]
+    assert t.symvers.get("dep_fn") is not None and t.symvers.exported_by_vmlinux("phys_base")
+    assert len(t.symvers.sources) == 2
+    with pytest.raises(KernelSourceError, match=r"missing\.symvers: no such file \(--symvers\)"):
+        discover(kdir, symvers=[tmp_path / "missing.symvers"], **host(tmp_path))  # type: ignore[arg-type]
+
+
+def test_config_handling(tmp_path: Path) -> None:
+    kdir = make_kdir(tmp_path, config=False)
+    t = discover(kdir, **host(tmp_path))  # type: ignore[arg-type]
+    assert t.config is None and t.livepatch_enabled is None
+    assert any("no .config found" in n for n in t.notes)
+    boot_cfg = tmp_path / "boot" / f"config-{RELEASE}"
+    boot_cfg.write_text("# CONFIG_LIVEPATCH is not set\n")
+    t = discover(kdir, **host(tmp_path))  # type: ignore[arg-type]
+    assert t.config is not None and t.livepatch_enabled is False
+    explicit = tmp_path / "my.config"
+    explicit.write_text("CONFIG_LIVEPATCH=y\n")
+    assert discover(kdir, config=explicit, **host(tmp_path)).livepatch_enabled  # type: ignore[arg-type]
+    with pytest.raises(KernelSourceError, match=r"nope\.config: no such file"):
+        discover(kdir, config=tmp_path / "nope.config", **host(tmp_path))  # type: ignore[arg-type]
+
+
+def test_missing_directories(tmp_path: Path) -> None:
+    with pytest.raises(KernelSourceError) as exc:
+        discover(**host(tmp_path))  # type: ignore[arg-type]
+    assert str(exc.value) == (f"{tmp_path / 'lib_modules' / RELEASE / 'build'}: no headers for "
+                              f"the running kernel {RELEASE}; install linux-headers-{RELEASE} or "
+                              "pass --kernel-dir")
+    with pytest.raises(KernelSourceError, match=r"no such directory \(--kernel-dir\)"):
+        discover(tmp_path / "nowhere", **host(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(KernelSourceError, match="not a configured kernel build"):
+        discover(tmp_path, **host(tmp_path))  # type: ignore[arg-type]
+    # no headers, but --symvers: the running kernel's release is used
+    extra = tmp_path / "vmlinux.symvers"
+    extra.write_text(SYMVERS)
+    t = discover(symvers=[extra], **host(tmp_path))  # type: ignore[arg-type]
+    assert t.kernel_dir is None and t.release == RELEASE and t.kallsyms.count("helper") == 2
+
+
+@pytest.mark.real
+def test_real_bookworm(bookworm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # not the host's kernel: a symbol source is required
+    with pytest.raises(KernelSourceError, match="wrong kernel's"):
+        discover(bookworm.kernel_dir, running_release="0.0.0-not-it")
+    # Debian's System.map is the stub
+    with pytest.raises(KernelSourceError, match="Debian's placeholder"):
+        discover(bookworm.kernel_dir, system_map=bookworm.system_map,
+                 running_release="0.0.0-not-it")
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffff81000000 T _stext\nffffffff81000010 T kallsyms_lookup_name\n")
+    t = discover(bookworm.kernel_dir, kallsyms=kallsyms, running_release="0.0.0-not-it")
+    assert t.release == bookworm.release and t.version.patch > 0
+    assert t.config is not None and t.livepatch_enabled
+    assert t.symvers.exported_by_vmlinux("_printk") and len(t.symvers) > 20000
+    assert t.kallsyms.resolve("kallsyms_lookup_name")[0] == 0

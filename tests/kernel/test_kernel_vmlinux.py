@@ -1,0 +1,184 @@
+"""klpsym.kernel.vmlinux: nm's view of an ELF .symtab, and the kallsyms
+table a vmlinux ends up with."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from vmlinux_builder import (
+    SAMPLE_KALLSYMS_ALL,
+    SAMPLE_KALLSYMS_TEXT,
+    STB_GLOBAL,
+    STT_FUNC,
+    XSym,
+    sample_image,
+)
+
+from klpsym.elf import ElfFile
+from klpsym.errors import KernelSourceError
+from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.kallsyms import read_proc_kallsyms, read_system_map
+from klpsym.kernel.version import KernelVersion
+from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, nm_symbols
+
+ALL = KernelConfig.from_text("CONFIG_KALLSYMS_ALL=y\nCONFIG_KALLSYMS_ABSOLUTE_PERCPU=y\n")
+TEXT_ONLY = KernelConfig.from_text("CONFIG_KALLSYMS_ABSOLUTE_PERCPU=y\n")
+NM = shutil.which("nm")
+
+
+def rows(t):  # type: ignore[no-untyped-def]
+    return [(str(a), str(b)) for a, b in zip(t.types, t.names, strict=True)]
+
+
+def nm_lines(path: Path) -> list[str]:
+    """binutils ``nm -n`` in the C locale, undefined symbols with a 0 address."""
+    assert NM is not None
+    out = subprocess.run([NM, "-n", str(path)], capture_output=True, text=True, check=True,
+                         env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")}).stdout
+    return [("0" * 16 + ln[16:]) if ln.startswith(" ") else ln for ln in out.splitlines()]
+
+
+def mine(path: Path) -> list[str]:
+    a, t, n = nm_symbols(ElfFile.from_path(path, relocatable_only=False))
+    return [f"{x:016x} {y} {z}" for x, y, z in zip(a.tolist(), t.tolist(), n.tolist(),
+                                                    strict=True)]
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    p = tmp_path / "vmlinux"
+    p.write_bytes(sample_image().to_bytes())
+    return p
+
+
+@pytest.mark.skipif(NM is None, reason="binutils nm not installed")
+def test_nm_view_matches_binutils(sample: Path) -> None:
+    assert mine(sample) == nm_lines(sample)
+
+
+@pytest.mark.skipif(NM is None or shutil.which("gcc") is None and shutil.which("gcc-12") is None,
+                    reason="needs a C compiler and nm")
+def test_nm_view_of_a_compiled_executable(tmp_path: Path) -> None:
+    cc = shutil.which("gcc") or shutil.which("gcc-12")
+    assert cc is not None
+    (tmp_path / "a.c").write_text(
+        "static int dup(int x) { return x + 1; }\nstatic int dupv = 3;\nint gdata = 5;\n"
+        "int gbss;\nconst int gro = 7;\n__attribute__((weak)) int wfn(void) { return 1; }\n"
+        "__attribute__((weak)) int wobj = 2;\nextern int uw(void) __attribute__((weak));\n"
+        "int use_a(void) { return dup(dupv) + (uw ? uw() : 0); }\nvoid _start(void) {}\n")
+    (tmp_path / "b.c").write_text(
+        "static int dup(int x) { return x * 2; }\nstatic int dupv = 4;\n"
+        "int use_b(void) { return dup(dupv); }\n")
+    exe = tmp_path / "t"
+    subprocess.run([cc, "-O0", "-nostdlib", "-static", "-o", str(exe), str(tmp_path / "a.c"),
+                    str(tmp_path / "b.c")], check=True, capture_output=True, timeout=120)
+    got = mine(exe)
+    assert got == nm_lines(exe)
+    assert sum(line.endswith(" t dup") for line in got) == 2
+
+
+def test_kallsyms_from_sample_vmlinux(sample: Path) -> None:
+    t = kallsyms_from_vmlinux(sample, ALL)
+    assert rows(t) == SAMPLE_KALLSYMS_ALL
+    assert [c.pos for c in t.candidates("dup")] == [1, 2, 3, 4, 5]
+    assert t.has_addresses and t.source == str(sample)
+    start = t.candidates("_stext")[0]
+    assert start.address == 0xFFFFFFFF81000000
+    assert rows(kallsyms_from_vmlinux(sample, TEXT_ONLY)) == SAMPLE_KALLSYMS_TEXT
+    # the version comes from linux_banner unless given
+    assert banner_version(ElfFile.from_path(sample, relocatable_only=False)) == \
+        KernelVersion.parse("6.1.0-99-test")
+    newer = kallsyms_from_vmlinux(sample, TEXT_ONLY, KernelVersion.parse("6.12.0"))
+    assert "__start___tracepoints" in newer
+    # before ~6.1 kallsyms read nm directly: __kstrtab_* were in kallsyms
+    older = kallsyms_from_vmlinux(sample, ALL, KernelVersion.parse("5.10.0"))
+    assert "__kstrtab_dup_export" in older
+    assert "__kstrtab_dup_export" not in kallsyms_from_vmlinux(sample, ALL)
+
+
+def test_vmlinux_and_system_map_agree(sample: Path, tmp_path: Path) -> None:
+    a, t, n = nm_symbols(ElfFile.from_path(sample, relocatable_only=False))
+    lines = [f"{x:016x} {y} {z}\n" for x, y, z in zip(a.tolist(), t.tolist(), n.tolist(),
+                                                      strict=True)
+             if y not in "aNUw" and not z.startswith(("$", ".L", "__crc_", "__kstrtab_"))]
+    (tmp_path / "System.map").write_text("".join(lines))
+    for cfg in (ALL, TEXT_ONLY):
+        from_map = read_system_map(tmp_path / "System.map", config=cfg,
+                                   version=KernelVersion.parse("6.1.0-99-test"))
+        from_elf = kallsyms_from_vmlinux(sample, cfg)
+        assert rows(from_map) == rows(from_elf)
+        assert from_map.addresses.tolist() == from_elf.addresses.tolist()
+
+
+def test_no_banner(tmp_path: Path) -> None:
+    img = sample_image()
+    img.symbols = [s for s in img.symbols if s.name != "linux_banner"]
+    img.symbols.append(XSym("other", 0xFFFFFFFF81000010, ".text", STB_GLOBAL, STT_FUNC))
+    p = tmp_path / "vmlinux"
+    p.write_bytes(img.to_bytes())
+    assert banner_version(ElfFile.from_path(p, relocatable_only=False)) is None
+    t = kallsyms_from_vmlinux(p, ALL)  # rules of 6.1 assumed
+    assert "other" in t and any("v6.1 assumed" in note for note in t.notes)
+
+
+def test_bad_vmlinux(tmp_path: Path) -> None:
+    p = tmp_path / "vmlinux"
+    p.write_bytes(b"not an elf at all")
+    with pytest.raises(KernelSourceError, match="--vmlinux needs an uncompressed vmlinux ELF"):
+        kallsyms_from_vmlinux(p, ALL)
+    with pytest.raises(KernelSourceError, match="cannot read|no such"):
+        kallsyms_from_vmlinux(tmp_path / "missing", ALL)
+
+
+@pytest.mark.real
+def test_stripped_vmlinux(bookworm) -> None:  # type: ignore[no-untyped-def]
+    # the lab's vmlinux is cut out of vmlinuz: no .symtab
+    with pytest.raises(KernelSourceError, match=r"no \.symtab.*linux-image-<release>-dbg"):
+        kallsyms_from_vmlinux(bookworm.vmlinux, None)
+
+
+@pytest.mark.real
+@pytest.mark.skipif(NM is None, reason="binutils nm not installed")
+def test_nm_view_of_debian_modules(bookworm) -> None:  # type: ignore[no-untyped-def]
+    """Letters and order of binutils nm on real kernel objects (.ko: every
+    section kind the kernel uses, ksymtab, percpu, init, debug...)."""
+    kos = sorted(bookworm.modules_dir.rglob("*.ko"))
+    assert len(kos) > 1000
+    for ko in random.Random(7).sample(kos, 40):
+        assert mine(ko) == nm_lines(ko), ko
+
+
+DBG = os.environ.get("KLPSYM_DBG_VMLINUX")
+
+
+@pytest.mark.skipif(not DBG, reason="set KLPSYM_DBG_VMLINUX to a vmlinux with symbols "
+                                    "(e.g. from linux-image-<release>-dbg)")
+def test_real_dbg_vmlinux() -> None:
+    """Optional: a real vmlinux (Debian: /usr/lib/debug/boot/vmlinux-<release>).
+    Compared with the System.map next to it and, if KLPSYM_DBG_KALLSYMS names
+    one, with the booted kernel's /proc/kallsyms.  KLPSYM_DBG_CONFIG gives the
+    .config (default: KALLSYMS_ALL and ABSOLUTE_PERCPU assumed)."""
+    assert DBG is not None
+    path = Path(DBG)
+    cfg_path = os.environ.get("KLPSYM_DBG_CONFIG")
+    cfg = KernelConfig.from_path(cfg_path) if cfg_path else None
+    table = kallsyms_from_vmlinux(path, cfg)
+    assert len(table) > 10_000 and table.has_addresses
+    version = banner_version(ElfFile.from_path(path, relocatable_only=False))
+    assert version is not None
+    sysmap = path.with_name(f"System.map-{version.release}")
+    if sysmap.is_file():
+        from_map = read_system_map(sysmap, config=cfg, version=version)
+        assert rows(from_map) == rows(table)
+        assert from_map.addresses.tolist() == table.addresses.tolist()
+    real = os.environ.get("KLPSYM_DBG_KALLSYMS")
+    if real:
+        booted = read_proc_kallsyms(real)
+        assert list(booted.names) == list(table.names)
+        if booted.has_addresses:  # no KASLR (the lab's PVH boot): same addresses
+            assert booted.addresses.tolist() == table.addresses.tolist()
