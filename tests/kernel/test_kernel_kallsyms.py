@@ -154,6 +154,10 @@ def test_proc_empty_and_missing(tmp_path: Path) -> None:
 def test_type_letters() -> None:
     assert all(is_text(c) for c in "tTwW") and not any(is_data(c) for c in "tTwW")
     assert all(is_data(c) for c in "dDbBrRA") and not any(is_text(c) for c in "dDbBrRA")
+    t = KallsymsTable.from_rows([(0xFFFFFFFF81000000, "T", "f"), (0xFFFFFFFF82000000, "d", "v")],
+                                "rows")
+    assert is_text(t.candidates("f")[0]) and is_data(t.candidates("v")[0])
+    assert t.has_addresses and len(t) == 2
 
 
 def _big_kallsyms(n: int) -> str:

@@ -92,16 +92,19 @@ TEXT_TYPES = frozenset("tTwW")
 DATA_TYPES = frozenset("dDbBrRgGsSvVcCuA")
 
 
-def is_text(type_letter: str) -> bool:
-    """t/T (and w/W, which the kernel uses for weak functions)."""
-    return type_letter in TEXT_TYPES
+def is_text(entry: str | Candidate) -> bool:
+    """t/T (and w/W, which the kernel uses for weak functions).  Takes a type
+    letter or a Candidate."""
+    letter = entry.type if isinstance(entry, Candidate) else entry
+    return letter in TEXT_TYPES
 
 
-def is_data(type_letter: str) -> bool:
+def is_data(entry: str | Candidate) -> bool:
     """d/D b/B r/R (and small-data, weak-object, common, unique, and ``A``,
-    which kallsyms uses for per-cpu variables).  See the module docstring:
-    letters are hints."""
-    return type_letter in DATA_TYPES
+    which kallsyms uses for per-cpu variables).  Takes a type letter or a
+    Candidate.  See the module docstring: letters are hints."""
+    letter = entry.type if isinstance(entry, Candidate) else entry
+    return letter in DATA_TYPES
 
 
 class KallsymsTable:
@@ -129,14 +132,15 @@ class KallsymsTable:
         self._dups: dict[str, list[int]] = {}
 
     @classmethod
-    def from_rows(cls, rows: Sequence[tuple[int, str, str]], source: str,
-                  **kw: object) -> KallsymsTable:
+    def from_rows(cls, rows: Sequence[tuple[int, str, str]], source: str, *,
+                  has_addresses: bool | None = None,
+                  notes: Sequence[str] = ()) -> KallsymsTable:
         """From (address, type, name) tuples already in kallsyms order."""
         addresses = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
         types = np.array([r[1] for r in rows], dtype="<U1")
         names = np.empty(len(rows), dtype=object)
         names[:] = [r[2] for r in rows]
-        return cls(addresses, types, names, source, **kw)  # type: ignore[arg-type]
+        return cls(addresses, types, names, source, has_addresses=has_addresses, notes=notes)
 
     def __len__(self) -> int:
         return len(self.names)
