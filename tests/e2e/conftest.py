@@ -18,6 +18,7 @@ from e2e_support import (
     Converted,
     GuestRun,
     guest_script,
+    kaslr_qemu_args,
     klpsym,
     parse_output,
 )
@@ -124,7 +125,9 @@ def guest(
             positions.append(pos)
     script = guest_script(present, positions)
     try:
-        result = boot(kernel, files, script, timeout=BOOT_TIMEOUT)
+        result = boot(
+            kernel, files, script, timeout=BOOT_TIMEOUT, qemu_args=kaslr_qemu_args(kernel)
+        )
     except BootError as exc:
         yield GuestRun(None, exc, {}, {}, script)
         return
