@@ -112,10 +112,14 @@ def test_converted_elf(name: str, built: dict[str, Path], converted: dict[str, C
     assert not und & names
 
     # Sections: SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH (readelf flags A, I, o).
+    flags = {}
     for line in _readelf(conv.output, "-S").splitlines():
         m = re.search(r"\]\s+(\.klp\.rela\.vmlinux\.\S+)\s+RELA\s+(?:\S+\s+){4}(\S+)", line)
         if m:
-            assert set("AIo") <= set(m.group(2)), line
+            flags[m.group(1)] = m.group(2)
+    assert set(flags) == {sec for v in after.values() for sec in v}, flags
+    for sec, flg in flags.items():
+        assert set("AIo") <= set(flg), (sec, flg)
 
 
 def test_sympos_without_sympos_is_refused(
