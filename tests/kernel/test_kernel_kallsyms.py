@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -170,17 +169,12 @@ def _big_kallsyms(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_proc_speed(tmp_path: Path) -> None:
+def test_proc_large(tmp_path: Path) -> None:
+    # Speed is measured by benchmarks/, not asserted here.
     path = tmp_path / "kallsyms"
     path.write_text(_big_kallsyms(200_000))
-    best = 1e9
-    for _ in range(2):
-        t0 = time.perf_counter()
-        t = read_proc_kallsyms(path)
-        t.candidates("dup_7")  # builds the name index
-        best = min(best, time.perf_counter() - t0)
+    t = read_proc_kallsyms(path)
     assert len(t) == 200_000 and t.count("dup_7") == 4
-    assert best < 1.0, f"reading 200k kallsyms lines took {best:.2f}s"
 
 
 def _host_kallsyms_readable() -> bool:

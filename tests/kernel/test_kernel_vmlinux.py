@@ -22,7 +22,7 @@ from vmlinux_builder import (
 from klpsym.elf import ElfFile
 from klpsym.errors import KernelSourceError
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import read_proc_kallsyms, read_system_map
+from klpsym.kernel.kallsyms import read_system_map
 from klpsym.kernel.version import KernelVersion
 from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, nm_symbols
 
@@ -151,34 +151,3 @@ def test_nm_view_of_debian_modules(bookworm) -> None:  # type: ignore[no-untyped
     assert len(kos) > 1000
     for ko in random.Random(7).sample(kos, 40):
         assert mine(ko) == nm_lines(ko), ko
-
-
-DBG = os.environ.get("KLPSYM_DBG_VMLINUX")
-
-
-@pytest.mark.skipif(not DBG, reason="set KLPSYM_DBG_VMLINUX to a vmlinux with symbols "
-                                    "(e.g. from linux-image-<release>-dbg)")
-def test_real_dbg_vmlinux() -> None:
-    """Optional: a real vmlinux (Debian: /usr/lib/debug/boot/vmlinux-<release>).
-    Compared with the System.map next to it and, if KLPSYM_DBG_KALLSYMS names
-    one, with the booted kernel's /proc/kallsyms.  KLPSYM_DBG_CONFIG gives the
-    .config (default: KALLSYMS_ALL and ABSOLUTE_PERCPU assumed)."""
-    assert DBG is not None
-    path = Path(DBG)
-    cfg_path = os.environ.get("KLPSYM_DBG_CONFIG")
-    cfg = KernelConfig.from_path(cfg_path) if cfg_path else None
-    table = kallsyms_from_vmlinux(path, cfg)
-    assert len(table) > 10_000 and table.has_addresses
-    version = banner_version(ElfFile.from_path(path, relocatable_only=False))
-    assert version is not None
-    sysmap = path.with_name(f"System.map-{version.release}")
-    if sysmap.is_file():
-        from_map = read_system_map(sysmap, config=cfg, version=version)
-        assert rows(from_map) == rows(table)
-        assert from_map.addresses.tolist() == table.addresses.tolist()
-    real = os.environ.get("KLPSYM_DBG_KALLSYMS")
-    if real:
-        booted = read_proc_kallsyms(real)
-        assert list(booted.names) == list(table.names)
-        if booted.has_addresses:  # no KASLR (the lab's PVH boot): same addresses
-            assert booted.addresses.tolist() == table.addresses.tolist()
