@@ -180,7 +180,7 @@ class ElfBuilder:
         out += bytes((-len(out)) % 8)
         shoff = len(out)
         n = len(secs)
-        for s, off, name_off in zip(secs, offsets, name_offs):
+        for s, off, name_off in zip(secs, offsets, name_offs, strict=True):
             size = s.nobits_size if s.type == SHT_NOBITS else len(s.data)
             link = s.link.index if s.link is not None else 0
             info = s.info.index if isinstance(s.info, Sec) else s.info

@@ -18,7 +18,6 @@ from e2e_support import (
     Converted,
     GuestRun,
     guest_script,
-    kaslr_qemu_args,
     klpsym,
     parse_output,
 )
@@ -126,7 +125,7 @@ def guest(
     script = guest_script(present, positions)
     try:
         result = boot(
-            kernel, files, script, timeout=BOOT_TIMEOUT, qemu_args=kaslr_qemu_args(kernel)
+            kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=True
         )
     except BootError as exc:
         yield GuestRun(None, exc, {}, {}, script)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, BootResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,19 +69,6 @@ KALLSYMS_NAMES = sorted(
 
 CONVERT_TIMEOUT = 120.0
 BOOT_TIMEOUT = 300.0
-
-
-def kaslr_qemu_args(kernel: Kernel) -> list[str]:
-    """QEMU options that boot the compressed bzImage instead of the lab's PVH vmlinux.
-
-    The lab boots the uncompressed vmlinux through its PVH entry, which skips
-    KASLR (it lives in the bzImage decompressor), so every boot has the
-    link-time addresses that the captured kallsyms file (klpsym's input) also
-    has.  With KASLR the kernel moves on every boot, so a module can only
-    print the right addresses if the loader resolved them at insmod time.
-    QEMU takes the last -kernel given; about 2 s slower under TCG.
-    """
-    return ["-kernel", str(kernel.vmlinuz)]
 
 
 def klpsym(*args: str | Path, timeout: float = CONVERT_TIMEOUT) -> subprocess.CompletedProcess[str]:

@@ -42,7 +42,8 @@ def register(sub: Any) -> None:
                    help="which of several same-name kallsyms entries to use (1-based, in "
                         "kallsyms order; repeatable)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan (symbol, kind, POS, relocations per section), write nothing")
+                   help="print the plan (symbol, kind, POS, relocations per section); "
+                        "write nothing")
     p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     add_source_flags(p)
     p.set_defaults(run=run)

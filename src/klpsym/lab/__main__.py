@@ -72,7 +72,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     files = dict(_file_arg(spec) for spec in args.file)
     try:
         result = boot(
-            _kernel(args), files, script, args.timeout, cmdline=args.append, modules=args.module
+            _kernel(args), files, script, args.timeout, cmdline=args.append, modules=args.module,
+            kaslr=args.kaslr,
         )
     except BootError as exc:
         if args.console:
@@ -129,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     so.add_argument("--append", action="append", default=[], help="extra kernel argument")
     so.add_argument("--timeout", type=float, default=BOOT_TIMEOUT)
     so.add_argument("--console", action="store_true", help="copy the kernel console to stderr")
+    so.add_argument("--kaslr", action="store_true",
+                    help="boot the bzImage so the kernel's address is randomised, as on real "
+                         "machines (slower); by default the PVH boot runs at link-time addresses")
     so.set_defaults(func=cmd_boot)
 
     sk = sub.add_parser("kallsyms", help="capture the guest's /proc/kallsyms; print its path")
