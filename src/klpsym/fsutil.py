@@ -4,11 +4,30 @@ interrupted run) sees the old file or the new one, never a partial one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 from klpsym.errors import KlpsymError
+
+
+def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
+              fix: str = "") -> bytes:
+    """The whole of a file, or one ``error`` line naming the file, its role
+    (``what``: "kernel module", "Module.symvers") and, for a missing file,
+    the ``fix``."""
+    hint = f"; {fix}" if fix else ""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected the {what} file") from None
+    except PermissionError:
+        raise error(f"{path}: permission denied reading the {what} file{hint}") from None
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise error(f"{path}: no such file ({what}){hint}") from None
+        raise error(f"{path}: cannot read the {what} file: {e.strerror}") from None
 
 
 def atomic_write(dest: Path, data: bytes, mode_from: Path | None = None) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 from klpsym.errors import KernelSourceError
+from klpsym.fsutil import read_file
 
 
 def read_text(path: Path | str, what: str, fix: str = "") -> str:
@@ -17,27 +17,10 @@ def read_text(path: Path | str, what: str, fix: str = "") -> str:
     must not crash the reader, the line parser reports it).
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise KernelSourceError(f"{p}: no such file ({what}){_hint(fix)}") from None
-    except IsADirectoryError:
-        raise KernelSourceError(f"{p}: is a directory, expected the {what} file") from None
-    except PermissionError:
-        raise KernelSourceError(
-            f"{p}: permission denied reading the {what} file{_hint(fix)}"
-        ) from None
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise KernelSourceError(f"{p}: no such file ({what}){_hint(fix)}") from None
-        raise KernelSourceError(f"{p}: cannot read the {what} file: {e.strerror}") from None
+    raw = read_file(p, what, KernelSourceError, fix)
     if b"\0" in raw[:65536]:
         raise KernelSourceError(f"{p}: is a binary file, not a {what} text file")
     return raw.decode("utf-8", errors="surrogateescape")
-
-
-def _hint(fix: str) -> str:
-    return f"; {fix}" if fix else ""
 
 
 def line_error(path: Path | str, lineno: int, what: str, line: str) -> KernelSourceError:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from klpsym.elf import ElfFile
 from klpsym.errors import ModuleError
+from klpsym.fsutil import read_file
 from klpsym.module.modinfo import ModInfo, read_modinfo
 from klpsym.module.signature import Signature, split_signature
 
@@ -36,14 +37,7 @@ class Module:
 
 def read_module(path: Path | str) -> Module:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModuleError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ModuleError(f"{path}: is a directory, expected a kernel module (.ko)") from None
-    except OSError as e:
-        raise ModuleError(f"{path}: cannot read: {e.strerror}") from None
+    data = read_file(path, "kernel module", ModuleError)
     if path.suffix in (".xz", ".zst", ".gz"):
         raise ModuleError(f"{path}: compressed modules are not supported yet; decompress it first "
                           f"(e.g. `xz -dk` / `zstd -d` / `gunzip -k`)")
