@@ -101,13 +101,21 @@ def parse_sympos(items: list[str]) -> dict[str, int]:
     return out
 
 
-def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -> Plan:
+def classify_symbols(module: Module, target: TargetKernel,
+                     sympos: Mapping[str, int]) -> list[SymbolPlan]:
+    """Every undefined and livepatch symbol of ``module`` with its fate.
+
+    Unlike :func:`make_plan` this returns ``missing`` symbols instead of
+    refusing them (``klpsym build`` leaves those to modpost, which also knows
+    the exports of the modules being built), and checks nothing about the
+    conversion itself.  An ambiguous name without ``--sympos`` is still an
+    error.  ``module`` may be a module's object before modpost (``<m>.o``).
+    """
     elf = module.elf
-    where = str(module.path)
     if elf.machine != EM.X86_64:
         raise ConvertError(
-            f"{where}: machine {elf.machine} is not x86_64; klpsym converts x86_64 modules only "
-            "(the loader rules it checks are x86_64's)"
+            f"{module.path}: machine {elf.machine} is not x86_64; klpsym converts x86_64 modules "
+            "only (the loader rules it checks are x86_64's)"
         )
     version = _target_version(module, target)
     name_width = klp_sym_name_max(version)
@@ -116,7 +124,6 @@ def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -
     binds = symtab.binds
     livepatch = symtab.special(SHN.LIVEPATCH)
     users = relocation_users(elf, np.concatenate([undefined, livepatch]))
-    notes: list[str] = list(target.notes)
 
     symbols: list[SymbolPlan] = []
     for i in livepatch.tolist():
@@ -130,6 +137,15 @@ def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -
             continue
         symbols.append(_classify(i, name, bool(binds[i] == STB.WEAK), module, target, sympos,
                                  users[i]))
+    return symbols
+
+
+def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -> Plan:
+    where = str(module.path)
+    symbols = classify_symbols(module, target, sympos)
+    version = target.version
+    name_width = klp_sym_name_max(version)
+    notes: list[str] = list(target.notes)
 
     unknown = sorted(set(sympos) - {s.name for s in symbols if s.fate == Fate.CONVERT})
     for name in unknown:
