@@ -32,3 +32,7 @@ class ConvertError(KlpsymError):
 
 class LabError(KlpsymError):
     """Provisioning or booting a test kernel failed."""
+
+
+class KbuildError(KlpsymError):
+    """``klpsym build``: kbuild failed, or the module directory cannot be built."""

@@ -22,7 +22,7 @@ own module loader resolves them through kallsyms when the module loads
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from klpsym.cli import convert
+    from klpsym.cli import build, convert
 
     parser = argparse.ArgumentParser(
         prog="klpsym", description=DESCRIPTION,
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"klpsym {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     convert.register(sub)
+    build.register(sub)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""klpsym.kbuild pieces that need no kernel: the generated symvers, modules.order,
+make argument checks, KBUILD_EXTRA_SYMBOLS plumbing, the CLI's '--' split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from klpsym.cli.main import build_parser
+from klpsym.errors import KbuildError
+from klpsym.kbuild import extra_symvers_text, modules_in_order
+from klpsym.kbuild.build import _exported_names, _extra_symbols, check_make_args
+from klpsym.kernel.symvers import Symvers, parse_symvers
+from klpsym.kernel.target import TargetKernel
+from klpsym.kernel.version import KernelVersion
+
+
+def test_extra_symvers_reads_back_as_gpl_vmlinux_exports() -> None:
+    text = extra_symvers_text(["kptr_restrict", "kallsyms_lookup_name"])
+    assert text.splitlines() == [
+        "0x00000000\tkallsyms_lookup_name\tvmlinux\tEXPORT_SYMBOL_GPL\t",
+        "0x00000000\tkptr_restrict\tvmlinux\tEXPORT_SYMBOL_GPL\t",
+    ]
+    sv = parse_symvers(text, "gen")
+    for name in ("kallsyms_lookup_name", "kptr_restrict"):
+        e = sv.get(name)
+        assert e is not None and e.from_vmlinux and e.gpl_only and e.namespace == ""
+    assert extra_symvers_text([]) == ""
+
+
+def test_modules_in_order_layouts(tmp_path: Path) -> None:
+    (tmp_path / "modules.order").write_text(
+        f"{tmp_path}/a.ko\nsub/b.o\nkernel/c.ko\n{tmp_path}/a.ko\n")
+    assert modules_in_order(tmp_path) == [tmp_path / "a.o", tmp_path / "sub/b.o",
+                                          tmp_path / "c.o"]
+
+
+def test_modules_in_order_missing_or_empty(tmp_path: Path) -> None:
+    with pytest.raises(KbuildError, match="no modules.order"):
+        modules_in_order(tmp_path)
+    (tmp_path / "modules.order").write_text("")
+    with pytest.raises(KbuildError, match="lists no module"):
+        modules_in_order(tmp_path)
+
+
+def _target(release: str) -> TargetKernel:
+    return TargetKernel(KernelVersion.parse(release), Symvers(), "test")
+
+
+@pytest.mark.parametrize("arg", ["M=/x", "SUBDIRS=/x", "KBUILD_EXTMOD=/x"])
+def test_make_args_cannot_move_the_module_dir(arg: str) -> None:
+    with pytest.raises(KbuildError, match="DIR argument"):
+        check_make_args([arg], _target("6.1.0-56-amd64"))
+
+
+def test_mo_is_refused_and_61_is_named() -> None:
+    with pytest.raises(KbuildError, match=r"6\.1\.0-56-amd64's kbuild has no MO= .*6\.13"):
+        check_make_args(["MO=/out"], _target("6.1.0-56-amd64"))
+    with pytest.raises(KbuildError, match="does not support MO= yet"):
+        check_make_args(["MO=/out"], _target("6.13.0"))
+
+
+def test_modpost_warn_is_refused() -> None:
+    with pytest.raises(KbuildError, match="strict"):
+        check_make_args(["KBUILD_MODPOST_WARN=1"], _target("6.1.0"))
+    check_make_args(["V=1", "-j3", "EXTRA_CFLAGS=-DX=1"], _target("6.1.0"))
+
+
+def test_extra_symbols_go_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBUILD_EXTRA_SYMBOLS", "/a/Module.symvers")
+    args, env = _extra_symbols(["V=1"], [Path("/g/klpsym.symvers")])
+    assert args == ["V=1"]
+    assert env["KBUILD_EXTRA_SYMBOLS"] == "/a/Module.symvers /g/klpsym.symvers"
+    monkeypatch.delenv("KBUILD_EXTRA_SYMBOLS")
+    _, env = _extra_symbols([], [Path("/b"), Path("/g")])
+    assert env["KBUILD_EXTRA_SYMBOLS"] == "/b /g"
+
+
+def test_extra_symbols_extend_a_command_line_value() -> None:
+    args, env = _extra_symbols(["KBUILD_EXTRA_SYMBOLS=/u/Module.symvers"], [Path("/g")])
+    assert args == ["KBUILD_EXTRA_SYMBOLS=/u/Module.symvers /g"]
+
+
+def test_exported_names() -> None:
+    assert _exported_names(["__ksymtab_foo", "__export_symbol_bar", "baz", "__kstrtab_foo"]) \
+        == {"foo", "bar"}
+
+
+@pytest.mark.parametrize(("argv", "directory", "make_args"), [
+    (["build"], ".", []),
+    (["build", "d"], "d", []),
+    (["build", "--", "V=1"], ".", ["V=1"]),
+    (["build", "d", "--kallsyms", "k", "--", "V=1", "--", "-j2"], "d", ["V=1", "--", "-j2"]),
+])
+def test_cli_make_args_after_dashdash(argv: list[str], directory: str,
+                                      make_args: list[str]) -> None:
+    ns = build_parser().parse_args(argv)
+    assert ns.directory == Path(directory) and ns.make_args == make_args
