@@ -1,0 +1,117 @@
+"""End to end for ``klpsym build``: modules built by ``klpsym build`` (the
+two_modules dir: tm_provider.ko and tm_user.ko) and by plain ``make`` through
+the README's Makefile snippet (snippet.ko) are loaded in ONE KASLR boot; what
+they print is checked against /proc/kallsyms of the same boot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from e2e_support import BOOT_TIMEOUT, GUEST_HELPERS, CaseResult, hex_addr, parse_output
+
+from klpsym.lab.provision import Kernel
+from klpsym.lab.qemu import BootError, BootResult, boot
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+KLPSYM = [sys.executable, "-m", "klpsym.cli.main"]
+NAMES = ("kallsyms_lookup_name", "dmesg_restrict", "kptr_restrict", "_stext")
+
+
+@dataclass
+class Run:
+    boot: BootResult | None
+    error: BootError | None
+    cases: dict[str, CaseResult]
+    kallsyms: dict[str, list[int]]
+    built: dict[str, subprocess.CompletedProcess[str]]
+
+    def case(self, name: str) -> CaseResult:
+        for what, proc in self.built.items():
+            assert proc.returncode == 0, f"{what}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        if self.error is not None:
+            pytest.fail(f"the guest did not finish: {self.error}\n{self.error.console_tail()}")
+        assert name in self.cases, f"guest sent nothing for {name!r}"
+        return self.cases[name]
+
+    def addr(self, name: str) -> int:
+        addrs = self.kallsyms.get(name, [])
+        assert len(addrs) == 1, (name, addrs)
+        return addrs[0]
+
+
+@pytest.fixture(scope="module")
+def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFactory,
+        ) -> Iterator[Run]:
+    root = tmp_path_factory.mktemp("klpsym_build")
+    two, snip = root / "two_modules", root / "make_snippet"
+    shutil.copytree(REPO / "tests/modules/two_modules", two)
+    shutil.copytree(REPO / "tests/modules/make_snippet", snip)
+    built = {
+        "klpsym build": subprocess.run(
+            [*KLPSYM, "build", str(two), "--kernel-dir", str(kernel.kernel_dir),
+             "--kallsyms", str(kallsyms_file)],
+            capture_output=True, text=True, timeout=600, check=False),
+        "make (snippet)": subprocess.run(
+            ["make", "-C", str(snip), f"KDIR={kernel.kernel_dir}", f"KLPSYM={' '.join(KLPSYM)}",
+             f"KLPSYM_FLAGS=--kallsyms {kallsyms_file}"],
+            capture_output=True, text=True, timeout=600, check=False,
+            env=dict(os.environ, PYTHONPATH=str(REPO / "src"))),
+    }
+    if any(p.returncode for p in built.values()):
+        yield Run(None, None, {}, {}, built)
+        return
+    files = {"tm_provider.ko": two / "tm_provider.ko", "tm_user.ko": two / "tm_user.ko",
+             "snippet.ko": snip / "snippet.ko"}
+    script = GUEST_HELPERS + (
+        "begin two_modules\ninsmod /lab/tm_provider.ko; kv provider_rc $?\n"
+        "load /lab/tm_user.ko\nkv sysctl_dmesg_restrict $(cat /proc/sys/kernel/dmesg_restrict)\n"
+        "end two_modules\n"
+        "begin snippet\nload /lab/snippet.ko\n"
+        "kv sysctl_kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\nend snippet\n"
+        f"grep -E ' ({'|'.join(NAMES)})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n"
+    )
+    try:
+        result = boot(kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=True)
+    except BootError as exc:
+        yield Run(None, exc, {}, {}, built)
+        return
+    cases, kallsyms = parse_output(result.output)
+    yield Run(result, None, cases, kallsyms, built)
+
+
+def test_klpsym_build_two_modules(run: Run) -> None:
+    case = run.case("two_modules")
+    assert case.kv.get("provider_rc") == "0", case.log()
+    assert case.kv.get("insmod_rc") == "0", case.log()  # tm_user, after tm_provider
+    prov = case.record("tm_provider", "fn")
+    assert hex_addr(prov["fn"]) == run.addr("kallsyms_lookup_name"), prov
+    user = case.record("tm_user", "addr", "got")
+    want = run.addr("dmesg_restrict")
+    assert hex_addr(user["addr"]) == want and hex_addr(user["got"]) == want, user
+    assert user["match"] == "1" and user["value"] == case.kv["sysctl_dmesg_restrict"], user
+
+
+def test_make_snippet_module(run: Run) -> None:
+    case = run.case("snippet")
+    assert case.kv.get("insmod_rc") == "0", case.log()
+    rec = case.record("snippet", "addr", "got", "fn")
+    want = run.addr("kptr_restrict")
+    assert hex_addr(rec["addr"]) == want and hex_addr(rec["got"]) == want, rec
+    assert hex_addr(rec["fn"]) == run.addr("kallsyms_lookup_name"), rec
+    assert rec["match"] == "1" and rec["value"] == case.kv["sysctl_kptr_restrict"], rec
+
+
+def test_boot_is_clean(run: Run) -> None:
+    run.case("snippet")
+    assert run.boot is not None and run.boot.exit_status == 0
+    for bad in ("BUG:", "Oops", "general protection", "Call Trace", "WARNING:"):
+        assert bad not in run.boot.console, run.boot.console[-3000:]
