@@ -47,6 +47,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         "root": str(k.root),
         "home": str(k.home),
         "compiler": k.compiler,
+        "chroot": str(k.chroot or ""),
+        "chroot_kernel_dir": str(k.chroot_kernel_dir) if k.chroot else "",
     }
     if args.json:
         print(json.dumps(fields, indent=2))

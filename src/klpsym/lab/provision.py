@@ -25,12 +25,14 @@ are rewritten so the tree works where it is (see ``_fix_tree``).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +47,14 @@ from klpsym.lab.vmlinux import extract_vmlinux, pvh_entry
 APT_TIMEOUT = 120.0
 DOWNLOAD_TIMEOUT = 1800.0
 EXTRACT_TIMEOUT = 900.0
+DEBOOTSTRAP_TIMEOUT = 1800.0
 APT_LISTS = Path("/var/lib/apt/lists")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"  # $KLPSYM_DEBIAN_MIRROR overrides
+DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"  # $KLPSYM_DEBIAN_SECURITY_MIRROR
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+PRIVATE_LISTS_MAX_AGE = 24 * 3600.0  # seconds before a private suite's lists are refetched
+_ROLLING = ("sid", "unstable", "experimental")  # no -updates / -security suites
+_CHROOT_KERNELS = "klpsym/kernels"  # inside a chroot: hard-linked copies of kernel trees
 _MARKER = "complete"
 _MANIFEST = "kernel.json"
 
@@ -66,11 +75,19 @@ class Kernel:
     modules_dir: Path  # <root>/lib/modules/<release>
     home: Path  # this kernel's cache directory (root, vmlinux, kallsyms live here)
     compiler: str  # the C compiler the headers call, e.g. "gcc-12"
+    # A debootstrap of the suite with its compiler and the headers inside (see
+    # chroot_kernel_dir), for suites other than the host's; None for the host's.
+    chroot: Path | None = None
 
     @property
     def kallsyms_cache(self) -> Path:
         """Where ``capture_kallsyms`` stores the guest's /proc/kallsyms."""
         return self.home / "kallsyms"
+
+    @property
+    def chroot_kernel_dir(self) -> Path:
+        """``kernel_dir`` as seen inside ``chroot`` (an absolute path in the chroot)."""
+        return Path("/") / _CHROOT_KERNELS / self.home.name / self.kernel_dir.relative_to(self.root)
 
 
 def default_cache_dir() -> Path:
@@ -104,13 +121,35 @@ def _paragraphs(text: str) -> list[dict[str, str]]:
     return out
 
 
-def _apt_show(specs: Sequence[str]) -> dict[str, dict[str, str]]:
+@dataclass(frozen=True)
+class Apt:
+    """Which apt answers the queries: the host's (no options) or a private one.
+
+    A private apt has its own sources list, lists and cache under the klpsym
+    cache (``apt/<suite>/``), passed as ``-o`` options on every call, so other
+    Debian suites are reachable without touching the host's apt configuration.
+    """
+
+    options: tuple[str, ...] = ()
+    lists: Path = APT_LISTS
+    stamp: Path = APT_LISTS  # its mtime changes whenever the lists are replaced
+
+    def fix(self) -> str:
+        if not self.options:
+            return "run 'apt-get update' (the host's apt lists may be missing or stale)"
+        return f"delete {self.stamp} to refresh the private apt lists"
+
+
+HOST_APT = Apt()
+
+
+def _apt_show(specs: Sequence[str], apt: Apt = HOST_APT) -> dict[str, dict[str, str]]:
     """``apt-cache show --no-all-versions`` for ``specs``, keyed by package name."""
     proc = run(
-        ["apt-cache", "show", "--no-all-versions", *specs],
+        ["apt-cache", *apt.options, "show", "--no-all-versions", *specs],
         what=f"looking up {', '.join(specs)}",
         timeout=APT_TIMEOUT,
-        fix="run 'apt-get update' (the host's apt lists may be missing or stale)",
+        fix=apt.fix(),
     )
     return {p["Package"]: p for p in _paragraphs(proc.stdout) if "Package" in p}
 
@@ -135,12 +174,71 @@ def _host_codename() -> str | None:
     return m.group(1) if m and m.group(1) else None
 
 
-def _lists_stamp() -> float | None:
+def _lists_stamp(apt: Apt) -> float | None:
     """Changes whenever 'apt-get update' replaces a list: keys the resolution cache."""
     try:
-        return APT_LISTS.stat().st_mtime
+        return apt.stamp.stat().st_mtime
     except OSError:
         return None
+
+
+def _mirror() -> str:
+    return os.environ.get("KLPSYM_DEBIAN_MIRROR", DEBIAN_MIRROR).rstrip("/")
+
+
+def _security_mirror() -> str:
+    return os.environ.get("KLPSYM_DEBIAN_SECURITY_MIRROR", DEBIAN_SECURITY_MIRROR).rstrip("/")
+
+
+def _private_apt(cache: Path, suite: str) -> Apt:
+    """The private apt of ``suite`` under ``cache/apt/<suite>`` (lists not fetched yet)."""
+    base = cache / "apt" / suite
+    lists = base / "lists"
+    options = (
+        "-o", f"Dir::Etc::SourceList={base / 'sources.list'}",
+        "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", f"Dir::State::Lists={lists}",
+        "-o", f"Dir::Cache={base / 'cache'}",
+        "-o", "Dir::State::status=/dev/null",  # nothing is installed from it
+        "-o", "APT::Architecture=amd64",
+        "-o", "APT::Architectures::=amd64",
+        # The signatures are still checked; only the Release files' expiry is not
+        # (sid's lapses between mirror pushes, and a cached suite must stay usable).
+        "-o", "Acquire::Check-Valid-Until=false",
+    )  # fmt: skip
+    return Apt(options=options, lists=lists, stamp=base / "updated")
+
+
+def _sources_list(suite: str) -> str:
+    signed = f"[signed-by={DEBIAN_KEYRING}]"
+    lines = [f"deb {signed} {_mirror()} {suite} main"]
+    if suite not in _ROLLING:
+        lines += [
+            f"deb {signed} {_mirror()} {suite}-updates main",
+            f"deb {signed} {_security_mirror()} {suite}-security main",
+        ]
+    return "".join(line + "\n" for line in lines)
+
+
+def _update_private(apt: Apt, suite: str) -> None:
+    """Fetch the private lists when missing or older than PRIVATE_LISTS_MAX_AGE."""
+    stamp = _lists_stamp(apt)
+    if stamp is not None and time.time() - stamp < PRIVATE_LISTS_MAX_AGE:
+        return
+    base = apt.stamp.parent
+    for sub in (apt.lists / "partial", base / "cache" / "archives" / "partial"):
+        sub.mkdir(parents=True, exist_ok=True)
+    (base / "sources.list").write_text(_sources_list(suite))
+    cmd = ["apt-get", *apt.options, "-q", "update"]
+    if os.geteuid() == 0:
+        cmd[1:1] = ["-o", "APT::Sandbox::User=root"]
+    run(
+        cmd,
+        what=f"cannot provision Debian {suite!r}: apt-get update of its private lists in {base}",
+        timeout=DOWNLOAD_TIMEOUT,
+        fix=f"check the suite name and that {_mirror()} is reachable",
+    )
+    apt.stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
 
 
 @dataclass(frozen=True)
@@ -149,10 +247,10 @@ class _Resolved:
     version: str
 
 
-def _resolve(cache: Path, suite: str, flavour: str) -> _Resolved:
+def _resolve(cache: Path, suite: str, flavour: str, apt: Apt = HOST_APT) -> _Resolved:
     """The current kernel of the metapackage ``linux-image-<flavour>`` (cached per apt lists)."""
     memo = cache / f"resolved-{suite}-{flavour}.json"
-    stamp = _lists_stamp()
+    stamp = _lists_stamp(apt)
     try:
         data = json.loads(memo.read_text())
         if stamp is not None and data.get("lists_stamp") == stamp:
@@ -160,15 +258,15 @@ def _resolve(cache: Path, suite: str, flavour: str) -> _Resolved:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     meta = f"linux-image-{flavour}"
-    shown = _apt_show([meta])
+    shown = _apt_show([meta], apt)
     if meta not in shown:
-        raise LabError(f"apt knows no package {meta!r}; run 'apt-get update'")
+        raise LabError(f"apt knows no package {meta!r} in {suite}; {apt.fix()}")
     for name, rel, ver in _depends(shown[meta].get("Depends", "")):
         if name.startswith("linux-image-") and rel == "=" and ver:
             resolved = _Resolved(name.removeprefix("linux-image-"), ver)
             break
     else:
-        raise LabError(f"cannot find the kernel image {meta} depends on; run 'apt-get update'")
+        raise LabError(f"cannot find the kernel image {meta} depends on; {apt.fix()}")
     tmp = memo.with_name(memo.name + ".part")
     tmp.write_text(
         json.dumps({"lists_stamp": stamp, "release": resolved.release, "version": resolved.version})
@@ -198,25 +296,66 @@ def _deb(fields: dict[str, str]) -> _Deb:
     )
 
 
-def _package_set(release: str, version: str) -> list[_Deb]:
-    """The image, flavour headers, common headers and kbuild packages of one kernel."""
+def _package_set(release: str, version: str, apt: Apt = HOST_APT) -> list[_Deb]:
+    """The packages of one kernel: image, flavour and common headers, kbuild, and
+    whatever else of the same build they pull in at exactly ``version``.
+
+    Since 7.x the image package is itself a shell that depends on
+    ``linux-binary-*``, ``linux-modules-*`` and ``linux-base-*`` of the same version.
+    """
     image, headers = f"linux-image-{release}", f"linux-headers-{release}"
-    shown = _apt_show([f"{image}={version}", f"{headers}={version}"])
+    shown = _apt_show([f"{image}={version}", f"{headers}={version}"], apt)
     for name in (image, headers):
         if name not in shown:
-            raise LabError(f"apt has no {name} version {version}; run 'apt-get update'")
-    extra = [
-        name
-        for name, _rel, _ver in _depends(shown[headers].get("Depends", ""))
-        if name.startswith(("linux-headers-", "linux-kbuild-"))
-    ]
-    # Same source package, same version (kbuild is ">=" in Depends, but the matching
-    # version is what Debian built these headers with).
-    shown.update(_apt_show([f"{name}={version}" for name in extra]))
-    missing = [n for n in extra if n not in shown]
-    if missing:
-        raise LabError(f"apt has no {', '.join(missing)} version {version}; run 'apt-get update'")
-    return [_deb(shown[n]) for n in (image, headers, *extra)]
+            raise LabError(f"apt has no {name} version {version}; {apt.fix()}")
+    order = [image, headers]
+    todo = [image, headers]
+    while todo:
+        wanted = []
+        for pkg in todo:
+            for name, rel, ver in _depends(shown[pkg].get("Depends", "")):
+                # Same source package, same version (kbuild is ">=" or unversioned
+                # in Depends, but the matching version is what built these headers).
+                same_build = rel == "=" and ver == version
+                if name.startswith("linux-") and name not in order and (
+                    same_build or name.startswith(("linux-headers-", "linux-kbuild-"))
+                ):
+                    order.append(name)
+                    wanted.append(name)
+        if wanted:
+            shown.update(_apt_show([f"{name}={version}" for name in wanted], apt))
+            missing = [n for n in wanted if n not in shown]
+            if missing:
+                raise LabError(
+                    f"apt has no {', '.join(missing)} version {version}; {apt.fix()}"
+                )
+        todo = wanted
+    return [_deb(shown[n]) for n in order]
+
+
+def _build_depends(release: str, version: str, compiler: str, apt: Apt) -> list[str]:
+    """What building modules needs besides the kernel's own packages: the
+    non-kernel Depends of its headers and kbuild (the compiler, kbuild's libraries),
+    make, libc6-dev, and the package named like the compiler the headers call."""
+    names = [f"linux-headers-{release}"]
+    shown = _apt_show([f"{names[0]}={version}", compiler], apt)
+    if names[0] not in shown:
+        raise LabError(f"apt has no {names[0]} version {version}; {apt.fix()}")
+    kbuild = [
+        n for n, _r, _v in _depends(shown[names[0]].get("Depends", ""))
+        if n.startswith("linux-kbuild-")
+    ]  # fmt: skip
+    shown.update(_apt_show([f"{n}={version}" for n in kbuild], apt))
+    deps = {"make", "libc6-dev"}
+    if compiler in shown:
+        deps.add(compiler)
+    for name in [*names, *kbuild]:
+        if name in shown:
+            deps.update(
+                n for n, _r, _v in _depends(shown[name].get("Depends", ""))
+                if not n.startswith("linux-")
+            )  # fmt: skip
+    return sorted(deps)
 
 
 # ---------------------------------------------------------------- downloads
@@ -235,14 +374,14 @@ def _verified(deb: _Deb, debs: Path) -> bool:
     return path.is_file() and (not deb.sha256 or _sha256(path) == deb.sha256)
 
 
-def _download(pkgs: Sequence[_Deb], debs: Path) -> None:
+def _download(pkgs: Sequence[_Deb], debs: Path, apt: Apt = HOST_APT) -> None:
     """Fetch the packages not yet cached (apt-get download checks the archive signature)."""
     todo = [d for d in pkgs if not _verified(d, debs)]
     if not todo:
         return
     debs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as tmp:
-        cmd = ["apt-get", "download", "-q"]
+        cmd = ["apt-get", *apt.options, "download", "-q"]
         if os.geteuid() == 0:
             # Downloading into a root-owned directory: skip the _apt sandbox warning.
             cmd += ["-o", "APT::Sandbox::User=root"]
@@ -252,7 +391,7 @@ def _download(pkgs: Sequence[_Deb], debs: Path) -> None:
             what="downloading " + ", ".join(d.package for d in todo),
             timeout=DOWNLOAD_TIMEOUT,
             cwd=Path(tmp),
-            fix="check that the host reaches its Debian mirror and run 'apt-get update'",
+            fix=f"check that the host reaches its Debian mirror; {apt.fix()}",
         )
         for d in todo:
             got = Path(tmp) / d.filename
@@ -262,7 +401,7 @@ def _download(pkgs: Sequence[_Deb], debs: Path) -> None:
                     raise LabError(f"apt-get download did not produce {d.filename}")
                 got = cands[0]
             if d.sha256 and _sha256(got) != d.sha256:
-                raise LabError(f"{got.name}: SHA256 differs from apt's index; run 'apt-get update'")
+                raise LabError(f"{got.name}: SHA256 differs from apt's index; {apt.fix()}")
             os.replace(got, d.path(debs))
 
 
@@ -277,7 +416,9 @@ def _fix_tree(root: Path) -> None:
     flavour's Makefile starts with ``include /usr/src/linux-headers-<abi>-common/
     Makefile``.  Absolute symlinks that point inside the tree become relative;
     the include becomes relative to the Makefile itself, so the cache can move.
-    (The ``scripts`` and ``tools`` links to linux-kbuild are already relative.)
+    7.x's flavour Makefile also sets ``KBUILD_OUTPUT=/usr/src/<itself>``, made
+    relative the same way.  (The ``scripts`` and ``tools`` links to linux-kbuild
+    are already relative.)
     """
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -303,6 +444,15 @@ def _fix_tree(root: Path) -> None:
             return f"{m.group(1)}$(abspath {here}../{m.group(2)}/{m.group(3)})"
 
         fixed = pattern.sub(_rel, text)
+        # 7.x: the flavour's Makefile sets KBUILD_OUTPUT=/usr/src/<itself>; make it the
+        # Makefile's own directory, evaluated at once (MAKEFILE_LIST grows later).
+        own = re.escape(makefile.parent.name)
+        fixed = re.sub(
+            rf"^KBUILD_OUTPUT[ \t]*:?=[ \t]*/usr/src/{own}/?[ \t]*$",
+            "KBUILD_OUTPUT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))",
+            fixed,
+            flags=re.MULTILINE,
+        )
         if fixed != text:
             makefile.write_text(fixed)
 
@@ -323,17 +473,26 @@ def _compiler(kernel_dir: Path) -> str:
 def _kernel_from(home: Path, suite: str, release: str, version: str) -> Kernel:
     root = home / "root"
     kernel_dir = root / "usr" / "src" / f"linux-headers-{release}"
+    modules_dir = root / "lib" / "modules" / release
+
+    def boot_file(name: str) -> Path:
+        # /boot/<name>-<release> up to 6.x; since 7.x only /usr/lib/modules/<release>/<name>
+        # (the postinst copies it to /boot).
+        in_boot = root / "boot" / f"{name}-{release}"
+        in_modules = modules_dir / name
+        return in_modules if not in_boot.exists() and in_modules.exists() else in_boot
+
     return Kernel(
         suite=suite,
         release=release,
         package_version=version,
         root=root,
         kernel_dir=kernel_dir,
-        vmlinuz=root / "boot" / f"vmlinuz-{release}",
+        vmlinuz=boot_file("vmlinuz"),
         vmlinux=home / "vmlinux",
-        config=root / "boot" / f"config-{release}",
-        system_map=root / "boot" / f"System.map-{release}",
-        modules_dir=root / "lib" / "modules" / release,
+        config=boot_file("config"),
+        system_map=boot_file("System.map"),
+        modules_dir=modules_dir,
         home=home,
         compiler=_compiler(kernel_dir),
     )
@@ -402,9 +561,11 @@ def _newest_cached(kernels: Path) -> Kernel | None:
     return None
 
 
-def _build(kernels: Path, debs: Path, suite: str, release: str, version: str) -> Kernel:
-    pkgs = _package_set(release, version)
-    _download(pkgs, debs)
+def _build(
+    kernels: Path, debs: Path, suite: str, release: str, version: str, apt: Apt = HOST_APT
+) -> Kernel:
+    pkgs = _package_set(release, version, apt)
+    _download(pkgs, debs, apt)
     for stale in kernels.glob(".tmp-*"):  # leftovers of an interrupted run (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=kernels))
@@ -418,11 +579,16 @@ def _build(kernels: Path, debs: Path, suite: str, release: str, version: str) ->
                 timeout=EXTRACT_TIMEOUT,
                 fix="apt-get install dpkg",
             )
+        lib = root / "lib"
+        if not lib.exists() and (root / "usr" / "lib").is_dir():
+            # merged /usr (trixie on): modules are in usr/lib/modules; /lib -> usr/lib
+            # as on the installed system, so modules_dir and depmod -b find them.
+            lib.symlink_to("usr/lib")
         _fix_tree(root)
         if shutil.which("depmod"):
             # Debian's postinst runs depmod; without modules.dep the guest's modprobe fails.
             run(["depmod", "-b", root, release], what="depmod", timeout=EXTRACT_TIMEOUT)
-        extract_vmlinux(root / "boot" / f"vmlinuz-{release}", tmp / "vmlinux")
+        extract_vmlinux(_kernel_from(tmp, suite, release, version).vmlinuz, tmp / "vmlinux")
         _check(_kernel_from(tmp, suite, release, version))
         manifest = {
             "suite": suite,
@@ -447,38 +613,174 @@ def _build(kernels: Path, debs: Path, suite: str, release: str, version: str) ->
     return kernel
 
 
+# ---------------------------------------------------------------- build chroots
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (debootstrap mounts /proc, /sys in its target)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    prefix = str(path)
+    points = [ln.split()[1].replace("\\040", " ") for ln in lines if len(ln.split()) > 1]
+    return [m for m in points if m == prefix or m.startswith(prefix + "/")]
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that first unmounts what an interrupted debootstrap left mounted inside."""
+    for mount in sorted(_mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], timeout=60, check=False, capture_output=True)
+    if _mounts_under(path):
+        raise LabError(f"{path} still has mounts inside; unmount them, then delete it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _chroot_home(cache: Path, suite: str, packages: Sequence[str]) -> Path:
+    key = hashlib.sha256(" ".join([suite, *sorted(packages)]).encode()).hexdigest()[:12]
+    return cache / "chroots" / suite / key
+
+
+def _debootstrap(home: Path, suite: str, packages: Sequence[str]) -> None:
+    """``debootstrap --variant=minbase`` of ``suite`` with ``packages`` into ``home``,
+    built beside it and renamed into place once complete."""
+    if (home / _MARKER).is_file():
+        return
+    if shutil.which("debootstrap") is None:
+        raise LabError(
+            f"building for Debian {suite} needs a {suite} chroot, and debootstrap is missing;"
+            " run scripts/bootstrap or 'apt-get install debootstrap'"
+        )
+    if os.geteuid() != 0:
+        raise LabError(f"creating the {suite} build chroot needs root (debootstrap); run as root")
+    home.parent.mkdir(parents=True, exist_ok=True)
+    for stale in home.parent.glob(".tmp-*"):  # an interrupted run's (we hold the lock)
+        _remove_tree(stale)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=home.parent))
+    try:
+        run(
+            [
+                "debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
+                f"--keyring={DEBIAN_KEYRING}", suite, tmp / "root", _mirror(),
+            ],  # fmt: skip
+            what=f"debootstrap of the {suite} build chroot",
+            timeout=DEBOOTSTRAP_TIMEOUT,
+            fix=f"see {tmp}/root/debootstrap/debootstrap.log; check that {_mirror()} is reachable",
+        )
+        run(["chroot", tmp / "root", "apt-get", "clean"], what="apt-get clean", timeout=APT_TIMEOUT)
+        (tmp / "packages").write_text("".join(p + "\n" for p in packages))
+        (tmp / _MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+        if home.exists():
+            _remove_tree(home)
+        os.rename(tmp, home)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+
+
+def _link_kernel(chroot: Path, kernel: Kernel) -> None:
+    """Make the kernel's headers visible in ``chroot`` at ``kernel.chroot_kernel_dir``:
+    a hard-linked copy of the kernel's usr/ (headers + kbuild, linked relatively)."""
+    dest = chroot / _CHROOT_KERNELS / kernel.home.name
+    if (dest / _MARKER).is_file():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    try:
+        # usr/src holds the headers, usr/lib/linux-kbuild-* the tools they link to.
+        parts = [kernel.root / "usr" / "src", *(kernel.root / "usr" / "lib").glob("linux-kbuild-*")]
+        for part in parts:
+            dest_part = tmp / part.relative_to(kernel.root)
+            dest_part.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                run(["cp", "-al", part, dest_part], what="linking the headers",
+                    timeout=EXTRACT_TIMEOUT)
+            except LabError:  # another file system: copy instead
+                shutil.rmtree(dest_part, ignore_errors=True)
+                run(["cp", "-a", part, dest_part],
+                    what=f"copying the {kernel.release} headers into {chroot}",
+                    timeout=EXTRACT_TIMEOUT)
+        (tmp / _MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _with_chroot(cache: Path, kernel: Kernel, apt: Apt) -> Kernel:
+    """``kernel`` with its suite's build chroot, created (once) if needed."""
+    manifest = kernel.home / _MANIFEST
+    data = json.loads(manifest.read_text())
+    packages = data.get("build_depends")
+    if not isinstance(packages, list):
+        packages = _build_depends(kernel.release, kernel.package_version, kernel.compiler, apt)
+        data["build_depends"] = packages
+        tmp = manifest.with_name(manifest.name + ".part")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, manifest)
+    home = _chroot_home(cache, kernel.suite, packages)
+    _debootstrap(home, kernel.suite, packages)
+    root = home / "root"
+    if not (root / "usr" / "bin" / kernel.compiler).exists():
+        raise LabError(
+            f"the {kernel.suite} chroot {root} has no {kernel.compiler}; delete {home} and retry"
+        )
+    with_chroot = dataclasses.replace(kernel, chroot=root)
+    _link_kernel(root, with_chroot)
+    return with_chroot
+
+
 def provision(
-    suite: str = "bookworm", cache_dir: Path | None = None, *, flavour: str = "amd64"
+    suite: str = "bookworm",
+    cache_dir: Path | None = None,
+    *,
+    flavour: str = "amd64",
+    chroot: bool | None = None,
 ) -> Kernel:
     """The current Debian ``suite`` kernel of ``flavour``, downloaded and unpacked once.
 
+    The host's apt answers for the host's own suite; any other suite is looked
+    up through a private apt (sources, lists and cache under ``cache/apt/<suite>``,
+    refreshed daily), so the host's apt configuration never changes.
+
+    ``chroot`` (default: when ``suite`` is not the host's) also provides a build
+    chroot of the suite: a minimal debootstrap with the compiler the headers call,
+    make, libc6-dev and kbuild's libraries, cached in ``cache/chroots/<suite>/``,
+    with the kernel's headers inside (``Kernel.chroot``, ``Kernel.chroot_kernel_dir``).
+    ``build_modules`` builds in it when the host lacks the suite's compiler.
+
     Idempotent: once a kernel is complete, later calls only re-resolve the current
-    version (from a memo keyed on the host's apt lists) and return it.  When apt
-    cannot answer (no lists, other suite than the host's), the newest kernel
-    already in the cache for that suite is returned, if there is one.
+    version (from a memo keyed on the apt lists) and return it.  When apt cannot
+    answer, the newest kernel already in the cache for that suite is returned,
+    if there is one.
     """
     cache = (cache_dir or default_cache_dir()).expanduser().resolve()
     kernels = cache / "kernels" / suite
     host = _host_codename()
+    if chroot is None:
+        chroot = host != suite
+    apt = HOST_APT if host == suite else _private_apt(cache, suite)
     with _locked(cache):
         kernels.mkdir(parents=True, exist_ok=True)
-        if host != suite:
-            cached = _newest_cached(kernels)
-            if cached is not None:
-                return cached
-            raise LabError(
-                f"cannot provision Debian {suite!r}: this host's apt tracks {host or 'no suite'!r};"
-                f" run on a {suite} host or use suite {host!r}"
-            )
         try:
-            resolved = _resolve(cache, suite, flavour)
+            if apt is not HOST_APT:
+                _update_private(apt, suite)
+            resolved = _resolve(cache, suite, flavour, apt)
         except LabError:
             cached = _newest_cached(kernels)
-            if cached is not None:
-                return cached
-            raise
-        home = kernels / _home_name(resolved.release, resolved.version)
-        kernel = _load(home)
-        if kernel is not None:
-            return kernel
-        return _build(kernels, cache / "debs", suite, resolved.release, resolved.version)
+            if cached is None:
+                if not any(kernels.iterdir()):
+                    kernels.rmdir()
+                raise
+            kernel = cached
+        else:
+            home = kernels / _home_name(resolved.release, resolved.version)
+            loaded = _load(home)
+            kernel = loaded or _build(
+                kernels, cache / "debs", suite, resolved.release, resolved.version, apt
+            )
+        return _with_chroot(cache, kernel, apt) if chroot else kernel
