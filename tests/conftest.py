@@ -1,6 +1,7 @@
 """Shared pytest fixtures.
 
-``bookworm`` provisions the current Debian bookworm kernel once per session
+``bookworm``, ``trixie`` and ``sid`` provision the current kernel of that Debian
+suite once per session (trixie and sid with a debootstrap build chroot)
 (into ``$KLPSYM_CACHE`` or ``~/.cache/klpsym``; cheap once cached).  Tests that
 use it are marked ``real`` or ``e2e``.
 """
@@ -16,6 +17,18 @@ from klpsym.lab.provision import Kernel, provision
 def bookworm() -> Kernel:
     """The current Debian bookworm amd64 kernel, provisioned into the cache."""
     return provision("bookworm")
+
+
+@pytest.fixture(scope="session")
+def trixie() -> Kernel:
+    """The current Debian trixie (6.12) kernel, with its build chroot (gcc-14)."""
+    return provision("trixie")
+
+
+@pytest.fixture(scope="session")
+def sid() -> Kernel:
+    """The current Debian sid (7.x) kernel, with its build chroot (gcc-16)."""
+    return provision("sid")
 
 
 def pytest_configure(config: pytest.Config) -> None:
