@@ -5,7 +5,6 @@ See e2e_support.py for the cases, the guest script and its result format.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from e2e_support import (
     SYMPOS_NAME,
     Converted,
     GuestRun,
+    convert,
     guest_script,
-    klpsym,
     parse_output,
 )
 
@@ -61,17 +60,11 @@ def converted(
     root = tmp_path_factory.mktemp("klp")
     out: dict[str, Converted] = {}
     for name, ko in built.items():
-        dest = root / ko.name
-        start = time.monotonic()
-        proc = klpsym(
-            "convert", ko, "-o", dest,
-            "--kernel-dir", kernel.kernel_dir,
-            "--kallsyms", kallsyms_file,
+        out[name] = convert(
+            name, ko, root / ko.name,
+            "--kernel-dir", kernel.kernel_dir, "--kallsyms", kallsyms_file,
             *EXTRA_CONVERT_ARGS.get(name, []),
         )  # fmt: skip
-        out[name] = Converted(
-            name, ko, dest, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start
-        )
     return out
 
 
@@ -89,16 +82,10 @@ def sympos_variants(
     root = tmp_path_factory.mktemp("sympos")
     out: dict[int, Converted] = {}
     for pos in range(1, count + 1):
-        dest = root / f"sympos.pos{pos}.ko"
-        start = time.monotonic()
-        proc = klpsym(
-            "convert", built["sympos"], "-o", dest,
+        out[pos] = convert(
+            f"sympos_pos{pos}", built["sympos"], root / f"sympos.pos{pos}.ko",
             "--kernel-dir", kernel.kernel_dir, "--kallsyms", kallsyms_file,
             "--sympos", f"{SYMPOS_NAME}={pos}",
-        )  # fmt: skip
-        out[pos] = Converted(
-            f"sympos_pos{pos}", built["sympos"], dest, proc.returncode, proc.stdout, proc.stderr,
-            time.monotonic() - start,
         )  # fmt: skip
     return out
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def klpsym(*args: str | Path, timeout: float = CONVERT_TIMEOUT) -> subprocess.Co
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def convert(name: str, ko: Path, dest: Path, *args: str | Path) -> Converted:
+    """``klpsym convert KO -o DEST ARGS...``, with its outcome kept (failures too)."""
+    start = time.monotonic()
+    proc = klpsym("convert", ko, "-o", dest, *args)
+    return Converted(
+        name, ko, dest, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start
     )
 
 
