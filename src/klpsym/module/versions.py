@@ -1,0 +1,126 @@
+"""Symbol versions (CONFIG_MODVERSIONS): the CRCs a module was built against.
+
+modpost writes, for every undefined symbol it found in Module.symvers with a
+CRC, one entry into the ``__versions`` section of ``<m>.mod.c``
+(scripts/mod/modpost.c add_versions())::
+
+    struct modversion_info {                 /* include/linux/module.h */
+        unsigned long crc;
+        char name[MODULE_NAME_LEN];          /* 64 - sizeof(unsigned long) */
+    };
+
+The loader's check_version() (kernel/module/version.c since 5.19, before in
+kernel/module.c) compares it with the exporter's CRC when it resolves the
+symbol.  On 64-bit targets an entry is 64 bytes: an 8-byte CRC (only its low
+32 bits are used) and a NUL-padded 56-byte name.
+
+Linux 6.14 added extended modversions (CONFIG_EXTENDED_MODVERSIONS, "modules:
+Support extended MODVERSIONS info"; sid's 7.2 modpost still writes both): two
+parallel sections, ``__version_ext_crcs``
+(one u32 per symbol) and ``__version_ext_names`` (NUL-terminated names, so
+long names fit).  When present the loader uses them instead of
+``__versions``.  Both are read here; :func:`read_versions` says which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from klpsym.elf import ElfFile
+from klpsym.elf.constants import SHT
+from klpsym.elf.file import Section
+from klpsym.errors import ModuleError
+
+VERSIONS_SECTION = "__versions"
+EXT_CRCS_SECTION = "__version_ext_crcs"
+EXT_NAMES_SECTION = "__version_ext_names"
+# 64 - sizeof(unsigned long) on 64-bit (include/linux/module.h MODULE_NAME_LEN).
+MODULE_NAME_LEN = 56
+ENTRY_SIZE = 8 + MODULE_NAME_LEN
+
+
+class VersionsFormat(StrEnum):
+    NONE = "none"  # no CONFIG_MODVERSIONS in the kernel it was built for
+    BASIC = "basic"  # __versions
+    EXTENDED = "extended"  # __version_ext_crcs + __version_ext_names (6.14+)
+
+
+@dataclass(frozen=True)
+class SymbolVersion:
+    name: str
+    crc: int
+
+
+@dataclass(frozen=True)
+class Versions:
+    format: VersionsFormat
+    entries: tuple[SymbolVersion, ...]
+
+    def crc(self, name: str) -> int | None:
+        for e in self.entries:
+            if e.name == name:
+                return e.crc
+        return None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def basic_dtype(elf: ElfFile) -> np.dtype[np.void]:
+    """``struct modversion_info`` for this file's byte order."""
+    order = "<" if elf.layout.byteorder == "little" else ">"
+    return np.dtype([("crc", order + "u8"), ("name", f"S{MODULE_NAME_LEN}")])
+
+
+def encode_basic(elf: ElfFile, entries: list[SymbolVersion]) -> bytes:
+    """The ``__versions`` bytes for ``entries`` (as modpost would write them)."""
+    arr = np.zeros(len(entries), dtype=basic_dtype(elf))
+    for i, e in enumerate(entries):
+        raw = e.name.encode()
+        if len(raw) >= MODULE_NAME_LEN:
+            raise ModuleError(f"symbol name {e.name!r} is too long for __versions "
+                              f"(at most {MODULE_NAME_LEN - 1} bytes)")
+        arr[i] = (e.crc, raw)
+    return arr.tobytes()
+
+
+def read_versions(elf: ElfFile) -> Versions:
+    """The module's symbol versions; ModuleError if the sections are malformed."""
+    ext_crcs = elf.section_by_name(EXT_CRCS_SECTION)
+    ext_names = elf.section_by_name(EXT_NAMES_SECTION)
+    if ext_crcs is not None or ext_names is not None:
+        return _read_extended(elf, ext_crcs, ext_names)
+    sec = elf.section_by_name(VERSIONS_SECTION)
+    if sec is None:
+        return Versions(VersionsFormat.NONE, ())
+    if sec.type == SHT.NOBITS or sec.size % ENTRY_SIZE:
+        raise ModuleError(f"{elf.name}: {VERSIONS_SECTION} is {sec.size} bytes, not a whole "
+                          f"number of {ENTRY_SIZE}-byte entries; the module is corrupt")
+    arr = np.frombuffer(sec.content(), dtype=basic_dtype(elf))
+    entries = tuple(SymbolVersion(bytes(n).decode("utf-8", "replace"), int(c) & 0xFFFFFFFF)
+                    for c, n in zip(arr["crc"].tolist(), arr["name"].tolist(), strict=True))
+    return Versions(VersionsFormat.BASIC, entries)
+
+
+def _read_extended(elf: ElfFile, crcs_sec: Section | None,
+                   names_sec: Section | None) -> Versions:
+    if crcs_sec is None or names_sec is None:
+        raise ModuleError(f"{elf.name}: has only one of {EXT_CRCS_SECTION} and "
+                          f"{EXT_NAMES_SECTION}; the module is corrupt")
+    if crcs_sec.size % 4:
+        raise ModuleError(f"{elf.name}: {EXT_CRCS_SECTION} is {crcs_sec.size} bytes, not a "
+                          "whole number of 4-byte CRCs; the module is corrupt")
+    order = "<" if elf.layout.byteorder == "little" else ">"
+    crcs = np.frombuffer(crcs_sec.content(), dtype=order + "u4").tolist()
+    raw = bytes(names_sec.content())
+    # Each name is NUL-terminated; the section may be padded with more NULs.
+    names = raw.split(b"\0")[: len(crcs)]
+    if raw.count(b"\0") < len(crcs):
+        raise ModuleError(f"{elf.name}: {EXT_NAMES_SECTION} has fewer names than "
+                          f"{EXT_CRCS_SECTION} has CRCs; the module is corrupt")
+    entries = tuple(SymbolVersion(n.decode("utf-8", "replace"), int(c))
+                    for n, c in zip(names, crcs, strict=True))
+    return Versions(VersionsFormat.EXTENDED, entries)

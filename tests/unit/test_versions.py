@@ -1,0 +1,102 @@
+"""module.versions: __versions (basic) and the 6.14+ extended sections."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from elfbuilder import SHF_ALLOC, ElfBuilder
+from klpsym.elf import ElfFile
+from klpsym.errors import ModuleError
+from klpsym.module.versions import (
+    SymbolVersion,
+    VersionsFormat,
+    encode_basic,
+    read_versions,
+)
+
+
+def _entry(crc: int, name: str, big: bool = False) -> bytes:
+    return struct.pack(">Q" if big else "<Q", crc) + name.encode().ljust(56, b"\0")
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_basic_read_and_encode_round_trip(big: bool) -> None:
+    b = ElfBuilder(big_endian=big)
+    b.text()
+    raw = _entry(0xBDFB6DBB, "__fentry__", big) + _entry(0x12345678, "printk", big)
+    b.section("__versions", data=raw, flags=SHF_ALLOC, align=8)
+    elf = ElfFile.from_bytes(b.build())
+    v = read_versions(elf)
+    assert v.format == VersionsFormat.BASIC
+    assert v.entries == (SymbolVersion("__fentry__", 0xBDFB6DBB),
+                         SymbolVersion("printk", 0x12345678))
+    assert v.crc("printk") == 0x12345678 and v.crc("nope") is None
+    assert encode_basic(elf, list(v.entries)) == raw
+
+
+def test_no_versions() -> None:
+    b = ElfBuilder()
+    b.text()
+    assert read_versions(ElfFile.from_bytes(b.build())).format == VersionsFormat.NONE
+
+
+def test_extended() -> None:
+    b = ElfBuilder()
+    b.text()
+    long_name = "a_symbol_name_longer_than_fifty_six_bytes_" + "x" * 30
+    b.section("__version_ext_crcs", data=struct.pack("<II", 1, 0xFFFFFFFF), align=4)
+    b.section("__version_ext_names", data=b"printk\0" + long_name.encode() + b"\0\0\0")
+    v = read_versions(ElfFile.from_bytes(b.build()))
+    assert v.format == VersionsFormat.EXTENDED
+    assert v.entries == (SymbolVersion("printk", 1), SymbolVersion(long_name, 0xFFFFFFFF))
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"__versions": b"\0" * 65}, "not a whole number of 64-byte entries"),
+    ({"__version_ext_crcs": b"\0" * 8}, "has only one of"),
+    ({"__version_ext_crcs": b"\0" * 6, "__version_ext_names": b"a\0b\0"}, "4-byte CRCs"),
+    ({"__version_ext_crcs": b"\0" * 8, "__version_ext_names": b"a\0"}, "fewer names"),
+])
+def test_corrupt(sections: dict[str, bytes], message: str) -> None:
+    b = ElfBuilder()
+    b.text()
+    for name, data in sections.items():
+        b.section(name, data=data)
+    with pytest.raises(ModuleError, match=message):
+        read_versions(ElfFile.from_bytes(b.build()))
+
+
+def test_name_too_long_for_basic() -> None:
+    b = ElfBuilder()
+    b.text()
+    elf = ElfFile.from_bytes(b.build())
+    with pytest.raises(ModuleError, match="too long for __versions"):
+        encode_basic(elf, [SymbolVersion("x" * 56, 1)])
+
+
+def _bookworm_modules() -> list[Path]:
+    from klpsym.lab.provision import default_cache_dir
+
+    pattern = "kernels/bookworm/*/root/lib/modules/*/kernel/net/*/*.ko"
+    return sorted(default_cache_dir().glob(pattern))
+
+
+@pytest.mark.real
+def test_matches_modprobe_dump_modversions() -> None:
+    """Cross-check with kmod's own reader on real modules."""
+    import subprocess
+
+    from klpsym.module.ko import read_module
+
+    mods = _bookworm_modules()[:40]
+    if not mods:
+        pytest.skip("bookworm kernel not provisioned (python -m klpsym.lab provision bookworm)")
+    for path in mods:
+        out = subprocess.run(["modprobe", "--dump-modversions", str(path)], check=True,
+                             capture_output=True, text=True).stdout
+        theirs = [(int(c, 16), n) for c, n in (line.split("\t") for line in out.splitlines())]
+        ours = [(e.crc, e.name) for e in read_versions(read_module(path).elf).entries]
+        assert ours == theirs, path
