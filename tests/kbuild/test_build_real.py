@@ -150,3 +150,26 @@ def test_make_snippet(bookworm: Kernel, kallsyms: Path, tmp_path: Path) -> None:
     assert syms[".klp.sym.vmlinux.kallsyms_lookup_name,0"] == "OS [0xff20]"
     assert syms[".klp.sym.vmlinux.kptr_restrict,0"] == "OS [0xff20]"
     assert any(ln.startswith("│ snippet.ko") for ln in proc.stdout.splitlines()), proc.stdout
+
+
+def test_extra_symbols_replaced_by_the_makefile(bookworm: Kernel, kallsyms: Path,
+                                                tmp_path: Path) -> None:
+    """A Kbuild that sets KBUILD_EXTRA_SYMBOLS with ':=' drops the generated
+    symvers (modpost then calls the unexported symbols undefined); klpsym's
+    last line names the assignment and the fix.  With '+=' it builds."""
+    d = copy("call_func", tmp_path)
+    kbuild = d / "Kbuild"
+    kbuild.write_text(kbuild.read_text() + "KBUILD_EXTRA_SYMBOLS := /dev/null\n")
+    proc = klpsym_build(bookworm, kallsyms, d)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert 'ERROR: modpost: "kallsyms_lookup_name"' in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"klpsym: error: kbuild failed in {d} (make exit 2): Kbuild:2 "
+                    "'KBUILD_EXTRA_SYMBOLS := /dev/null' replaces the KBUILD_EXTRA_SYMBOLS that "
+                    "klpsym build passes in the environment (the symvers listing the unexported "
+                    "symbols), so modpost called them undefined; write 'KBUILD_EXTRA_SYMBOLS +=' "
+                    "instead"), last
+    kbuild.write_text(kbuild.read_text().replace(":=", "+=").replace("obj-m +=", "obj-m :="))
+    proc = klpsym_build(bookworm, kallsyms, d)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert symbols(d / "call_func.ko")[".klp.sym.vmlinux.kallsyms_lookup_name,0"] == "OS [0xff20]"

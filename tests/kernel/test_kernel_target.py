@@ -109,6 +109,92 @@ def test_system_map_and_vmlinux_sources(tmp_path: Path) -> None:
         discover(kdir, system_map=tmp_path / "nope", **host(tmp_path))  # type: ignore[arg-type]
 
 
+
+OTHER = "6.1.0-98-other"
+STUB = "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n"
+SMAP = ("ffffffff81000000 T _stext\nffffffff81000010 t helper\n"
+        "ffffffff81000020 t helper\nffffffff81001000 T _etext\n")
+
+
+def test_installed_symbol_files_for_another_kernel(tmp_path: Path) -> None:
+    """Target not running, no flag: the debug package's files, then a real
+    /boot/System.map; else one error naming the -dbg package."""
+    kdir = make_kdir(tmp_path, OTHER)
+    debug = tmp_path / "debug"
+    args = host(tmp_path, debug_dir=debug)
+    boot_map = tmp_path / "boot" / f"System.map-{OTHER}"
+    dbg_map = debug / "boot" / f"System.map-{OTHER}"
+    dbg_vmlinux = debug / "boot" / f"vmlinux-{OTHER}"
+    fedora_vmlinux = debug / "lib" / "modules" / OTHER / "vmlinux"
+
+    def fails() -> str:
+        with pytest.raises(KernelSourceError) as exc:
+            discover(kdir, **args)  # type: ignore[arg-type]
+        return str(exc.value)
+
+    msg = fails()
+    assert msg.startswith(f"{kdir}: is for kernel {OTHER} but this machine runs {RELEASE}")
+    assert f"install linux-image-{OTHER}-dbg" in msg and "\n" not in msg
+    for path in (dbg_map, dbg_vmlinux, fedora_vmlinux, boot_map):
+        assert str(path) in msg
+    assert "--kallsyms" in msg and "--system-map" in msg and "--vmlinux" in msg
+
+    boot_map.write_text(STUB)  # Debian's placeholder is not a source
+    assert f"linux-image-{OTHER}-dbg" in fails()
+
+    boot_map.write_text(SMAP)  # a real one (Fedora, Ubuntu)
+    t = discover(kdir, **args)  # type: ignore[arg-type]
+    assert t.kallsyms_source == f"System.map {boot_map}" and t.kallsyms.count("helper") == 2
+    assert f"{OTHER} is not the running kernel: symbols from {boot_map}" in t.notes
+
+    fedora_vmlinux.parent.mkdir(parents=True)
+    fedora_vmlinux.write_bytes(sample_image(OTHER).to_bytes())
+    t = discover(kdir, **args)  # type: ignore[arg-type]
+    assert t.kallsyms_source == f"vmlinux {fedora_vmlinux}" and t.kallsyms.count("dup") == 5
+
+    dbg_vmlinux.parent.mkdir(parents=True)
+    dbg_vmlinux.write_bytes(sample_image("6.1.0-97-wrong").to_bytes())
+    assert "vmlinux is 6.1.0-97-wrong, but the target kernel is " + OTHER in fails()
+    dbg_vmlinux.write_bytes(sample_image(OTHER).to_bytes())
+    assert discover(kdir, **args).kallsyms_source == f"vmlinux {dbg_vmlinux}"  # type: ignore[arg-type]
+
+    dbg_map.write_text(SMAP.replace("helper", "dbg_helper"))
+    t = discover(kdir, **args)  # type: ignore[arg-type]
+    assert t.kallsyms_source == f"System.map {dbg_map}" and t.kallsyms.count("dbg_helper") == 2
+
+    # a flag still wins, and the running kernel still uses /proc/kallsyms
+    copy = tmp_path / "copy"
+    copy.write_text(KALLSYMS)
+    assert discover(kdir, kallsyms=copy, **args).kallsyms_source == f"kallsyms {copy}"  # type: ignore[arg-type]
+    t = discover(kdir, **host(tmp_path, debug_dir=debug, running_release=OTHER))  # type: ignore[arg-type]
+    assert t.kallsyms_source == str(tmp_path / "proc_kallsyms") and not t.notes
+
+
+def test_kernel_release_names_the_headers(tmp_path: Path) -> None:
+    root = tmp_path / "lib_modules"
+    args = host(tmp_path, debug_dir=tmp_path / "debug")
+    with pytest.raises(KernelSourceError) as exc:
+        discover(kernel_release=OTHER, **args)  # type: ignore[arg-type]
+    assert str(exc.value) == (f"{root / OTHER / 'build'}: no headers for kernel {OTHER} "
+                              f"(--kernel-release); install linux-headers-{OTHER} or pass "
+                              "--kernel-dir")
+    (root / OTHER).mkdir(parents=True)
+    kdir = make_kdir(root / OTHER, OTHER)
+    smap = tmp_path / "System.map"
+    smap.write_text(SMAP)
+    t = discover(kernel_release=OTHER, system_map=smap, **args)  # type: ignore[arg-type]
+    assert t.kernel_dir == kdir and t.release == OTHER
+    with pytest.raises(KernelSourceError, match=f"linux-image-{OTHER}-dbg"):
+        discover(kernel_release=OTHER, **args)  # type: ignore[arg-type]
+    (root / "6.1.0-97-x").mkdir()
+    make_kdir(root / "6.1.0-97-x", OTHER)
+    with pytest.raises(KernelSourceError, match=f"headers of kernel {OTHER}, not 6.1.0-97-x"):
+        discover(kernel_release="6.1.0-97-x", system_map=smap, **args)  # type: ignore[arg-type]
+    with pytest.raises(KernelSourceError, match="both given; pass one"):
+        discover(kdir, kernel_release=OTHER, **args)  # type: ignore[arg-type]
+    with pytest.raises(KernelSourceError, match="not a kernel release"):
+        discover(kernel_release="../x", **args)  # type: ignore[arg-type]
+
 def test_symvers_handling(tmp_path: Path) -> None:
     kdir = make_kdir(tmp_path, symvers=False)
     with pytest.raises(KernelSourceError) as exc:
@@ -162,9 +248,10 @@ def test_missing_directories(tmp_path: Path) -> None:
 
 @pytest.mark.real
 def test_real_bookworm(bookworm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    # not the host's kernel: a symbol source is required
+    # not the host's kernel: a symbol source is required (none installed in tmp_path)
     with pytest.raises(KernelSourceError, match="wrong kernel's"):
-        discover(bookworm.kernel_dir, running_release="0.0.0-not-it")
+        discover(bookworm.kernel_dir, running_release="0.0.0-not-it", boot_dir=tmp_path,
+                 debug_dir=tmp_path)
     # Debian's System.map is the stub
     with pytest.raises(KernelSourceError, match="Debian's placeholder"):
         discover(bookworm.kernel_dir, system_map=bookworm.system_map,

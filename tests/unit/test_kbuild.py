@@ -10,7 +10,12 @@ import pytest
 from klpsym.cli.main import build_parser
 from klpsym.errors import KbuildError
 from klpsym.kbuild import extra_symvers_text, modules_in_order
-from klpsym.kbuild.build import _exported_names, _extra_symbols, check_make_args
+from klpsym.kbuild.build import (
+    _exported_names,
+    _extra_symbols,
+    check_make_args,
+    extra_symbols_assignment,
+)
 from klpsym.kernel.symvers import Symvers, parse_symvers
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.version import KernelVersion
@@ -97,3 +102,43 @@ def test_cli_make_args_after_dashdash(argv: list[str], directory: str,
                                       make_args: list[str]) -> None:
     ns = build_parser().parse_args(argv)
     assert ns.directory == Path(directory) and ns.make_args == make_args
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("obj-m := m.o\nKBUILD_EXTRA_SYMBOLS := /x/Module.symvers\n", 2),
+    ("obj-m := m.o\nKBUILD_EXTRA_SYMBOLS=/x\n", 2),
+    ("export KBUILD_EXTRA_SYMBOLS = /x\n", 1),
+    ("override KBUILD_EXTRA_SYMBOLS ::= /x\n", 1),
+    ("\tKBUILD_EXTRA_SYMBOLS != echo /x\n", 1),
+    ("obj-m := m.o\nKBUILD_EXTRA_SYMBOLS += /x\n", None),
+    ("KBUILD_EXTRA_SYMBOLS ?= /x\n", None),
+    ("# KBUILD_EXTRA_SYMBOLS := /x\nMY_KBUILD_EXTRA_SYMBOLS := /x\n", None),
+])
+def test_extra_symbols_assignment(tmp_path: Path, text: str, line: int | None) -> None:
+    (tmp_path / "Makefile").write_text(text)
+    found = extra_symbols_assignment(tmp_path)
+    if line is None:
+        assert found is None
+    else:
+        assert found is not None and found[:2] == (tmp_path / "Makefile", line)
+        assert found[2] == text.splitlines()[line - 1].strip()
+
+
+def test_extra_symbols_assignment_reads_kbuild_first(tmp_path: Path) -> None:
+    # modpost includes Kbuild when there is one, and then never the Makefile
+    (tmp_path / "Makefile").write_text("KBUILD_EXTRA_SYMBOLS := /x\n")
+    (tmp_path / "Kbuild").write_text("obj-m := m.o\n")
+    assert extra_symbols_assignment(tmp_path) is None
+    (tmp_path / "Kbuild").write_text("obj-m := m.o\nKBUILD_EXTRA_SYMBOLS := /y\n")
+    assert extra_symbols_assignment(tmp_path) == (tmp_path / "Kbuild", 2,
+                                                  "KBUILD_EXTRA_SYMBOLS := /y")
+
+
+def test_cli_kernel_dir_or_release(capsys: pytest.CaptureFixture[str]) -> None:
+    ns = build_parser().parse_args(["build", "--kernel-release", "6.1.0-56-amd64"])
+    assert ns.kernel_release == "6.1.0-56-amd64" and ns.kernel_dir is None
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["convert", "m.ko", "--in-place", "--kernel-dir", "k",
+                                   "--kernel-release", "r"])
+    assert exc.value.code == 2
+    assert "--kernel-release: not allowed with argument --kernel-dir" in capsys.readouterr().err

@@ -9,16 +9,25 @@ from klpsym.kernel.target import TargetKernel, discover
 
 SOURCES_HELP = """\
 target kernel (default: the running kernel):
-  Module.symvers comes from --kernel-dir (default /lib/modules/$(uname -r)/build);
-  the kallsyms order from exactly one of --kallsyms, --system-map, --vmlinux
-  (default /proc/kallsyms when the target is the running kernel)."""
+  Module.symvers comes from --kernel-dir (default /lib/modules/$(uname -r)/build;
+  --kernel-release R means /lib/modules/R/build); the kallsyms order from
+  exactly one of --kallsyms, --system-map, --vmlinux, by default
+  /proc/kallsyms when the target is the running kernel, else the first that
+  exists of the debug package's /usr/lib/debug/boot/System.map-R,
+  /usr/lib/debug/boot/vmlinux-R, /usr/lib/debug/lib/modules/R/vmlinux, and a
+  real /boot/System.map-R (Debian's is a placeholder: install
+  linux-image-R-dbg)."""
 
 
 def add_source_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target kernel")
-    g.add_argument("--kernel-dir", metavar="KDIR", type=Path,
-                   help="the target kernel's build/headers dir (Module.symvers, .config, "
-                        "release); default /lib/modules/$(uname -r)/build")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--kernel-dir", metavar="KDIR", type=Path,
+                       help="the target kernel's build/headers dir (Module.symvers, .config, "
+                            "release); default /lib/modules/$(uname -r)/build")
+    which.add_argument("--kernel-release", metavar="RELEASE",
+                       help="the target kernel by its 'uname -r', when its headers are "
+                            "installed: same as --kernel-dir /lib/modules/RELEASE/build")
     one = g.add_mutually_exclusive_group()
     one.add_argument("--kallsyms", metavar="FILE", type=Path,
                      help="a copy of the target's /proc/kallsyms (read as non-root is fine: "
@@ -37,6 +46,7 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
 
 def target_from_args(args: argparse.Namespace) -> TargetKernel:
     return discover(
-        kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
+        kernel_dir=args.kernel_dir, kernel_release=args.kernel_release, kallsyms=args.kallsyms,
+        system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
     )

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,11 @@ _EXPORT_MARKERS = ("__ksymtab_", "__export_symbol_")
 # MO= (external module output dir) came with Linux 6.13 (commit 11b3d5175e6b
 # "kbuild: support building external modules in a separate build directory").
 MO_SINCE = (6, 13)
+# A makefile assignment to KBUILD_EXTRA_SYMBOLS other than += and ?= replaces
+# the environment's value, which is where the generated symvers is.
+_EXTRA_SYMBOLS_SET = re.compile(
+    r"^[ \t]*(?:(?:export|override|private)[ \t]+)*KBUILD_EXTRA_SYMBOLS[ \t]*(?::::?=|::?=|!=|=)",
+    re.MULTILINE)
 
 
 @dataclass
@@ -228,7 +234,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         args, env = _extra_symbols(make_args, [*(p.resolve() for p in extra_symvers), gen])
         rc = _make(kdir, directory, args, "modules", env)
     if rc != 0:
-        raise KbuildError(_failure(directory, modules, siblings, target, rc))
+        raise KbuildError(_failure(directory, modules, siblings, target, rc, resolved))
 
     # Stage 3: convert each .ko in place, with the exports just built.
     own = directory / "Module.symvers"
@@ -242,11 +248,41 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     return BuildResult(directory, final, modules, resolved)
 
 
+def extra_symbols_assignment(directory: Path) -> tuple[Path, int, str] | None:
+    """(file, line number, line) where the makefile modpost reads sets
+    KBUILD_EXTRA_SYMBOLS with ``:=``/``=`` (not ``+=``/``?=``), or None.
+
+    scripts/Makefile.modpost includes the module's Kbuild, else its Makefile
+    (6.1: ``include $(or $(wildcard $(src)/Kbuild), $(src)/Makefile)``; 7.x the
+    same through ``$(kbuild-file)``) to read KBUILD_EXTRA_SYMBOLS; such an
+    assignment there drops the environment's value, klpsym's generated symvers."""
+    for name in ("Kbuild", "Makefile"):
+        path = directory / name
+        if path.is_file():
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                return None
+            m = _EXTRA_SYMBOLS_SET.search(text)
+            if m is None:
+                return None
+            line = text.count("\n", 0, m.start()) + 1
+            return path, line, text.splitlines()[line - 1].strip()
+    return None
+
+
 def _failure(directory: Path, modules: list[BuiltModule], siblings: set[str],
-             target: TargetKernel, rc: int) -> str:
+             target: TargetKernel, rc: int, resolved: Sequence[str] = ()) -> str:
     missing = [(m.name, s.name) for m in modules for s in m.symbols
                if s.fate == Fate.MISSING and s.name not in siblings]
     if not missing:
+        where = extra_symbols_assignment(directory) if resolved else None
+        if where is not None:
+            path, line, text = where
+            return (f"kbuild failed in {directory} (make exit {rc}): {path.name}:{line} "
+                    f"'{text}' replaces the KBUILD_EXTRA_SYMBOLS that klpsym build passes in "
+                    "the environment (the symvers listing the unexported symbols), so modpost "
+                    "called them undefined; write 'KBUILD_EXTRA_SYMBOLS +=' instead")
         return f"kbuild failed in {directory} (make exit {rc}); see its messages above"
     mod, name = missing[0]
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

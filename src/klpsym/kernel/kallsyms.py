@@ -312,11 +312,16 @@ def _columns(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 _DEBIAN_STUB = "The real System.map is in"
 
 
-def reject_debian_stub(head: str, source: str) -> None:
-    """Raise if ``head`` (the start of a System.map) is Debian's one-line
+def is_debian_stub(head: str) -> bool:
+    """Whether ``head`` (the start of a System.map) is Debian's one-line
     placeholder ``ffffffffffffffff B The real System.map is in the
     linux-image-<version>-dbg package``."""
-    if _DEBIAN_STUB in head:
+    return _DEBIAN_STUB in head
+
+
+def reject_debian_stub(head: str, source: str) -> None:
+    """Raise if ``head`` is Debian's placeholder (:func:`is_debian_stub`)."""
+    if is_debian_stub(head):
         raise KernelSourceError(
             f"{source}: is Debian's placeholder ('The real System.map is in the "
             "linux-image-<version>-dbg package'), not a symbol map; use --kallsyms with the "

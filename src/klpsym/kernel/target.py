@@ -5,9 +5,16 @@
 * kernel_dir: ``/lib/modules/<release>/build`` (the headers package);
 * Module.symvers: ``<kernel_dir>/Module.symvers``, plus any ``--symvers``;
 * config: ``<kernel_dir>/.config``, else ``/boot/config-<release>``;
-* symbols: ``/proc/kallsyms`` -- only when the target *is* the running
-  kernel; for another kernel one of ``--kallsyms``, ``--system-map`` or
-  ``--vmlinux`` is required, never the host's kallsyms.
+* ``kernel_release`` (``--kernel-release``) names the target by its
+  ``uname -r`` instead: kernel_dir is then ``/lib/modules/<release>/build``;
+* symbols: ``--kallsyms``, ``--system-map`` or ``--vmlinux`` when given;
+  else ``/proc/kallsyms`` when the target *is* the running kernel; else
+  (never the host's kallsyms) the first of :func:`symbol_file_candidates`
+  that exists: the debug package's System.map or vmlinux under
+  ``/usr/lib/debug`` (Debian's ``linux-image-<release>-dbg``), then a real
+  ``/boot/System.map-<release>`` (Debian's is a stub).  This is how a build
+  for another installed kernel (DKMS after a kernel upgrade) finds its
+  symbols.
 
 Version-dependent rules follow the target (its headers' utsrelease.h),
 never the host.  Every problem is one KernelSourceError line naming the file
@@ -26,6 +33,7 @@ from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import (
     PROC_KALLSYMS,
     KallsymsTable,
+    is_debian_stub,
     read_proc_kallsyms,
     read_system_map,
     reject_debian_stub,
@@ -89,21 +97,61 @@ class TargetKernel:
                 f"symbols from {self.kallsyms_source}")
 
 
+# Where distributions install debug symbols (Debian's linux-image-<release>-dbg).
+DEBUG_DIR = Path("/usr/lib/debug")
+
+
 def host_release() -> str:
     return os.uname().release
+
+
+def symbol_file_candidates(release: str, *, debug_dir: Path | str = DEBUG_DIR,
+                           boot_dir: Path | str = "/boot") -> list[tuple[str, Path]]:
+    """Where a kernel's symbols may be installed besides /proc/kallsyms, as
+    (flag, path) in the order tried: the debug package's System.map (Debian's
+    ``linux-image-<release>-dbg``: /usr/lib/debug/boot/System.map-<release>),
+    its vmlinux (Debian, Ubuntu: /usr/lib/debug/boot/vmlinux-<release>;
+    Fedora's kernel-debuginfo: /usr/lib/debug/lib/modules/<release>/vmlinux),
+    then /boot/System.map-<release> (real on Fedora and Ubuntu; on Debian a
+    stub, which the caller skips)."""
+    debug = Path(debug_dir)
+    return [("--system-map", debug / "boot" / f"System.map-{release}"),
+            ("--vmlinux", debug / "boot" / f"vmlinux-{release}"),
+            ("--vmlinux", debug / "lib" / "modules" / release / "vmlinux"),
+            ("--system-map", Path(boot_dir) / f"System.map-{release}")]
+
+
+def _installed_symbol_file(release: str, debug_dir: Path | str,
+                           boot_dir: Path | str) -> tuple[str, Path] | None:
+    """The first of :func:`symbol_file_candidates` that is a readable file and,
+    for a System.map, not Debian's placeholder."""
+    for flag, path in symbol_file_candidates(release, debug_dir=debug_dir, boot_dir=boot_dir):
+        if not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1024).decode("utf-8", "replace")
+        except OSError:
+            continue  # e.g. Ubuntu's /boot/System.map-* is root-only
+        if flag == "--system-map" and is_debian_stub(head):
+            continue
+        return flag, path
+    return None
 
 
 def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None = None,
              system_map: Path | str | None = None, vmlinux: Path | str | None = None,
              symvers: Iterable[Path | str] = (), config: Path | str | None = None, *,
+             kernel_release: str | None = None,
              running_release: str | None = None,
              proc_kallsyms: Path | str = PROC_KALLSYMS,
              boot_dir: Path | str = "/boot",
-             modules_root: Path | str = "/lib/modules") -> TargetKernel:
+             modules_root: Path | str = "/lib/modules",
+             debug_dir: Path | str = DEBUG_DIR) -> TargetKernel:
     """Find the target kernel's files (see the module docstring).
 
-    ``running_release``, ``proc_kallsyms``, ``boot_dir`` and ``modules_root``
-    describe the host; they exist for tests and are rarely passed.
+    ``running_release``, ``proc_kallsyms``, ``boot_dir``, ``modules_root`` and
+    ``debug_dir`` describe the host; they exist for tests and are rarely passed.
     """
     host = running_release if running_release is not None else host_release()
     extra_symvers = [Path(p) for p in symvers]
@@ -111,7 +159,30 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
 
     # -- kernel directory and version ------------------------------------------
     kdir: Path | None
-    if kernel_dir is not None:
+    if kernel_release is not None:
+        if kernel_dir is not None:
+            raise KernelSourceError(
+                f"--kernel-dir {kernel_dir} and --kernel-release {kernel_release} both given; "
+                "pass one (the release's headers are /lib/modules/<release>/build)"
+            )
+        if not kernel_release or "/" in kernel_release:
+            raise KernelSourceError(
+                f"--kernel-release {kernel_release!r}: not a kernel release; pass what "
+                "'uname -r' prints on that kernel, e.g. 6.1.0-56-amd64"
+            )
+        kdir = Path(modules_root) / kernel_release / "build"
+        if not kdir.is_dir():
+            raise KernelSourceError(
+                f"{kdir}: no headers for kernel {kernel_release} (--kernel-release); install "
+                f"linux-headers-{kernel_release} or pass --kernel-dir"
+            )
+        version = read_kernel_version(kdir)
+        if version.release != kernel_release:
+            raise KernelSourceError(
+                f"{kdir}: headers of kernel {version.release}, not {kernel_release} "
+                f"(--kernel-release); reinstall linux-headers-{kernel_release}"
+            )
+    elif kernel_dir is not None:
         kdir = Path(kernel_dir)
         if not kdir.is_dir():
             raise KernelSourceError(
@@ -178,42 +249,48 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         raise KernelSourceError(
             f"{' and '.join(k for k, _ in given)} both given; pass one symbol source"
         )
-    load: Callable[[], KallsymsTable]
     if given:
         flag, path = given[0]
         if not path.is_file():
             raise KernelSourceError(f"{path}: no such file ({flag})")
-        if flag == "--kallsyms":
-            source = f"kallsyms {path}"
-
-            def load() -> KallsymsTable:
-                return read_proc_kallsyms(path)
-        elif flag == "--system-map":
-            source = f"System.map {path}"
-            with open(path, "rb") as f:
-                reject_debian_stub(f.read(1024).decode("utf-8", "replace"), str(path))
-
-            def load() -> KallsymsTable:
-                return read_system_map(path, config=cfg, version=version)
-        else:
-            source = f"vmlinux {path}"
-            _check_vmlinux_release(path, version)
-
-            def load() -> KallsymsTable:
-                return kallsyms_from_vmlinux(path, cfg, version)
     elif is_host:
-        source = str(proc_kallsyms)
-
-        def load() -> KallsymsTable:
-            return read_proc_kallsyms(proc_kallsyms)
+        flag, path = "", Path(proc_kallsyms)
     else:
-        raise KernelSourceError(
-            f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
-            "/proc/kallsyms is the wrong kernel's; pass --kallsyms (a copy of the target's "
-            "/proc/kallsyms), --system-map or --vmlinux"
-        )
+        found = _installed_symbol_file(version.release, debug_dir, boot_dir)
+        if found is None:
+            looked = ", ".join(str(p) for _, p in symbol_file_candidates(
+                version.release, debug_dir=debug_dir, boot_dir=boot_dir))
+            raise KernelSourceError(
+                f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
+                "/proc/kallsyms is the wrong kernel's, and no symbol file of "
+                f"{version.release} is installed (looked for {looked}); install "
+                f"linux-image-{version.release}-dbg (Debian), or pass --kallsyms (a copy of the "
+                "target's /proc/kallsyms), --system-map or --vmlinux"
+            )
+        flag, path = found
+        notes.append(f"{version.release} is not the running kernel: symbols from {path}")
+    source, load = _symbol_source(flag, path, cfg, version)
     return TargetKernel(version=version, symvers=merged, kallsyms_source=source,
                         kernel_dir=kdir, config=cfg, notes=notes, _load_kallsyms=load)
+
+
+def _symbol_source(flag: str, path: Path, cfg: KernelConfig | None, version: KernelVersion,
+                   ) -> tuple[str, Callable[[], KallsymsTable]]:
+    """The kallsyms_source text and loader for one symbol file; ``flag`` is
+    the option it came from, or "" for the running kernel's /proc/kallsyms.
+    The cheap checks (placeholder System.map, vmlinux of another release)
+    run now, the reading later."""
+    if flag == "":
+        return str(path), lambda: read_proc_kallsyms(path)
+    if flag == "--kallsyms":
+        return f"kallsyms {path}", lambda: read_proc_kallsyms(path)
+    if flag == "--system-map":
+        with open(path, "rb") as f:
+            reject_debian_stub(f.read(1024).decode("utf-8", "replace"), str(path))
+        return (f"System.map {path}",
+                lambda: read_system_map(path, config=cfg, version=version))
+    _check_vmlinux_release(path, version)
+    return f"vmlinux {path}", lambda: kallsyms_from_vmlinux(path, cfg, version)
 
 
 def _check_vmlinux_release(path: Path, version: KernelVersion) -> None:
