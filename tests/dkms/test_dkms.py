@@ -18,6 +18,7 @@ klpsym's one-line error naming linux-image-RELEASE-dbg.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -98,7 +99,16 @@ def require_host(kernel: Kernel) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(bookworm: Kernel) -> Iterator[Run]:
+def host_lock() -> Iterator[None]:
+    """dkms's tree and /lib/modules are the host's: two test sessions on one
+    machine (several worktrees) take turns."""
+    with open("/run/lock/klpsym-dkms-test.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(bookworm: Kernel, host_lock: None) -> Iterator[Run]:
     kernel = bookworm
     require_host(kernel)
     klpsym = Path(sys.executable).parent / "klpsym"
