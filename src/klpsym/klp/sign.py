@@ -21,6 +21,7 @@ the caller, so a failure leaves nothing half-signed.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -75,10 +76,19 @@ class Signer:
 
 
 def _reason(proc: subprocess.CompletedProcess[str]) -> str:
+    """sign-file's own last word (``sign-file: FILE[: errno text]``), with the
+    OpenSSL reason it printed before it (``- SSL error:CODE:LIB::REASON: ...``)."""
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
     mine = [ln for ln in lines if ln.startswith("sign-file:")]
-    text = (mine or lines or [f"exit status {proc.returncode}"])[-1]
-    return text.removeprefix("sign-file: ")
+    text = (mine or lines or [f"exit status {proc.returncode}"])[-1].removeprefix("sign-file: ")
+    ssl = [m.group(1) for ln in lines if (m := _SSL_ERROR.search(ln))]
+    if ssl:
+        text += f": {ssl[-1]} (is the key a PEM private key and the certificate its X.509 " \
+                "certificate?)"
+    return text
+
+
+_SSL_ERROR = re.compile(r"SSL error:[0-9A-Fa-f]+:([^:]+::[^:]+)")
 
 
 def resolve_signer(target: TargetKernel, key: Path | None = None,
