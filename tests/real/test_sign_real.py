@@ -103,6 +103,16 @@ def test_convert_signs_the_output(tmp_path: Path, target: TargetKernel,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ko", "plain.ko", "signed.ko"]
 
 
+def test_module_with_nothing_to_convert_is_signed_as_is(tmp_path: Path, target: TargetKernel,
+                                                      keypair: tuple[Path, Path]) -> None:
+    src = tmp_path / "m.ko"
+    src.write_bytes(simple_module((), ("_printk",)).build())
+    signer, _ = resolve_signer(target, *keypair)
+    res = convert_file(src, target, {}, output=tmp_path / "out.ko", signer=signer)
+    assert not res.plan.to_convert and not res.guard.adds and res.signed_with is signer
+    check_signed(tmp_path / "out.ko", src.read_bytes())
+
+
 def test_signed_input_is_signed_again(tmp_path: Path, target: TargetKernel,
                                       keypair: tuple[Path, Path]) -> None:
     other_key = make_key(tmp_path / "other", "someone else")
