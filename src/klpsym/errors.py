@@ -36,3 +36,7 @@ class LabError(KlpsymError):
 
 class KbuildError(KlpsymError):
     """``klpsym build``: kbuild failed, or the module directory cannot be built."""
+
+
+class SignError(KlpsymError):
+    """Signing a module with the kernel's scripts/sign-file is impossible or failed."""

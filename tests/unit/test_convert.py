@@ -41,7 +41,7 @@ KALLSYMS = [
 def target(*, release: str = RELEASE, config: str | None = "CONFIG_LIVEPATCH=y\n"
            "CONFIG_KALLSYMS_ALL=y\n", exports: dict[str, str] | None = None,
            namespaces: dict[str, str] | None = None) -> TargetKernel:
-    exports = {"_printk": "vmlinux"} if exports is None else exports
+    exports = {"_printk": "vmlinux", "klp_enable_patch": "vmlinux"} if exports is None else exports
     namespaces = namespaces or {}
     symvers = Symvers({n: Export(n, None, m, "EXPORT_SYMBOL_GPL", namespaces.get(n, ""))
                        for n, m in exports.items()}, sources=["test Module.symvers"])
@@ -192,7 +192,7 @@ def test_release_mismatch_is_refused(tmp_path: Path) -> None:
 def test_module_export_and_namespaced_module_only_export(tmp_path: Path) -> None:
     src = write(tmp_path, simple_module(("kvm_thing", "kallsyms_lookup_name"), ()))
     t = target(exports={"kvm_thing": "arch/x86/kvm/kvm", "_printk": "vmlinux",
-                        "kallsyms_lookup_name": "vmlinux"},
+                        "kallsyms_lookup_name": "vmlinux", "klp_enable_patch": "vmlinux"},
                namespaces={"kallsyms_lookup_name": "module:kvm"})
     res = convert_file(src, t, {}, output=tmp_path / "out.ko")
     fates = {s.name: s.fate.value for s in res.plan.symbols}

@@ -13,7 +13,9 @@ from klpsym.errors import ModuleError
 from klpsym.module.versions import (
     SymbolVersion,
     VersionsFormat,
+    append_version,
     encode_basic,
+    read_version_tables,
     read_versions,
 )
 
@@ -35,6 +37,27 @@ def test_basic_read_and_encode_round_trip(big: bool) -> None:
                          SymbolVersion("printk", 0x12345678))
     assert v.crc("printk") == 0x12345678 and v.crc("nope") is None
     assert encode_basic(elf, list(v.entries)) == raw
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_append_to_both_tables_round_trips(big: bool) -> None:
+    b = ElfBuilder(big_endian=big)
+    b.text()
+    e = ">" if big else "<"
+    b.section("__versions", data=_entry(1, "printk", big), flags=SHF_ALLOC, align=32)
+    b.section("__version_ext_crcs", data=struct.pack(e + "I", 1), align=4)
+    b.section("__version_ext_names", data=b"printk\0\0\0")
+    elf = ElfFile.from_bytes(b.build())
+    new = SymbolVersion("klp_enable_patch", 0xCAFEF00D)
+    assert append_version(elf, new) == ["__version_ext_crcs", "__version_ext_names",
+                                        "__versions"]
+    again = ElfFile.from_bytes(elf.to_bytes())
+    tables = read_version_tables(again)
+    assert [t.format for t in tables] == [VersionsFormat.EXTENDED, VersionsFormat.BASIC]
+    for t in tables:
+        assert t.entries == (SymbolVersion("printk", 1), new)
+    names = again.section_by_name("__version_ext_names")
+    assert names is not None and bytes(names.content()) == b"printk\0klp_enable_patch\0\0\0"
 
 
 def test_no_versions() -> None:

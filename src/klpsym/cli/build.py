@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
 from klpsym.kbuild import BuildResult, build
 from klpsym.klp.plan import parse_sympos
 
-EPILOG = SOURCES_HELP + """
+EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
 How: kbuild compiles the objects (make ... modules_check); klpsym classifies
 each module's undefined symbols; the ones the target has in kallsyms but does
@@ -25,6 +26,7 @@ examples:
   klpsym build                                   # the module in ., for the running kernel
   klpsym build src/ -- V=1                       # make arguments after --
   klpsym build --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 --kallsyms kallsyms.txt
+  klpsym build --sign-key MOK.priv --sign-cert MOK.der   # and sign each .ko
 
 exit status: 0 built and converted, 2 refused or kbuild failed (one line on
 stderr says why, after kbuild's own messages)."""
@@ -44,6 +46,7 @@ def register(sub: Any) -> None:
                    help="which of several same-name kallsyms entries to use (1-based, in "
                         "kallsyms order; repeatable)")
     add_source_flags(p)
+    add_finish_flags(p)
     p.set_defaults(run=run, make_args=[])
     # Everything after the first '--' goes to make, untouched (argparse alone
     # would give "klpsym build -- V=1" the directory "V=1").
@@ -67,12 +70,14 @@ class _MakeArgsParser(argparse.ArgumentParser):
 def run(args: argparse.Namespace) -> int:
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
-    result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers))
-    print_table(result)
+    signer, sign_notes = signer_from_args(args, target)
+    result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers),
+                   guard=not args.no_guard, signer=signer)
+    print_table(result, sign_notes)
     return 0
 
 
-def print_table(result: BuildResult) -> None:
+def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -80,15 +85,23 @@ def print_table(result: BuildResult) -> None:
     console.print(f"klpsym: built for {result.target.release} "
                   f"(symbols from {result.target.kallsyms_source})")
     table = Table()
-    for col in ("module", "converted", "relocations"):
+    for col in ("module", "converted", "relocations", "guard", "signed"):
         table.add_column(col, no_wrap=col == "module")
     for m in result.modules:
         conv = m.converted
         names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in conv) or "-"
         moved = sum(sum(s.relocations.values()) for s in conv)
         table.add_row(str(m.ko.relative_to(result.directory)
-                          if m.ko.is_relative_to(result.directory) else m.ko), names, str(moved))
+                          if m.ko.is_relative_to(result.directory) else m.ko), names, str(moved),
+                      m.result.guard.action.value if m.result else "-",
+                      "yes" if m.result and m.result.signed_with else "no")
     console.print(table)
+    signers = {m.result.signed_with.describe() for m in result.modules
+               if m.result and m.result.signed_with}
+    for s in sorted(signers):
+        console.print(f"signed with {s}")
+    for note in notes or []:
+        console.print(f"note: {note}")
     for m in result.modules:
         for note in m.result.plan.notes if m.result else []:
             console.print(f"note: {m.name}: {note}")

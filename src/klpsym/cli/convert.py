@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
 from klpsym.klp.convert import ConvertResult, convert_file
+from klpsym.klp.guard import GUARD_SYMBOL, GuardPlan
 from klpsym.klp.plan import Fate, Plan, parse_sympos
 
-EPILOG = SOURCES_HELP + """
+EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
 examples:
   # built with KBUILD_MODPOST_WARN=1 (modpost: "kallsyms_lookup_name" undefined!)
@@ -22,6 +24,8 @@ examples:
   # for another kernel: its headers and a copy of its kallsyms
   klpsym convert hello.ko -o out.ko --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 \\
       --kallsyms kallsyms-6.1.0-56.txt
+  # signed with your Secure Boot / MOK key
+  klpsym convert hello.ko -o hello.klp.ko --sign-key MOK.priv --sign-cert MOK.der
 
 exit status: 0 converted (or nothing to convert), 2 refused or bad input
 (one line on stderr says why; nothing is written)."""
@@ -46,19 +50,23 @@ def register(sub: Any) -> None:
                         "write nothing")
     p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
     add_source_flags(p)
+    add_finish_flags(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
+    signer, sign_notes = signer_from_args(args, target)
     result = convert_file(args.module, target, sympos, output=args.output,
-                          in_place=args.in_place, dry_run=args.dry_run)
+                          in_place=args.in_place, dry_run=args.dry_run,
+                          guard=not args.no_guard, signer=signer)
+    result.plan.notes.extend(sign_notes)
     if args.json:
         json.dump(to_json(result, args.dry_run), sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.dry_run:
-        print_plan(result.plan)
+        print_plan(result.plan, result.guard)
     else:
         print_result(result)
     return 0
@@ -68,7 +76,7 @@ def _relocs(counts: dict[str, int]) -> str:
     return " ".join(f"{sec}:{n}" for sec, n in sorted(counts.items())) or "-"
 
 
-def print_plan(plan: Plan) -> None:
+def print_plan(plan: Plan, guard: GuardPlan) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -91,6 +99,7 @@ def print_plan(plan: Plan) -> None:
     n = len(plan.to_convert)
     console.print(f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
                   f"relocation{'s' * (plan.relocations_to_move != 1)} to move")
+    console.print(guard.describe())
     for note in plan.notes:
         console.print(f"note: {note}")
 
@@ -104,6 +113,7 @@ def print_result(result: ConvertResult) -> None:
                else "every undefined symbol is exported")
         where = f"; copied to {result.output}" if result.written else ""
         print(f"{plan.module.path}: nothing to convert, {why}{where}")
+        _print_finish(result)
         return
     moved = sum(result.moved.values())
     names = ", ".join(f"{s.name}" + (f",{s.pos}" if s.pos else "") for s in plan.to_convert[:6])
@@ -111,7 +121,15 @@ def print_result(result: ConvertResult) -> None:
     print(f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
           f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
           f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}")
-    for note in plan.notes:
+    _print_finish(result)
+
+
+def _print_finish(result: ConvertResult) -> None:
+    if result.guard.adds:
+        print(result.guard.describe())
+    if result.signed_with is not None:
+        print(f"signed with {result.signed_with.describe()}")
+    for note in result.plan.notes:
         print(f"note: {note}")
 
 
@@ -141,5 +159,8 @@ def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
         "converted": len(plan.to_convert),
         "relocations_moved": sum(result.moved.values()) if result.written else 0,
         "relocations_to_move": plan.relocations_to_move,
+        "guard": {"action": result.guard.action.value, "symbol": GUARD_SYMBOL,
+                  "crc": result.guard.crc, "version_tables": list(result.guard.tables)},
+        "signed_with": None if result.signed_with is None else result.signed_with.key,
         "notes": plan.notes,
     }

@@ -24,6 +24,7 @@ from klpsym.elf.constants import (
     SHF,
     SHN,
     SHT,
+    STB,
     ElfClass,
     ElfData,
 )
@@ -173,6 +174,29 @@ class SymbolTable:
     def set_special_section(self, index: int, shn: SHN) -> None:
         """Put symbol ``index`` in a reserved section index (e.g. SHN_LIVEPATCH)."""
         self.section_ref[index] = -int(shn)
+
+    def append_undefined(self, name: str, bind: int, type: int = 0) -> int:
+        """Append an undefined (SHN_UNDEF) symbol and return its index.
+
+        Only a non-local symbol may be appended: the locals come first in a
+        symbol table and its sh_info is the index of the first non-local one,
+        so a symbol added after the last one keeps that true, and no existing
+        index (which relocations use) moves."""
+        if bind == STB.LOCAL:
+            raise ElfError(f"{self.section.name}: a local symbol cannot be appended after "
+                           "the globals")
+        rec = np.zeros(1, dtype=self.array.dtype)
+        rec["st_name"] = self.strings.append(name)
+        rec["st_info"] = (bind << 4) | (type & 0xF)
+        self.array = np.concatenate([self.array, rec])
+        self.section_ref = np.append(self.section_ref, 0)
+        self._orig_ref = np.append(self._orig_ref, 0)
+        self._orig_shndx = np.append(self._orig_shndx, np.zeros(1, self._orig_shndx.dtype))
+        if self._orig_xindex is not None:
+            self._orig_xindex = np.append(self._orig_xindex, 0)
+        if self._names is not None:
+            self._names.append(name)
+        return len(self.array) - 1
 
     @property
     def binds(self) -> np.ndarray:

@@ -51,6 +51,7 @@ from klpsym.kernel.symvers import read_symvers
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.convert import ConvertResult, convert_file
 from klpsym.klp.plan import Fate, SymbolPlan, classify_symbols
+from klpsym.klp.sign import Signer
 from klpsym.module.ko import read_module
 
 # Symbols an EXPORT_SYMBOL() leaves in the object: __ksymtab_NAME up to 6.4,
@@ -185,10 +186,12 @@ def _extra_symbols(make_args: Sequence[str], files: Sequence[Path]) -> tuple[lis
 
 
 def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
-          make_args: Sequence[str] = (), extra_symvers: Sequence[Path] = ()) -> BuildResult:
+          make_args: Sequence[str] = (), extra_symvers: Sequence[Path] = (), *,
+          guard: bool = True, signer: Signer | None = None) -> BuildResult:
     """Build every module in ``directory`` for ``target`` and convert each .ko
     in place; see the module docstring.  ``extra_symvers`` (the --symvers
-    files, already part of ``target.symvers``) go to modpost too."""
+    files, already part of ``target.symvers``) go to modpost too.  ``guard``
+    and ``signer`` are :func:`klpsym.klp.convert.convert_file`'s."""
     directory = directory.resolve()
     if not directory.is_dir():
         raise KbuildError(f"{directory}: no such directory")
@@ -244,7 +247,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     for m in modules:
         used = {s.name for s in m.symbols}
         mine = {k: v for k, v in sympos.items() if k in used}
-        m.result = convert_file(m.ko, final, mine, in_place=True)
+        m.result = convert_file(m.ko, final, mine, in_place=True, guard=guard, signer=signer)
     return BuildResult(directory, final, modules, resolved)
 
 

@@ -12,7 +12,16 @@ from klpsym.errors import ConvertError, KlpsymError
 from klpsym.fsutil import atomic_write
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.apply import apply_conversions
-from klpsym.klp.plan import Plan, make_plan
+from klpsym.klp.guard import (
+    GUARD_SYMBOL,
+    GuardAction,
+    GuardPlan,
+    apply_guard,
+    guard_problems,
+    plan_guard,
+)
+from klpsym.klp.plan import Fate, Plan, make_plan
+from klpsym.klp.sign import Signer
 from klpsym.klp.validate import loader_problems, relocation_changes, symbol_changes
 from klpsym.module.ko import Module, read_module
 
@@ -23,6 +32,8 @@ class ConvertResult:
     output: Path | None
     written: bool = False
     moved: dict[str, int] = field(default_factory=dict)
+    guard: GuardPlan = field(default_factory=lambda: GuardPlan(GuardAction.NOT_NEEDED))
+    signed_with: Signer | None = None  # the output was signed with it
 
     @property
     def module(self) -> Module:
@@ -31,7 +42,14 @@ class ConvertResult:
 
 def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                  output: Path | None = None, in_place: bool = False,
-                 dry_run: bool = False) -> ConvertResult:
+                 dry_run: bool = False, guard: bool = True,
+                 signer: Signer | None = None) -> ConvertResult:
+    """Convert ``path`` for ``target`` and write it to ``output`` (or in place).
+
+    ``guard``: add the load-time guard (:mod:`klpsym.klp.guard`) when the
+    output has livepatch symbols.  ``signer``: sign the output
+    (:mod:`klpsym.klp.sign`); an input signed before keeps its signature only
+    when its bytes are written unchanged."""
     if in_place and output is not None:
         raise ConvertError("give either -o OUTPUT or --in-place, not both")
     if not dry_run and output is None and not in_place:
@@ -39,27 +57,48 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                            "to replace the module")
     module = read_module(path)
     plan = make_plan(module, target, sympos)
+    has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
+    guard_plan = plan_guard(module, target, has_livepatch, guard)
+    if guard_plan.action == GuardAction.OFF:
+        plan.notes.append("no load-time guard (--no-guard): on a kernel without "
+                          "CONFIG_LIVEPATCH this module loads and finds zero addresses")
     dest = path if in_place else output
-    result = ConvertResult(plan, dest)
+    result = ConvertResult(plan, dest, guard=guard_plan)
+    changes = bool(plan.to_convert) or guard_plan.adds
+    if changes and module.signature is not None:
+        plan.notes.append(
+            "the module's signature was removed (it no longer matches); "
+            + (f"signed again with {signer.describe()}" if signer is not None else
+               "sign the output again with the kernel's scripts/sign-file, or pass "
+               "--sign-key and --sign-cert"))
     if dry_run or dest is None:
         return result
-    if not plan.to_convert:
+    if not changes:
         # Nothing to do (e.g. converted before): the output is the input, to
-        # the byte, signature included.
-        if not in_place:
-            atomic_write(dest, module.data, mode_from=path)
-        result.written = not in_place
+        # the byte, signature included; an unsigned one is signed if asked.
+        data = module.data
+        if signer is not None and module.signature is None:
+            data = signer.sign(module.elf_bytes, str(dest))
+            result.signed_with = signer
+        if not in_place or data is not module.data:
+            atomic_write(dest, data, mode_from=path)
+            result.written = True
         return result
     elf = module.elf
     result.moved = apply_conversions(elf, plan.conversions)
+    apply_guard(elf, guard_plan)
     data = elf.to_bytes()
-    check_output(module, data, plan)
+    check_output(module, data, plan, guard_plan)
+    if signer is not None:
+        data = signer.sign(data, str(dest))
+        result.signed_with = signer
     atomic_write(dest, data, mode_from=path)
     result.written = True
     return result
 
 
-def check_output(module: Module, data: bytes, plan: Plan) -> None:
+def check_output(module: Module, data: bytes, plan: Plan,
+                 guard: GuardPlan | None = None) -> None:
     """Re-read the converted bytes and hold them to the loader's rules; a
     failure here is a klpsym bug, and nothing is written."""
     try:
@@ -67,7 +106,9 @@ def check_output(module: Module, data: bytes, plan: Plan) -> None:
         after = ElfFile.from_bytes(data, f"{module.path} (converted)")
         problems = (loader_problems(after, plan.name_width)
                     + relocation_changes(before, after)
-                    + symbol_changes(before, after, plan.name_width))
+                    + symbol_changes(before, after, plan.name_width,
+                                     (GUARD_SYMBOL,) if guard and guard.adds else ())
+                    + (guard_problems(before, after, guard) if guard else []))
     except KlpsymError as e:
         problems = [f"the output cannot be re-read: {e}"]
     if problems:

@@ -264,6 +264,3 @@ def _check_convertible(plan: Plan) -> None:
                 f"{s.name} is a data symbol (type {s.candidate.type if s.candidate else '?'}) and "
                 f"kernel {version.release} lacks CONFIG_KALLSYMS_ALL, so kallsyms cannot find it"
             )
-    if module.signature is not None:
-        plan.notes.append("the module's signature was removed (it no longer matches); sign the "
-                          "output again with the kernel's scripts/sign-file")

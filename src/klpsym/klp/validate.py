@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from klpsym.elf import ElfFile
-from klpsym.elf.constants import EM, R_X86_64, SHF, SHN, SHT
+from klpsym.elf.constants import EM, R_X86_64, SHF, SHN, SHT, STB
 from klpsym.klp.names import VMLINUX, parse_section_name, parse_symbol_name
 
 # Relocation types arch/x86/kernel/module.c: __write_relocate_add() handles
@@ -163,22 +163,36 @@ def relocation_changes(before: ElfFile, after: ElfFile) -> list[str]:
     return problems
 
 
-def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str]:
-    """Only converted symbols may change, and only into their klp form."""
+def symbol_changes(before: ElfFile, after: ElfFile, name_width: int,
+                   added: tuple[str, ...] = ()) -> list[str]:
+    """Only converted symbols may change, and only into their klp form.
+
+    ``added``: the names of undefined symbols the conversion appends after the
+    input's (the load-time guard); nothing else may be added.  A symbol that
+    spans a whole section whose content grew (modpost's ``____versions``
+    array when the guard gets a version entry) may grow with it."""
     sa, sb = before.symtab, after.symtab
-    if len(sa) != len(sb):
-        return [f"symbol count changed from {len(sa)} to {len(sb)}"]
-    problems = []
-    names_a, names_b = sa.names(), sb.names()
+    n = len(sa)
+    extra = sb.names()[n:] if len(sb) >= n else []
+    if len(sb) < n or sorted(extra) != sorted(added):
+        return [f"symbol count changed from {n} to {len(sb)}"
+                + (f" (added {extra}, expected {list(added)})" if extra or added else "")]
+    problems = [f"added symbol {sb.name(i)!r} is not a plain undefined symbol"
+                for i in range(n, len(sb))
+                if int(sb.section_ref[i]) != 0 or int(sb.array["st_value"][i]) != 0
+                or int(sb.array["st_size"][i]) != 0 or sb.binds[i] == STB.LOCAL]
+    a, b = sa.array, sb.array[:n]
+    names_a, names_b = sa.names(), sb.names()[:n]
+    where_a, where_b = _symbol_sections(before), _symbol_sections(after)[:n]
+    size_same = (a["st_size"] == b["st_size"]) | _spans_grown_section(before, after, where_b)
     fields_same = (
-        (sa.array["st_info"] == sb.array["st_info"])
-        & (sa.array["st_other"] == sb.array["st_other"])
-        & (sa.array["st_value"] == sb.array["st_value"])
-        & (sa.array["st_size"] == sb.array["st_size"])
+        (a["st_info"] == b["st_info"])
+        & (a["st_other"] == b["st_other"])
+        & (a["st_value"] == b["st_value"])
+        & size_same
     )
     for i in np.flatnonzero(~fields_same).tolist():
         problems.append(f"symbol {names_a[i]!r} changed its type, binding, value or size")
-    where_a, where_b = _symbol_sections(before), _symbol_sections(after)
     for i in np.flatnonzero((np.array(names_a, dtype=object) != np.array(names_b, dtype=object))
                             | (where_a != where_b)).tolist():
         parsed = parse_symbol_name(names_b[i], name_width)
@@ -186,6 +200,20 @@ def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str
                 and parsed.name == names_a[i]):
             problems.append(f"symbol {names_a[i]!r} changed to {names_b[i]!r} unexpectedly")
     return problems
+
+
+def _spans_grown_section(before: ElfFile, after: ElfFile, where: np.ndarray) -> np.ndarray:
+    """Per input symbol: it is at offset 0 of a section that grew, spanning
+    all of it before and after."""
+    out = np.zeros(len(before.symtab), dtype=bool)
+    sa, sb = before.symtab.array, after.symtab.array
+    for sec in after.sections:
+        old = before.section_by_name(sec.name)
+        if old is None or old.size >= sec.size:
+            continue
+        out |= ((where == f"section {sec.name}") & (sa["st_value"] == 0)
+                & (sa["st_size"] == old.size) & (sb["st_size"][: len(sa)] == sec.size))
+    return out
 
 
 def _symbol_sections(elf: ElfFile) -> np.ndarray:

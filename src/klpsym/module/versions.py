@@ -96,6 +96,25 @@ def read_versions(elf: ElfFile) -> Versions:
     sec = elf.section_by_name(VERSIONS_SECTION)
     if sec is None:
         return Versions(VersionsFormat.NONE, ())
+    return _read_basic(elf, sec)
+
+
+def read_version_tables(elf: ElfFile) -> list[Versions]:
+    """Every version table the module has: the extended one (6.14+) and the
+    basic ``__versions``, each on its own (modpost writes both when both
+    CONFIG_EXTENDED_MODVERSIONS and CONFIG_BASIC_MODVERSIONS are set)."""
+    tables = []
+    ext_crcs = elf.section_by_name(EXT_CRCS_SECTION)
+    ext_names = elf.section_by_name(EXT_NAMES_SECTION)
+    if ext_crcs is not None or ext_names is not None:
+        tables.append(_read_extended(elf, ext_crcs, ext_names))
+    sec = elf.section_by_name(VERSIONS_SECTION)
+    if sec is not None:
+        tables.append(_read_basic(elf, sec))
+    return tables
+
+
+def _read_basic(elf: ElfFile, sec: Section) -> Versions:
     if sec.type == SHT.NOBITS or sec.size % ENTRY_SIZE:
         raise ModuleError(f"{elf.name}: {VERSIONS_SECTION} is {sec.size} bytes, not a whole "
                           f"number of {ENTRY_SIZE}-byte entries; the module is corrupt")
@@ -124,3 +143,52 @@ def _read_extended(elf: ElfFile, crcs_sec: Section | None,
     entries = tuple(SymbolVersion(n.decode("utf-8", "replace"), int(c))
                     for n, c in zip(names, crcs, strict=True))
     return Versions(VersionsFormat.EXTENDED, entries)
+
+
+def append_version(elf: ElfFile, entry: SymbolVersion) -> list[str]:
+    """Add ``entry`` at the end of every version table ``elf`` has (both the
+    extended and the basic one where both exist, as modpost would have written
+    it had the module referenced the symbol); return the names of the sections
+    rewritten.
+
+    The loader reads the tables whole (check_version() walks ``__versions``
+    by sh_size; the extended walk pairs the n-th CRC with the n-th name), so
+    an entry appended at the end is found like any other.  Existing entries
+    keep their offsets.  A symbol that spans a whole table (modpost's local
+    ``____versions`` array) is resized with it, so the symbol table stays
+    consistent."""
+    changed: list[str] = []
+    ext_crcs = elf.section_by_name(EXT_CRCS_SECTION)
+    ext_names = elf.section_by_name(EXT_NAMES_SECTION)
+    if ext_crcs is not None or ext_names is not None:
+        current = _read_extended(elf, ext_crcs, ext_names)
+        assert ext_crcs is not None and ext_names is not None
+        order = "<" if elf.layout.byteorder == "little" else ">"
+        raw = bytes(ext_names.content())
+        # The names end after the n-th NUL; anything after it is padding
+        # (the string literal's own terminator) and must stay after them.
+        end = 0
+        for _ in range(len(current)):
+            end = raw.index(b"\0", end) + 1
+        if b"\0" in entry.name.encode():
+            raise ModuleError(f"symbol name {entry.name!r} contains a NUL")
+        _replace(elf, ext_crcs, bytes(ext_crcs.content())
+                 + np.array([entry.crc], dtype=order + "u4").tobytes())
+        _replace(elf, ext_names, raw[:end] + entry.name.encode() + b"\0" + raw[end:])
+        changed += [EXT_CRCS_SECTION, EXT_NAMES_SECTION]
+    basic = elf.section_by_name(VERSIONS_SECTION)
+    if basic is not None:
+        _read_basic(elf, basic)  # refuses a corrupt table
+        _replace(elf, basic, bytes(basic.content()) + encode_basic(elf, [entry]))
+        changed.append(VERSIONS_SECTION)
+    return changed
+
+
+def _replace(elf: ElfFile, sec: Section, data: bytes) -> None:
+    old = sec.size
+    sec.data = data
+    sec.table = None
+    st = elf.symtab
+    spans = ((st.section_ref == sec.uid) & (st.array["st_value"] == 0)
+             & (st.array["st_size"] == old))
+    st.array["st_size"][spans] = len(data)
