@@ -36,3 +36,8 @@ class LabError(KlpsymError):
 
 class KbuildError(KlpsymError):
     """``klpsym build``: kbuild failed, or the module directory cannot be built."""
+
+
+class MethodError(KlpsymError):
+    """``klpsym insmod`` and the kallsyms/kprobe methods: the module or the
+    kernel does not allow what was asked."""
