@@ -291,3 +291,39 @@ def test_header_is_package_data() -> None:
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"include/*.h"' in text
     assert os.path.basename(include_dir()) == "include"
+
+
+# -- klpsym build --method auto ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("release, config, method, why", [
+    ("6.1.0-56-amd64", "CONFIG_LIVEPATCH=y\nCONFIG_KPROBES=y\n", "klp", ">= 5.8 with CONFIG_LIVE"),
+    ("6.1.0-56-amd64", "CONFIG_KPROBES=y\n", "kprobe", "has no CONFIG_LIVEPATCH; CONFIG_KPROBES=y"),
+    ("5.4.0-1-amd64", "CONFIG_LIVEPATCH=y\nCONFIG_KPROBES=y\n", "kprobe", "older than 5.8"),
+    ("5.4.0-1-amd64", "CONFIG_LIVEPATCH=y\n", "kallsyms", "and no CONFIG_KPROBES"),
+    ("6.1.0-56-amd64", None, "kallsyms", "no .config"),
+])
+def test_auto_method(release: str, config: str | None, method: str, why: str) -> None:
+    from klpsym.kbuild.methods import choose_method
+    from klpsym.kernel.config import KernelConfig
+    from klpsym.kernel.symvers import Symvers
+    from klpsym.kernel.target import TargetKernel
+    from klpsym.kernel.version import KernelVersion
+
+    target = TargetKernel(KernelVersion.parse(release), Symvers(), "test",
+                          config=None if config is None else KernelConfig.from_text(config))
+    got, reason = choose_method("auto", target)
+    assert got.label == method and why in reason, reason
+    assert choose_method("kallsyms", target) == (Method.KALLSYMS, "asked for with --method")
+
+
+def test_cflags_reads_the_method_klpsym_build_sets(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KLPSYM_METHOD", "kprobe")
+    assert main(["cflags"]) == 0
+    assert capsys.readouterr().out.split()[1] == "-DKLPSYM_METHOD=KLPSYM_METHOD_KPROBE"
+    assert main(["cflags", "--method", "klp"]) == 0  # an explicit --method wins
+    assert capsys.readouterr().out.split()[1] == "-DKLPSYM_METHOD=KLPSYM_METHOD_KLP"
+    monkeypatch.delenv("KLPSYM_METHOD")
+    assert main(["cflags"]) == 0
+    assert capsys.readouterr().out.split() == [f"-I{include_dir()}"]

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
-from klpsym.kbuild import BuildResult, build
+from klpsym.kbuild import BuildResult
+from klpsym.kbuild.methods import AUTO, MethodBuild, build_with_method
 from klpsym.klp.plan import parse_sympos
+from klpsym.methods.header import METHODS
 
 EPILOG = SOURCES_HELP + """
 
@@ -21,8 +23,15 @@ still fails the build.  Then kbuild links the .ko files and klpsym converts
 each in place.  Separate output dirs (MO=) are not supported (Linux 6.1's
 kbuild has no MO=; it came in 6.13).
 
+--method (modules that use klpsym.h, with 'ccflags-y += $(shell klpsym
+cflags)' in their Kbuild): klp (the default) as above; kallsyms or kprobe
+build with a plain, strict kbuild and convert nothing; auto picks klp where
+the target supports it (>= 5.8, CONFIG_LIVEPATCH=y), else kprobe
+(CONFIG_KPROBES=y), else kallsyms, and says why.
+
 examples:
   klpsym build                                   # the module in ., for the running kernel
+  klpsym build --method auto                     # klp if the kernel can, else kprobe/kallsyms
   klpsym build src/ -- V=1                       # make arguments after --
   klpsym build --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 --kallsyms kallsyms.txt
 
@@ -43,6 +52,8 @@ def register(sub: Any) -> None:
     p.add_argument("--sympos", metavar="NAME=N", action="append", default=[],
                    help="which of several same-name kallsyms entries to use (1-based, in "
                         "kallsyms order; repeatable)")
+    p.add_argument("--method", choices=[*METHODS, AUTO], default="klp",
+                   help="klpsym.h's method for modules that use it (default: klp)")
     add_source_flags(p)
     p.set_defaults(run=run, make_args=[])
     # Everything after the first '--' goes to make, untouched (argparse alone
@@ -67,9 +78,24 @@ class _MakeArgsParser(argparse.ArgumentParser):
 def run(args: argparse.Namespace) -> int:
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
-    result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers))
-    print_table(result)
+    out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
+                            tuple(args.symvers))
+    if args.method != "klp":
+        print(f"klpsym: method {out.method.label}: {out.reason}")
+    if out.klp is not None:
+        print_table(out.klp)
+    else:
+        print_method_table(out)
     return 0
+
+
+def print_method_table(out: MethodBuild) -> None:
+    print(f"klpsym: built with the {out.method.label} method (nothing converted)")
+    for m in out.modules:
+        names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in m.symbols) or "-"
+        print(f"  {m.ko}: {names}")
+    if out.method.label == "kallsyms":
+        print("load with: klpsym insmod MODULE.ko (it passes the addresses from /proc/kallsyms)")
 
 
 def print_table(result: BuildResult) -> None:

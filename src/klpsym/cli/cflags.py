@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from klpsym.methods.header import METHODS, Method, cflags, include_dir
@@ -20,6 +21,11 @@ time:
 In the module's Kbuild (or Makefile's kbuild part), one line:
 
   ccflags-y += $(shell klpsym cflags --method kallsyms)
+
+or, to let 'klpsym build --method M' choose (it sets KLPSYM_METHOD=M in
+make's environment, which a plain 'klpsym cflags' reads):
+
+  ccflags-y += $(shell klpsym cflags)
 
 examples:
   klpsym cflags --method kprobe       # -I/.../klpsym/include -DKLPSYM_METHOD=KLPSYM_METHOD_KPROBE
@@ -43,6 +49,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.include_dir:
         print(include_dir())
-    else:
-        print(" ".join(cflags(Method.parse(args.method) if args.method else None)))
+        return 0
+    # 'klpsym build --method' puts the method in the environment of make.
+    chosen = args.method or os.environ.get("KLPSYM_METHOD")
+    print(" ".join(cflags(Method.parse(chosen) if chosen else None)))
     return 0
