@@ -274,7 +274,9 @@ const struct kernel_param_ops klpsym__param_ops __weak = {
  */
 static inline unsigned long klpsym__kprobe_addr(const char *name, int *err)
 {
-	struct kprobe kp = { .symbol_name = name };
+	/* Disabled: registered for its address only, never armed (no int3 is
+	 * written into the function). */
+	struct kprobe kp = { .symbol_name = name, .flags = KPROBE_FLAG_DISABLED };
 	char buf[KSYM_SYMBOL_LEN];
 	unsigned long addr;
 
