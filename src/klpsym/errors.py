@@ -40,3 +40,7 @@ class KbuildError(KlpsymError):
 
 class SignError(KlpsymError):
     """Signing a module with the kernel's scripts/sign-file is impossible or failed."""
+
+class MethodError(KlpsymError):
+    """``klpsym insmod`` and the kallsyms/kprobe methods: the module or the
+    kernel does not allow what was asked."""

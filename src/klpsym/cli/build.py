@@ -9,8 +9,10 @@ from typing import Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
-from klpsym.kbuild import BuildResult, build
+from klpsym.kbuild import BuildResult
+from klpsym.kbuild.methods import AUTO, MethodBuild, build_with_method
 from klpsym.klp.plan import parse_sympos
+from klpsym.methods.header import METHODS
 
 EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
@@ -22,8 +24,15 @@ still fails the build.  Then kbuild links the .ko files and klpsym converts
 each in place.  Separate output dirs (MO=) are not supported (Linux 6.1's
 kbuild has no MO=; it came in 6.13).
 
+--method (modules that use klpsym.h, with 'ccflags-y += $(shell klpsym
+cflags)' in their Kbuild): klp (the default) as above; kallsyms or kprobe
+build with a plain, strict kbuild and convert nothing; auto picks klp where
+the target supports it (>= 5.8, CONFIG_LIVEPATCH=y), else kprobe
+(CONFIG_KPROBES=y), else kallsyms, and says why.
+
 examples:
   klpsym build                                   # the module in ., for the running kernel
+  klpsym build --method auto                     # klp if the kernel can, else kprobe/kallsyms
   klpsym build src/ -- V=1                       # make arguments after --
   klpsym build --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 --kallsyms kallsyms.txt
   klpsym build --sign-key MOK.priv --sign-cert MOK.der   # and sign each .ko
@@ -45,6 +54,8 @@ def register(sub: Any) -> None:
     p.add_argument("--sympos", metavar="NAME=N", action="append", default=[],
                    help="which of several same-name kallsyms entries to use (1-based, in "
                         "kallsyms order; repeatable)")
+    p.add_argument("--method", choices=[*METHODS, AUTO], default="klp",
+                   help="klpsym.h's method for modules that use it (default: klp)")
     add_source_flags(p)
     add_finish_flags(p)
     p.set_defaults(run=run, make_args=[])
@@ -71,10 +82,24 @@ def run(args: argparse.Namespace) -> int:
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
-    result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers),
-                   guard=not args.no_guard, signer=signer)
-    print_table(result, sign_notes)
+    out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
+                            tuple(args.symvers), guard=not args.no_guard, signer=signer)
+    if args.method != "klp":
+        print(f"klpsym: method {out.method.label}: {out.reason}")
+    if out.klp is not None:
+        print_table(out.klp, sign_notes)
+    else:
+        print_method_table(out)
     return 0
+
+
+def print_method_table(out: MethodBuild) -> None:
+    print(f"klpsym: built with the {out.method.label} method (nothing converted)")
+    for m in out.modules:
+        names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in m.symbols) or "-"
+        print(f"  {m.ko}: {names}")
+    if out.method.label == "kallsyms":
+        print("load with: klpsym insmod MODULE.ko (it passes the addresses from /proc/kallsyms)")
 
 
 def print_table(result: BuildResult, notes: list[str] | None = None) -> None:

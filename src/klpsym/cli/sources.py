@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from klpsym.kernel.symbols import SymbolSource, open_symbols
 from klpsym.kernel.target import TargetKernel, discover
 
 SOURCES_HELP = """\
@@ -50,3 +51,32 @@ def target_from_args(args: argparse.Namespace) -> TargetKernel:
         system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
     )
+
+
+SYMBOL_SOURCE_HELP = """\
+symbol source (default: /proc/kallsyms of the running kernel, this boot's addresses):
+  --kallsyms takes a saved copy; --system-map and --vmlinux give link-time
+  addresses, which a running kernel shifts by its KASLR offset."""
+
+
+def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
+    """Only a kallsyms source (no Module.symvers): for addr and insmod."""
+    g = p.add_argument_group("symbol source")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--kallsyms", metavar="FILE", type=Path,
+                     help="a copy of the target's /proc/kallsyms, read as root")
+    one.add_argument("--system-map", metavar="FILE", type=Path,
+                     help="the target's System.map (link-time addresses)")
+    one.add_argument("--vmlinux", metavar="FILE", type=Path,
+                     help="the target's vmlinux with its symbol table (link-time addresses, "
+                          "and source files)")
+    g.add_argument("--kernel-dir", metavar="KDIR", type=Path,
+                   help="the target's headers dir: its release and .config refine the "
+                        "--system-map/--vmlinux rules")
+    g.add_argument("--config", metavar="FILE", type=Path,
+                   help="the target's .config (CONFIG_KALLSYMS_ALL) for --system-map/--vmlinux")
+
+
+def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
+    return open_symbols(args.kallsyms, args.system_map, args.vmlinux,
+                        kernel_dir=args.kernel_dir, config=args.config)

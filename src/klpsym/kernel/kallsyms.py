@@ -60,15 +60,16 @@ class SymbolNotFoundError(SymbolLookupError):
 class AmbiguousSymbolError(SymbolLookupError):
     """The name occurs more than once in kallsyms and no position was chosen."""
 
-    def __init__(self, name: str, candidates: Sequence[Candidate], source: str) -> None:
+    def __init__(self, name: str, candidates: Sequence[Candidate], source: str,
+                 message: str | None = None) -> None:
         self.name = name
         self.candidates = tuple(candidates)
         self.source = source
         listed = ", ".join(c.describe() for c in self.candidates)
-        super().__init__(
+        super().__init__(message or (
             f"symbol {name} is ambiguous: {len(self.candidates)} entries in {source} "
             f"({listed}); choose one with --sympos {name}=POS"
-        )
+        ))
 
 
 # -- the table -----------------------------------------------------------------
