@@ -70,6 +70,10 @@ class TargetKernel:
         return self._kallsyms
 
     @property
+    def has_kallsyms(self) -> bool:
+        return self._kallsyms is not None or self._load_kallsyms is not None
+
+    @property
     def ksym_name_len(self) -> int:
         return ksym_name_len(self.version)
 
@@ -85,8 +89,9 @@ class TargetKernel:
 
     def describe(self) -> str:
         kdir = f", headers {self.kernel_dir}" if self.kernel_dir else ""
-        return (f"{self.release}{kdir}, exports from {self.symvers.source}, "
-                f"symbols from {self.kallsyms_source}")
+        syms = (f"symbols from {self.kallsyms_source}" if self.kallsyms_source
+                else "no kallsyms source")
+        return f"{self.release}{kdir}, exports from {self.symvers.source}, {syms}"
 
 
 def host_release() -> str:
@@ -99,8 +104,13 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
              running_release: str | None = None,
              proc_kallsyms: Path | str = PROC_KALLSYMS,
              boot_dir: Path | str = "/boot",
-             modules_root: Path | str = "/lib/modules") -> TargetKernel:
+             modules_root: Path | str = "/lib/modules",
+             require_kallsyms: bool = True) -> TargetKernel:
     """Find the target kernel's files (see the module docstring).
+
+    With ``require_kallsyms=False`` (``klpsym check``) a target that is not
+    the running kernel may come without a kallsyms source; using
+    ``TargetKernel.kallsyms`` then raises.
 
     ``running_release``, ``proc_kallsyms``, ``boot_dir`` and ``modules_root``
     describe the host; they exist for tests and are rarely passed.
@@ -178,7 +188,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         raise KernelSourceError(
             f"{' and '.join(k for k, _ in given)} both given; pass one symbol source"
         )
-    load: Callable[[], KallsymsTable]
+    load: Callable[[], KallsymsTable] | None
     if given:
         flag, path = given[0]
         if not path.is_file():
@@ -206,6 +216,8 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
 
         def load() -> KallsymsTable:
             return read_proc_kallsyms(proc_kallsyms)
+    elif not require_kallsyms:
+        source, load = "", None
     else:
         raise KernelSourceError(
             f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
