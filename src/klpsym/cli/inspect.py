@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.header:
         view("header", views.header(m), _print_header)
     if args.sections:
-        view("sections", views.sections(m), _print_sections)
+        shoff = int(m.elf.header["e_shoff"])
+        view("sections", views.sections(m), lambda rows: _print_sections(rows, shoff))
     if args.symbols:
         view("symbols", views.symbols(m), _print_symbols)
     if args.relocs is not None:
@@ -169,8 +170,9 @@ def _print_header(h: dict[str, Any]) -> None:
             print(f"  {key:<35}{value}")
 
 
-def _print_sections(rows: list[dict[str, Any]]) -> None:
-    print(f"There are {len(rows)} section headers:\n\nSection Headers:")
+def _print_sections(rows: list[dict[str, Any]], shoff: int) -> None:
+    print(f"There are {len(rows)} section headers, starting at offset {shoff:#x}:\n\n"
+          "Section Headers:")
     print("  [Nr] Name              Type            Address          Off    Size   ES Flg "
           "Lk Inf Al")
     for r in rows:
@@ -179,8 +181,9 @@ def _print_sections(rows: list[dict[str, Any]]) -> None:
               f"{r['link']:>2} {r['info']:>3} {r['align']:>2}")
     print("Key to Flags:\n  W (write), A (alloc), X (execute), M (merge), S (strings), "
           "I (info),\n  L (link order), O (extra OS processing required), G (group), T (TLS),"
-          "\n  C (compressed), x (unknown), o (OS specific: SHF_RELA_LIVEPATCH), E (exclude),"
-          "\n  R (retain), p (processor specific)")
+          "\n  C (compressed), x (unknown), o (OS specific), E (exclude),"
+          "\n  D (mbind), l (large), p (processor specific)"
+          "\n  (o on a .klp.rela section: SHF_RELA_LIVEPATCH)")
 
 
 def _print_symbols(rows: list[dict[str, Any]]) -> None:

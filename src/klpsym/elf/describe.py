@@ -98,9 +98,11 @@ def section_index(ref: int, index_of_uid: dict[int, int]) -> str:
         return "ABS"
     if shn == SHN.COMMON:
         return "COM"
-    if 0xFF20 <= shn <= 0xFF3F:  # SHN_LOOS..SHN_HIOS; SHN_LIVEPATCH is 0xff20
-        return f"LOOS+{shn - 0xFF20:x}" if shn != SHN.LIVEPATCH else "LIVEPATCH"
-    return f"RSV[{shn:#06x}]"
+    if 0xFF20 <= shn <= 0xFF3F:  # SHN_LOOS..SHN_HIOS (SHN_LIVEPATCH is 0xff20)
+        return f"OS [0x{shn:04x}]"
+    if 0xFF00 <= shn <= 0xFF1F:
+        return f"PRC[0x{shn:04x}]"
+    return f"RSV[0x{shn:04x}]"
 
 
 def section_type(stype: int) -> str:

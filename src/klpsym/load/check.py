@@ -166,6 +166,7 @@ class _Context:
         self.klp_width = klp_sym_name_max(target.version)
         layout = target.symvers.get("module_layout")
         self.module_layout = layout if layout is not None and layout.from_vmlinux else None
+        self._providers: dict[str, _Provider | None] = {}
         # Exports of the modules checked together: they would be loaded.
         self.batch: dict[str, _Provider] = {}
         for f in batch:
@@ -179,6 +180,13 @@ class _Context:
     def provider(self, name: str) -> _Provider | None:
         """find_symbol(): vmlinux first, then the modules (this batch's
         before the target's own, which the batch may replace)."""
+        try:
+            return self._providers[name]
+        except KeyError:
+            found = self._providers[name] = self._find(name)
+            return found
+
+    def _find(self, name: str) -> _Provider | None:
         e = self.target.symvers.get(name)
         if e is not None and e.from_vmlinux:
             return _from_export(e)

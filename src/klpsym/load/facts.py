@@ -80,10 +80,7 @@ class ModuleFacts:
     exports: list[ExportFact] = field(default_factory=list)
     exports_crcs: bool = True  # every export table has its CRC table
 
-    @property
-    def has_crcs(self) -> bool:
-        """Whether the loader sees symbol versions (info->index.vers)."""
-        return self.versions_format != VersionsFormat.NONE.value
+    has_crcs: bool = False  # the loader sees symbol versions (info->index.vers)
 
 
 def module_facts(path: Path) -> ModuleFacts:
@@ -125,6 +122,7 @@ def facts_of(module: Module) -> ModuleFacts:
     versions = read_versions(elf)
     f.versions_format = versions.format.value
     f.versions = {e.name: e.crc for e in versions.entries}
+    f.has_crcs = versions.format != VersionsFormat.NONE
     f.has_symtab = elf.has_symtab
     if not f.has_symtab:
         return f
@@ -154,6 +152,7 @@ def _klp_uses(module: Module) -> list[KlpUse]:
     elf = module.elf
     symtab = elf.symtab
     uses: list[KlpUse] = []
+    seen: set[int] = set()  # each symbol once, at its first use
     for sec in elf.sections:
         if sec.type != SHT.RELA or not sec.flags & SHF.RELA_LIVEPATCH:
             continue
@@ -161,7 +160,6 @@ def _klp_uses(module: Module) -> list[KlpUse]:
         if target is None or not target.flags & SHF.ALLOC:
             continue  # apply_relocations() skips relocations of non-ALLOC sections
         syms = elf.layout.r_sym(elf.rela(sec)["r_info"])
-        seen: set[int] = set()
         for s in syms.tolist():
             if s in seen or s >= len(symtab):
                 continue

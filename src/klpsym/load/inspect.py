@@ -55,12 +55,17 @@ def sections(m: Module) -> list[dict[str, Any]]:
     for i, s in enumerate(elf.sections):
         link = elf.index_of(s.link) if s.link is not None else s.link_raw
         info = elf.index_of(s.info_section) if s.info_section is not None else s.info
-        out.append({
+        row = {
             "index": i, "name": s.name, "type": describe.section_type(s.type),
             "address": s.addr, "offset": s.orig_offset or 0, "size": s.size,
             "entsize": s.entsize, "flags": describe.section_flags(s.flags),
             "flags_value": s.flags, "link": link, "info": info, "align": s.addralign,
-        })
+        }
+        if i == 0:  # the null entry as it is in the file
+            h = elf.shdr0
+            row.update(link=int(h["sh_link"]), info=int(h["sh_info"]),
+                       align=int(h["sh_addralign"]), size=int(h["sh_size"]))
+        out.append(row)
     return out
 
 
@@ -75,12 +80,13 @@ def symbols(m: Module) -> list[dict[str, Any]]:
     types = st.types.tolist()
     binds = st.binds.tolist()
     vis = (arr["st_other"] & 3).tolist()
+    sec_name = {s.uid: s.name for s in elf.sections}
     out = []
     for i, (value, size, ref) in enumerate(zip(arr["st_value"].tolist(), arr["st_size"].tolist(),
                                                st.section_ref.tolist(), strict=True)):
         name = names[i]
-        if types[i] == 3 and not name and ref > 0:  # STT_SECTION: readelf shows no name
-            name = ""
+        if types[i] == 3 and not name and ref > 0:  # STT_SECTION: readelf shows the section's
+            name = sec_name.get(ref, "")
         out.append({
             "num": i, "value": value, "size": size,
             "type": describe.SYMBOL_TYPES.get(types[i], str(types[i])),
