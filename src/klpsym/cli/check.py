@@ -42,7 +42,7 @@ exit status: 0 every module would load, 1 at least one would not,
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "check", help="tell whether modules would load on the target kernel, and why not",
-        description="Simulate the kernel's module loader on each MODULE (a .ko, .ko.xz, .ko.zst "
+        description="Simulate the kernel's module loader on each MODULE (a .ko, .ko.xz, .ko.zst, "
                     ".ko.gz file or a directory of them) for the target kernel, without "
                     "loading anything.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
