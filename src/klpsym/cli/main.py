@@ -22,7 +22,7 @@ own module loader resolves them through kallsyms when the module loads
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from klpsym.cli import addr, build, cflags, convert, insmod
+    from klpsym.cli import addr, build, cflags, check, convert, insmod, inspect
 
     parser = argparse.ArgumentParser(
         prog="klpsym", description=DESCRIPTION,
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     convert.register(sub)
     build.register(sub)
+    inspect.register(sub)
+    check.register(sub)
     addr.register(sub)
     insmod.register(sub)
     cflags.register(sub)

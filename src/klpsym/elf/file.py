@@ -362,6 +362,11 @@ class ElfFile:
 # ---------------------------------------------------------------------------
 
 
+_INFO_IS_INDEX_TYPES = (int(SHT.RELA), int(SHT.REL))
+_SHT_NOBITS, _SHT_NULL = int(SHT.NOBITS), int(SHT.NULL)
+_SHF_INFO_LINK = int(SHF.INFO_LINK)
+
+
 def _fail(name: str, what: str) -> ElfError:
     return ElfError(f"{name}: {what}")
 
@@ -419,15 +424,15 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
         raise _fail(name, f"section name table index {shstrndx} is out of range (0..{shnum - 1})")
 
     sections: list[Section] = []
+    # Plain tuples: indexing numpy records field by field is ten times slower.
+    rows = shdrs.tolist()
     for i in range(shnum):
-        h = shdrs[i]
-        stype = int(h["sh_type"])
-        off, sz = int(h["sh_offset"]), int(h["sh_size"])
+        sh_name, stype, flags, addr, off, sz, link, info, align, entsize = rows[i]
         if i == 0:
             sec = Section(name="", type=stype, uid=0, orig_index=0)
             sections.append(sec)
             continue
-        if stype != SHT.NOBITS and stype != SHT.NULL:
+        if stype != _SHT_NOBITS and stype != _SHT_NULL:
             if off > size or sz > size - off:
                 raise _fail(name, f"section {i} ({off:#x}+{sz:#x}) lies outside the file "
                             f"({size} bytes); the file is truncated or corrupt")
@@ -435,26 +440,24 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
         else:
             content = b""
         sections.append(Section(
-            name="", type=stype, flags=int(h["sh_flags"]), addr=int(h["sh_addr"]),
-            addralign=int(h["sh_addralign"]), entsize=int(h["sh_entsize"]),
-            data=content, nobits_size=sz if stype == SHT.NOBITS else 0, uid=i,
-            orig_index=i, orig_offset=off, orig_size=0 if stype == SHT.NOBITS else sz,
-            orig_name_offset=int(h["sh_name"]),
+            name="", type=stype, flags=flags, addr=addr, addralign=align, entsize=entsize,
+            data=content, nobits_size=sz if stype == _SHT_NOBITS else 0, uid=i,
+            orig_index=i, orig_offset=off, orig_size=0 if stype == _SHT_NOBITS else sz,
+            orig_name_offset=sh_name,
         ))
     names = StringTable(bytes(sections[shstrndx].data), f"{name}: section names")
     for i in range(1, shnum):
-        h = shdrs[i]
+        sh_name, _, _, _, _, _, link, info, _, _ = rows[i]
         sec = sections[i]
         try:
-            sec.name = names.get(int(h["sh_name"]))
+            sec.name = names.get(sh_name)
         except ElfError:
-            raise _fail(name, f"section {i} has a bad name offset {int(h['sh_name'])}") from None
-        link, info = int(h["sh_link"]), int(h["sh_info"])
+            raise _fail(name, f"section {i} has a bad name offset {sh_name}") from None
         if 0 < link < shnum:
             sec.link = sections[link]
         else:
             sec.link_raw = link
-        info_is_index = sec.type in (SHT.RELA, SHT.REL) or bool(sec.flags & SHF.INFO_LINK)
+        info_is_index = sec.type in _INFO_IS_INDEX_TYPES or bool(sec.flags & _SHF_INFO_LINK)
         if info_is_index and 0 < info < shnum:
             sec.info_section = sections[info]
         else:

@@ -78,6 +78,10 @@ class TargetKernel:
         return self._kallsyms
 
     @property
+    def has_kallsyms(self) -> bool:
+        return self._kallsyms is not None or self._load_kallsyms is not None
+
+    @property
     def ksym_name_len(self) -> int:
         return ksym_name_len(self.version)
 
@@ -93,8 +97,9 @@ class TargetKernel:
 
     def describe(self) -> str:
         kdir = f", headers {self.kernel_dir}" if self.kernel_dir else ""
-        return (f"{self.release}{kdir}, exports from {self.symvers.source}, "
-                f"symbols from {self.kallsyms_source}")
+        syms = (f"symbols from {self.kallsyms_source}" if self.kallsyms_source
+                else "no kallsyms source")
+        return f"{self.release}{kdir}, exports from {self.symvers.source}, {syms}"
 
 
 # Where distributions install debug symbols (Debian's linux-image-<release>-dbg).
@@ -147,8 +152,12 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
              proc_kallsyms: Path | str = PROC_KALLSYMS,
              boot_dir: Path | str = "/boot",
              modules_root: Path | str = "/lib/modules",
-             debug_dir: Path | str = DEBUG_DIR) -> TargetKernel:
+             debug_dir: Path | str = DEBUG_DIR, require_kallsyms: bool = True) -> TargetKernel:
     """Find the target kernel's files (see the module docstring).
+
+    With ``require_kallsyms=False`` (``klpsym check``) a target that is not
+    the running kernel may come without a kallsyms source; using
+    ``TargetKernel.kallsyms`` then raises.
 
     ``running_release``, ``proc_kallsyms``, ``boot_dir``, ``modules_root`` and
     ``debug_dir`` describe the host; they exist for tests and are rarely passed.
@@ -257,6 +266,9 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         flag, path = "", Path(proc_kallsyms)
     else:
         found = _installed_symbol_file(version.release, debug_dir, boot_dir)
+        if found is None and not require_kallsyms:
+            return TargetKernel(version=version, symvers=merged, kallsyms_source="",
+                                kernel_dir=kdir, config=cfg, notes=notes)
         if found is None:
             looked = ", ".join(str(p) for _, p in symbol_file_candidates(
                 version.release, debug_dir=debug_dir, boot_dir=boot_dir))

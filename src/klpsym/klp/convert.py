@@ -23,6 +23,7 @@ from klpsym.klp.guard import (
 from klpsym.klp.plan import Fate, Plan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import loader_problems, relocation_changes, symbol_changes
+from klpsym.module.compression import COMPRESSED_SUFFIXES
 from klpsym.module.ko import Module, read_module
 
 
@@ -55,13 +56,24 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     if not dry_run and output is None and not in_place:
         raise ConvertError(f"{path}: say where to write the result: -o OUTPUT.ko, or --in-place "
                            "to replace the module")
+    if output is not None and output.suffix in COMPRESSED_SUFFIXES:
+        raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
+                           f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
     module = read_module(path)
+    if in_place and module.compressed and not dry_run:
+        raise ConvertError(
+            f"{path}: is {module.compression.value}-compressed, and klpsym writes uncompressed "
+            "modules, so --in-place would replace it with a file of another format under the "
+            "same name; write it with -o NAME.ko instead (and compress that yourself)")
     plan = make_plan(module, target, sympos)
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:
         plan.notes.append("no load-time guard (--no-guard): on a kernel without "
                           "CONFIG_LIVEPATCH this module loads and finds zero addresses")
+    if module.compressed:
+        plan.notes.append(f"the input was {module.compression.value}-compressed; the output is "
+                          "an uncompressed .ko")
     dest = path if in_place else output
     result = ConvertResult(plan, dest, guard=guard_plan)
     changes = bool(plan.to_convert) or guard_plan.adds

@@ -23,6 +23,7 @@ _X86_64_SIZES = {
     R_X86_64.PLT32: 4,
     R_X86_64.PC64: 8,
 }
+X86_64_HANDLED = frozenset(int(t) for t in _X86_64_SIZES)
 
 
 def loader_problems(elf: ElfFile, name_width: int) -> list[str]:

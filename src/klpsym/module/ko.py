@@ -1,4 +1,9 @@
-"""A kernel module file: its ELF object, .modinfo and appended signature."""
+"""A kernel module file: its ELF object, .modinfo and appended signature.
+
+``.ko.xz``, ``.ko.zst`` and ``.ko.gz`` are read transparently
+(:mod:`klpsym.module.compression`); ``Module.data`` is then the
+decompressed module, and ``Module.compression`` says what the file was.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 from klpsym.elf import ElfFile
 from klpsym.errors import ModuleError
 from klpsym.fsutil import read_file
+from klpsym.module.compression import Compression, decompress
 from klpsym.module.modinfo import ModInfo, read_modinfo
 from klpsym.module.signature import Signature, split_signature
 
@@ -15,10 +21,15 @@ from klpsym.module.signature import Signature, split_signature
 @dataclass
 class Module:
     path: Path
-    data: bytes  # the whole file as read
+    data: bytes  # the whole module (decompressed), signature included
     elf: ElfFile  # parsed from the ELF part (without the signature)
     signature: Signature | None
     modinfo: ModInfo
+    compression: Compression = Compression.NONE
+
+    @property
+    def compressed(self) -> bool:
+        return self.compression != Compression.NONE
 
     @property
     def elf_bytes(self) -> bytes:
@@ -37,10 +48,14 @@ class Module:
 
 def read_module(path: Path | str) -> Module:
     path = Path(path)
-    data = read_file(path, "kernel module", ModuleError)
-    if path.suffix in (".xz", ".zst", ".gz"):
-        raise ModuleError(f"{path}: compressed modules are not supported yet; decompress it first "
-                          f"(e.g. `xz -dk` / `zstd -d` / `gunzip -k`)")
+    raw = read_file(path, "kernel module", ModuleError)
+    return module_from_bytes(raw, path)
+
+
+def module_from_bytes(raw: bytes, path: Path) -> Module:
+    """A module from the bytes of its file (compressed or not)."""
+    data, compression = decompress(raw, str(path))
     elf_part, sig = split_signature(data, str(path))
     elf = ElfFile.from_bytes(elf_part, str(path))
-    return Module(path=path, data=data, elf=elf, signature=sig, modinfo=read_modinfo(elf))
+    return Module(path=path, data=data, elf=elf, signature=sig, modinfo=read_modinfo(elf),
+                  compression=compression)

@@ -1,0 +1,1 @@
+"""load layer: a static simulation of the kernel module loader (klpsym check)."""

@@ -1,0 +1,205 @@
+"""What the module loader will look at in one module file, read once.
+
+:func:`module_facts` reads a module (compressed or not) and keeps only what
+the load simulation (:mod:`klpsym.load.check`) needs, as small picklable
+values, so that many modules can be read in worker processes and judged in
+the parent against one target kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from klpsym.elf.constants import EM, SHF, SHN, SHT, STB
+from klpsym.errors import KlpsymError
+from klpsym.klp.names import parse_symbol_name
+from klpsym.klp.validate import X86_64_HANDLED, loader_problems
+from klpsym.module.exports import read_exports
+from klpsym.module.ko import Module, module_from_bytes
+from klpsym.module.versions import VersionsFormat, read_versions
+
+#: include/linux/module.h: struct module { enum module_state state;
+#: struct list_head list; char name[MODULE_NAME_LEN]; ... } -- the name is at
+#: offset 24 on every 64-bit architecture since 2.6.
+THIS_MODULE_SECTION = ".gnu.linkonce.this_module"
+THIS_MODULE_NAME_OFFSET = 24
+MODULE_NAME_LEN = 56
+#: The widest klp symbol name any loader parses (KSYM_NAME_LEN - 1 since 6.1);
+#: the target's own width is applied by the check.
+_KLP_NAME_WIDTH = 511
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFact:
+    name: str
+    gpl_only: bool
+    namespace: str
+    crc: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KlpUse:
+    """One livepatch symbol used by a klp relocation section."""
+
+    section: str  # .klp.rela.OBJ.TARGET
+    symbol: str  # .klp.sym.OBJ.NAME,POS as written
+    objname: str | None  # None when the name does not parse
+    name: str
+    pos: int
+
+
+@dataclass
+class ModuleFacts:
+    path: Path
+    error: str | None = None  # set when the file is bad input; nothing else is
+    compression: str = "none"
+    machine: int = 0
+    name: str = ""  # the name the kernel uses (this_module's, else modinfo's)
+    modinfo_name: str | None = None
+    has_symtab: bool = True
+    has_this_module: bool = True
+    vermagic: str | None = None
+    license: str | None = None
+    import_ns: tuple[str, ...] = ()
+    intree: bool = False
+    staging: bool = False
+    livepatch: bool = False
+    signed: bool = False
+    versions_format: str = VersionsFormat.NONE.value
+    versions: dict[str, int] = field(default_factory=dict)
+    # SHN_UNDEF symbols in symbol-table order: (name, weak)
+    undefined: list[tuple[str, bool]] = field(default_factory=list)
+    common: list[str] = field(default_factory=list)
+    klp_uses: list[KlpUse] = field(default_factory=list)
+    klp_static: list[str] = field(default_factory=list)  # klp.validate.loader_problems
+    has_klp: bool = False
+    bad_relocations: list[tuple[str, int]] = field(default_factory=list)  # (section, type)
+    exports: list[ExportFact] = field(default_factory=list)
+    exports_crcs: bool = True  # every export table has its CRC table
+
+    has_crcs: bool = False  # the loader sees symbol versions (info->index.vers)
+
+
+def module_facts(path: Path) -> ModuleFacts:
+    """The facts of one module file; bad input is recorded, not raised."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        return ModuleFacts(path, error=f"{path}: is a directory, expected a module file")
+    except OSError as e:
+        return ModuleFacts(path, error=f"{path}: cannot read: {e.strerror}")
+    try:
+        return facts_of(module_from_bytes(raw, path))
+    except KlpsymError as e:
+        return ModuleFacts(path, error=str(e))
+
+
+def facts_of(module: Module) -> ModuleFacts:
+    elf = module.elf
+    info = module.modinfo
+    f = ModuleFacts(module.path, compression=module.compression.value, machine=elf.machine)
+    f.modinfo_name = info.name
+    f.vermagic = info.vermagic
+    f.license = info.license
+    f.import_ns = tuple(info.get_all("import_ns"))
+    f.intree = info.get("intree") is not None
+    f.staging = info.get("staging") is not None
+    f.livepatch = info.get("livepatch") is not None
+    f.signed = module.signature is not None
+    this = elf.section_by_name(THIS_MODULE_SECTION)
+    f.has_this_module = this is not None
+    struct_name = ""
+    if this is not None and this.type != SHT.NOBITS:
+        raw = bytes(this.content()[THIS_MODULE_NAME_OFFSET:
+                                   THIS_MODULE_NAME_OFFSET + MODULE_NAME_LEN])
+        struct_name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    # load_module(): info->name is modinfo's name; mod->name (what most
+    # messages print) is struct module's, which kbuild fills with the same.
+    f.name = struct_name or info.name or module.name
+    versions = read_versions(elf)
+    f.versions_format = versions.format.value
+    f.versions = {e.name: e.crc for e in versions.entries}
+    f.has_crcs = versions.format != VersionsFormat.NONE
+    f.has_symtab = elf.has_symtab
+    if not f.has_symtab:
+        return f
+    symtab = elf.symtab
+    undefined = symtab.undefined()
+    weak = ((symtab.array["st_info"][undefined] >> 4) == _STB_WEAK).tolist()
+    strtab = symtab.strings.data
+    for off, w in zip(symtab.array["st_name"][undefined].tolist(), weak, strict=True):
+        end = strtab.find(b"\0", off)
+        if end > off:
+            f.undefined.append((strtab[off:end].decode("utf-8", "surrogateescape"), w))
+    f.common = [symtab.name(i) for i in symtab.special(SHN.COMMON).tolist()]
+    f.has_klp = bool(len(symtab.special(SHN.LIVEPATCH))) or any(
+        s.flags & _SHF_RELA_LIVEPATCH for s in elf.sections)
+    if f.has_klp:
+        f.klp_static = loader_problems(elf, _KLP_NAME_WIDTH)
+        f.klp_uses = _klp_uses(module)
+    if elf.machine == EM.X86_64:
+        f.bad_relocations = unknown_relocation_types(module, X86_64_HANDLED)
+    exports = read_exports(elf)
+    f.exports = [ExportFact(e.name, e.gpl_only, e.namespace, e.crc) for e in exports]
+    f.exports_crcs = all(e.crc is not None for e in exports)
+    return f
+
+
+def _klp_uses(module: Module) -> list[KlpUse]:
+    elf = module.elf
+    symtab = elf.symtab
+    uses: list[KlpUse] = []
+    seen: set[int] = set()  # each symbol once, at its first use
+    for sec in elf.sections:
+        if sec.type != SHT.RELA or not sec.flags & SHF.RELA_LIVEPATCH:
+            continue
+        target = sec.info_section
+        if target is None or not target.flags & SHF.ALLOC:
+            continue  # apply_relocations() skips relocations of non-ALLOC sections
+        syms = elf.layout.r_sym(elf.rela(sec)["r_info"])
+        for s in syms.tolist():
+            if s in seen or s >= len(symtab):
+                continue
+            seen.add(s)
+            name = symtab.name(s)
+            parsed = parse_symbol_name(name, _KLP_NAME_WIDTH)
+            if parsed is None:
+                uses.append(KlpUse(sec.name, name, None, "", 0))
+            else:
+                uses.append(KlpUse(sec.name, name, parsed.objname, parsed.name, parsed.pos))
+    return uses
+
+
+def unknown_relocation_types(module: Module, handled: frozenset[int]) -> list[tuple[str, int]]:
+    """(section, type) of relocations of ALLOC sections with a type not in
+    ``handled`` (apply_relocations() skips the others)."""
+    elf = module.elf
+    known = np.zeros(max(handled) + 2, dtype=bool)
+    known[sorted(handled)] = True
+    out = []
+    for sec in elf.sections:
+        if sec.type != _SHT_RELA or sec.info_section is None:
+            continue
+        if not sec.info_section.flags & _SHF_ALLOC:
+            continue
+        if sec.table is not None:
+            info = sec.table["r_info"]
+        else:  # a view, no copy: only read here
+            usable = len(sec.data) - len(sec.data) % elf.layout.rela.itemsize
+            info = np.frombuffer(sec.data, dtype=elf.layout.rela, count=usable //
+                                 elf.layout.rela.itemsize)["r_info"]
+        types = np.minimum(elf.layout.r_type(info), len(known) - 1)
+        if not known[types].all():
+            raw = elf.layout.r_type(info)
+            bad = np.unique(raw[~known[types]])
+            out += [(sec.name, int(t)) for t in bad.tolist()]
+    return out
+
+
+_SHT_RELA = int(SHT.RELA)
+_STB_WEAK = int(STB.WEAK)
+_SHF_ALLOC = int(SHF.ALLOC)
+_SHF_RELA_LIVEPATCH = int(SHF.RELA_LIVEPATCH)

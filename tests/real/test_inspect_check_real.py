@@ -1,0 +1,116 @@
+"""inspect and check on Debian's own modules: readelf's and modinfo's view
+of the same files, Module.symvers for the exports, modinfo's depends for
+check's dependencies.  Bookworm (6.1, .ko) always; trixie (6.12) and sid
+(7.x, .ko.xz, __kflagstab) when the lab has them cached already."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from inspect_support import compare_with_readelf
+from klpsym.cli.main import main
+from klpsym.kernel.symvers import read_symvers
+from klpsym.kernel.target import discover
+from klpsym.lab.provision import Kernel
+from klpsym.load.batch import gather_facts
+from klpsym.load.check import Verdict, check_modules
+from klpsym.module.exports import read_exports
+from klpsym.module.ko import read_module
+
+pytestmark = pytest.mark.real
+
+
+def _modules(root: Path) -> list[Path]:
+    mods = sorted(p for pat in ("*.ko", "*.ko.xz", "*.ko.zst") for p in root.rglob(pat))
+    assert len(mods) > 3000, f"expected Debian's 4000+ modules under {root}"
+    return mods
+
+
+def _inspect(*args: str) -> str:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["inspect", *args]) == 0
+    return buf.getvalue()
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="binutils missing")
+def test_tables_equal_readelf(bookworm: Kernel) -> None:
+    sample = _modules(bookworm.modules_dir)[::40]
+    problems = []
+    for p in sample:
+        texts = {v: _inspect(str(p), f"--{v}") for v in ("sections", "symbols", "relocs")}
+        problems += compare_with_readelf(p, texts)
+    assert not problems, problems[:5]
+
+
+MODINFO_KEYS = ("license", "vermagic", "name", "depends", "intree", "retpoline", "srcversion",
+                "alias", "firmware", "softdep", "import_ns", "author")
+
+
+@pytest.mark.skipif(shutil.which("modinfo") is None, reason="kmod missing")
+def test_modinfo_equals_kmod(bookworm: Kernel) -> None:
+    for p in _modules(bookworm.modules_dir)[::80]:
+        m = read_module(p)
+        for key in MODINFO_KEYS:
+            kmod = _modinfo(p, "-F", key).splitlines()
+            assert [v.strip() for v in m.modinfo.get_all(key)] == [v.strip() for v in kmod], \
+                (p, key)
+        sig = _inspect(str(p), "--signature")
+        for key in ("signer", "sig_key", "sig_hashalgo"):
+            assert f"{key + ':':<16}{_modinfo(p, '-F', key).strip()}" in sig, (p, key)
+
+
+def _modinfo(p: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["modinfo", *args, str(p)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _cached(suite: str) -> Path | None:
+    base = Path.home() / ".cache" / "klpsym" / "kernels" / suite
+    for home in sorted(base.glob("*")):
+        if (home / "complete").exists():
+            return home / "root"
+    return None
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
+def test_exports_equal_module_symvers(suite: str, bookworm: Kernel) -> None:
+    root = bookworm.home / "root" if suite == "bookworm" else _cached(suite)
+    if root is None:
+        pytest.skip(f"{suite} is not in the lab's cache")
+    (symvers_path,) = root.glob("usr/src/linux-headers-*-amd64/Module.symvers")
+    symvers = read_symvers(symvers_path)
+    by_module: dict[str, dict[str, tuple[str, str, int | None]]] = {}
+    for e in symvers:
+        if not e.from_vmlinux:
+            by_module.setdefault(e.module.rsplit("/", 1)[-1].replace("-", "_"), {})[e.name] = (
+                e.export_type, e.namespace, e.crc)
+    mods = _modules(root / "lib" / "modules")
+    step = 1 if suite == "bookworm" else 5  # xz costs time
+    checked = 0
+    for p in mods[::step]:
+        m = read_module(p)
+        got = {e.name: (e.export_type, e.namespace, e.crc) for e in read_exports(m.elf)}
+        assert got == by_module.get(m.name, {}), p
+        checked += len(got)
+    assert checked > 2000
+
+
+def test_check_every_bookworm_module(bookworm: Kernel) -> None:
+    """Debian's own modules all load, after exactly the modules modpost
+    recorded in their .modinfo depends."""
+    target = discover(kernel_dir=bookworm.kernel_dir, require_kallsyms=False)
+    mods = _modules(bookworm.modules_dir)
+    verdicts = check_modules(gather_facts(mods), target)
+    assert {v.verdict for v in verdicts} <= {Verdict.LOADS, Verdict.LOADS_AFTER}, [
+        (v.path, v.fatal) for v in verdicts if not v.would_load][:3]
+    for p, v in zip(mods, verdicts, strict=True):
+        want = {d for d in (read_module(p).modinfo.get("depends") or "").split(",") if d}
+        assert {d.replace("-", "_") for d in v.depends} == {d.replace("-", "_") for d in want}, p

@@ -1,0 +1,333 @@
+"""klpsym check on synthetic modules: one test per verdict and per rule of
+the loader it follows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import struct
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from elfbuilder import SHF_ALLOC, STB_LOCAL, STB_WEAK, STT_FUNC, ElfBuilder, simple_module
+from klpsym.cli.main import main
+from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.kallsyms import KallsymsTable
+from klpsym.kernel.symvers import parse_symvers
+from klpsym.kernel.target import TargetKernel
+from klpsym.kernel.version import KernelVersion
+from klpsym.klp.convert import convert_file
+from klpsym.load.batch import collect_modules, gather_facts
+from klpsym.load.check import Fate, ModuleVerdict, Stage, Verdict, check_modules
+from klpsym.load.facts import module_facts
+
+RELEASE = "6.1.0-56-amd64"
+VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
+CONFIG = """CONFIG_X86_64=y
+CONFIG_SMP=y
+CONFIG_PREEMPT_BUILD=y
+CONFIG_MODULE_UNLOAD=y
+CONFIG_MODVERSIONS=y
+CONFIG_MODULE_SIG=y
+CONFIG_LIVEPATCH=y
+CONFIG_KALLSYMS_ALL=y
+"""
+SYMVERS = """0x9060323f\tmodule_layout\tvmlinux\tEXPORT_SYMBOL\t
+0x92997ed8\t_printk\tvmlinux\tEXPORT_SYMBOL\t
+0xb43f9365\tktime_get\tvmlinux\tEXPORT_SYMBOL_GPL\t
+0x669aff23\tcrypto_cipher_setkey\tvmlinux\tEXPORT_SYMBOL_GPL\tCRYPTO_INTERNAL
+0x12121212\tjbd2_journal_start\tfs/jbd2/jbd2\tEXPORT_SYMBOL\t
+"""
+CRCS = {"module_layout": 0x9060323F, "_printk": 0x92997ED8, "ktime_get": 0xB43F9365,
+        "crypto_cipher_setkey": 0x669AFF23, "jbd2_journal_start": 0x12121212}
+KALLSYMS = [
+    (0xFFFFFFFF81000000, "T", "_stext"),
+    (0xFFFFFFFF811723A0, "T", "kallsyms_lookup_name"),
+    (0xFFFFFFFF81172300, "t", "c_start"),
+    (0xFFFFFFFF81200000, "t", "c_start"),
+]
+
+
+def target(config: str = CONFIG, kallsyms: bool = True, release: str = RELEASE) -> TargetKernel:
+    return TargetKernel(
+        version=KernelVersion.parse(release), symvers=parse_symvers(SYMVERS, "test symvers"),
+        kallsyms_source="test kallsyms" if kallsyms else "",
+        config=KernelConfig.from_text(config),
+        _kallsyms=KallsymsTable.from_rows(KALLSYMS, "test kallsyms") if kallsyms else None,
+    )
+
+
+def kmod(uses: tuple[str, ...] = ("_printk",), *, name: str = "synthetic",
+         license: str = "GPL", vermagic: str | None = VERMAGIC,
+         versions: dict[str, int] | None = None, import_ns: str | None = None,
+         weak: tuple[str, ...] = (), exports: tuple[str, ...] = ()) -> ElfBuilder:
+    """A module-shaped object as modpost links it: .modinfo, __versions
+    (module_layout and every used symbol, CRCs as the target's unless
+    ``versions`` says otherwise; None entries are left out),
+    .gnu.linkonce.this_module with the name at offset 24, __ksymtab."""
+    b = simple_module(unexported=(), exported=uses, license=license)
+    b.sections = [s for s in b.sections if s.name != ".modinfo"]
+    info = {"license": license, "name": name}
+    if vermagic is not None:
+        info["vermagic"] = vermagic
+    if import_ns is not None:
+        info["import_ns"] = import_ns
+    b.modinfo(**info)
+    crcs = {n: CRCS.get(n, 0x0BADC0DE) for n in ("module_layout", *uses)}
+    if versions is not None:
+        crcs.update(versions)
+    b.section("__versions", data=b"".join(
+        struct.pack("<Q", c) + n.encode().ljust(56, b"\0") for n, c in crcs.items()
+        if c is not None), align=32)
+    this = bytearray(1024)
+    this[24:24 + len(name)] = name.encode()
+    b.section(".gnu.linkonce.this_module", data=bytes(this), flags=SHF_ALLOC | 1, align=64)
+    text = b.sections[0]
+    for w in weak:
+        sym = b.symbol(w, bind=STB_WEAK)
+        b.rela(text, 1, sym)
+    if exports:
+        strings = b"".join(e.encode() + b"\0\0" for e in exports)
+        strsec = b.section("__ksymtab_strings", data=strings, flags=SHF_ALLOC | 0x30)
+        tab = b.section("__ksymtab", data=bytes(12 * len(exports)), align=4)
+        b.section("__kcrctab", data=b"".join(struct.pack("<I", 7) for _ in exports), align=4)
+        off = 0
+        for i, e in enumerate(exports):
+            fn = b.symbol(e, text, type=STT_FUNC, value=0, size=1)
+            s = b.symbol(f"__kstrtab_{e}", strsec, STB_LOCAL, value=off)
+            ns = b.symbol(f"__kstrtabns_{e}", strsec, STB_LOCAL, value=off + len(e) + 1)
+            for k, sym in enumerate((fn, s, ns)):
+                b.rela(tab, 12 * i + 4 * k, sym, 2, 0)
+            off += len(e) + 2
+    return b
+
+
+def write(tmp_path: Path, b: ElfBuilder, name: str = "m.ko") -> Path:
+    p = tmp_path / name
+    p.write_bytes(b.build())
+    return p
+
+
+def check(tmp_path: Path, *builders: ElfBuilder, tgt: TargetKernel | None = None,
+          ) -> list[ModuleVerdict]:
+    paths = [write(tmp_path, b, f"m{i}.ko") for i, b in enumerate(builders)]
+    return check_modules([module_facts(p) for p in paths], tgt or target())
+
+
+def one(tmp_path: Path, b: ElfBuilder, tgt: TargetKernel | None = None) -> ModuleVerdict:
+    return check(tmp_path, b, tgt=tgt)[0]
+
+
+def fatal_lines(v: ModuleVerdict) -> list[str]:
+    return [line for p in v.fatal for line in p.kernel]
+
+
+def test_plain_module_loads_with_its_taints(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod())
+    assert v.verdict == Verdict.LOADS and not v.fatal
+    assert v.taints == ["E", "O"]
+    assert {s.name: s.fate for s in v.symbols} == {"_printk": Fate.VMLINUX}
+    assert "synthetic: loading out-of-tree module taints kernel." in v.kernel_messages()
+
+
+def test_unresolved_and_klp_fates(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(("_printk", "kallsyms_lookup_name", "c_start", "no_such_thing")))
+    assert v.verdict == Verdict.FAILS
+    fates = {s.name: (s.fate, s.pos, s.candidates) for s in v.symbols}
+    assert fates["kallsyms_lookup_name"] == (Fate.KLP, 0, 1)
+    assert fates["c_start"] == (Fate.KLP, None, 2)
+    assert fates["no_such_thing"][0] == Fate.UNRESOLVED
+    assert fatal_lines(v) == [f"synthetic: Unknown symbol {n} (err -2)"
+                              for n in ("kallsyms_lookup_name", "c_start", "no_such_thing")]
+
+
+def test_without_kallsyms_an_unexported_symbol_is_unresolved(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(("kallsyms_lookup_name",)), target(kallsyms=False))
+    assert v.symbols[0].fate == Fate.UNRESOLVED and "kallsyms source" in v.symbols[0].reason
+
+
+def test_gpl_only_export_is_invisible_to_a_proprietary_module(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(("_printk", "ktime_get"), license="Proprietary"))
+    assert v.verdict == Verdict.FAILS and "P" in v.taints
+    assert [p.stage for p in v.fatal] == [Stage.GPL]
+    assert fatal_lines(v) == ["synthetic: Unknown symbol ktime_get (err -2)"]
+    assert one(tmp_path, kmod(("ktime_get",), license="Dual MIT/GPL")).would_load
+
+
+def test_namespace_must_be_imported(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(("crypto_cipher_setkey",)))
+    assert v.verdict == Verdict.FAILS
+    assert fatal_lines(v) == [
+        "synthetic: module uses symbol (crypto_cipher_setkey) from namespace CRYPTO_INTERNAL, "
+        "but does not import it.",
+        "synthetic: Unknown symbol crypto_cipher_setkey (err -22)"]
+    assert one(tmp_path, kmod(("crypto_cipher_setkey",), import_ns="CRYPTO_INTERNAL")).would_load
+    lenient = target(CONFIG + "CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS=y\n")
+    v = one(tmp_path, kmod(("crypto_cipher_setkey",)), lenient)
+    assert v.would_load and any(p.stage == Stage.NAMESPACE for p in v.problems)
+
+
+def test_crc_mismatch_and_missing_crc(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(versions={"_printk": 0x12345678}))
+    assert v.verdict == Verdict.FAILS
+    assert fatal_lines(v) == ["synthetic: disagrees about version of symbol _printk",
+                              "synthetic: Unknown symbol _printk (err -22)"]
+    v = one(tmp_path, kmod(versions={"_printk": None}))
+    assert v.would_load
+    assert "synthetic: no symbol version for _printk" in v.kernel_messages()
+
+
+def test_module_layout_crc(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(versions={"module_layout": 1}))
+    assert v.verdict == Verdict.FAILS
+    assert fatal_lines(v) == ["synthetic: disagrees about version of symbol module_layout"]
+    assert not v.symbols  # the loader stops before simplify_symbols()
+
+
+def test_no_versions_loads_only_with_force_load(tmp_path: Path) -> None:
+    b = kmod()
+    b.sections = [s for s in b.sections if s.name != "__versions"]
+    v = one(tmp_path, b)
+    assert v.verdict == Verdict.FAILS and "Invalid module format" in v.fatal[0].message
+    v = one(tmp_path, b, target(CONFIG + "CONFIG_MODULE_FORCE_LOAD=y\n"))
+    assert v.would_load and "F" in v.taints
+    assert "synthetic: module_layout: kernel tainted." in v.kernel_messages()
+
+
+@pytest.mark.parametrize("vermagic, loads", [
+    (VERMAGIC, True),
+    (f"{RELEASE} SMP mod_unload modversions ", False),  # configuration words differ
+    ("6.1.0-99-amd64 SMP preempt mod_unload modversions ", True),  # CRCs: release skipped
+])
+def test_vermagic(tmp_path: Path, vermagic: str, loads: bool) -> None:
+    v = one(tmp_path, kmod(vermagic=vermagic))
+    assert v.would_load == loads
+    if not loads:
+        assert fatal_lines(v) == [f"synthetic: version magic '{vermagic}' should be "
+                                  f"'{VERMAGIC}'"]
+
+
+def test_vermagic_release_counts_without_crcs(tmp_path: Path) -> None:
+    b = kmod(vermagic="6.1.0-99-amd64 SMP preempt mod_unload modversions ")
+    b.sections = [s for s in b.sections if s.name != "__versions"]
+    v = one(tmp_path, b, target(CONFIG + "CONFIG_MODULE_FORCE_LOAD=y\n"))
+    assert v.verdict == Verdict.FAILS and v.fatal[0].stage == Stage.VERMAGIC
+
+
+def test_weak_reference_to_nothing_is_fine(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(weak=("maybe_there",)))
+    assert v.would_load
+    assert {s.name: s.fate for s in v.symbols}["maybe_there"] == Fate.WEAK
+
+
+def test_module_dependencies(tmp_path: Path) -> None:
+    # an in-tree module's export (the target's Module.symvers)
+    v = one(tmp_path, kmod(("jbd2_journal_start",)))
+    assert v.verdict == Verdict.LOADS_AFTER and v.depends == ["jbd2"]
+    # a module of the same check
+    provider = kmod(name="provider", exports=("provider_fn",))
+    user = kmod(("provider_fn",), name="user", versions={"provider_fn": 7})
+    p, u = check(tmp_path, provider, user)
+    assert p.verdict == Verdict.LOADS and u.verdict == Verdict.LOADS_AFTER
+    assert u.depends == ["provider"]
+    # ... which would not load itself
+    bad_provider = kmod(("nothing_here",), name="provider", exports=("provider_fn",))
+    p, u = check(tmp_path, bad_provider, user)
+    assert p.verdict == Verdict.FAILS and u.verdict == Verdict.FAILS
+    assert u.fatal[-1].stage == Stage.DEPENDENCY
+
+
+def test_duplicate_export(tmp_path: Path) -> None:
+    v = one(tmp_path, kmod(name="dup", exports=("ktime_get",)))
+    assert fatal_lines(v) == ["dup: exports duplicate symbol ktime_get (owned by kernel)"]
+
+
+def test_unknown_relocation_type(tmp_path: Path) -> None:
+    b = kmod()
+    text = b.sections[0]
+    b.rela(text, 8, b.symbols[1], 41, 0)  # R_X86_64_GOTPCRELX
+    v = one(tmp_path, b)
+    assert fatal_lines(v) == ["synthetic: Unknown rela relocation: 41"]
+
+
+def test_converted_module_is_looked_up_in_kallsyms(tmp_path: Path) -> None:
+    src = write(tmp_path, kmod(("_printk", "kallsyms_lookup_name")), "src.ko")
+    out = tmp_path / "klp.ko"
+    convert_file(src, target(), {}, output=out)
+    v = check_modules([module_facts(out)], target())[0]
+    assert v.verdict == Verdict.LOADS, v.problems
+    klp = [s for s in v.symbols if s.fate == Fate.LIVEPATCH]
+    assert [(s.name, s.ok, s.pos) for s in klp] == [("kallsyms_lookup_name", True, 0)]
+    # on a kernel whose kallsyms lacks it, or has it twice
+    global KALLSYMS
+    saved = KALLSYMS
+    try:
+        KALLSYMS = [r for r in saved if r[2] != "kallsyms_lookup_name"]
+        v = check_modules([module_facts(out)], target())[0]
+        assert fatal_lines(v) == ["symbol 'kallsyms_lookup_name' not found in symbol table"]
+        KALLSYMS = [*saved, (0xFFFFFFFF81400000, "t", "kallsyms_lookup_name")]
+        v = check_modules([module_facts(out)], target())[0]
+        assert fatal_lines(v) == ["unresolvable ambiguity for symbol 'kallsyms_lookup_name' in "
+                                  "object '(null)'"]
+    finally:
+        KALLSYMS = saved
+    v = check_modules([module_facts(out)], target(CONFIG.replace("CONFIG_LIVEPATCH=y\n", "")))[0]
+    assert v.verdict == Verdict.FAILS and "CONFIG_LIVEPATCH" in v.fatal[0].message
+
+
+def test_bad_input_is_an_error_verdict(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ko"
+    bad.write_bytes(b"not an elf")
+    (v,) = check_modules([module_facts(bad)], target())
+    assert v.verdict == Verdict.ERROR and "not an ELF file" in v.problems[0].message
+
+
+@pytest.mark.parametrize("suffix, compress", [
+    (".xz", lzma.compress), (".gz", gzip.compress),
+    (".zst", lambda d: zstandard.ZstdCompressor().compress(d)),
+])
+def test_compressed_modules(tmp_path: Path, suffix: str, compress: object) -> None:
+    assert callable(compress)
+    p = tmp_path / f"m.ko{suffix}"
+    p.write_bytes(compress(kmod().build()))
+    f = module_facts(p)
+    assert f.error is None and f.compression != "none"
+    assert check_modules([f], target())[0].would_load
+
+
+def test_directories_and_parallel_reading(tmp_path: Path) -> None:
+    for i in range(20):
+        write(tmp_path, kmod(name=f"m{i}"), f"m{i}.ko")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.ko.xz").write_bytes(lzma.compress(kmod(name="x").build()))
+    (tmp_path / "notes.txt").write_text("not a module")
+    paths = collect_modules([tmp_path])
+    assert len(paths) == 21
+    seen: list[int] = []
+    facts = gather_facts(paths, jobs=2, progress=seen.append)
+    assert [f.path for f in facts] == paths and seen[-1] == 21
+    assert [f.name for f in facts] == [f.name for f in gather_facts(paths, jobs=1)]
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import klpsym.cli.check as cli_check
+
+    monkeypatch.setattr(cli_check, "target_for_check", lambda args: target())
+    good = write(tmp_path, kmod(), "good.ko")
+    bad = write(tmp_path, kmod(("nothing_here",)), "bad.ko")
+    assert main(["check", str(good)]) == 0
+    assert "1 loads" in capsys.readouterr().out
+    assert main(["check", str(good), str(bad), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [m["verdict"] for m in report["modules"]] == ["loads", "fails"]
+    assert report["modules"][1]["problems"][-1]["kernel"] == [
+        "synthetic: Unknown symbol nothing_here (err -2)"]
+    junk = tmp_path / "junk.ko"
+    junk.write_bytes(b"\x7fELF")
+    assert main(["check", str(good), str(junk)]) == 2
+    assert main(["check", str(tmp_path / "missing.ko")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""klpsym inspect on synthetic modules, cross-checked against readelf."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+from pathlib import Path
+
+import pytest
+
+from elfbuilder import simple_module
+from inspect_support import compare_with_readelf, klpsym_json, klpsym_out
+from klpsym.cli.main import main
+
+needs_readelf = pytest.mark.skipif(shutil.which("readelf") is None, reason="binutils missing")
+
+
+def _module(tmp_path: Path) -> Path:
+    p = tmp_path / "m.ko"
+    p.write_bytes(simple_module(unexported=("kallsyms_lookup_name",)).build())
+    return p
+
+
+@needs_readelf
+def test_tables_equal_readelf(tmp_path: Path) -> None:
+    p = _module(tmp_path)
+    texts = {v: klpsym_out("inspect", p, f"--{v}") for v in ("sections", "symbols", "relocs")}
+    assert compare_with_readelf(p, texts) == []
+
+
+def test_summary_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = _module(tmp_path)
+    assert main(["inspect", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "license:     GPL" in out and "kallsyms_lookup_name" in out
+    data = klpsym_json("inspect", p, "--modinfo", "--exports", "--versions", "--klp",
+                       "--signature", "--strings", ".modinfo", "--relocs", ".text")
+    assert data["signature"] is None
+    assert {"key": "license", "value": "GPL"} in data["modinfo"]  # type: ignore[operator]
+    relocs = data["relocations"]
+    assert isinstance(relocs, list) and [r["section"] for r in relocs] == [".rela.text"]
+    assert data["klp"] == {"symbols": [], "sections": [], "problems": []}
+
+
+def test_compressed_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = _module(tmp_path)
+    xz = tmp_path / "m.ko.xz"
+    xz.write_bytes(lzma.compress(p.read_bytes()))
+    assert klpsym_json("inspect", xz)["summary"]["compression"] == "xz"  # type: ignore[index]
+    assert main(["inspect", str(p), "--strings", ".nope"]) == 2
+    assert "no section '.nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.ko.xz"
+    bad.write_bytes(lzma.compress(b"x")[:10])
+    assert main(["inspect", str(bad)]) == 2
+    assert "corrupt xz data" in capsys.readouterr().err
+
+
+def test_convert_of_a_compressed_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    """-o writes an uncompressed .ko and says so; --in-place and a compressed
+    output name are refused, nothing written."""
+    from test_convert import target
+
+    from klpsym.klp.convert import convert_file
+
+    xz = tmp_path / "m.ko.xz"
+    xz.write_bytes(lzma.compress(_module(tmp_path).read_bytes()))
+    before = xz.read_bytes()
+    result = convert_file(xz, target(), {}, output=tmp_path / "out.ko")
+    assert result.written and (tmp_path / "out.ko").read_bytes()[:4] == b"\x7fELF"
+    assert any("xz-compressed" in n for n in result.plan.notes)
+    from klpsym.errors import ConvertError
+
+    with pytest.raises(ConvertError, match="--in-place would replace it"):
+        convert_file(xz, target(), {}, in_place=True)
+    with pytest.raises(ConvertError, match="writes uncompressed modules"):
+        convert_file(xz, target(), {}, output=tmp_path / "out.ko.xz")
+    assert xz.read_bytes() == before and not (tmp_path / "out.ko.xz").exists()
