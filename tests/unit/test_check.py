@@ -40,6 +40,7 @@ SYMVERS = """0x9060323f\tmodule_layout\tvmlinux\tEXPORT_SYMBOL\t
 0xb43f9365\tktime_get\tvmlinux\tEXPORT_SYMBOL_GPL\t
 0x669aff23\tcrypto_cipher_setkey\tvmlinux\tEXPORT_SYMBOL_GPL\tCRYPTO_INTERNAL
 0x12121212\tjbd2_journal_start\tfs/jbd2/jbd2\tEXPORT_SYMBOL\t
+0x06689996\tklp_enable_patch\tvmlinux\tEXPORT_SYMBOL_GPL\t
 """
 CRCS = {"module_layout": 0x9060323F, "_printk": 0x92997ED8, "ktime_get": 0xB43F9365,
         "crypto_cipher_setkey": 0x669AFF23, "jbd2_journal_start": 0x12121212}
