@@ -121,9 +121,9 @@ def test_failed_provision_leaves_nothing_and_retries(
     with pytest.raises(LabError, match="injected failure"):
         provision("bookworm", tmp_path)
     assert corrupt.stat().st_size > 100_000  # re-downloaded and verified
-    assert list((tmp_path / "kernels" / "bookworm").iterdir()) == []  # no half tree, no .tmp
+    assert list(prov.kernels_dir(tmp_path, "bookworm").iterdir()) == []  # no half tree, no .tmp
 
     monkeypatch.undo()
     again = provision("bookworm", tmp_path)
     assert (again.release, again.package_version) == (bookworm.release, bookworm.package_version)
-    assert again.home.parent == tmp_path.resolve() / "kernels" / "bookworm"
+    assert again.home.parent == prov.kernels_dir(tmp_path.resolve(), "bookworm")

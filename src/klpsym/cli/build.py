@@ -92,3 +92,5 @@ def print_table(result: BuildResult) -> None:
     for m in result.modules:
         for note in m.result.plan.notes if m.result else []:
             console.print(f"note: {m.name}: {note}")
+    for note in result.notes:
+        console.print(f"note: {note}")

@@ -22,7 +22,7 @@ own module loader resolves them through kallsyms when the module loads
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from klpsym.cli import build, convert
+    from klpsym.cli import build, convert, lab
 
     parser = argparse.ArgumentParser(
         prog="klpsym", description=DESCRIPTION,
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     convert.register(sub)
     build.register(sub)
+    lab.register(sub)
     return parser
 
 

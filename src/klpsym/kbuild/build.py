@@ -87,6 +87,7 @@ class BuildResult:
     target: TargetKernel
     modules: list[BuiltModule]
     resolved: list[str] = field(default_factory=list)  # names given to modpost
+    notes: list[str] = field(default_factory=list)
 
 
 def extra_symvers_text(names: Sequence[str]) -> str:
@@ -238,10 +239,14 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         used = {s.name for s in m.symbols}
         mine = {k: v for k, v in sympos.items() if k in used}
         m.result = convert_file(m.ko, final, mine, in_place=True)
-    return BuildResult(directory, final, modules, resolved)
+    notes = [f"{name} is exported for named modules only ({ns}) and converted like an "
+             "unexported symbol; modpost's warning about its namespace is expected"
+             for name, ns in nsdeps.items()]
+    return BuildResult(directory, final, modules, resolved, notes)
 
 
-def _module_only_exports(modules: Sequence[BuiltModule], target: TargetKernel) -> list[str]:
+def _module_only_exports(modules: Sequence[BuiltModule],
+                         target: TargetKernel) -> dict[str, str]:
     """Convertible names that the target exports for named modules only
     (``EXPORT_SYMBOL_FOR_MODULES``, namespace ``module:NAMES``, v6.16+; see
     klpsym.kernel.symvers).  To these modules they are unexported, so klpsym
@@ -255,13 +260,13 @@ def _module_only_exports(modules: Sequence[BuiltModule], target: TargetKernel) -
     later).  So klpsym sets KBUILD_NSDEPS for the modpost run, removes the
     nsdeps file, and checks the namespace imports itself
     (:func:`_check_namespace_imports`) so that nothing else is let through."""
-    out = set()
+    out: dict[str, str] = {}
     for m in modules:
         for s in m.symbols:
             export = target.symvers.get(s.name)
             if s.fate == Fate.CONVERT and export is not None and export.module_only:
-                out.add(s.name)
-    return sorted(out)
+                out[s.name] = export.namespace
+    return dict(sorted(out.items()))
 
 
 def _check_namespace_imports(modules: Sequence[BuiltModule], target: TargetKernel) -> None:

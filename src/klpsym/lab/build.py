@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from klpsym.errors import KbuildError, LabError
+from klpsym.kbuild.build import BuildResult, build
 from klpsym.kbuild.runner import ChrootRunner, HostRunner, Runner, modules_in_order
+from klpsym.kernel.target import discover
 from klpsym.lab.provision import Kernel
+from klpsym.lab.qemu import capture_kallsyms
 
 BUILD_TIMEOUT = 900.0
 
@@ -106,3 +109,13 @@ def build_modules(
     if missing:
         raise BuildError(f"building modules in {moddir} produced no {missing[0].name}", tail)
     return kos
+
+
+def klpsym_build(kernel: Kernel, directory: Path, sympos: Mapping[str, int] | None = None,
+                 make_args: Sequence[str] = (), symvers: Sequence[Path] = ()) -> BuildResult:
+    """``klpsym build DIR`` for ``kernel``: its headers (the chroot's copy when make
+    runs there), its kallsyms (captured from a boot, cached), make where
+    :func:`runner` says.  The .ko files are converted in place in ``directory``."""
+    where, kdir = runner(kernel)
+    target = discover(kernel_dir=kdir, kallsyms=capture_kallsyms(kernel), symvers=symvers)
+    return build(directory, target, sympos or {}, make_args, symvers, runner=where)
