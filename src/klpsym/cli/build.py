@@ -25,6 +25,11 @@ examples:
   klpsym build                                   # the module in ., for the running kernel
   klpsym build src/ -- V=1                       # make arguments after --
   klpsym build --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 --kallsyms kallsyms.txt
+  # the target's compiler lives in a chroot of its distribution (as root):
+  klpsym build --chroot /srv/trixie --kallsyms kallsyms-6.12.txt \
+      --kernel-dir /srv/trixie/usr/src/linux-headers-6.12.48+deb13-amd64
+  # or let the lab provision the kernel, its kallsyms and the chroot:
+  klpsym lab build trixie
 
 exit status: 0 built and converted, 2 refused or kbuild failed (one line on
 stderr says why, after kbuild's own messages)."""
@@ -43,6 +48,9 @@ def register(sub: Any) -> None:
     p.add_argument("--sympos", metavar="NAME=N", action="append", default=[],
                    help="which of several same-name kallsyms entries to use (1-based, in "
                         "kallsyms order; repeatable)")
+    p.add_argument("--chroot", metavar="ROOT", type=Path,
+                   help="run make inside this chroot, a system with the compiler the target's "
+                        "headers call (needs root); KDIR must be inside it, DIR is bind-mounted")
     add_source_flags(p)
     p.set_defaults(run=run, make_args=[])
     # Everything after the first '--' goes to make, untouched (argparse alone
@@ -65,9 +73,15 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.kbuild import ChrootRunner, HostRunner, Runner
+
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
-    result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers))
+    runner: Runner = HostRunner()
+    if args.chroot is not None:
+        runner = ChrootRunner(args.chroot)
+    result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers),
+                   runner=runner)
     print_table(result)
     return 0
 

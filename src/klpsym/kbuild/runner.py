@@ -104,6 +104,9 @@ class ChrootRunner:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise KbuildError(f"{root}: no such directory (--chroot); pass the root of a system "
+                              "with the compiler the kernel headers call")
         self._binds: list[Path] = []
 
     def describe(self) -> str:
