@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import LabError
+from klpsym.errors import KlpsymError, LabError
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BOOT_TIMEOUT, BootResult, boot
+from klpsym.module.ko import read_module
 
 # One record a line on the result channel: "@@<tag> <index> <text>".
 _RECORD = re.compile(r"^@@(begin|out|rc|log|loaded) (\d+)(?: (.*))?$")
@@ -46,11 +47,11 @@ class LoadRun:
         return all(load.ok for load in self.loads)
 
 
-def script(names: Sequence[str]) -> str:
-    """The guest script: insmod /lab/mod<i>/<name> in order, reporting each."""
+def script(files: Sequence[tuple[str, str]]) -> str:
+    """The guest script: insmod /lab/mod<i>/<file> in order, reporting each;
+    ``files`` holds (file name, module name as /proc/modules shows it)."""
     parts = ["dmesg -c >/dev/null\n"]
-    for i, name in enumerate(names):
-        mod = name.removesuffix(".ko").replace("-", "_")
+    for i, (name, mod) in enumerate(files):
         parts.append(
             f"echo '@@begin {i}'\n"
             f"out=$(insmod /lab/mod{i}/{name} 2>&1); rc=$?\n"
@@ -91,7 +92,13 @@ def load_modules(kernel: Kernel, modules: Sequence[Path], *, kaslr: bool = False
     for p in paths:
         if not p.is_file():
             raise LabError(f"{p}: no such module file")
-    names = [p.name for p in paths]
+    names = []
+    for p in paths:
+        try:
+            name = read_module(p).name
+        except KlpsymError:  # not a module: insmod will say so in the guest
+            name = p.name.removesuffix(".ko")
+        names.append((p.name, name.replace("-", "_")))
     files = {f"mod{i}/{p.name}": p for i, p in enumerate(paths)}
     result = boot(kernel, files, script(names), timeout, kaslr=kaslr)
     return LoadRun(kernel, parse(result.output, paths), result)
