@@ -160,6 +160,27 @@ def test_sympos_without_sympos_is_refused(
     assert not out.exists()
 
 
+def test_data_and_text_follow_the_address(
+    kernel: Kernel, built: dict[str, Path], kallsyms_file: Path, tmp_path: Path
+) -> None:
+    """Without CONFIG_KALLSYMS_ALL kallsyms has no variables, so klpsym refuses a
+    data symbol: dmesg_restrict must count as data on every kernel, whatever
+    letter its kallsyms shows (7.x shows T), and kallsyms_lookup_name as text."""
+    config = tmp_path / "config"
+    config.write_text("".join(
+        ln + "\n" for ln in (kernel.kernel_dir / ".config").read_text().splitlines()
+        if not ln.startswith("CONFIG_KALLSYMS_ALL=")) + "# CONFIG_KALLSYMS_ALL is not set\n")
+    args = ("--kernel-dir", kernel.kernel_dir, "--kallsyms", kallsyms_file, "--config", config)
+    data = klpsym("convert", built["data_rw"], "-o", tmp_path / "d.ko", *args)
+    assert data.returncode == 2, data.stdout + data.stderr
+    assert "dmesg_restrict is a data symbol" in data.stderr and "CONFIG_KALLSYMS_ALL" in data.stderr
+    text = klpsym("convert", built["call_func"], "-o", tmp_path / "t.ko", *args)
+    assert text.returncode == 0, text.stderr
+    letter = {ln.split()[2]: ln.split()[1] for ln in kallsyms_file.read_text().splitlines()
+              if ln.endswith((" dmesg_restrict", " kallsyms_lookup_name"))}
+    print(f"{kernel.release}: kallsyms letters {letter}")
+
+
 # ------------------------------------------------------------------ in the guest
 
 
