@@ -59,9 +59,9 @@ def refusal(ko: Path, built_for: Kernel, target: Kernel) -> str:
     string can tell: check_modinfo() prints "version magic '...' should be
     '...'".  With both sides versioned, an earlier check fires first:
     check_modstruct_version() compares module_layout's CRC ("disagrees about
-    version of symbol module_layout"), and since 6.4 the loader compares
-    .gnu.linkonce.this_module with sizeof(struct module) before that (commit
-    "module: add sanity check for ELF module section"; seen on 6.12)."""
+    version of symbol module_layout"), and newer loaders compare the size of
+    .gnu.linkonce.this_module with sizeof(struct module) before that (seen on
+    6.12, not on 6.1; the commit is not identified here)."""
     if not has_versions(ko):
         return (rf"call_func: version magic '{re.escape(built_for.release)} .*' should be "
                 rf"'{re.escape(target.release)} ")

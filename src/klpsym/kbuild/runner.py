@@ -170,7 +170,8 @@ def modules_in_order(directory: Path,
     For external modules Debian's 6.1 writes absolute ``.ko`` paths, 6.12
     absolute ``.o`` paths (both as make saw them: ``host_path`` maps a chroot's
     view back), 7.x relative ``.o`` ones (kbuild runs in the module dir since
-    6.13); older kernels wrote ``kernel/...`` entries.
+    6.13: "kbuild: change working directory to external module directory with
+    M="); older kernels wrote ``kernel/...`` entries.
     """
     order = directory / "modules.order"
     try:
