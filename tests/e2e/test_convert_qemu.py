@@ -135,6 +135,18 @@ def test_converted_elf(name: str, kernel: Kernel, built: dict[str, Path],
         assert set("AIo") <= set(flg), (sec, flg)
 
 
+def test_versions_follow_the_targets_modversions(
+    kernel: Kernel, converted: dict[str, Converted]
+) -> None:
+    """sid's 7.x is built without CONFIG_MODVERSIONS: its modules have no
+    __versions section, and klpsym must not need one (they load below)."""
+    modversions = "CONFIG_MODVERSIONS=y" in (kernel.kernel_dir / ".config").read_text().split()
+    for name, conv in converted.items():
+        assert conv.ok, conv.explain()
+        has = "__versions" in _readelf(conv.output, "-S")
+        assert has == modversions, (name, kernel.release, has)
+
+
 def test_sympos_without_sympos_is_refused(
     kernel: Kernel, built: dict[str, Path], kallsyms_file: Path, tmp_path: Path
 ) -> None:
