@@ -1,4 +1,11 @@
-"""Session fixtures for the end-to-end tests: build, convert, boot once.
+"""Session fixtures for the end-to-end tests: build, convert, boot once per suite.
+
+``kernel`` is parametrised over SUITES (bookworm 6.1, trixie 6.12, sid 7.x):
+pytest runs every test of a suite before switching to the next, so each
+session fixture below is built once per suite.  Each suite's modules are
+built with that suite's own headers and compiler (trixie and sid in their
+debootstrap chroot), converted against a kallsyms captured from a boot of the
+same kernel, and loaded in ONE KASLR boot of it.
 
 See e2e_support.py for the cases, the guest script and its result format.
 """
@@ -13,12 +20,14 @@ from e2e_support import (
     BOOT_TIMEOUT,
     EXTRA_CONVERT_ARGS,
     MODULE_SOURCES,
+    SUITES,
     SYMPOS_NAME,
     Converted,
     GuestRun,
     convert,
     guest_script,
     parse_output,
+    restricted_names,
 )
 
 from klpsym.lab.build import build_modules
@@ -26,9 +35,11 @@ from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, boot, capture_kallsyms
 
 
-@pytest.fixture(scope="session")
-def kernel(bookworm: Kernel) -> Kernel:
-    return bookworm
+@pytest.fixture(scope="session", params=SUITES)
+def kernel(request: pytest.FixtureRequest) -> Kernel:
+    """bookworm, trixie, sid in turn (the session fixtures of tests/conftest.py)."""
+    k: Kernel = request.getfixturevalue(request.param)
+    return k
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +51,13 @@ def kallsyms_file(kernel: Kernel) -> Path:
 @pytest.fixture(scope="session")
 def built(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every module built with the kernel's kbuild (unconverted .ko files)."""
-    root = tmp_path_factory.mktemp("build")
+    root = tmp_path_factory.mktemp(f"build-{kernel.suite}")
     kos: dict[str, Path] = {}
     for name, src in MODULE_SOURCES.items():
-        found = build_modules(kernel, src, root / name)
+        # An export for named modules only (7.x) fails modpost even with
+        # KBUILD_MODPOST_WARN; KBUILD_NSDEPS makes it a warning (see kbuild.build).
+        nsdeps = bool(restricted_names(kernel.kernel_dir, name))
+        found = build_modules(kernel, src, root / name, ["KBUILD_NSDEPS=1"] if nsdeps else [])
         assert len(found) == 1, f"{src} built {found}"
         kos[name] = found[0]
     return kos
@@ -57,7 +71,7 @@ def converted(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Converted]:
     """Each module run through ``klpsym convert`` (results kept, failures too)."""
-    root = tmp_path_factory.mktemp("klp")
+    root = tmp_path_factory.mktemp(f"klp-{kernel.suite}")
     out: dict[str, Converted] = {}
     for name, ko in built.items():
         out[name] = convert(
@@ -79,7 +93,7 @@ def sympos_variants(
     count = sum(
         1 for ln in kallsyms_file.read_text().splitlines() if ln.split()[2:] == [SYMPOS_NAME]
     )
-    root = tmp_path_factory.mktemp("sympos")
+    root = tmp_path_factory.mktemp(f"sympos-{kernel.suite}")
     out: dict[int, Converted] = {}
     for pos in range(1, count + 1):
         out[pos] = convert(
@@ -97,8 +111,12 @@ def guest(
     converted: dict[str, Converted],
     sympos_variants: dict[int, Converted],
 ) -> Iterator[GuestRun]:
-    """ONE boot that loads every converted module (and the unconverted call_func.ko)."""
-    files = {"orig/call_func.ko": built["call_func"]}
+    """ONE boot that loads every converted module (and, first, the unconverted
+    call_func.ko, and module_ns.ko where its symbol is restricted to named modules)."""
+    unconverted = ["call_func"] + (
+        ["module_ns"] if restricted_names(kernel.kernel_dir, "module_ns") else []
+    )
+    files = {f"orig/{name}.ko": built[name] for name in unconverted}
     present = set()
     for name, conv in converted.items():
         if conv.ok:
@@ -109,7 +127,7 @@ def guest(
         if conv.ok:
             files[f"klp/{conv.output.name}"] = conv.output
             positions.append(pos)
-    script = guest_script(present, positions)
+    script = guest_script(present, positions, unconverted)
     try:
         result = boot(
             kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=True

@@ -40,33 +40,70 @@ MODULE_SOURCES = {
     "init_exit": REPO / "tests/modules/init_exit",
     "two_files": REPO / "tests/modules/two_files",
     "sympos": REPO / "tests/modules/sympos",
+    "module_ns": REPO / "tests/modules/module_ns",
     "hello_klp": REPO / "examples/hello_klp",
 }
 
+# The suites every end-to-end case runs on (one boot per suite per test file).
+SUITES = ("bookworm", "trixie", "sid")
+
 # sympos.c references c_start: three static functions of that name in
-# bookworm's vmlinux.  The 2nd is not the first match, so a converter that
-# ignored POS would be caught.
+# bookworm's, trixie's and sid's vmlinux (the tests count them in each
+# kernel's kallsyms and need at least 2).  The 2nd is not the first match, so
+# a converter that ignored POS would be caught.
 SYMPOS_NAME = "c_start"
 SYMPOS_POS = 2
 EXTRA_CONVERT_ARGS: dict[str, list[str]] = {
     "sympos": ["--sympos", f"{SYMPOS_NAME}={SYMPOS_POS}"],
 }
 
-# The unexported symbols each module references (what modpost warns about).
-UNEXPORTED: dict[str, set[str]] = {
+# The symbols each module references that some kernel does not export to it:
+# not exported at all (on every kernel here), or exported for named modules
+# only (7.x: kptr_restrict for printf_kunit, cr4_read_shadow for kvm), or, for
+# module_ns, exported to everyone up to 6.x.  What a kernel converts is read
+# from its own Module.symvers (converted_names()).
+REFERENCES: dict[str, set[str]] = {
     "call_func": {"kallsyms_lookup_name"},
     "data_rw": {"dmesg_restrict"},
     "fn_pointers": {"bpf_get_current_pid_tgid", "bpf_get_current_comm", "bpf_ktime_get_ns"},
     "init_exit": {"kallsyms_lookup_name", "lookup_symbol_name"},
     "two_files": {"kallsyms_lookup_name", "core_kernel_text", "kptr_restrict"},
     "sympos": {SYMPOS_NAME},
+    "module_ns": {"cr4_read_shadow"},
     "hello_klp": {"kallsyms_lookup_name"},
 }
 
 # Symbols whose same-boot /proc/kallsyms lines the guest sends back.
 KALLSYMS_NAMES = sorted(
-    set().union(*UNEXPORTED.values()) | {"init_task", "_printk", "jiffies", "_stext"}
+    set().union(*REFERENCES.values())
+    | {"init_task", "_printk", "jiffies", "_stext"}
 )
+
+
+def restricted(kdir: Path, name: str, module: str) -> bool | None:
+    """From the kernel's Module.symvers, read here without klpsym: True when
+    ``name`` is exported for named modules only (namespace ``module:A,B``)
+    and ``module`` is not one of them, False when any module may use it, None
+    when it is not exported at all."""
+    for line in (kdir / "Module.symvers").read_text().splitlines():
+        f = line.split("\t")
+        if len(f) >= 4 and f[1] == name:
+            ns = f[4] if len(f) > 4 else ""
+            if not ns.startswith("module:"):
+                return False
+            return module not in ns.removeprefix("module:").replace("-", "_").split(",")
+    return None
+
+
+def converted_names(kdir: Path, module: str) -> set[str]:
+    """The symbols of ``module`` that must be converted for this kernel: the
+    references it does not export to the module."""
+    return {n for n in REFERENCES[module] if restricted(kdir, n, module) is not False}
+
+
+def restricted_names(kdir: Path, module: str) -> set[str]:
+    """The references this kernel exports for other named modules only."""
+    return {n for n in REFERENCES[module] if restricted(kdir, n, module)}
 
 CONVERT_TIMEOUT = 120.0
 BOOT_TIMEOUT = 300.0
@@ -226,12 +263,15 @@ load() { insmod "$1"; kv insmod_rc $?; }
 """
 
 
-def guest_script(present: set[str], sympos_positions: list[int] = []) -> str:  # noqa: B006
+def guest_script(present: set[str], sympos_positions: list[int] = [],  # noqa: B006
+                 unconverted: list[str] = []) -> str:  # noqa: B006
     """The script for the one boot; ``present`` names the converted modules that exist.
 
     ``sympos_positions``: POS values for which /lab/klp/sympos.posN.ko exists
     (the same module converted with ``--sympos c_start=N``); each is loaded and
-    unloaded in turn as case ``sympos_posN``.
+    unloaded in turn as case ``sympos_posN``.  ``unconverted``: modules whose
+    unconverted /lab/orig/NAME.ko must be refused (case ``unconverted_NAME``),
+    loaded before any converted module.
     """
     parts = [GUEST_HELPERS]
 
@@ -242,10 +282,11 @@ def guest_script(present: set[str], sympos_positions: list[int] = []) -> str:  #
 
     # Negative first: the unconverted module must be refused (and leaves
     # nothing loaded, so the converted call_func.ko can load next).
-    parts.append(
-        "begin unconverted_call_func\nload /lab/orig/call_func.ko\n"
-        "kv loaded $(grep -c '^call_func ' /proc/modules)\nend unconverted_call_func\n"
-    )
+    for name in unconverted:
+        parts.append(
+            f"begin unconverted_{name}\nload /lab/orig/{name}.ko\n"
+            f"kv loaded $(grep -c '^{name} ' /proc/modules)\nend unconverted_{name}\n"
+        )
     case("call_func", "load /lab/klp/call_func.ko")
     case(
         "data_rw",
@@ -269,6 +310,7 @@ def guest_script(present: set[str], sympos_positions: list[int] = []) -> str:  #
             f"begin sympos_pos{pos}\nload /lab/klp/sympos.pos{pos}.ko\n"
             f"rmmod sympos; kv rmmod_rc $?\nend sympos_pos{pos}\n"
         )
+    case("module_ns", "load /lab/klp/module_ns.ko")
     case("hello_klp", "load /lab/klp/hello_klp.ko")
     names = "|".join(re.escape(n) for n in KALLSYMS_NAMES)
     parts.append(f"grep -E ' ({names})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n")

@@ -1,7 +1,12 @@
-"""End to end for ``klpsym build``: modules built by ``klpsym build`` (the
-two_modules dir: tm_provider.ko and tm_user.ko) and by plain ``make`` through
-the README's Makefile snippet (snippet.ko) are loaded in ONE KASLR boot; what
-they print is checked against /proc/kallsyms of the same boot."""
+"""End to end for ``klpsym build``, on each suite (bookworm, trixie, sid; see
+conftest.py): modules built by ``klpsym build`` (the two_modules dir:
+tm_provider.ko and tm_user.ko; module_ns.ko) and by plain ``make`` through the
+README's Makefile snippet (snippet.ko) are loaded in ONE KASLR boot per
+suite; what they print is checked against /proc/kallsyms of the same boot.
+
+Where this machine has the suite's compiler (bookworm) ``klpsym build
+--kernel-dir`` runs make here; elsewhere ``klpsym lab build SUITE`` and, for
+the snippet, ``klpsym build --chroot`` run it in the suite's chroot."""
 
 from __future__ import annotations
 
@@ -14,8 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import BOOT_TIMEOUT, GUEST_HELPERS, CaseResult, hex_addr, parse_output
+from e2e_support import (
+    BOOT_TIMEOUT,
+    GUEST_HELPERS,
+    CaseResult,
+    hex_addr,
+    parse_output,
+    restricted,
+)
 
+from klpsym.kbuild import ChrootRunner
+from klpsym.lab.build import runner
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, BootResult, boot
 
@@ -23,7 +37,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 KLPSYM = [sys.executable, "-m", "klpsym.cli.main"]
-NAMES = ("kallsyms_lookup_name", "dmesg_restrict", "kptr_restrict", "_stext")
+NAMES = ("kallsyms_lookup_name", "dmesg_restrict", "kptr_restrict", "cr4_read_shadow", "_stext")
 
 
 @dataclass
@@ -48,21 +62,37 @@ class Run:
         return addrs[0]
 
 
+def klpsym_build(kernel: Kernel, kallsyms_file: Path, directory: Path,
+                 ) -> subprocess.CompletedProcess[str]:
+    """``klpsym build`` here when this machine has the suite's compiler, else
+    ``klpsym lab build SUITE`` (make in the suite's chroot)."""
+    where, kdir = runner(kernel)
+    if isinstance(where, ChrootRunner):
+        cmd = [*KLPSYM, "lab", "build", kernel.suite, str(directory)]
+    else:
+        cmd = [*KLPSYM, "build", str(directory), "--kernel-dir", str(kdir),
+               "--kallsyms", str(kallsyms_file)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+
+
 @pytest.fixture(scope="module")
 def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[Run]:
-    root = tmp_path_factory.mktemp("klpsym_build")
-    two, snip = root / "two_modules", root / "make_snippet"
+    root = tmp_path_factory.mktemp(f"klpsym_build-{kernel.suite}")
+    two, snip, ns = root / "two_modules", root / "make_snippet", root / "module_ns"
     shutil.copytree(REPO / "tests/modules/two_modules", two)
     shutil.copytree(REPO / "tests/modules/make_snippet", snip)
+    shutil.copytree(REPO / "tests/modules/module_ns", ns)
+    where, kdir = runner(kernel)
+    flags = f"--kallsyms {kallsyms_file}"
+    if isinstance(where, ChrootRunner):
+        flags += f" --chroot {where.root}"
     built = {
-        "klpsym build": subprocess.run(
-            [*KLPSYM, "build", str(two), "--kernel-dir", str(kernel.kernel_dir),
-             "--kallsyms", str(kallsyms_file)],
-            capture_output=True, text=True, timeout=600, check=False),
+        "klpsym build two_modules": klpsym_build(kernel, kallsyms_file, two),
+        "klpsym build module_ns": klpsym_build(kernel, kallsyms_file, ns),
         "make (snippet)": subprocess.run(
-            ["make", "-C", str(snip), f"KDIR={kernel.kernel_dir}", f"KLPSYM={' '.join(KLPSYM)}",
-             f"KLPSYM_FLAGS=--kallsyms {kallsyms_file}"],
+            ["make", "-C", str(snip), f"KDIR={kdir}", f"KLPSYM={' '.join(KLPSYM)}",
+             f"KLPSYM_FLAGS={flags}"],
             capture_output=True, text=True, timeout=600, check=False,
             env=dict(os.environ, PYTHONPATH=str(REPO / "src"))),
     }
@@ -70,13 +100,14 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
         yield Run(None, None, {}, {}, built)
         return
     files = {"tm_provider.ko": two / "tm_provider.ko", "tm_user.ko": two / "tm_user.ko",
-             "snippet.ko": snip / "snippet.ko"}
+             "snippet.ko": snip / "snippet.ko", "module_ns.ko": ns / "module_ns.ko"}
     script = GUEST_HELPERS + (
         "begin two_modules\ninsmod /lab/tm_provider.ko; kv provider_rc $?\n"
         "load /lab/tm_user.ko\nkv sysctl_dmesg_restrict $(cat /proc/sys/kernel/dmesg_restrict)\n"
         "end two_modules\n"
         "begin snippet\nload /lab/snippet.ko\n"
         "kv sysctl_kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\nend snippet\n"
+        "begin module_ns\nload /lab/module_ns.ko\nend module_ns\n"
         f"grep -E ' ({'|'.join(NAMES)})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n"
     )
     try:
@@ -108,6 +139,23 @@ def test_make_snippet_module(run: Run) -> None:
     assert hex_addr(rec["addr"]) == want and hex_addr(rec["got"]) == want, rec
     assert hex_addr(rec["fn"]) == run.addr("kallsyms_lookup_name"), rec
     assert rec["match"] == "1" and rec["value"] == case.kv["sysctl_kptr_restrict"], rec
+
+
+def test_module_only_export(kernel: Kernel, run: Run) -> None:
+    """cr4_read_shadow: klpsym build converts it where the kernel exports it for
+    kvm only (sid's 7.x), and leaves it an ordinary import where it does not."""
+    case = run.case("module_ns")
+    assert case.kv.get("insmod_rc") == "0", case.log()
+    rec = case.record("module_ns", "fn", "shadow", "cr4")
+    assert hex_addr(rec["fn"]) == run.addr("cr4_read_shadow"), rec
+    assert rec["match"] == "1" and rec["pae"] == "1", rec
+    out = run.built["klpsym build module_ns"].stdout
+    row = next(ln for ln in out.splitlines() if ln.startswith("│ module_ns.ko"))
+    if restricted(kernel.kernel_dir, "cr4_read_shadow", "module_ns"):
+        assert "cr4_read_shadow" in row, out
+        assert "note: cr4_read_shadow is exported for named modules only" in out, out
+    else:
+        assert "cr4_read_shadow" not in row, out
 
 
 def test_boot_is_clean(run: Run) -> None:

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
+    REFERENCES,
     SYMPOS_NAME,
     SYMPOS_POS,
-    UNEXPORTED,
     CaseResult,
     Converted,
     GuestRun,
+    converted_names,
     hex_addr,
     klpsym,
+    restricted,
 )
 
 from klpsym.lab.provision import Kernel
@@ -67,25 +69,36 @@ def rela_users(ko: Path, names: set[str]) -> dict[str, dict[str, int]]:
 
 def test_modules_reference_what_they_claim(built: dict[str, Path]) -> None:
     """Guard on the test modules themselves: the compiler emitted the shapes we test."""
-    for name, names in UNEXPORTED.items():
+    for name, names in REFERENCES.items():
         users = rela_users(built[name], names)
         assert set(users) == names, f"{name}.ko: unexported references {users}"
-    fp = rela_users(built["fn_pointers"], UNEXPORTED["fn_pointers"])
+    fp = rela_users(built["fn_pointers"], REFERENCES["fn_pointers"])
     assert fp["bpf_get_current_pid_tgid"] == {".rela.data": 1}
     assert fp["bpf_get_current_comm"] == {".rela.rodata": 1}
     assert fp["bpf_ktime_get_ns"] == {".rela.rodata": 1}
-    ie = rela_users(built["init_exit"], UNEXPORTED["init_exit"])
+    ie = rela_users(built["init_exit"], REFERENCES["init_exit"])
     assert set(ie["kallsyms_lookup_name"]) == {".rela.init.text"}
     assert set(ie["lookup_symbol_name"]) == {".rela.exit.text"}
 
 
-@pytest.mark.parametrize("name", sorted(UNEXPORTED))
-def test_converted_elf(name: str, built: dict[str, Path], converted: dict[str, Converted]) -> None:
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_converted_elf(name: str, kernel: Kernel, built: dict[str, Path],
+                       converted: dict[str, Converted]) -> None:
     """Every relocation against an unexported symbol moved to .klp.rela.vmlinux.<target>,
-    against a .klp.sym.vmlinux.NAME,POS symbol in SHN_LIVEPATCH (checked with readelf)."""
+    against a .klp.sym.vmlinux.NAME,POS symbol in SHN_LIVEPATCH (checked with readelf);
+    symbols this kernel exports to the module stay ordinary imports."""
     conv = converted[name]
     assert conv.ok, conv.explain()
-    names = UNEXPORTED[name]
+    names = converted_names(kernel.kernel_dir, name)
+    kept = REFERENCES[name] - names
+    if kept:
+        assert rela_users(conv.output, kept) == rela_users(built[name], kept)
+        syms = _readelf(conv.output, "-s")
+        assert all(any(ln.split()[-1:] == [k] and " UND " in ln for ln in syms.splitlines())
+                   for k in kept), kept
+    if not names:
+        assert ".klp." not in _readelf(conv.output, "-S")
+        return
     before = rela_users(built[name], names)
     pos = {n: (SYMPOS_POS if n == SYMPOS_NAME else 0) for n in names}
     klp_names = {f".klp.sym.vmlinux.{n},{pos[n]}": n for n in names}
@@ -122,6 +135,18 @@ def test_converted_elf(name: str, built: dict[str, Path], converted: dict[str, C
         assert set("AIo") <= set(flg), (sec, flg)
 
 
+def test_versions_follow_the_targets_modversions(
+    kernel: Kernel, converted: dict[str, Converted]
+) -> None:
+    """sid's 7.x is built without CONFIG_MODVERSIONS: its modules have no
+    __versions section, and klpsym must not need one (they load below)."""
+    modversions = "CONFIG_MODVERSIONS=y" in (kernel.kernel_dir / ".config").read_text().split()
+    for name, conv in converted.items():
+        assert conv.ok, conv.explain()
+        has = "__versions" in _readelf(conv.output, "-S")
+        assert has == modversions, (name, kernel.release, has)
+
+
 def test_sympos_without_sympos_is_refused(
     kernel: Kernel, built: dict[str, Path], kallsyms_file: Path, tmp_path: Path
 ) -> None:
@@ -145,6 +170,27 @@ def test_sympos_without_sympos_is_refused(
     listed = {int(h, 16) for h in re.findall(r"0x[0-9a-fA-F]+", lines[0])}
     assert set(wanted) <= listed, lines[0]
     assert not out.exists()
+
+
+def test_data_and_text_follow_the_address(
+    kernel: Kernel, built: dict[str, Path], kallsyms_file: Path, tmp_path: Path
+) -> None:
+    """Without CONFIG_KALLSYMS_ALL kallsyms has no variables, so klpsym refuses a
+    data symbol: dmesg_restrict must count as data on every kernel, whatever
+    letter its kallsyms shows (7.x shows T), and kallsyms_lookup_name as text."""
+    config = tmp_path / "config"
+    config.write_text("".join(
+        ln + "\n" for ln in (kernel.kernel_dir / ".config").read_text().splitlines()
+        if not ln.startswith("CONFIG_KALLSYMS_ALL=")) + "# CONFIG_KALLSYMS_ALL is not set\n")
+    args = ("--kernel-dir", kernel.kernel_dir, "--kallsyms", kallsyms_file, "--config", config)
+    data = klpsym("convert", built["data_rw"], "-o", tmp_path / "d.ko", *args)
+    assert data.returncode == 2, data.stdout + data.stderr
+    assert "dmesg_restrict is a data symbol" in data.stderr and "CONFIG_KALLSYMS_ALL" in data.stderr
+    text = klpsym("convert", built["call_func"], "-o", tmp_path / "t.ko", *args)
+    assert text.returncode == 0, text.stderr
+    letter = {ln.split()[2]: ln.split()[1] for ln in kallsyms_file.read_text().splitlines()
+              if ln.endswith((" dmesg_restrict", " kallsyms_lookup_name"))}
+    print(f"{kernel.release}: kallsyms letters {letter}")
 
 
 # ------------------------------------------------------------------ in the guest
@@ -184,6 +230,33 @@ def test_unconverted_module_is_refused(guest: GuestRun) -> None:
     assert any("call_func: Unknown symbol kallsyms_lookup_name" in ln for ln in case.dmesg), (
         case.log()
     )
+
+
+def test_module_only_export_is_refused_unconverted(kernel: Kernel, guest: GuestRun) -> None:
+    """7.x: the loader refuses an export for named modules to any other module
+    (verify_namespace_is_imported()), so module_ns.ko as built cannot load."""
+    if not restricted(kernel.kernel_dir, "cr4_read_shadow", "module_ns"):
+        pytest.skip(f"{kernel.release} exports cr4_read_shadow to every module")
+    case = guest.case("unconverted_module_ns")
+    assert case.kv.get("insmod_rc") not in (None, "0"), case.log()
+    assert case.kv.get("loaded") == "0", case.log()
+    assert any("module_ns: module uses symbol (cr4_read_shadow) from namespace module:" in ln
+               for ln in case.dmesg), case.log()
+
+
+def test_module_ns(kernel: Kernel, guest: GuestRun, converted: dict[str, Converted]) -> None:
+    """cr4_read_shadow: converted where the kernel restricts it to named modules
+    (sid's 7.x: module:kvm,...), an ordinary import where it does not (6.1, 6.12);
+    the module calls it and checks the answer against CR4 read directly."""
+    conv = converted["module_ns"]
+    if restricted(kernel.kernel_dir, "cr4_read_shadow", "module_ns"):
+        assert "converted 1 symbol (cr4_read_shadow)" in conv.stdout, conv.stdout
+    else:
+        assert "cr4_read_shadow" not in conv.stdout, conv.stdout
+    case = loaded(guest, "module_ns", converted)
+    rec = case.record("module_ns", "fn", "shadow", "cr4")
+    guest.check_addr(rec["fn"], "cr4_read_shadow")
+    assert rec["match"] == "1" and rec["pae"] == "1", rec
 
 
 def test_call_func(guest: GuestRun, converted: dict[str, Converted]) -> None:

@@ -173,3 +173,46 @@ def test_extra_symbols_replaced_by_the_makefile(bookworm: Kernel, kallsyms: Path
     proc = klpsym_build(bookworm, kallsyms, d)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert symbols(d / "call_func.ko")[".klp.sym.vmlinux.kallsyms_lookup_name,0"] == "OS [0xff20]"
+
+
+NS_SOURCE = """\
+#include <linux/module.h>
+#include <asm/tlbflush.h>
+extern bool cpu_cache_has_invalidate_memregion(void);
+@IMPORT@
+static int __init ns_init(void)
+{
+	pr_info("ns %lx %d\\n", cr4_read_shadow(), cpu_cache_has_invalidate_memregion());
+	return 0;
+}
+module_init(ns_init);
+MODULE_LICENSE("GPL");
+"""
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_module_only_export_keeps_namespace_imports_strict(sid: Kernel, tmp_path: Path,
+                                                           imported: bool) -> None:
+    """sid (7.x): cr4_read_shadow is exported for kvm only, so klpsym build converts
+    it and lets modpost pass it (KBUILD_NSDEPS); the same run must still refuse a
+    missing MODULE_IMPORT_NS for an ordinary namespace (DEVMEM), as modpost would."""
+    d = tmp_path / "ns"
+    d.mkdir()
+    (d / "Kbuild").write_text("obj-m := ns_mod.o\n")
+    (d / "ns_mod.c").write_text(NS_SOURCE.replace(
+        "@IMPORT@", 'MODULE_IMPORT_NS("DEVMEM");' if imported else ""))
+    proc = subprocess.run([*KLPSYM, "lab", "build", "sid", str(d)], capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert not (d / "modules.nsdeps").exists()
+    if imported:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert symbols(d / "ns_mod.ko")[".klp.sym.vmlinux.cr4_read_shadow,0"] == "OS [0xff20]"
+        assert symbols(d / "ns_mod.ko")["cpu_cache_has_invalidate_memregion"] == "UND"
+        assert "note: cr4_read_shadow is exported for named modules only" in proc.stdout
+    else:
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "klpsym: error: module ns_mod uses symbol cpu_cache_has_invalidate_memregion from "
+            'namespace DEVMEM, but does not import it; add MODULE_IMPORT_NS("DEVMEM") to its '
+            "source")
+        assert not (d / "ns_mod.ko").exists()

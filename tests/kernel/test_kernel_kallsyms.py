@@ -349,3 +349,41 @@ def test_real_guest_kallsyms(bookworm) -> None:  # type: ignore[no-untyped-def]
     symvers = read_symvers(bookworm.kernel_dir / "Module.symvers")
     missing = [e.name for e in symvers if e.from_vmlinux and e.name not in t]
     assert not missing, missing[:10]
+
+
+# 7.2-style kallsyms: a variable labelled T, a per-cpu variable D at a real address.
+KALLSYMS_72 = [
+    (0xFFFFFFFF81000000, "T", "_stext"),
+    (0xFFFFFFFF814E20C0, "T", "kallsyms_lookup_name"),
+    (0xFFFFFFFF822CA8E0, "T", "_etext"),
+    (0xFFFFFFFF832828FC, "T", "dmesg_restrict"),
+    (0xFFFFFFFF83E3E280, "D", "runqueues"),
+    (0xFFFFFFFF84000000, "T", "_sinittext"),
+    (0xFFFFFFFF84001000, "t", "some_init"),
+    (0xFFFFFFFF84100000, "T", "_einittext"),
+]
+
+
+def test_kind_follows_the_address_not_the_letter() -> None:
+    t = KallsymsTable.from_rows(KALLSYMS_72, "7.2")
+    kind = {n: t.kind(t.candidates(n)[0]) for _a, _t, n in KALLSYMS_72}
+    assert kind["dmesg_restrict"] == "data" and kind["runqueues"] == "data"
+    assert kind["kallsyms_lookup_name"] == "text" and kind["some_init"] == "text"
+    assert t.text_ranges() == [(0xFFFFFFFF81000000, 0xFFFFFFFF822CA8E0),
+                               (0xFFFFFFFF84000000, 0xFFFFFFFF84100000)]
+
+
+def test_kind_without_addresses_needs_trusted_letters() -> None:
+    hidden = KallsymsTable.from_rows([(0, ty, n) for _a, ty, n in KALLSYMS_72], "hidden")
+    var = hidden.candidates("dmesg_restrict")[0]
+    assert hidden.kind(var, letters_tell_data=False) == ""  # 7.x: T says nothing
+    assert hidden.kind(var, letters_tell_data=True) == "text"  # what the letter claims
+    assert hidden.kind(hidden.candidates("runqueues")[0]) == "data"
+
+
+def test_letters_are_trusted_up_to_612() -> None:
+    from klpsym.kernel.version import KernelVersion, kallsyms_letters_tell_data
+
+    assert kallsyms_letters_tell_data(KernelVersion.parse("6.1.0-56-amd64"))
+    assert kallsyms_letters_tell_data(KernelVersion.parse("6.12.117+deb13-amd64"))
+    assert not kallsyms_letters_tell_data(KernelVersion.parse("7.2.13+deb14-amd64"))

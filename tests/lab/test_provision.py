@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,9 +123,34 @@ def test_failed_provision_leaves_nothing_and_retries(
     with pytest.raises(LabError, match="injected failure"):
         provision("bookworm", tmp_path)
     assert corrupt.stat().st_size > 100_000  # re-downloaded and verified
-    assert list((tmp_path / "kernels" / "bookworm").iterdir()) == []  # no half tree, no .tmp
+    assert list(prov.kernels_dir(tmp_path, "bookworm").iterdir()) == []  # no half tree, no .tmp
 
     monkeypatch.undo()
     again = provision("bookworm", tmp_path)
     assert (again.release, again.package_version) == (bookworm.release, bookworm.package_version)
-    assert again.home.parent == tmp_path.resolve() / "kernels" / "bookworm"
+    assert again.home.parent == prov.kernels_dir(tmp_path.resolve(), "bookworm")
+
+
+def test_two_processes_provisioning_at_once_build_one_tree(bookworm: Kernel,
+                                                           tmp_path: Path) -> None:
+    """Several test sessions share a cache: two provisions of the same suite
+    started together must not both build (the second would replace the first's
+    tree under its feet).  The per-suite lock makes the second wait and reuse."""
+    prov = importlib.import_module("klpsym.lab.provision")
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    for deb in (bookworm.home.parent.parent.parent / "debs").glob("*.deb"):
+        (debs / deb.name).symlink_to(deb)  # no download: only the unpack races
+    code = ("import os, sys; from klpsym.lab.provision import provision; "
+            "from pathlib import Path; k = provision('bookworm', Path(sys.argv[1]), chroot=False); "
+            "print(k.home, os.stat(k.home).st_ino, (k.home / 'complete').read_text().strip())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert outs[0][0] == outs[1][0]  # same tree, same inode, same completion stamp
+    kernels = prov.kernels_dir(tmp_path.resolve(), "bookworm")
+    assert [h.name for h in kernels.iterdir()] == [bookworm.home.name]  # no .tmp-* left
+    assert (tmp_path / "locks" / "bookworm.lock").is_file()

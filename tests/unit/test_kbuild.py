@@ -142,3 +142,33 @@ def test_cli_kernel_dir_or_release(capsys: pytest.CaptureFixture[str]) -> None:
                                    "--kernel-release", "r"])
     assert exc.value.code == 2
     assert "--kernel-release: not allowed with argument --kernel-dir" in capsys.readouterr().err
+
+
+def test_chroot_runner_maps_paths_both_ways(tmp_path: Path) -> None:
+    from klpsym.kbuild import ChrootRunner
+
+    root = tmp_path / "root"
+    (root / "usr/src/kdir").mkdir(parents=True)
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    r = ChrootRunner(root)
+    assert r.guest_path(root / "usr/src/kdir") == Path("/usr/src/kdir")  # inside: prefix off
+    guest = r.guest_path(mod)
+    assert guest == Path("/klpsym/host") / mod.relative_to("/")  # outside: bind-mounted
+    assert r.host_path(guest / "x.ko") == mod / "x.ko"
+    assert r.host_path(Path("/usr/src/kdir/Makefile")) == root / "usr/src/kdir/Makefile"
+    assert r.host_path(Path("x.o")) == Path("x.o")
+    gen = tmp_path / "gen" / "klpsym.symvers"
+    gen.parent.mkdir()
+    gen.write_text("")
+    assert r.guest_path(gen) == Path("/klpsym/host") / gen.relative_to("/")
+    assert r._binds == [mod, gen.parent]  # files are shared through their directory
+    (tmp_path / "modules.order").write_text(f"{guest}/x.ko\n")
+    assert modules_in_order(tmp_path, r.host_path) == [mod / "x.o"]
+
+
+def test_chroot_runner_needs_a_directory(tmp_path: Path) -> None:
+    from klpsym.kbuild import ChrootRunner
+
+    with pytest.raises(KbuildError, match="no such directory"):
+        ChrootRunner(tmp_path / "nope")

@@ -36,6 +36,11 @@ examples:
   klpsym build src/ -- V=1                       # make arguments after --
   klpsym build --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 --kallsyms kallsyms.txt
   klpsym build --sign-key MOK.priv --sign-cert MOK.der   # and sign each .ko
+  # the target's compiler lives in a chroot of its distribution (as root):
+  klpsym build --chroot /srv/trixie --kallsyms kallsyms-6.12.txt \
+      --kernel-dir /srv/trixie/usr/src/linux-headers-6.12.48+deb13-amd64
+  # or let the lab provision the kernel, its kallsyms and the chroot:
+  klpsym lab build trixie
 
 exit status: 0 built and converted, 2 refused or kbuild failed (one line on
 stderr says why, after kbuild's own messages)."""
@@ -56,6 +61,9 @@ def register(sub: Any) -> None:
                         "kallsyms order; repeatable)")
     p.add_argument("--method", choices=[*METHODS, AUTO], default="klp",
                    help="klpsym.h's method for modules that use it (default: klp)")
+    p.add_argument("--chroot", metavar="ROOT", type=Path,
+                   help="run make inside this chroot, a system with the compiler the target's "
+                        "headers call (needs root); KDIR must be inside it, DIR is bind-mounted")
     add_source_flags(p)
     add_finish_flags(p)
     p.set_defaults(run=run, make_args=[])
@@ -79,11 +87,17 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.kbuild import ChrootRunner, HostRunner, Runner
+
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
+    runner: Runner = HostRunner()
+    if args.chroot is not None:
+        runner = ChrootRunner(args.chroot)
     out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
-                            tuple(args.symvers), guard=not args.no_guard, signer=signer)
+                            tuple(args.symvers), guard=not args.no_guard, signer=signer,
+                            runner=runner)
     if args.method != "klp":
         print(f"klpsym: method {out.method.label}: {out.reason}")
     if out.klp is not None:
@@ -130,3 +144,5 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
     for m in result.modules:
         for note in m.result.plan.notes if m.result else []:
             console.print(f"note: {m.name}: {note}")
+    for note in result.notes:
+        console.print(f"note: {note}")

@@ -22,7 +22,7 @@ own module loader resolves them through kallsyms when the module loads
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from klpsym.cli import addr, build, cflags, check, convert, insmod, inspect
+    from klpsym.cli import addr, build, cflags, check, convert, insmod, inspect, lab
 
     parser = argparse.ArgumentParser(
         prog="klpsym", description=DESCRIPTION,
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     addr.register(sub)
     insmod.register(sub)
     cflags.register(sub)
+    lab.register(sub)
     return parser
 
 

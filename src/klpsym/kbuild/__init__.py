@@ -6,7 +6,8 @@ from klpsym.kbuild.build import (
     BuiltModule,
     build,
     extra_symvers_text,
-    modules_in_order,
 )
+from klpsym.kbuild.runner import ChrootRunner, HostRunner, Runner, modules_in_order
 
-__all__ = ["BuildResult", "BuiltModule", "build", "extra_symvers_text", "modules_in_order"]
+__all__ = ["BuildResult", "BuiltModule", "ChrootRunner", "HostRunner", "Runner", "build",
+           "extra_symvers_text", "modules_in_order"]

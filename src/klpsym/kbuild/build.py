@@ -40,13 +40,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.errors import KbuildError
+from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.symvers import read_symvers
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.convert import ConvertResult, convert_file
@@ -94,27 +94,7 @@ class BuildResult:
     target: TargetKernel
     modules: list[BuiltModule]
     resolved: list[str] = field(default_factory=list)  # names given to modpost
-
-
-def modules_in_order(directory: Path) -> list[Path]:
-    """The module objects (``<m>.o``) kbuild listed in ``directory/modules.order``
-    (6.1 writes absolute ``.ko`` paths for external modules; older kernels
-    relative ``.o`` or ``kernel/...`` ones)."""
-    order = directory / "modules.order"
-    try:
-        entries = order.read_text().split()
-    except OSError as e:
-        raise KbuildError(f"{order}: kbuild wrote no modules.order ({e.strerror}); is obj-m set "
-                          "in the Kbuild/Makefile?") from None
-    out: list[Path] = []
-    for entry in entries:
-        rel = Path(entry.removeprefix("kernel/"))
-        obj = (rel if rel.is_absolute() else directory / rel).with_suffix(".o")
-        if obj not in out:
-            out.append(obj)
-    if not out:
-        raise KbuildError(f"{order} lists no module; set obj-m in the Kbuild/Makefile")
-    return out
+    notes: list[str] = field(default_factory=list)
 
 
 def extra_symvers_text(names: Sequence[str]) -> str:
@@ -153,45 +133,50 @@ def check_make_args(make_args: Sequence[str], target: TargetKernel) -> None:
 
 
 def _make(kdir: Path, directory: Path, make_args: Sequence[str], goal: str,
-          env: Mapping[str, str] | None = None) -> int:
+          env: Mapping[str, str] | None = None, runner: Runner | None = None) -> int:
+    """make -C KDIR M=DIR ... GOAL where ``runner`` runs it (default: here);
+    ``env`` is added to make's environment."""
+    runner = runner or HostRunner()
     jobs = [] if any(a.startswith("-j") or a == "--jobs" or a.startswith("--jobs=")
                      for a in make_args) else [f"-j{os.cpu_count() or 1}"]
-    cmd = ["make", "-C", str(kdir), f"M={directory}", *jobs, *make_args, goal]
-    try:
-        # kbuild's own output goes straight to the user's terminal.
-        return subprocess.run(cmd, stdin=subprocess.DEVNULL, env=env, check=False).returncode
-    except FileNotFoundError:
-        raise KbuildError("'make' is not installed; install make and the compiler the "
-                          "kernel headers use (Debian: build-essential)") from None
+    args = ["-C", str(runner.guest_path(kdir)), f"M={runner.guest_path(directory)}", *jobs,
+            *make_args, goal]
+    # kbuild's own output goes straight to the user's terminal.
+    return runner.make(args, env).returncode
 
 
-def _extra_symbols(make_args: Sequence[str], files: Sequence[Path]) -> tuple[list[str],
-                                                                            dict[str, str]]:
-    """make arguments and environment that add ``files`` to KBUILD_EXTRA_SYMBOLS.
+def _extra_symbols(make_args: Sequence[str], files: Sequence[Path],
+                   runner: Runner | None = None) -> tuple[list[str], dict[str, str]]:
+    """make arguments and environment additions that add ``files`` to
+    KBUILD_EXTRA_SYMBOLS (as ``runner``'s make sees them).
 
     The environment, not the command line: a command-line value would override
     the module Makefile's own ``KBUILD_EXTRA_SYMBOLS +=`` (Makefile.modpost
     includes it); an environment value is appended to.  A value the user gave
     on the make command line is extended instead."""
-    add = " ".join(str(f) for f in files)
+    runner = runner or HostRunner()
+    add = " ".join(str(runner.guest_path(f)) for f in files)
     args = list(make_args)
-    env = dict(os.environ)
     for i, arg in enumerate(args):
         if arg.startswith("KBUILD_EXTRA_SYMBOLS="):
             args[i] = f"{arg} {add}"
-            return args, env
-    env["KBUILD_EXTRA_SYMBOLS"] = " ".join(
-        p for p in (env.get("KBUILD_EXTRA_SYMBOLS", ""), add) if p)
-    return args, env
+            return args, {}
+    mine = [str(runner.guest_path(Path(p)))
+            for p in os.environ.get("KBUILD_EXTRA_SYMBOLS", "").split()]
+    return args, {"KBUILD_EXTRA_SYMBOLS": " ".join([*mine, add])}
 
 
 def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
           make_args: Sequence[str] = (), extra_symvers: Sequence[Path] = (), *,
-          guard: bool = True, signer: Signer | None = None) -> BuildResult:
+          guard: bool = True, signer: Signer | None = None,
+          runner: Runner | None = None) -> BuildResult:
     """Build every module in ``directory`` for ``target`` and convert each .ko
     in place; see the module docstring.  ``extra_symvers`` (the --symvers
     files, already part of ``target.symvers``) go to modpost too.  ``guard``
-    and ``signer`` are :func:`klpsym.klp.convert.convert_file`'s."""
+    and ``signer`` are :func:`klpsym.klp.convert.convert_file`'s.  ``runner``
+    runs make (default: on this machine; a ChrootRunner for a chroot with the
+    target's compiler, where ``target.kernel_dir`` must be)."""
+    runner = runner or HostRunner()
     directory = directory.resolve()
     if not directory.is_dir():
         raise KbuildError(f"{directory}: no such directory")
@@ -205,11 +190,11 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     check_make_args(make_args, target)
 
     # Stage 1: the objects and modules.order, no modpost.
-    rc = _make(kdir, directory, make_args, "modules_check")
+    rc = _make(kdir, directory, make_args, "modules_check", runner=runner)
     if rc != 0:
         raise KbuildError(f"kbuild failed compiling {directory} (make exit {rc}); see its "
                           "messages above")
-    objs = modules_in_order(directory)
+    objs = modules_in_order(directory, runner.host_path)
     modules: list[BuiltModule] = []
     siblings: set[str] = set()
     for obj in objs:
@@ -230,12 +215,27 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     resolved = sorted({s.name for m in modules for s in m.symbols if s.fate == Fate.CONVERT
                        and s.name not in siblings and s.name not in target.symvers})
 
+    # Exports for named modules only that these modules may not use are converted
+    # like unexported symbols, but modpost still sees the export and refuses it.
+    nsdeps = _module_only_exports(modules, target)
+    if nsdeps:
+        _check_namespace_imports(modules, target)
+
     # Stage 2: modpost (strict) and the final link.
+    nsdeps_file = directory / "modules.nsdeps"
+    had_nsdeps_file = nsdeps_file.exists()
     with tempfile.TemporaryDirectory(prefix="klpsym-build-") as tmp:
         gen = Path(tmp) / "klpsym.symvers"
         gen.write_text(extra_symvers_text(resolved))
-        args, env = _extra_symbols(make_args, [*(p.resolve() for p in extra_symvers), gen])
-        rc = _make(kdir, directory, args, "modules", env)
+        args, env = _extra_symbols(make_args, [*(p.resolve() for p in extra_symvers), gen],
+                                   runner)
+        if nsdeps:
+            env["KBUILD_NSDEPS"] = "1"
+        try:
+            rc = _make(kdir, directory, args, "modules", env, runner)
+        finally:
+            if nsdeps and not had_nsdeps_file:
+                nsdeps_file.unlink(missing_ok=True)
     if rc != 0:
         raise KbuildError(_failure(directory, modules, siblings, target, rc, resolved))
 
@@ -248,7 +248,52 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         used = {s.name for s in m.symbols}
         mine = {k: v for k, v in sympos.items() if k in used}
         m.result = convert_file(m.ko, final, mine, in_place=True, guard=guard, signer=signer)
-    return BuildResult(directory, final, modules, resolved)
+    notes = [f"{name} is exported for named modules only ({ns}) and converted like an "
+             "unexported symbol; modpost's warning about its namespace is expected"
+             for name, ns in nsdeps.items()]
+    return BuildResult(directory, final, modules, resolved, notes)
+
+
+def _module_only_exports(modules: Sequence[BuiltModule],
+                         target: TargetKernel) -> dict[str, str]:
+    """Convertible names that the target exports for named modules only
+    (``EXPORT_SYMBOL_FOR_MODULES``, namespace ``module:NAMES``, v6.16+; see
+    klpsym.kernel.symvers).  To these modules they are unexported, so klpsym
+    converts them, but modpost finds the export and fails with "module M uses
+    symbol X from namespace module:..., but does not import it" (7.x
+    scripts/mod/modpost.c check_exports(); KBUILD_MODPOST_WARN does not cover
+    it).  Only modpost's -N turns that into a warning, and kbuild passes -N
+    only with ``KBUILD_NSDEPS`` set (scripts/Makefile.modpost since v5.4, which
+    also makes modpost write ``modules.nsdeps`` into the working directory:
+    the module dir for external modules since 6.13, and such exports came
+    later).  So klpsym sets KBUILD_NSDEPS for the modpost run, removes the
+    nsdeps file, and checks the namespace imports itself
+    (:func:`_check_namespace_imports`) so that nothing else is let through."""
+    out: dict[str, str] = {}
+    for m in modules:
+        for s in m.symbols:
+            export = target.symvers.get(s.name)
+            if s.fate == Fate.CONVERT and export is not None and export.module_only:
+                out[s.name] = export.namespace
+    return dict(sorted(out.items()))
+
+
+def _check_namespace_imports(modules: Sequence[BuiltModule], target: TargetKernel) -> None:
+    """What modpost's -N stops checking: every namespaced export a module uses
+    is imported with MODULE_IMPORT_NS() (``import_ns=`` in .modinfo).  Fails
+    with modpost's wording, which the loader would otherwise echo at insmod
+    (verify_namespace_is_imported())."""
+    for m in modules:
+        imported = set(read_module(m.obj).modinfo.get_all("import_ns"))
+        for s in m.symbols:
+            export = target.symvers.get(s.name)
+            if s.fate not in (Fate.EXPORTED, Fate.MODULE_EXPORT) or export is None:
+                continue
+            ns = export.import_namespace
+            if ns and ns not in imported:
+                raise KbuildError(
+                    f"module {m.name} uses symbol {s.name} from namespace {ns}, but does not "
+                    f"import it; add MODULE_IMPORT_NS(\"{ns}\") to its source")
 
 
 def extra_symbols_assignment(directory: Path) -> tuple[Path, int, str] | None:

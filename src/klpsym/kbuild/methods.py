@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.errors import KbuildError
-from klpsym.kbuild.build import BuildResult, _make, build, check_make_args, modules_in_order
+from klpsym.kbuild.build import BuildResult, _make, build, check_make_args
+from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.sign import Signer
 from klpsym.methods.header import Method
@@ -85,7 +86,8 @@ class MethodBuild:
 def build_with_method(directory: Path, target: TargetKernel, requested: str,
                       sympos: Mapping[str, int], make_args: Sequence[str] = (),
                       extra_symvers: Sequence[Path] = (), *, guard: bool = True,
-                      signer: Signer | None = None) -> MethodBuild:
+                      signer: Signer | None = None,
+                      runner: Runner | None = None) -> MethodBuild:
     """Build with the chosen method; ``guard`` and ``signer`` are the klp
     method's (see :func:`klpsym.kbuild.build.build`)."""
     method, reason = choose_method(requested, target)
@@ -93,7 +95,7 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
     with method_env(method):
         if method == Method.KLP:
             out.klp = build(directory, target, sympos, make_args, extra_symvers, guard=guard,
-                            signer=signer)
+                            signer=signer, runner=runner)
             return out
         if sympos:
             raise KbuildError(f"--sympos is for the klp method; with {method.label}, declare the "
@@ -104,12 +106,13 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
             raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
                               "kernel's build/headers dir with --kernel-dir")
         check_make_args(make_args, target)
-        rc = _make(kdir, directory, make_args, "modules")
+        runner = runner or HostRunner()
+        rc = _make(kdir, directory, make_args, "modules", runner=runner)
     if rc != 0:
         raise KbuildError(f"kbuild failed in {directory} (make exit {rc}); see its messages "
                           f"above (with the {method.label} method, use klpsym(NAME) for every "
                           "unexported symbol: a direct reference makes modpost fail)")
-    for obj in modules_in_order(directory):
+    for obj in modules_in_order(directory, runner.host_path):
         module = read_module(obj.with_suffix(".ko"))
         got, symbols = declared_symbols(module)
         if got != method.label:

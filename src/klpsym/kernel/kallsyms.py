@@ -24,9 +24,13 @@ its own tie-breaks (``compare_symbols()``).  :func:`read_system_map` applies
 the same rules so its POS match the running kernel's.
 
 Type letters are informational only: POS never depends on them.  They follow
-nm's meaning (t/T text, d/D b/B r/R data, w/W weak, A absolute/per-cpu), but
-newer kernels are reported to print letters that do not (7.x: unverified
-here), so nothing should be decided from them beyond a message or a hint.
+nm's meaning (t/T text, d/D b/B r/R data, w/W weak, A absolute/per-cpu) up to
+6.12, but Debian's 7.2 /proc/kallsyms labels global variables ``T``
+(``dmesg_restrict``, ``jiffies``; see
+:func:`klpsym.kernel.version.kallsyms_letters_tell_data`).  Whether a symbol
+is data or text is therefore decided by :meth:`KallsymsTable.kind`: by its
+address against kallsyms' own text ranges when addresses are known, from the
+letter only for kernels whose letters are trusted.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class KallsymsTable:
         self.notes = tuple(notes)
         self._first: dict[str, int] | None = None
         self._dups: dict[str, list[int]] = {}
+        self._text_ranges: list[tuple[int, int]] | None = None
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple[int, str, str]], source: str, *,
@@ -181,6 +186,37 @@ class KallsymsTable:
 
     def count(self, name: str) -> int:
         return len(self.rows_of(name))
+
+    def text_ranges(self) -> list[tuple[int, int]]:
+        """[_stext, _etext] and [_sinittext, _einittext] from the table itself,
+        when it has addresses: what scripts/kallsyms calls text (text_ranges[]
+        of scripts/kallsyms.c, unchanged since before v5.8)."""
+        if self._text_ranges is None:
+            out = []
+            for lo, hi in (("_stext", "_etext"), ("_sinittext", "_einittext")):
+                a, b = self.rows_of(lo), self.rows_of(hi)
+                if self.has_addresses and len(a) == 1 and len(b) == 1:
+                    out.append((int(self.addresses[a[0]]), int(self.addresses[b[0]])))
+            self._text_ranges = out
+        return self._text_ranges
+
+    def kind(self, entry: Candidate, *, letters_tell_data: bool = True) -> str:
+        """``"text"``, ``"data"`` or ``""`` (cannot tell) for one entry.
+
+        With addresses and the text range markers: text when the address is
+        inside [_stext, _etext] or [_sinittext, _einittext], data otherwise
+        (variables, rodata, bss, per-cpu), whatever the letter says.  Without
+        them: the letter, when ``letters_tell_data`` (the target kernel's
+        letters are trusted, see kallsyms_letters_tell_data()); else ``""``."""
+        ranges = self.text_ranges() if entry.address is not None else []
+        if ranges and entry.address is not None:
+            inside = any(lo <= entry.address <= hi for lo, hi in ranges)
+            return "text" if inside else "data"
+        if not letters_tell_data:
+            return ""
+        if is_data(entry):
+            return "data"
+        return "text" if is_text(entry) else ""
 
     def duplicated_names(self) -> dict[str, int]:
         """Every name that occurs more than once, with its count."""

@@ -178,3 +178,16 @@ def kallsyms_input_is_mksysmap(version: KernelVersion) -> bool:
     are not in kallsyms either.  Before, it read ``nm -n vmlinux`` and did
     its own, smaller, filtering."""
     return version >= (6, 1)
+
+
+def kallsyms_letters_tell_data(version: KernelVersion) -> bool:
+    """Whether /proc/kallsyms type letters tell data from text (nm's meaning:
+    d/D b/B r/R data, t/T text).  Verified true for Debian's 6.1.192 and
+    6.12.117 (dmesg_restrict, jiffies, init_task are ``D``); false for
+    Debian's 7.2.13, whose /proc/kallsyms shows those variables as ``T``
+    (and per-cpu ones as ``D`` at real addresses instead of ``A``).  The
+    commit that changed it between 6.12 and 7.2 is not identified, so only
+    the verified versions are trusted: up to 6.12.  Where the letters are not
+    trusted, klpsym decides from the address instead
+    (:meth:`klpsym.kernel.kallsyms.KallsymsTable.kind`)."""
+    return version < (6, 13)

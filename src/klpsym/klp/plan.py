@@ -25,10 +25,11 @@ import numpy as np
 
 from klpsym.elf.constants import EM, SHN, STB
 from klpsym.errors import ConvertError
-from klpsym.kernel.kallsyms import Candidate, is_data
+from klpsym.kernel.kallsyms import Candidate
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.version import (
     KernelVersion,
+    kallsyms_letters_tell_data,
     klp_sym_name_max,
     supports_klp_for_plain_modules,
 )
@@ -57,13 +58,9 @@ class SymbolPlan:
     candidate: Candidate | None = None
     candidates: int = 0  # same-name entries in kallsyms
     relocations: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        """'data' or 'text' from the kallsyms type letter, when converted."""
-        if self.candidate is None:
-            return ""
-        return "data" if is_data(self.candidate.type) else "text"
+    # 'data' or 'text' for a converted symbol ('' when it cannot be told):
+    # KallsymsTable.kind(), by address where known; letters only where trusted.
+    kind: str = ""
 
 
 @dataclass
@@ -206,6 +203,7 @@ def _classify(index: int, name: str, weak: bool, module: Module, target: TargetK
                 f"{target.kallsyms.source} ({listing}); pick one with --sympos {name}=N"
             )
         plan.pos, plan.candidate = 0, candidates[0]
+        plan.kind = _kind(target, candidates[0])
         return plan
     if not 1 <= wanted <= len(candidates) and not (wanted == 0 and len(candidates) == 1):
         raise ConvertError(
@@ -214,7 +212,17 @@ def _classify(index: int, name: str, weak: bool, module: Module, target: TargetK
         )
     plan.pos = wanted
     plan.candidate = candidates[max(wanted, 1) - 1]
+    plan.kind = _kind(target, plan.candidate)
     return plan
+
+
+def _kind(target: TargetKernel, candidate: Candidate) -> str:
+    """Data or text, following the target: letters of a /proc/kallsyms are
+    trusted only where kallsyms_letters_tell_data() says so (not 7.x); klpsym's
+    own System.map and vmlinux readers give nm's letters for every version."""
+    trusted = (kallsyms_letters_tell_data(target.version)
+               or target.kallsyms_source.startswith(("System.map ", "vmlinux ")))
+    return target.kallsyms.kind(candidate, letters_tell_data=trusted)
 
 
 def _describe(c: Candidate) -> str:

@@ -10,15 +10,26 @@ Cache layout (``default_cache_dir()``, i.e. ``$KLPSYM_CACHE`` or
 
     debs/<package>_<version>_<arch>.deb        verified against apt's SHA256
     resolved-<suite>-<flavour>.json            last resolution, keyed on apt's lists
-    kernels/<suite>/<release>_<version>/       one provisioned kernel ("home")
+    locks/<suite>.lock                         held while provisioning the suite
+    apt/<suite>/                               a private apt (other suites than the host's)
+    kernels-v<LAYOUT>/<suite>/<release>_<version>/   one provisioned kernel ("home")
         root/                                  the packages, dpkg-deb -x'ed
         vmlinux                                uncompressed, for the PVH boot
         kernel.json                            the Kernel fields (relative paths)
         complete                               marker: written last
         kallsyms                               captured by qemu.capture_kallsyms
+    chroots-v<LAYOUT>/<suite>/<key>/root/      a build chroot (debootstrap)
 
-A kernel directory is built under ``kernels/<suite>/.tmp-*`` and renamed into
-place once complete, so a crash never leaves a half tree that looks finished.
+A kernel directory is built under ``kernels-v<LAYOUT>/<suite>/.tmp-*`` and
+renamed into place once complete, so a crash never leaves a half tree that
+looks finished.  ``LAYOUT`` is in the names of the kernel and chroot dirs:
+bump it whenever what a tree holds or how it is made changes, so that trees
+made by an older klpsym are rebuilt beside the old ones instead of reused
+(the old ones are left alone: other checkouts may still use them; delete
+them by hand).  Layout 1 had no version in the names (``kernels/``,
+``chroots/``).  Two processes provisioning the same suite at once are
+serialised by ``locks/<suite>.lock`` (flock): the second finds the first's
+tree complete and reuses it.
 The unpacked headers refer to ``/usr/src/...`` absolutely; those references
 are rewritten so the tree works where it is (see ``_fix_tree``).
 """
@@ -57,6 +68,10 @@ _ROLLING = ("sid", "unstable", "experimental")  # no -updates / -security suites
 _CHROOT_KERNELS = "klpsym/kernels"  # inside a chroot: hard-linked copies of kernel trees
 _MARKER = "complete"
 _MANIFEST = "kernel.json"
+#: Version of the kernel and chroot trees' layout (see the module docstring).
+#: 2: kbuild runs in the chroot through klpsym.kbuild.ChrootRunner (bind mounts
+#: under /klpsym/host), and trees are provisioned under per-suite locks.
+LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -531,10 +546,17 @@ def _home_name(release: str, version: str) -> str:
     return f"{release}_{version.replace(':', '%3a')}"
 
 
+def kernels_dir(cache: Path, suite: str) -> Path:
+    """Where ``suite``'s kernels of the current LAYOUT live."""
+    return cache / f"kernels-v{LAYOUT}" / suite
+
+
 @contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    cache.mkdir(parents=True, exist_ok=True)
-    with (cache / ".lock").open("w") as f:
+def _locked(cache: Path, suite: str) -> Iterator[None]:
+    """Exclusive per suite, across processes (several test sessions share a cache)."""
+    locks = cache / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{suite}.lock").open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -638,7 +660,7 @@ def _remove_tree(path: Path) -> None:
 
 def _chroot_home(cache: Path, suite: str, packages: Sequence[str]) -> Path:
     key = hashlib.sha256(" ".join([suite, *sorted(packages)]).encode()).hexdigest()[:12]
-    return cache / "chroots" / suite / key
+    return cache / f"chroots-v{LAYOUT}" / suite / key
 
 
 def _debootstrap(home: Path, suite: str, packages: Sequence[str]) -> None:
@@ -759,12 +781,12 @@ def provision(
     if there is one.
     """
     cache = (cache_dir or default_cache_dir()).expanduser().resolve()
-    kernels = cache / "kernels" / suite
+    kernels = kernels_dir(cache, suite)
     host = _host_codename()
     if chroot is None:
         chroot = host != suite
     apt = HOST_APT if host == suite else _private_apt(cache, suite)
-    with _locked(cache):
+    with _locked(cache, suite):
         kernels.mkdir(parents=True, exist_ok=True)
         try:
             if apt is not HOST_APT:
