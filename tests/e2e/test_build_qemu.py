@@ -3,6 +3,8 @@ conftest.py): modules built by ``klpsym build`` (the two_modules dir:
 tm_provider.ko and tm_user.ko; module_ns.ko) and by plain ``make`` through the
 README's Makefile snippet (snippet.ko) are loaded in ONE KASLR boot per
 suite; what they print is checked against /proc/kallsyms of the same boot.
+On kernels with kbuild's MO= (6.13+: sid) the composite two_files.ko is built
+with ``-- MO=OUTDIR`` and loaded from OUTDIR too; older ones must refuse MO=.
 
 Where this machine has the suite's compiler (bookworm) ``klpsym build
 --kernel-dir`` runs make here; elsewhere ``klpsym lab build SUITE`` and, for
@@ -29,6 +31,8 @@ from e2e_support import (
 )
 
 from klpsym.kbuild import ChrootRunner
+from klpsym.kbuild.build import MO_SINCE
+from klpsym.kernel.version import KernelVersion
 from klpsym.lab.build import runner
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, BootResult, boot
@@ -37,7 +41,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 KLPSYM = [sys.executable, "-m", "klpsym.cli.main"]
-NAMES = ("kallsyms_lookup_name", "dmesg_restrict", "kptr_restrict", "cr4_read_shadow", "_stext")
+NAMES = ("kallsyms_lookup_name", "dmesg_restrict", "kptr_restrict", "cr4_read_shadow", "_stext",
+         "_printk")
+TWO_FILES = REPO / "tests/modules/two_files"
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Run:
     cases: dict[str, CaseResult]
     kallsyms: dict[str, list[int]]
     built: dict[str, subprocess.CompletedProcess[str]]
+    mo: subprocess.CompletedProcess[str]  # the MO= build (refused before 6.13)
+    mo_dirs: tuple[Path, Path]  # its source dir and OUTDIR
 
     def case(self, name: str) -> CaseResult:
         for what, proc in self.built.items():
@@ -62,7 +70,11 @@ class Run:
         return addrs[0]
 
 
-def klpsym_build(kernel: Kernel, kallsyms_file: Path, directory: Path,
+def has_mo(kernel: Kernel) -> bool:
+    return KernelVersion.parse(kernel.release) >= MO_SINCE
+
+
+def klpsym_build(kernel: Kernel, kallsyms_file: Path, directory: Path, *make_args: str,
                  ) -> subprocess.CompletedProcess[str]:
     """``klpsym build`` here when this machine has the suite's compiler, else
     ``klpsym lab build SUITE`` (make in the suite's chroot)."""
@@ -72,6 +84,8 @@ def klpsym_build(kernel: Kernel, kallsyms_file: Path, directory: Path,
     else:
         cmd = [*KLPSYM, "build", str(directory), "--kernel-dir", str(kdir),
                "--kallsyms", str(kallsyms_file)]
+    if make_args:
+        cmd += ["--", *make_args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -83,6 +97,8 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
     shutil.copytree(REPO / "tests/modules/two_modules", two)
     shutil.copytree(REPO / "tests/modules/make_snippet", snip)
     shutil.copytree(REPO / "tests/modules/module_ns", ns)
+    mo_src, mo_out = root / "two_files", root / "two_files.out"
+    shutil.copytree(TWO_FILES, mo_src)
     where, kdir = runner(kernel)
     flags = f"--kallsyms {kallsyms_file}"
     if isinstance(where, ChrootRunner):
@@ -96,11 +112,16 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
             capture_output=True, text=True, timeout=600, check=False,
             env=dict(os.environ, PYTHONPATH=str(REPO / "src"))),
     }
+    mo = klpsym_build(kernel, kallsyms_file, mo_src, f"MO={mo_out}")
+    if has_mo(kernel):
+        built["klpsym build two_files -- MO="] = mo
     if any(p.returncode for p in built.values()):
-        yield Run(None, None, {}, {}, built)
+        yield Run(None, None, {}, {}, built, mo, (mo_src, mo_out))
         return
     files = {"tm_provider.ko": two / "tm_provider.ko", "tm_user.ko": two / "tm_user.ko",
              "snippet.ko": snip / "snippet.ko", "module_ns.ko": ns / "module_ns.ko"}
+    if has_mo(kernel):
+        files["two_files.ko"] = mo_out / "two_files.ko"
     script = GUEST_HELPERS + (
         "begin two_modules\ninsmod /lab/tm_provider.ko; kv provider_rc $?\n"
         "load /lab/tm_user.ko\nkv sysctl_dmesg_restrict $(cat /proc/sys/kernel/dmesg_restrict)\n"
@@ -110,13 +131,17 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
         "begin module_ns\nload /lab/module_ns.ko\nend module_ns\n"
         f"grep -E ' ({'|'.join(NAMES)})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n"
     )
+    if has_mo(kernel):
+        script += ("begin two_files\nload /lab/two_files.ko\n"
+                   "kv sysctl_kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\n"
+                   "end two_files\n")
     try:
         result = boot(kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=True)
     except BootError as exc:
-        yield Run(None, exc, {}, {}, built)
+        yield Run(None, exc, {}, {}, built, mo, (mo_src, mo_out))
         return
     cases, kallsyms = parse_output(result.output)
-    yield Run(result, None, cases, kallsyms, built)
+    yield Run(result, None, cases, kallsyms, built, mo, (mo_src, mo_out))
 
 
 def test_klpsym_build_two_modules(run: Run) -> None:
@@ -156,6 +181,36 @@ def test_module_only_export(kernel: Kernel, run: Run) -> None:
         assert "note: cr4_read_shadow is exported for named modules only" in out, out
     else:
         assert "cr4_read_shadow" not in row, out
+
+
+def test_separate_output_dir(kernel: Kernel, run: Run) -> None:
+    """``-- MO=OUTDIR``: on 6.13+ (sid) the composite two_files.ko is built in
+    OUTDIR, the sources stay as they were, and the converted .ko loads and
+    resolves kallsyms_lookup_name, core_kernel_text and kptr_restrict in a
+    KASLR boot; older kbuilds have no MO=, and klpsym build says so."""
+    src, out = run.mo_dirs
+    if not has_mo(kernel):
+        assert run.mo.returncode == 2, run.mo.stdout + run.mo.stderr
+        assert f"kernel {kernel.release}'s kbuild has no MO=" in run.mo.stderr, run.mo.stderr
+        assert not out.exists()
+    else:
+        case = run.case("two_files")
+        assert case.kv.get("insmod_rc") == "0", case.log()
+        row = next(ln for ln in run.mo.stdout.splitlines() if ln.startswith("│ two_files.ko"))
+        for name in ("kallsyms_lookup_name", "core_kernel_text", "kptr_restrict"):
+            assert name in row, run.mo.stdout
+        a = case.record("two_files", part="a")
+        assert hex_addr(a["got"]) == hex_addr(a["want"]) == run.addr("_printk"), a
+        assert a["match"] == "1", a
+        b = case.record("two_files", part="b")
+        assert hex_addr(b["addr"]) == run.addr("kptr_restrict"), b
+        assert b["kptr_restrict"] == case.kv["sysctl_kptr_restrict"], b
+        assert b["core_text_printk"] == "1" and b["core_text_module"] == "0", b
+        assert (out / "modules.order").read_text().split() == ["two_files.o"]
+    # the sources: nothing built, nothing added
+    assert sorted(p.name for p in src.iterdir()) == sorted(p.name for p in TWO_FILES.iterdir())
+    for p in TWO_FILES.iterdir():
+        assert (src / p.name).read_bytes() == p.read_bytes(), p.name
 
 
 def test_boot_is_clean(run: Run) -> None:

@@ -15,6 +15,8 @@ import pytest
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHN
+from klpsym.kbuild import ChrootRunner
+from klpsym.lab.build import runner
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
 from klpsym.module.modinfo import read_modinfo
@@ -104,3 +106,30 @@ def test_sympos_is_refused_outside_klp(bookworm: Kernel, kallsyms: Path, tmp_pat
                     "--sympos", "kallsyms_lookup_name=1")
     assert proc.returncode == 2
     assert "--sympos is for the klp method" in proc.stderr
+
+
+def test_kprobe_method_with_mo_on_7x(sid: Kernel, tmp_path: Path) -> None:
+    """sid (7.x): ``--method kprobe -- MO=OUT`` in the suite's chroot: the .ko
+    files are read from OUT (where kbuild put modules.order) and the sources
+    stay clean.  klpsym.h is copied next to the sources, as the chroot cannot
+    run the host's ``klpsym cflags``."""
+    where, kdir = runner(sid)
+    assert isinstance(where, ChrootRunner)
+    flags = subprocess.run([*KLPSYM, "cflags", "--method", "kprobe"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    src, out = tmp_path / "methods", tmp_path / "out"
+    shutil.copytree(REPO / "tests/modules/methods", src)
+    (src / "include").mkdir()
+    shutil.copy(Path(flags[0][2:]) / "klpsym.h", src / "include")
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    proc = subprocess.run(
+        [*KLPSYM, "build", str(src), "--chroot", str(where.root), "--kernel-dir", str(kdir),
+         "--kallsyms", str(capture_kallsyms(sid)), "--method", "kprobe", "--",
+         f"MO={out}", "KLPSYM_TEST_METHOD=kprobe", f"KLPSYM_CFLAGS=-I$(src)/include {flags[1]}"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+    for name in ("klpsym_kprobe", "sealed_kprobe"):
+        assert f"  {out}/{name}.ko: " in proc.stdout, proc.stdout
+        info = read_modinfo(ElfFile.from_path(out / f"{name}.ko"))
+        assert info.get("klpsym_method") == "kprobe"

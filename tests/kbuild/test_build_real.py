@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from klpsym.kbuild import ChrootRunner
+from klpsym.lab.build import runner
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
+from klpsym.module.ko import read_module
+from klpsym.module.signature import MODULE_SIG_STRING
 
 pytestmark = pytest.mark.real
 
@@ -216,3 +220,65 @@ def test_module_only_export_keeps_namespace_imports_strict(sid: Kernel, tmp_path
             'namespace DEVMEM, but does not import it; add MODULE_IMPORT_NS("DEVMEM") to its '
             "source")
         assert not (d / "ns_mod.ko").exists()
+
+
+def tree(directory: Path) -> dict[str, bytes | str]:
+    """Every file (contents) and symlink (target) under ``directory``."""
+    return {str(p.relative_to(directory)): (os.readlink(p) if p.is_symlink() else p.read_bytes())
+            for p in sorted(directory.rglob("*")) if p.is_symlink() or p.is_file()}
+
+
+def test_mo_output_dir_on_7x(sid: Kernel, tmp_path: Path) -> None:
+    """sid (7.x, kbuild with MO=): ``klpsym build --chroot ... -- MO=OUT`` of two
+    modules in one dir, one using the other's export, signed.  kbuild writes
+    everything into OUT (modules.order with relative entries, Module.symvers,
+    the .ko files) and nothing into the source dir; klpsym converts, guards and
+    signs the .ko files there."""
+    where, kdir = runner(sid)
+    assert isinstance(where, ChrootRunner)  # sid's gcc-16 is not on a bookworm host
+    d, out = copy("two_modules", tmp_path), tmp_path / "build" / "out"
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.der"
+    subprocess.run(["openssl", "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "1",
+                    "-batch", "-x509", "-subj", "/CN=klpsym mo test/", "-newkey", "rsa:2048",
+                    "-outform", "DER", "-out", str(cert), "-keyout", str(key)],
+                   check=True, capture_output=True)
+    proc = subprocess.run(
+        [*KLPSYM, "build", "two_modules", "--chroot", str(where.root), "--kernel-dir", str(kdir),
+         "--kallsyms", str(capture_kallsyms(sid)), "--sign-key", str(key), "--sign-cert",
+         str(cert), "--", "MO=build/out"],  # relative: from the current dir, not KDIR
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "undefined!" not in proc.stdout + proc.stderr
+    assert tree(d) == tree(MODULES / "two_modules")  # the sources, untouched, nothing added
+    assert f"output in {out} (MO=)" in proc.stdout
+    assert (out / "modules.order").read_text().split() == ["tm_provider.o", "tm_user.o"]
+    exports = (out / "Module.symvers").read_text()
+    assert "\ttm_provider_lookup\t" in exports and "kallsyms_lookup_name" not in exports
+    for ko, wanted in (("tm_provider.ko", "kallsyms_lookup_name"),
+                       ("tm_user.ko", "dmesg_restrict")):
+        row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"│ {ko} "))
+        assert wanted in row and "│ add " in row and "│ yes " in row, proc.stdout
+        syms = symbols(out / ko)
+        assert syms[f".klp.sym.vmlinux.{wanted},0"] == "OS [0xff20]" and wanted not in syms
+        assert syms["klp_enable_patch"] == "UND"  # the guard
+        assert (out / ko).read_bytes().endswith(MODULE_SIG_STRING)
+        assert read_module(out / ko).modinfo.get("name") == ko.removesuffix(".ko")
+    assert symbols(out / "tm_user.ko")["tm_provider_lookup"] == "UND"  # the sibling's export
+
+
+def test_mo_module_only_export_leaves_no_nsdeps(sid: Kernel, tmp_path: Path) -> None:
+    """With MO= modpost runs in OUT, so its modules.nsdeps (KBUILD_NSDEPS for an
+    export for named modules only) lands there; klpsym removes it there."""
+    d = tmp_path / "ns"
+    d.mkdir()
+    (d / "Kbuild").write_text("obj-m := ns_mod.o\n")
+    (d / "ns_mod.c").write_text(NS_SOURCE.replace("@IMPORT@", 'MODULE_IMPORT_NS("DEVMEM");'))
+    before = tree(d)
+    out = tmp_path / "out"
+    proc = subprocess.run([*KLPSYM, "lab", "build", "sid", str(d), "--", f"MO={out}"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "note: cr4_read_shadow is exported for named modules only" in proc.stdout
+    assert tree(d) == before
+    assert not (out / "modules.nsdeps").exists()
+    assert symbols(out / "ns_mod.ko")[".klp.sym.vmlinux.cr4_read_shadow,0"] == "OS [0xff20]"

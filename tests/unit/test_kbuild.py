@@ -3,6 +3,7 @@ make argument checks, KBUILD_EXTRA_SYMBOLS plumbing, the CLI's '--' split."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from klpsym.kbuild.build import (
     _extra_symbols,
     check_make_args,
     extra_symbols_assignment,
+    output_dir,
 )
 from klpsym.kernel.symvers import Symvers, parse_symvers
 from klpsym.kernel.target import TargetKernel
@@ -59,11 +61,40 @@ def test_make_args_cannot_move_the_module_dir(arg: str) -> None:
         check_make_args([arg], _target("6.1.0-56-amd64"))
 
 
-def test_mo_is_refused_and_61_is_named() -> None:
-    with pytest.raises(KbuildError, match=r"6\.1\.0-56-amd64's kbuild has no MO= .*6\.13"):
-        check_make_args(["MO=/out"], _target("6.1.0-56-amd64"))
-    with pytest.raises(KbuildError, match="does not support MO= yet"):
-        check_make_args(["MO=/out"], _target("6.13.0"))
+@pytest.mark.parametrize("release", ["6.1.0-56-amd64", "6.12.48+deb13-amd64", "6.12.99"])
+def test_mo_is_refused_before_613_and_the_release_is_named(release: str) -> None:
+    with pytest.raises(KbuildError, match=rf"{re.escape(release)}'s kbuild has no MO= .*6\.13"):
+        check_make_args(["MO=/out"], _target(release))
+
+
+@pytest.mark.parametrize("release", ["6.13.0", "7.2.13+deb14-amd64"])
+def test_mo_is_accepted_from_613(release: str) -> None:
+    check_make_args(["MO=/out", "V=1"], _target(release))
+    with pytest.raises(KbuildError, match="as MO=DIR"):
+        check_make_args(["KBUILD_EXTMOD_OUTPUT=/out"], _target(release))
+
+
+def test_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, t = tmp_path / "src", _target("7.2.13+deb14-amd64")
+    src.mkdir()
+    monkeypatch.chdir(tmp_path)
+    # relative to the current dir (not KDIR, make's -C), created; the last MO= wins
+    args, out = output_dir(["MO=/nowhere", "V=1", "MO=build/o"], src, t, {})
+    assert args == ["V=1"] and out == tmp_path / "build/o" and out.is_dir()
+    # none, empty, or the source dir itself: kbuild writes into the source dir
+    assert output_dir(["V=1"], src, t, {}) == (["V=1"], None)
+    assert output_dir(["MO="], src, t, {}) == ([], None)
+    assert output_dir([f"MO={src}/"], src, t, {}) == ([], None)
+    # kbuild's environment variable, which 6.13+ reads when MO= is absent
+    assert output_dir([], src, t, {"KBUILD_EXTMOD_OUTPUT": "env"}) == ([], tmp_path / "env")
+    assert output_dir([], src, _target("6.12.48+deb13-amd64"),
+                      {"KBUILD_EXTMOD_OUTPUT": "env"}) == ([], None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KbuildError, match="is not a directory"):
+        output_dir(["MO=file"], src, t, {})
+    (src / "modules.order").write_text("m.o\n")
+    with pytest.raises(KbuildError, match=r"earlier build .*modules\.order.* clean"):
+        output_dir(["MO=build/o"], src, t, {})
 
 
 def test_modpost_warn_is_refused() -> None:

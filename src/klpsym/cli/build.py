@@ -21,8 +21,14 @@ each module's undefined symbols; the ones the target has in kallsyms but does
 not export are given to modpost in a generated symvers file
 (KBUILD_EXTRA_SYMBOLS), so modpost stays strict: any other undefined symbol
 still fails the build.  Then kbuild links the .ko files and klpsym converts
-each in place.  Separate output dirs (MO=) are not supported (Linux 6.1's
-kbuild has no MO=; it came in 6.13).
+each in place.
+
+A separate output dir: '-- MO=OUTDIR' (kernels >= 6.13; refused for older
+ones, whose kbuild has none).  kbuild then writes the objects,
+modules.order, Module.symvers and the .ko files into OUTDIR (created if
+needed; a relative path is taken from the current dir) and nothing into DIR;
+klpsym converts the .ko files there.  DIR must not hold an earlier in-place
+build (modules.order): kbuild refuses MO= then.
 
 --method (modules that use klpsym.h, with 'ccflags-y += $(shell klpsym
 cflags)' in their Kbuild): klp (the default) as above; kallsyms or kprobe
@@ -34,6 +40,7 @@ examples:
   klpsym build                                   # the module in ., for the running kernel
   klpsym build --method auto                     # klp if the kernel can, else kprobe/kallsyms
   klpsym build src/ -- V=1                       # make arguments after --
+  klpsym build src/ -- MO=/tmp/out               # objects and .ko in /tmp/out (>= 6.13)
   klpsym build --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 --kallsyms kallsyms.txt
   klpsym build --sign-key MOK.priv --sign-cert MOK.der   # and sign each .ko
   # the target's compiler lives in a chroot of its distribution (as root):
@@ -63,7 +70,8 @@ def register(sub: Any) -> None:
                    help="klpsym.h's method for modules that use it (default: klp)")
     p.add_argument("--chroot", metavar="ROOT", type=Path,
                    help="run make inside this chroot, a system with the compiler the target's "
-                        "headers call (needs root); KDIR must be inside it, DIR is bind-mounted")
+                        "headers call (needs root); KDIR must be inside it, DIR (and MO=) are "
+                        "bind-mounted")
     add_source_flags(p)
     add_finish_flags(p)
     p.set_defaults(run=run, make_args=[])
@@ -123,6 +131,8 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(f"klpsym: built for {result.target.release} "
                   f"(symbols from {result.target.kallsyms_source})")
+    if result.output_dir is not None:
+        console.print(f"output in {result.output_dir} (MO=)")
     table = Table()
     for col in ("module", "converted", "relocations", "guard", "signed"):
         table.add_column(col, no_wrap=col == "module")
@@ -130,8 +140,8 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
         conv = m.converted
         names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in conv) or "-"
         moved = sum(sum(s.relocations.values()) for s in conv)
-        table.add_row(str(m.ko.relative_to(result.directory)
-                          if m.ko.is_relative_to(result.directory) else m.ko), names, str(moved),
+        table.add_row(str(m.ko.relative_to(result.objdir)
+                          if m.ko.is_relative_to(result.objdir) else m.ko), names, str(moved),
                       m.result.guard.action.value if m.result else "-",
                       "yes" if m.result and m.result.signed_with else "no")
     console.print(table)

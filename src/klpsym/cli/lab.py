@@ -86,10 +86,11 @@ examples:
         usage="klpsym lab build SUITE [DIR] [options] [-- MAKE_ARG...]",
         description="'klpsym build' against SUITE's kernel: its headers, its Module.symvers, "
                     "its kallsyms (captured from a boot), its compiler.  The converted .ko files "
-                    "are left in DIR, as with klpsym build.",
+                    "are left in DIR (or MO=OUTDIR), as with klpsym build.",
         epilog="""examples:
   klpsym lab build sid                     # the module in .
   klpsym lab build trixie src/ -- V=1      # make arguments after --
+  klpsym lab build sid src/ -- MO=out/     # objects and .ko files in out/ (>= 6.13)
   klpsym lab build sid src/ && klpsym lab run sid src/my.ko
 
 exit status: 0 built and converted, 2 refused or kbuild failed.""",

@@ -32,7 +32,23 @@ Why this keeps modpost strict and is safe (6.1 scripts/mod/modpost.c):
 
 Then kbuild links the .ko files and each is converted in place, with the
 exports of the modules just built (the dir's Module.symvers) added so one
-module may use another's.  Nothing here parses arguments or prints tables.
+module may use another's.
+
+``MO=OUTDIR`` (Linux 6.13+, commit 11b3d5175e6b "kbuild: support building
+external modules in a separate build directory") moves everything kbuild
+writes out of the source dir.  7.2's top Makefile: ``output :=
+$(KBUILD_EXTMOD_OUTPUT)`` (from MO= on the command line, else the
+environment), ``mkdir -p`` of it, then the final make runs with ``-C
+$(abs_output)`` and ``VPATH := $(srcroot)``, so the objects, ``<m>.mod``
+(entries ``./part.o``), ``modules.order`` (entries ``m.o``, relative),
+``<m>.mod.c``, Module.symvers, modules.nsdeps and the .ko files are all
+written in OUTDIR: Makefile.modpost and Makefile.modfinal run there and read
+``modules.order`` by a relative name.  The module's Kbuild/Makefile is still
+read from the source dir (``src := $(srcroot)``, ``include $(kbuild-file)``).
+kbuild also writes OUTDIR/Makefile, OUTDIR/source (a link to the source dir)
+and OUTDIR/.gitignore, and refuses to start while the source dir has a
+``modules.order`` of an in-place build (target ``outputmakefile``).
+Nothing here parses arguments or prints tables.
 """
 
 from __future__ import annotations
@@ -95,6 +111,12 @@ class BuildResult:
     modules: list[BuiltModule]
     resolved: list[str] = field(default_factory=list)  # names given to modpost
     notes: list[str] = field(default_factory=list)
+    output_dir: Path | None = None  # MO=; None: kbuild wrote into ``directory``
+
+    @property
+    def objdir(self) -> Path:
+        """Where kbuild wrote the objects, modules.order and the .ko files."""
+        return self.output_dir or self.directory
 
 
 def extra_symvers_text(names: Sequence[str]) -> str:
@@ -119,28 +141,70 @@ def check_make_args(make_args: Sequence[str], target: TargetKernel) -> None:
         if name in ("M", "SUBDIRS", "KBUILD_EXTMOD"):
             raise KbuildError(f"make argument {arg!r}: the module directory is klpsym build's "
                               "DIR argument; drop it")
-        if name == "MO":
-            if target.version < MO_SINCE:
-                raise KbuildError(
-                    f"make argument {arg!r}: kernel {target.release}'s kbuild has no MO= "
-                    "(a separate output dir for external modules came in Linux 6.13); build in "
-                    "the source dir, or copy it and build the copy")
-            raise KbuildError(f"make argument {arg!r}: klpsym build does not support MO= yet; "
-                              "build in the source dir")
+        if name == "MO" and target.version < MO_SINCE:
+            raise KbuildError(
+                f"make argument {arg!r}: kernel {target.release}'s kbuild has no MO= "
+                "(a separate output dir for external modules came in Linux 6.13); build in "
+                "the source dir, or copy it and build the copy")
+        if name == "KBUILD_EXTMOD_OUTPUT":
+            raise KbuildError(f"make argument {arg!r}: give the output dir as MO=DIR")
         if name == "KBUILD_MODPOST_WARN":
             raise KbuildError(f"make argument {arg!r}: klpsym build keeps modpost strict; "
                               "drop it")
 
 
+def output_dir(make_args: Sequence[str], directory: Path, target: TargetKernel,
+               environ: Mapping[str, str] | None = None) -> tuple[list[str], Path | None]:
+    """``make_args`` without ``MO=``, and the separate output dir it names
+    (None: kbuild writes into ``directory``), made ready for make.
+
+    After :func:`check_make_args`.  A relative MO= is taken from the current
+    dir (make would take it from KDIR, its ``-C``); the last MO= wins, as in
+    make; without one, 6.13+ kbuild takes ``KBUILD_EXTMOD_OUTPUT`` from the
+    environment, and so does this.  The dir is created (a chroot's bind mount
+    needs it) and the source dir must not hold an in-place build's
+    modules.order, which 6.13+ kbuild refuses (``outputmakefile``: "The
+    external module source tree is not clean")."""
+    environ = os.environ if environ is None else environ
+    rest: list[str] = []
+    value: str | None = None
+    for arg in make_args:
+        if arg.startswith("MO="):
+            value = arg[3:]
+        else:
+            rest.append(arg)
+    if value is None and target.version >= MO_SINCE:
+        value = environ.get("KBUILD_EXTMOD_OUTPUT")
+    if not value:
+        return rest, None
+    out = Path(os.path.abspath(Path(value).expanduser()))
+    if os.path.realpath(out) == os.path.realpath(directory):
+        return rest, None
+    if out.exists() and not out.is_dir():
+        raise KbuildError(f"MO={value}: {out} is not a directory; name a dir for kbuild's output")
+    if (directory / "modules.order").exists():
+        raise KbuildError(
+            f"{directory}: holds an earlier build made in the source dir (modules.order), and "
+            f"kbuild refuses MO= while it does; clean it with 'make -C KDIR M={directory} "
+            "clean' first")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KbuildError(f"MO={value}: cannot create {out} ({e.strerror})") from None
+    return rest, out
+
+
 def _make(kdir: Path, directory: Path, make_args: Sequence[str], goal: str,
-          env: Mapping[str, str] | None = None, runner: Runner | None = None) -> int:
-    """make -C KDIR M=DIR ... GOAL where ``runner`` runs it (default: here);
-    ``env`` is added to make's environment."""
+          env: Mapping[str, str] | None = None, runner: Runner | None = None,
+          output: Path | None = None) -> int:
+    """make -C KDIR M=DIR [MO=OUTPUT] ... GOAL where ``runner`` runs it
+    (default: here); ``env`` is added to make's environment."""
     runner = runner or HostRunner()
     jobs = [] if any(a.startswith("-j") or a == "--jobs" or a.startswith("--jobs=")
                      for a in make_args) else [f"-j{os.cpu_count() or 1}"]
-    args = ["-C", str(runner.guest_path(kdir)), f"M={runner.guest_path(directory)}", *jobs,
-            *make_args, goal]
+    mo = [] if output is None else [f"MO={runner.guest_path(output)}"]
+    args = ["-C", str(runner.guest_path(kdir)), f"M={runner.guest_path(directory)}", *mo,
+            *jobs, *make_args, goal]
     # kbuild's own output goes straight to the user's terminal.
     return runner.make(args, env).returncode
 
@@ -171,7 +235,8 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
           guard: bool = True, signer: Signer | None = None,
           runner: Runner | None = None) -> BuildResult:
     """Build every module in ``directory`` for ``target`` and convert each .ko
-    in place; see the module docstring.  ``extra_symvers`` (the --symvers
+    in place (in the ``MO=`` dir of ``make_args`` if any); see the module
+    docstring.  ``extra_symvers`` (the --symvers
     files, already part of ``target.symvers``) go to modpost too.  ``guard``
     and ``signer`` are :func:`klpsym.klp.convert.convert_file`'s.  ``runner``
     runs make (default: on this machine; a ChrootRunner for a chroot with the
@@ -188,13 +253,15 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
                           "kernel's build/headers dir with --kernel-dir")
     check_make_args(make_args, target)
+    make_args, output = output_dir(make_args, directory, target)
+    objdir = output or directory
 
     # Stage 1: the objects and modules.order, no modpost.
-    rc = _make(kdir, directory, make_args, "modules_check", runner=runner)
+    rc = _make(kdir, directory, make_args, "modules_check", runner=runner, output=output)
     if rc != 0:
         raise KbuildError(f"kbuild failed compiling {directory} (make exit {rc}); see its "
                           "messages above")
-    objs = modules_in_order(directory, runner.host_path)
+    objs = modules_in_order(objdir, runner.host_path)
     modules: list[BuiltModule] = []
     siblings: set[str] = set()
     for obj in objs:
@@ -222,7 +289,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         _check_namespace_imports(modules, target)
 
     # Stage 2: modpost (strict) and the final link.
-    nsdeps_file = directory / "modules.nsdeps"
+    nsdeps_file = objdir / "modules.nsdeps"  # modpost's working dir
     had_nsdeps_file = nsdeps_file.exists()
     with tempfile.TemporaryDirectory(prefix="klpsym-build-") as tmp:
         gen = Path(tmp) / "klpsym.symvers"
@@ -232,7 +299,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         if nsdeps:
             env["KBUILD_NSDEPS"] = "1"
         try:
-            rc = _make(kdir, directory, args, "modules", env, runner)
+            rc = _make(kdir, directory, args, "modules", env, runner, output)
         finally:
             if nsdeps and not had_nsdeps_file:
                 nsdeps_file.unlink(missing_ok=True)
@@ -240,7 +307,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         raise KbuildError(_failure(directory, modules, siblings, target, rc, resolved))
 
     # Stage 3: convert each .ko in place, with the exports just built.
-    own = directory / "Module.symvers"
+    own = objdir / "Module.symvers"
     final = target
     if own.is_file() and own.stat().st_size:
         final = dataclasses.replace(target, symvers=target.symvers.merge(read_symvers(own)))
@@ -251,7 +318,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     notes = [f"{name} is exported for named modules only ({ns}) and converted like an "
              "unexported symbol; modpost's warning about its namespace is expected"
              for name, ns in nsdeps.items()]
-    return BuildResult(directory, final, modules, resolved, notes)
+    return BuildResult(directory, final, modules, resolved, notes, output)
 
 
 def _module_only_exports(modules: Sequence[BuiltModule],
@@ -264,9 +331,9 @@ def _module_only_exports(modules: Sequence[BuiltModule],
     scripts/mod/modpost.c check_exports(); KBUILD_MODPOST_WARN does not cover
     it).  Only modpost's -N turns that into a warning, and kbuild passes -N
     only with ``KBUILD_NSDEPS`` set (scripts/Makefile.modpost since v5.4, which
-    also makes modpost write ``modules.nsdeps`` into the working directory:
-    the module dir for external modules since 6.13, and such exports came
-    later).  So klpsym sets KBUILD_NSDEPS for the modpost run, removes the
+    also makes modpost write ``modules.nsdeps`` into its working directory:
+    for external modules since 6.13 the output dir, the module dir or MO=;
+    such exports came later).  So klpsym sets KBUILD_NSDEPS for the modpost run, removes the
     nsdeps file, and checks the namespace imports itself
     (:func:`_check_namespace_imports`) so that nothing else is let through."""
     out: dict[str, str] = {}

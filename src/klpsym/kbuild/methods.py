@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.errors import KbuildError
-from klpsym.kbuild.build import BuildResult, _make, build, check_make_args
+from klpsym.kbuild.build import BuildResult, _make, build, check_make_args, output_dir
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.sign import Signer
@@ -106,13 +106,14 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
             raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
                               "kernel's build/headers dir with --kernel-dir")
         check_make_args(make_args, target)
+        make_args, output = output_dir(make_args, directory, target)
         runner = runner or HostRunner()
-        rc = _make(kdir, directory, make_args, "modules", runner=runner)
+        rc = _make(kdir, directory, make_args, "modules", runner=runner, output=output)
     if rc != 0:
         raise KbuildError(f"kbuild failed in {directory} (make exit {rc}); see its messages "
                           f"above (with the {method.label} method, use klpsym(NAME) for every "
                           "unexported symbol: a direct reference makes modpost fail)")
-    for obj in modules_in_order(directory, runner.host_path):
+    for obj in modules_in_order(output or directory, runner.host_path):
         module = read_module(obj.with_suffix(".ko"))
         got, symbols = declared_symbols(module)
         if got != method.label:

@@ -3,14 +3,14 @@
 A target kernel's headers call their own compiler (Debian: ``gcc-12`` for
 6.1, ``gcc-14`` for 6.12, ``gcc-16`` for 7.x).  When this machine lacks it, a
 chroot of the target's distribution has it, and make runs there.  Everything
-make is given (``-C KDIR``, ``M=DIR``, KBUILD_EXTRA_SYMBOLS) is then a path
+make is given (``-C KDIR``, ``M=DIR``, ``MO=OUTDIR``, KBUILD_EXTRA_SYMBOLS) is then a path
 *as the chroot sees it*, and what make writes back (``modules.order``) is one
 too; a runner maps both ways:
 
 * :class:`HostRunner`: make on this machine; paths are unchanged.
 * :class:`ChrootRunner`: make in ``chroot ROOT``.  A path inside ROOT is the
   same path without the ROOT prefix; any other directory make needs (the
-  module dir, a generated symvers file's dir) is bind-mounted at
+  module dir, the output dir, a generated symvers file's dir) is bind-mounted at
   ``/klpsym/host/<its absolute path>`` for the one make run, in a private
   mount namespace (``unshare``), so nothing stays mounted afterwards, even
   after a kill.  The namespace also gets its own /proc (objtool reads it).
@@ -165,13 +165,14 @@ class ChrootRunner:
 
 def modules_in_order(directory: Path,
                      host_path: Callable[[Path], Path] = lambda p: p) -> list[Path]:
-    """The module objects (``<m>.o``) kbuild listed in ``directory/modules.order``.
+    """The module objects (``<m>.o``) kbuild listed in ``directory/modules.order``
+    (``directory``: where kbuild wrote its output, the module dir or MO=).
 
     For external modules Debian's 6.1 writes absolute ``.ko`` paths, 6.12
     absolute ``.o`` paths (both as make saw them: ``host_path`` maps a chroot's
-    view back), 7.x relative ``.o`` ones (kbuild runs in the module dir since
+    view back), 7.x relative ``.o`` ones (kbuild runs in the output dir since
     6.13: "kbuild: change working directory to external module directory with
-    M="); older kernels wrote ``kernel/...`` entries.
+    M=", then MO=); older kernels wrote ``kernel/...`` entries.
     """
     order = directory / "modules.order"
     try:
