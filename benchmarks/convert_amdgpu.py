@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--keep", metavar="DIR", type=Path,
+                    help="prepare the inputs in DIR and keep them (for profiling); print the "
+                         "klpsym command line")
     args = ap.parse_args()
 
     kernel = provision("bookworm")
@@ -60,6 +64,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="klpsym-bench-") as tmp:
         t = Path(tmp)
+        if args.keep is not None:
+            t = args.keep
+            t.mkdir(parents=True, exist_ok=True)
+            for old in t.iterdir():
+                if old.is_symlink() or old.is_file():
+                    old.unlink()
+                elif old.is_dir():
+                    shutil.rmtree(old)
         # The target's exports without anything amdgpu imports ...
         symvers = t / "Module.symvers"
         with (kernel.kernel_dir / "Module.symvers").open() as src, symvers.open("w") as dst:
@@ -101,6 +113,9 @@ def main() -> int:
         import json
 
         doc = json.loads(res.stdout)
+        if args.keep is not None:
+            print(" ".join(klp_cmd))
+            return 0
         obj_cmd = ["objcopy", str(ko), str(t / "objcopy.ko")]
 
         klp = [measure(klp_cmd) for _ in range(args.runs)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
-from klpsym.kbuild import BuildResult, build
-from klpsym.klp.plan import parse_sympos
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.kbuild import BuildResult
 
 EPILOG = SOURCES_HELP + """
 
@@ -65,6 +66,9 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.kbuild import build
+    from klpsym.klp.plan import parse_sympos
+
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
     result = build(args.directory, target, sympos, args.make_args, tuple(args.symvers))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
-from klpsym.klp.convert import ConvertResult, convert_file
-from klpsym.klp.plan import Fate, Plan, parse_sympos
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.klp.convert import ConvertResult
+    from klpsym.klp.plan import Plan
 
 EPILOG = SOURCES_HELP + """
 
@@ -50,11 +51,16 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.klp.convert import convert_file
+    from klpsym.klp.plan import parse_sympos
+
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
     result = convert_file(args.module, target, sympos, output=args.output,
                           in_place=args.in_place, dry_run=args.dry_run)
     if args.json:
+        import json
+
         json.dump(to_json(result, args.dry_run), sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.dry_run:
@@ -71,6 +77,8 @@ def _relocs(counts: dict[str, int]) -> str:
 def print_plan(plan: Plan) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from klpsym.klp.plan import Fate
 
     # Piped output is not wrapped at 80 columns: it is read by scripts and logs.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -96,6 +104,8 @@ def print_plan(plan: Plan) -> None:
 
 
 def print_result(result: ConvertResult) -> None:
+    from klpsym.klp.plan import Fate
+
     plan = result.plan
     n = len(plan.to_convert)
     if not n:

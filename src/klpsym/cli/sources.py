@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from klpsym.kernel.target import TargetKernel, discover
+if TYPE_CHECKING:
+    from klpsym.kernel.target import TargetKernel
 
 SOURCES_HELP = """\
 target kernel (default: the running kernel):
@@ -36,6 +38,8 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def target_from_args(args: argparse.Namespace) -> TargetKernel:
+    from klpsym.kernel.target import discover
+
     return discover(
         kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,

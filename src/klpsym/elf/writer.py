@@ -19,6 +19,7 @@ more), and lays out the file:
 from __future__ import annotations
 
 import bisect
+from typing import Protocol
 
 import numpy as np
 
@@ -33,7 +34,45 @@ def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
+Chunk = tuple[int, "bytes | memoryview"]
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
 def write(elf: ElfFile) -> bytes:
+    """The file as one bytes object."""
+    chunks, total = layout(elf)
+    out = bytearray(total)
+    for off, c in chunks:
+        out[off: off + len(c)] = c
+    return bytes(out)
+
+
+def write_to(elf: ElfFile, sink: Sink) -> int:
+    """Stream the file to ``sink`` (a file object, or anything with
+    ``write``) without assembling it in memory; the bytes are those of
+    :func:`write`.  Returns the size written."""
+    chunks, total = layout(elf)
+    cursor = 0
+    for off, c in sorted(chunks, key=lambda t: t[0]):
+        if not len(c):
+            continue
+        if off < cursor:
+            raise ElfError(f"{elf.name}: internal error, overlapping output at {off:#x}")
+        if off > cursor:
+            sink.write(bytes(off - cursor))
+        sink.write(c)
+        cursor = off + len(c)
+    if cursor < total:
+        sink.write(bytes(total - cursor))
+    return total
+
+
+def layout(elf: ElfFile) -> tuple[list[Chunk], int]:
+    """Where every byte of the output comes from: (offset, bytes) pieces,
+    not overlapping, and the file size; bytes no piece covers are zero."""
     if elf.elf_type != ET.REL:
         raise ElfError(f"{elf.name}: only relocatable objects (ET_REL) can be written")
     secs = elf.sections
@@ -55,7 +94,7 @@ def write(elf: ElfFile) -> bytes:
         _encode_symtab(elf, symtab, remap)
     name_offsets = _section_names(elf)
 
-    return _layout_and_emit(elf, secs, index, name_offsets)
+    return _layout(elf, secs, index, name_offsets)
 
 
 # -- symbols -----------------------------------------------------------------
@@ -177,8 +216,8 @@ class _Covered:
 _SHDR = object()  # marker for the section header table in the layout sequence
 
 
-def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
-                     name_offsets: list[int]) -> bytes:
+def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
+            name_offsets: list[int]) -> tuple[list[Chunk], int]:
     layout = elf.layout
     raw = memoryview(elf.raw)
     n = len(secs)
@@ -271,7 +310,4 @@ def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
     chunks.append((shoff, table.tobytes()))
 
     total = max(off + len(c) for off, c in chunks)
-    out = bytearray(total)
-    for off, c in chunks:
-        out[off: off + len(c)] = c
-    return bytes(out)
+    return chunks, total

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.elf import ElfFile
+from klpsym.elf.file import Buffer
 from klpsym.errors import ConvertError, KlpsymError
-from klpsym.fsutil import atomic_write
+from klpsym.fsutil import AtomicOutput, atomic_write
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.apply import apply_conversions
 from klpsym.klp.plan import Plan, make_plan
@@ -52,14 +53,18 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         return result
     elf = module.elf
     result.moved = apply_conversions(elf, plan.conversions)
-    data = elf.to_bytes()
-    check_output(module, data, plan)
-    atomic_write(dest, data, mode_from=path)
+    # Streamed into an unnamed temporary file, checked there, then put in
+    # place: the converted module is never assembled in memory, and nothing
+    # is at ``dest`` until it has passed the checks.
+    with AtomicOutput(dest, mode_from=path) as out:
+        elf.write_to(out)
+        check_output(module, out.map(), plan)
+        out.commit()
     result.written = True
     return result
 
 
-def check_output(module: Module, data: bytes, plan: Plan) -> None:
+def check_output(module: Module, data: Buffer, plan: Plan) -> None:
     """Re-read the converted bytes and hold them to the loader's rules; a
     failure here is a klpsym bug, and nothing is written."""
     try:

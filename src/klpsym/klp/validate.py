@@ -85,7 +85,9 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
         if sec.entsize != elf.layout.rela.itemsize:
             problems.append(f"{sec.name}: sh_entsize {sec.entsize}, expected "
                             f"{elf.layout.rela.itemsize}")
-        for s in np.unique(syms).tolist():
+        used = np.zeros(nsyms, dtype=bool)
+        used[syms] = True
+        for s in np.flatnonzero(used).tolist():
             if not is_klp_sym[s]:
                 # klp_resolve_symbols(): "symbol %s is not marked as a livepatch symbol"
                 problems.append(f"{sec.name}: symbol {symtab.name(s)!r} is not marked as a "
@@ -105,13 +107,14 @@ def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object
     assert isinstance(target, Section)
     problems: list[str] = []
     types = elf.layout.r_type(rela["r_info"])
-    unknown = sorted(set(types.tolist()) - {int(t) for t in _X86_64_SIZES})
-    if unknown:
+    known = np.isin(types, np.array([int(t) for t in _X86_64_SIZES]))
+    if not known.all():
+        unknown = sorted(set(types[~known].tolist()))
         problems.append(f"{secname}: relocation types {unknown} are not handled by the x86_64 "
                         "module loader")
     if target.type == SHT.NOBITS or not target.flags & SHF.ALLOC:
         return problems
-    data = np.frombuffer(bytes(target.content()), dtype=np.uint8)
+    data = np.frombuffer(target.content(), dtype=np.uint8)
     offsets = rela["r_offset"].astype(np.int64)
     for t, size in _X86_64_SIZES.items():
         if not size:
@@ -137,30 +140,60 @@ def relocation_changes(before: ElfFile, after: ElfFile) -> list[str]:
     per relocated section, the multiset of (offset, info, addend) over its
     ordinary and klp relocation sections must be the same (symbols keep their
     indexes; only names and sections change)."""
-    def collect(elf: ElfFile) -> dict[str, np.ndarray]:
+    def collect(elf: ElfFile) -> dict[str, list[np.ndarray]]:
         per: dict[str, list[np.ndarray]] = {}
         for sec in elf.rela_sections():
             target = sec.info_section.name if sec.info_section is not None else f"?{sec.name}"
             per.setdefault(target, []).append(elf.rela(sec))
-        out = {}
-        for target, parts in per.items():
-            arr = np.concatenate(parts) if parts else np.zeros(0, elf.layout.rela)
-            order = np.lexsort((arr["r_addend"], arr["r_info"], arr["r_offset"]))
-            out[target] = arr[order]
-        return out
+        return per
 
     a, b = collect(before), collect(after)
     problems = []
     for target in sorted(set(a) | set(b)):
-        x = a.get(target)
-        y = b.get(target)
-        nx = 0 if x is None else len(x)
-        ny = 0 if y is None else len(y)
+        x, y = a.get(target, []), b.get(target, [])
+        if len(x) == len(y) and all(_same_bytes(p, q) for p, q in zip(x, y, strict=True)):
+            continue  # the same tables, to the byte
+        nx, ny = sum(len(p) for p in x), sum(len(q) for q in y)
         if nx != ny:
             problems.append(f"{target}: {nx} relocations before, {ny} after")
-        elif x is not None and y is not None and not np.array_equal(x, y):
+        elif not same_relocations(np.concatenate(x), np.concatenate(y)):
             problems.append(f"{target}: relocations changed")
     return problems
+
+
+def _same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(
+        np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8))
+
+
+def same_relocations(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two Elf64_Rela arrays hold the same multiset of (r_offset,
+    r_info, r_addend).  Sorted by offset (linkers emit them nearly sorted, so
+    this is fast); only entries that share an offset are sorted by all three
+    fields."""
+    if len(x) != len(y):
+        return False
+    if not len(x):
+        return True
+    xs = x[np.argsort(x["r_offset"], kind="stable")]
+    ys = y[np.argsort(y["r_offset"], kind="stable")]
+    off = xs["r_offset"]
+    if not np.array_equal(off, ys["r_offset"]):
+        return False
+    shared = np.zeros(len(off), dtype=bool)
+    same_as_next = off[1:] == off[:-1]
+    shared[1:] |= same_as_next
+    shared[:-1] |= same_as_next
+    if shared.any():
+        xd, yd = xs[shared], ys[shared]
+        xd = xd[np.lexsort((xd["r_addend"], xd["r_info"], xd["r_offset"]))]
+        yd = yd[np.lexsort((yd["r_addend"], yd["r_info"], yd["r_offset"]))]
+        if not (np.array_equal(xd["r_info"], yd["r_info"])
+                and np.array_equal(xd["r_addend"], yd["r_addend"])):
+            return False
+        xs, ys = xs[~shared], ys[~shared]
+    return bool(np.array_equal(xs["r_info"], ys["r_info"])
+                and np.array_equal(xs["r_addend"], ys["r_addend"]))
 
 
 def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str]:
@@ -169,7 +202,6 @@ def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str
     if len(sa) != len(sb):
         return [f"symbol count changed from {len(sa)} to {len(sb)}"]
     problems = []
-    names_a, names_b = sa.names(), sb.names()
     fields_same = (
         (sa.array["st_info"] == sb.array["st_info"])
         & (sa.array["st_other"] == sb.array["st_other"])
@@ -177,23 +209,40 @@ def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str
         & (sa.array["st_size"] == sb.array["st_size"])
     )
     for i in np.flatnonzero(~fields_same).tolist():
-        problems.append(f"symbol {names_a[i]!r} changed its type, binding, value or size")
-    where_a, where_b = _symbol_sections(before), _symbol_sections(after)
-    for i in np.flatnonzero((np.array(names_a, dtype=object) != np.array(names_b, dtype=object))
-                            | (where_a != where_b)).tolist():
-        parsed = parse_symbol_name(names_b[i], name_width)
-        if not (where_a[i] == "UNDEF" and where_b[i] == "LIVEPATCH" and parsed is not None
-                and parsed.name == names_a[i]):
-            problems.append(f"symbol {names_a[i]!r} changed to {names_b[i]!r} unexpectedly")
+        problems.append(f"symbol {sa.name(i)!r} changed its type, binding, value or size")
+    names = sorted({s.name for s in before.sections} | {s.name for s in after.sections})
+    rank = {name: i for i, name in enumerate(names)}
+    where_a, where_b = _symbol_sections(before, rank), _symbol_sections(after, rank)
+    # A name is compared as text only where its string table offset or its
+    # section changed (a string table is only appended to).
+    suspects = (sa.array["st_name"] != sb.array["st_name"]) | (where_a != where_b)
+    if not sb.strings.data.startswith(sa.strings.data):
+        suspects[:] = True  # the string table was rewritten: compare every name
+    for i in np.flatnonzero(suspects).tolist():
+        name_a, name_b = sa.name(i), sb.name(i)
+        if name_a == name_b and where_a[i] == where_b[i]:
+            continue
+        parsed = parse_symbol_name(name_b, name_width)
+        if not (where_a[i] == _UNDEF and where_b[i] == _LIVEPATCH and parsed is not None
+                and parsed.name == name_a):
+            problems.append(f"symbol {name_a!r} changed to {name_b!r} unexpectedly")
     return problems
 
 
-def _symbol_sections(elf: ElfFile) -> np.ndarray:
-    """Each symbol's section as a comparable name across files (section
-    indexes move when sections are inserted)."""
+_UNDEF = 0
+_LIVEPATCH = -int(SHN.LIVEPATCH)
+
+
+def _symbol_sections(elf: ElfFile, rank: dict[str, int]) -> np.ndarray:
+    """Each symbol's section as a number comparable across files (section
+    indexes move when sections are inserted): 0 for SHN_UNDEF, the negated
+    value for the other reserved indexes, else 1 + ``rank`` of the section's
+    name."""
     ref = elf.symtab.section_ref
-    names = {s.uid: s.name for s in elf.sections}
-    special = {-int(v): v.name for v in SHN}
-    special[0] = "UNDEF"
-    table = {**{k: f"section {v}" for k, v in names.items() if k != 0}, **special}
-    return np.array([table.get(int(r), f"#{int(r)}") for r in ref], dtype=object)
+    table = np.zeros(max(s.uid for s in elf.sections) + 1, dtype=np.int64)
+    for s in elf.sections:
+        table[s.uid] = 1 + rank[s.name]
+    real = ref > 0
+    out = np.where(real, 0, ref)
+    out[real] = table[ref[real]]
+    return out
