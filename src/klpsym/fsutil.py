@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import secrets
 import signal
 import threading
 from pathlib import Path
@@ -50,7 +49,7 @@ def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
 
 
 def _temp_name(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    return dest.with_name(f".{dest.name}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
 
 
 class AtomicOutput:

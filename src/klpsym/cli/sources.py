@@ -32,6 +32,9 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symvers", metavar="FILE", type=Path, action="append", default=[],
                    help="extra Module.symvers of other out-of-tree modules whose exports this "
                         "module uses (repeatable)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="parse Module.symvers and kallsyms afresh instead of using the parsed "
+                        "copies kept in ~/.cache/klpsym/symcache (also: KLPSYM_NO_CACHE=1)")
     g.add_argument("--config", metavar="FILE", type=Path,
                    help="the target's .config (default: KDIR/.config, else "
                         "/boot/config-$(uname -r))")
@@ -43,4 +46,5 @@ def target_from_args(args: argparse.Namespace) -> TargetKernel:
     return discover(
         kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
+        cache=not args.no_cache,
     )

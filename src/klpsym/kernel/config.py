@@ -14,7 +14,6 @@ from pathlib import Path
 from klpsym.errors import KernelSourceError
 from klpsym.kernel._io import line_error, read_text
 
-_ASSIGN = re.compile(r"([A-Za-z0-9_]+)=(.*)")
 _NOT_SET = re.compile(r"#\s*([A-Za-z0-9_]+) is not set\s*")
 _PREFIX = "CONFIG_"
 
@@ -44,15 +43,19 @@ class KernelConfig:
             line = raw.strip()
             if not line:
                 continue
-            if line.startswith("#"):
-                m = _NOT_SET.fullmatch(line)
-                if m:
-                    values[_strip(m.group(1))] = None
+            if line[0] == "#":
+                if line.endswith(" is not set"):
+                    m = _NOT_SET.fullmatch(line)
+                    if m:
+                        values[_strip(m.group(1))] = None
                 continue
-            m = _ASSIGN.fullmatch(line)
-            if not m:
+            # NAME=value with NAME of [A-Za-z0-9_]+ (string methods: a regex
+            # per line costs more than the rest of the parse)
+            name, sep, value = line.partition("=")
+            if not sep or not name.isascii() or not name.replace("_", "a").isalnum():
                 raise line_error(source, lineno, "not a .config line (CONFIG_NAME=value)", raw)
-            values[_strip(m.group(1))] = _value(m.group(2), source, lineno, raw)
+            values[_strip(name)] = value if value[:1] != '"' else \
+                _value(value, source, lineno, raw)
         return cls(values, source)
 
     # -- queries -----------------------------------------------------------

@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.errors import KernelSourceError
+from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text
 from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.symcache import NameIndex
 from klpsym.kernel.version import (
     KernelVersion,
     kallsyms_keeps_start_stop,
@@ -112,7 +114,10 @@ class KallsymsTable:
 
     ``addresses`` (uint64; all 0 when unknown), ``types`` (``<U1``),
     ``names`` (object array of str).  ``has_addresses`` is False for a
-    /proc/kallsyms read without privileges or under kptr_restrict.
+    /proc/kallsyms read without privileges or under kptr_restrict.  A table
+    read from the symbol cache (:mod:`klpsym.kernel.symcache`) keeps its
+    names in a :class:`~klpsym.kernel.symcache.NameIndex` and makes
+    ``types``/``names`` only when asked.
     """
 
     def __init__(self, addresses: np.ndarray, types: np.ndarray, names: np.ndarray,
@@ -122,8 +127,10 @@ class KallsymsTable:
         if len(addresses) != n or len(types) != n:
             raise ValueError("addresses, types and names differ in length")
         self.addresses = np.ascontiguousarray(addresses, dtype=np.uint64)
-        self.types = np.asarray(types, dtype="<U1")
-        self.names = np.asarray(names, dtype=object)
+        self._types: np.ndarray | None = np.asarray(types, dtype="<U1")
+        self._type_codes: np.ndarray | None = None
+        self._names: np.ndarray | None = np.asarray(names, dtype=object)
+        self._nidx: NameIndex | None = None
         self.source = source
         self.has_addresses = bool(np.any(self.addresses)) if has_addresses is None \
             else has_addresses
@@ -142,18 +149,74 @@ class KallsymsTable:
         names[:] = [r[2] for r in rows]
         return cls(addresses, types, names, source, has_addresses=has_addresses, notes=notes)
 
+    # -- the cached form ---------------------------------------------------------
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """The table as plain arrays and metadata (for the symbol cache)."""
+        index = self._nidx if self._nidx is not None else NameIndex.build(self.names.tolist())
+        codes = np.frombuffer("".join(self.types.tolist()).encode("latin-1"), dtype=np.uint8)
+        return ({"addresses": self.addresses.astype("<u8"), "types": codes,
+                 **index.arrays("names_")},
+                {"has_addresses": self.has_addresses, "notes": list(self.notes)})
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, object],
+                    source: str) -> KallsymsTable:
+        """The inverse of :meth:`to_arrays`; names stay in their index."""
+        index = NameIndex.from_arrays(arrays, "names_")
+        addresses, codes = arrays["addresses"], arrays["types"]
+        if len(addresses) != len(index) or len(codes) != len(index):
+            raise ValueError("symbol cache entry with columns of different lengths")
+        table = cls.__new__(cls)
+        table.addresses = addresses.astype(np.uint64, copy=False)
+        table._types = None
+        table._type_codes = codes
+        table._names = None
+        table._nidx = index
+        table.source = source
+        table.has_addresses = bool(meta["has_addresses"])
+        notes = meta["notes"]
+        table.notes = tuple(str(n) for n in notes) if isinstance(notes, list) else ()
+        table._first, table._dups = None, {}
+        return table
+
+    @property
+    def types(self) -> np.ndarray:
+        if self._types is None:
+            assert self._type_codes is not None
+            self._types = np.array(list(self._type_codes.tobytes().decode("latin-1")),
+                                   dtype="<U1")
+        return self._types
+
+    @property
+    def names(self) -> np.ndarray:
+        if self._names is None:
+            assert self._nidx is not None
+            names = np.empty(len(self._nidx), dtype=object)
+            names[:] = self._nidx.names()
+            self._names = names
+        return self._names
+
+    def _type_of(self, row: int) -> str:
+        if self._type_codes is not None:
+            return chr(int(self._type_codes[row]))
+        return str(self.types[row])
+
+    # -- queries -------------------------------------------------------------------
+
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.addresses)
 
     def __repr__(self) -> str:
         return f"<KallsymsTable {len(self)} symbols from {self.source}>"
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._index()
+        return isinstance(name, str) and bool(self.rows_of(name))
 
     def __iter__(self) -> Iterator[tuple[int, str, str]]:
+        names, types = self.names, self.types
         for i in range(len(self)):
-            yield int(self.addresses[i]), str(self.types[i]), str(self.names[i])
+            yield int(self.addresses[i]), str(types[i]), str(names[i])
 
     def _index(self) -> dict[str, int]:
         if self._first is None:
@@ -171,8 +234,16 @@ class KallsymsTable:
             self._first, self._dups = first, dups
         return self._first
 
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Look many names up at once (cheaper than one by one with a cached
+        table); later :meth:`rows_of` calls for them are dict lookups."""
+        if self._nidx is not None:
+            self._nidx.prefetch(names)
+
     def rows_of(self, name: str) -> list[int]:
         """Table rows holding ``name``, in kallsyms order."""
+        if self._nidx is not None:
+            return list(self._nidx.rows(name))
         i = self._index().get(name)
         if i is None:
             return []
@@ -183,13 +254,15 @@ class KallsymsTable:
 
     def duplicated_names(self) -> dict[str, int]:
         """Every name that occurs more than once, with its count."""
+        if self._nidx is not None:
+            return {k: len(v) for k, v in self._nidx.duplicates().items()}
         self._index()
         return {k: len(v) for k, v in self._dups.items()}
 
     def candidates(self, name: str) -> list[Candidate]:
         """Every entry called ``name``, POS 1..N in kallsyms order."""
         return [
-            Candidate(pos, str(self.types[i]),
+            Candidate(pos, self._type_of(i),
                       int(self.addresses[i]) if self.has_addresses else None, i)
             for pos, i in enumerate(self.rows_of(name), 1)
         ]
@@ -238,15 +311,30 @@ class KallsymsTable:
 PROC_KALLSYMS = "/proc/kallsyms"
 
 
-def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS) -> KallsymsTable:
+def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) -> KallsymsTable:
     """A ``/proc/kallsyms`` (or a saved copy): ``ADDR TYPE NAME`` for vmlinux,
     ``ADDR TYPE NAME\\t[MODULE]`` for modules, BPF programs and ftrace/kprobe
-    trampolines -- every ``[...]`` line is dropped: only vmlinux counts."""
-    text = read_text(
-        path, "kallsyms",
-        "pass --kallsyms with a copy of the target's /proc/kallsyms, or --system-map/--vmlinux",
-    )
-    return parse_proc_kallsyms(text, str(path))
+    trampolines -- every ``[...]`` line is dropped: only vmlinux counts.
+
+    The parsed table is kept in the symbol cache (:mod:`klpsym.kernel.symcache`)
+    unless ``cache`` is False."""
+    p = Path(path)
+    source = str(path)
+
+    def parse() -> KallsymsTable:
+        text = read_text(
+            p, "kallsyms",
+            "pass --kallsyms with a copy of the target's /proc/kallsyms, or "
+            "--system-map/--vmlinux",
+        )
+        return parse_proc_kallsyms(text, source)
+
+    def from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> KallsymsTable:
+        return KallsymsTable.from_arrays(arrays, meta, source)
+
+    key = symcache.proc_kallsyms_key(p) if source == PROC_KALLSYMS else symcache.file_key(p)
+    return symcache.cached("kallsyms", p, key, enabled=cache, parse=parse,
+                           to_arrays=KallsymsTable.to_arrays, from_arrays=from_arrays)
 
 
 def parse_proc_kallsyms(text: str, source: str = PROC_KALLSYMS) -> KallsymsTable:

@@ -96,14 +96,17 @@ def host_release() -> str:
 def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None = None,
              system_map: Path | str | None = None, vmlinux: Path | str | None = None,
              symvers: Iterable[Path | str] = (), config: Path | str | None = None, *,
+             cache: bool = True,
              running_release: str | None = None,
              proc_kallsyms: Path | str = PROC_KALLSYMS,
              boot_dir: Path | str = "/boot",
              modules_root: Path | str = "/lib/modules") -> TargetKernel:
     """Find the target kernel's files (see the module docstring).
 
-    ``running_release``, ``proc_kallsyms``, ``boot_dir`` and ``modules_root``
-    describe the host; they exist for tests and are rarely passed.
+    ``cache`` False reads Module.symvers and kallsyms without the symbol
+    cache (:mod:`klpsym.kernel.symcache`).  ``running_release``,
+    ``proc_kallsyms``, ``boot_dir`` and ``modules_root`` describe the host;
+    they exist for tests and are rarely passed.
     """
     host = running_release if running_release is not None else host_release()
     extra_symvers = [Path(p) for p in symvers]
@@ -139,7 +142,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     if kdir is not None:
         own = kdir / "Module.symvers"
         if own.is_file():
-            parts.append(read_symvers(own))
+            parts.append(read_symvers(own, cache=cache))
         elif not extra_symvers:
             raise KernelSourceError(
                 f"{own}: no Module.symvers in {kdir}; install linux-headers-{version.release} "
@@ -148,9 +151,9 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     for p in extra_symvers:
         if not p.is_file():
             raise KernelSourceError(f"{p}: no such file (--symvers)")
-        parts.append(read_symvers(p))
+        parts.append(read_symvers(p, cache=cache))
     merged = Symvers().merge(*parts)
-    if not any(e.from_vmlinux for e in merged):
+    if not merged.has_vmlinux_exports():
         raise KernelSourceError(
             f"{merged.source}: no export of vmlinux in it; pass vmlinux's Module.symvers "
             f"(from linux-headers-{version.release}) with --symvers"
@@ -187,7 +190,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
             source = f"kallsyms {path}"
 
             def load() -> KallsymsTable:
-                return read_proc_kallsyms(path)
+                return read_proc_kallsyms(path, cache=cache)
         elif flag == "--system-map":
             source = f"System.map {path}"
             with open(path, "rb") as f:
@@ -205,7 +208,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         source = str(proc_kallsyms)
 
         def load() -> KallsymsTable:
-            return read_proc_kallsyms(proc_kallsyms)
+            return read_proc_kallsyms(proc_kallsyms, cache=cache)
     else:
         raise KernelSourceError(
             f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
