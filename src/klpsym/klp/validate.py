@@ -10,7 +10,7 @@ import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, R_X86_64, SHF, SHN, SHT
-from klpsym.klp.names import VMLINUX, parse_section_name, parse_symbol_name
+from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
 
 # Relocation types arch/x86/kernel/module.c: __write_relocate_add() handles
 # (v6.1); anything else fails the load with "Unknown rela relocation".
@@ -35,9 +35,10 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
     nsyms = len(symtab)
     is_klp_sym = symtab.section_ref == -int(SHN.LIVEPATCH)
 
+    klp_names: dict[int, KlpSymbol | None] = {}
     for i in np.flatnonzero(is_klp_sym).tolist():
         name = symtab.name(i)
-        parsed = parse_symbol_name(name, name_width)
+        parsed = klp_names[i] = parse_symbol_name(name, name_width)
         if parsed is None:
             # klp_resolve_symbols(): "symbol %s has an incorrectly formatted name"
             problems.append(f"symbol {name!r} is SHN_LIVEPATCH but its name is not "
@@ -93,7 +94,7 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
                 problems.append(f"{sec.name}: symbol {symtab.name(s)!r} is not marked as a "
                                 "livepatch symbol (SHN_LIVEPATCH)")
                 continue
-            parsed = parse_symbol_name(symtab.name(s), name_width)
+            parsed = klp_names[s]
             if parsed is not None and parsed.objname != objname:
                 problems.append(f"{sec.name}: symbol {symtab.name(s)!r} belongs to another object")
         if elf.machine == EM.X86_64:
@@ -168,32 +169,37 @@ def _same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
 
 def same_relocations(x: np.ndarray, y: np.ndarray) -> bool:
     """Whether two Elf64_Rela arrays hold the same multiset of (r_offset,
-    r_info, r_addend).  Sorted by offset (linkers emit them nearly sorted, so
-    this is fast); only entries that share an offset are sorted by all three
-    fields."""
+    r_info, r_addend).  Compared in offset order (linkers emit relocations
+    sorted by offset, so the sort is nearly free); only entries that share
+    an offset are also ordered by info and addend."""
     if len(x) != len(y):
         return False
     if not len(x):
         return True
-    xs = x[np.argsort(x["r_offset"], kind="stable")]
-    ys = y[np.argsort(y["r_offset"], kind="stable")]
-    off = xs["r_offset"]
-    if not np.array_equal(off, ys["r_offset"]):
+    fx, fy = _by_offset(x), _by_offset(y)
+    off = fx[0]
+    if not np.array_equal(off, fy[0]):
         return False
-    shared = np.zeros(len(off), dtype=bool)
     same_as_next = off[1:] == off[:-1]
-    shared[1:] |= same_as_next
-    shared[:-1] |= same_as_next
-    if shared.any():
-        xd, yd = xs[shared], ys[shared]
-        xd = xd[np.lexsort((xd["r_addend"], xd["r_info"], xd["r_offset"]))]
-        yd = yd[np.lexsort((yd["r_addend"], yd["r_info"], yd["r_offset"]))]
-        if not (np.array_equal(xd["r_info"], yd["r_info"])
-                and np.array_equal(xd["r_addend"], yd["r_addend"])):
-            return False
-        xs, ys = xs[~shared], ys[~shared]
-    return bool(np.array_equal(xs["r_info"], ys["r_info"])
-                and np.array_equal(xs["r_addend"], ys["r_addend"]))
+    if same_as_next.any():
+        shared = np.zeros(len(off), dtype=bool)
+        shared[1:] |= same_as_next
+        shared[:-1] |= same_as_next
+        for f in (fx, fy):  # order each group of equal offsets by (info, addend)
+            rows = np.flatnonzero(shared)
+            order = np.lexsort((f[2][rows], f[1][rows], f[0][rows]))
+            f[1][rows], f[2][rows] = f[1][rows][order], f[2][rows][order]
+    return bool(np.array_equal(fx[1], fy[1]) and np.array_equal(fx[2], fy[2]))
+
+
+def _by_offset(rela: np.ndarray) -> list[np.ndarray]:
+    """(offset, info, addend) as separate native arrays, in offset order."""
+    off = rela["r_offset"].astype(np.uint64)
+    fields = [off, rela["r_info"].astype(np.uint64), rela["r_addend"].astype(np.int64)]
+    if len(off) > 1 and not bool(np.all(off[1:] >= off[:-1])):
+        order = np.argsort(off, kind="stable")
+        fields = [f[order] for f in fields]
+    return fields
 
 
 def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str]:
