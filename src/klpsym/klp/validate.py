@@ -6,6 +6,8 @@ it is written into place.  Each rule names the kernel code it follows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from klpsym.elf import ElfFile
@@ -157,7 +159,7 @@ def relocation_changes(before: ElfFile, after: ElfFile) -> list[str]:
         nx, ny = sum(len(p) for p in x), sum(len(q) for q in y)
         if nx != ny:
             problems.append(f"{target}: {nx} relocations before, {ny} after")
-        elif not same_relocations(np.concatenate(x), np.concatenate(y)):
+        elif not same_relocations(x, y):
             problems.append(f"{target}: relocations changed")
     return problems
 
@@ -167,39 +169,60 @@ def _same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
         np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8))
 
 
-def same_relocations(x: np.ndarray, y: np.ndarray) -> bool:
-    """Whether two Elf64_Rela arrays hold the same multiset of (r_offset,
-    r_info, r_addend).  Compared in offset order (linkers emit relocations
-    sorted by offset, so the sort is nearly free); only entries that share
-    an offset are also ordered by info and addend."""
-    if len(x) != len(y):
+def same_relocations(x: np.ndarray | Sequence[np.ndarray],
+                     y: np.ndarray | Sequence[np.ndarray]) -> bool:
+    """Whether two Elf64_Rela arrays (or lists of arrays, taken together)
+    hold the same multiset of (r_offset, r_info, r_addend).  Compared in
+    offset order (linkers emit relocations sorted by offset, so the sort is
+    nearly free); only entries that share an offset are also ordered by info
+    and addend.  One field at a time, so a 100k-entry table costs a few MB."""
+    xs = [x] if isinstance(x, np.ndarray) else list(x)
+    ys = [y] if isinstance(y, np.ndarray) else list(y)
+    if sum(len(p) for p in xs) != sum(len(q) for q in ys):
         return False
-    if not len(x):
+    ox, oy = _field(xs, "r_offset", np.uint64), _field(ys, "r_offset", np.uint64)
+    if not len(ox):
         return True
-    fx, fy = _by_offset(x), _by_offset(y)
-    off = fx[0]
-    if not np.array_equal(off, fy[0]):
+    px, py = _offset_order(ox), _offset_order(oy)
+    if px is not None:
+        ox = ox[px]
+    if py is not None:
+        oy = oy[py]
+    if not np.array_equal(ox, oy):
         return False
-    same_as_next = off[1:] == off[:-1]
+    same_as_next = ox[1:] == ox[:-1]
+    del oy
+    shared: np.ndarray | None = None
     if same_as_next.any():
-        shared = np.zeros(len(off), dtype=bool)
+        shared = np.zeros(len(ox), dtype=bool)
         shared[1:] |= same_as_next
         shared[:-1] |= same_as_next
-        for f in (fx, fy):  # order each group of equal offsets by (info, addend)
+    fields = []
+    for parts, order in ((xs, px), (ys, py)):
+        info = _field(parts, "r_info", np.uint64)
+        addend = _field(parts, "r_addend", np.int64)
+        if order is not None:
+            info, addend = info[order], addend[order]
+        if shared is not None:  # order each group of equal offsets by (info, addend)
             rows = np.flatnonzero(shared)
-            order = np.lexsort((f[2][rows], f[1][rows], f[0][rows]))
-            f[1][rows], f[2][rows] = f[1][rows][order], f[2][rows][order]
-    return bool(np.array_equal(fx[1], fy[1]) and np.array_equal(fx[2], fy[2]))
+            by = np.lexsort((addend[rows], info[rows], ox[rows]))
+            info[rows], addend[rows] = info[rows][by], addend[rows][by]
+        fields.append((info, addend))
+    (ix, ax), (iy, ay) = fields
+    return bool(np.array_equal(ix, iy) and np.array_equal(ax, ay))
 
 
-def _by_offset(rela: np.ndarray) -> list[np.ndarray]:
-    """(offset, info, addend) as separate native arrays, in offset order."""
-    off = rela["r_offset"].astype(np.uint64)
-    fields = [off, rela["r_info"].astype(np.uint64), rela["r_addend"].astype(np.int64)]
-    if len(off) > 1 and not bool(np.all(off[1:] >= off[:-1])):
-        order = np.argsort(off, kind="stable")
-        fields = [f[order] for f in fields]
-    return fields
+def _field(parts: list[np.ndarray], name: str, dtype: type[np.generic]) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0][name].astype(dtype)
+    return np.concatenate([p[name].astype(dtype, copy=False) for p in parts])
+
+
+def _offset_order(offsets: np.ndarray) -> np.ndarray | None:
+    """The stable order that sorts ``offsets``, or None if they are sorted."""
+    if len(offsets) < 2 or bool(np.all(offsets[1:] >= offsets[:-1])):
+        return None
+    return np.argsort(offsets, kind="stable")
 
 
 def symbol_changes(before: ElfFile, after: ElfFile, name_width: int) -> list[str]:
