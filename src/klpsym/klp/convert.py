@@ -40,6 +40,13 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                            "to replace the module")
     module = read_module(path)
     plan = make_plan(module, target, sympos)
+    broken = loader_problems(module.elf, plan.name_width)
+    if broken:
+        # Refused here, so that a failed check of the output below is always
+        # klpsym's own fault, and no output is one the loader refuses.
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise ConvertError(f"{path}: the module already breaks the kernel module loader's "
+                           f"livepatch rules: {broken[0]}{more}; it would not load")
     dest = path if in_place else output
     result = ConvertResult(plan, dest)
     if dry_run or dest is None:

@@ -46,12 +46,15 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
             problems.append(f"symbol {name!r} is SHN_LIVEPATCH but its name is not "
                             f".klp.sym.OBJ.NAME,POS with NAME of at most {name_width} characters")
 
+    any_klp_sym = bool(klp_names)
     for sec in elf.sections:
         klp = bool(sec.flags & SHF.RELA_LIVEPATCH)
         if sec.type != SHT.RELA:
             if klp:
                 problems.append(f"{sec.name}: SHF_RELA_LIVEPATCH on a section that is not SHT_RELA")
             continue
+        if not klp and not any_klp_sym:
+            continue  # an ordinary section, and no livepatch symbol it could use
         rela = elf.rela(sec)
         syms = elf.layout.r_sym(rela["r_info"])
         if len(syms) and int(syms.max()) >= nsyms:
