@@ -55,7 +55,6 @@ from elfbuilder import (  # noqa: E402
     ElfBuilder,
     simple_module,
 )
-
 from klpsym.elf import ElfFile  # noqa: E402
 from klpsym.errors import KlpsymError  # noqa: E402
 from klpsym.fsutil import TEMP_SUFFIX  # noqa: E402

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tests.fuzz.harness import CORPUS, Fuzzer
 
 CASES = sorted(CORPUS.glob("*.ko"))
