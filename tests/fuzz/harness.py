@@ -330,14 +330,26 @@ def target_convert(fz: Fuzzer, data: bytes) -> list[Finding]:
         if p.is_file() and p.name not in ("kallsyms",):
             p.unlink()
     src.write_bytes(data)
-    in_place = fz.rng.random() < 0.25
+    r = fz.rng.random()
+    in_place, dry_run = r < 0.2, 0.2 <= r < 0.3
     argv = ["convert", str(src), "--kernel-dir", str(fz.kdir), "--kallsyms", str(fz.kallsyms)]
     argv += ["--in-place"] if in_place else ["-o", str(out)]
+    if dry_run:
+        argv.append("--dry-run")
+    if fz.rng.random() < 0.1:
+        argv.append("--json")
     if fz.rng.random() < 0.1:
         argv += ["--sympos", "fuzz_dup=2"]
     err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    # What a terminal would take: UTF-8, strictly (a stray surrogate fails)
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(err):
         rc = main(argv)
+        stdout.flush()
+    if dry_run and rc == 0:
+        if out.exists() or src.read_bytes() != data:
+            return [Finding("convert", "bad-output", "--dry-run wrote something", data)]
+        return []
     dest = src if in_place else out
     left = [p.name for p in work.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     found: list[Finding] = []

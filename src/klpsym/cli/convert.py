@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
@@ -81,8 +82,10 @@ def print_plan(plan: Plan) -> None:
     from klpsym.klp.plan import Fate
 
     # Piped output is not wrapped at 80 columns: it is read by scripts and logs.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(f"module {plan.module.path} ({plan.module.name})")
+    # markup=False: a symbol name like "[bold]" is a name, not a style
+    console = Console(highlight=False, markup=False,
+                      width=None if sys.stdout.isatty() else 200)
+    console.print(printable(f"module {plan.module.path} ({plan.module.name})"))
     console.print(f"target {plan.target.describe()}")
     table = Table()
     for col in ("symbol", "kind", "POS", "type", "address", "relocations"):
@@ -92,7 +95,7 @@ def print_plan(plan: Plan) -> None:
     for s in sorted(plan.symbols, key=lambda s: (order[s.fate], s.name)):
         fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else "")
         c = s.candidate
-        table.add_row(s.name, fate, "" if s.pos is None else str(s.pos),
+        table.add_row(printable(s.name), fate, "" if s.pos is None else str(s.pos),
                       c.type if c else "", f"{c.address:#x}" if c and c.address else "",
                       _relocs(s.relocations))
     console.print(table)
@@ -100,7 +103,7 @@ def print_plan(plan: Plan) -> None:
     console.print(f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
                   f"relocation{'s' * (plan.relocations_to_move != 1)} to move")
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(printable(f"note: {note}"))
 
 
 def print_result(result: ConvertResult) -> None:
@@ -113,16 +116,17 @@ def print_result(result: ConvertResult) -> None:
         why = (f"already converted ({already} livepatch symbols)" if already
                else "every undefined symbol is exported")
         where = f"; copied to {result.output}" if result.written else ""
-        print(f"{plan.module.path}: nothing to convert, {why}{where}")
+        print(printable(f"{plan.module.path}: nothing to convert, {why}{where}"))
         return
     moved = sum(result.moved.values())
     names = ", ".join(f"{s.name}" + (f",{s.pos}" if s.pos else "") for s in plan.to_convert[:6])
     more = f" and {n - 6} more" if n > 6 else ""
-    print(f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
-          f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
-          f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}")
+    print(printable(
+        f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
+        f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
+        f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}"))
     for note in plan.notes:
-        print(f"note: {note}")
+        print(printable(f"note: {note}"))
 
 
 def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:

@@ -21,6 +21,15 @@ own module loader resolves them through kallsyms when the module loads
 """
 
 
+def printable(text: str) -> str:
+    """``text`` on one line, as any terminal shows it: control characters
+    and undecodable bytes (names read from a corrupt file) escaped."""
+    if text.isprintable():
+        return text
+    out = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from klpsym.cli import build, convert
 
@@ -37,19 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
         code: int = args.run(args)
         return code
     except KlpsymError as e:
-        print(f"klpsym: error: {e}", file=sys.stderr)
+        print(f"klpsym: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("klpsym: interrupted; nothing was written", file=sys.stderr)
+        # Every output is written atomically: an interrupt leaves the old file
+        # or the complete new one (when it came after the rename), never a part.
+        print("klpsym: interrupted; no file was left half-written", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

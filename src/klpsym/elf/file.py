@@ -418,6 +418,10 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
             sec = Section(name="", type=stype, uid=0, orig_index=0)
             sections.append(sec)
             continue
+        align = int(h["sh_addralign"])
+        if align & (align - 1):  # 0 and 1: no constraint; else a power of two (gABI)
+            raise _fail(name, f"section {i} has alignment {align}, not a power of two; "
+                        "the file is corrupt")
         if stype != SHT.NOBITS and stype != SHT.NULL:
             if off > size or sz > size - off:
                 raise _fail(name, f"section {i} ({off:#x}+{sz:#x}) lies outside the file "
@@ -427,7 +431,7 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
             content = b""
         sections.append(Section(
             name="", type=stype, flags=int(h["sh_flags"]), addr=int(h["sh_addr"]),
-            addralign=int(h["sh_addralign"]), entsize=int(h["sh_entsize"]),
+            addralign=align, entsize=int(h["sh_entsize"]),
             data=content, nobits_size=sz if stype == SHT.NOBITS else 0, uid=i,
             orig_index=i, orig_offset=off, orig_size=0 if stype == SHT.NOBITS else sz,
             orig_name_offset=int(h["sh_name"]),

@@ -214,6 +214,9 @@ class _Covered:
 
 
 _SHDR = object()  # marker for the section header table in the layout sequence
+# Alignment padding larger than this is refused: a module's sections are
+# aligned to a page at most; a corrupt sh_addralign must not make a 4 GB file.
+_MAX_PAD = 1 << 24
 
 
 def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
@@ -263,6 +266,12 @@ def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
             place = orig_off
         else:
             place = _align(cursor, align)
+            if place - cursor > _MAX_PAD:
+                what = "the section header table" if item is _SHDR else \
+                    f"section {getattr(item, 'name', '?')}"
+                raise ElfError(f"{elf.name}: {what} has to move and its alignment {align} "
+                               f"would pad the file with {place - cursor} bytes; the file is "
+                               "corrupt")
             if place != orig_off:
                 preserving = False
         if place > cursor and size:
