@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
 
 
+@functools.cache  # built once per process (tests and the fuzzer call main() often)
 def build_parser() -> argparse.ArgumentParser:
     from klpsym.cli import build, convert
 
