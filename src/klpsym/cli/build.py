@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
@@ -80,9 +81,11 @@ def print_table(result: BuildResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(f"klpsym: built for {result.target.release} "
-                  f"(symbols from {result.target.kallsyms_source})")
+    # markup=False and printable(): names come from the modules, as they are
+    console = Console(highlight=False, markup=False,
+                      width=None if sys.stdout.isatty() else 200)
+    console.print(printable(f"klpsym: built for {result.target.release} "
+                            f"(symbols from {result.target.kallsyms_source})"))
     table = Table()
     for col in ("module", "converted", "relocations"):
         table.add_column(col, no_wrap=col == "module")
@@ -90,9 +93,10 @@ def print_table(result: BuildResult) -> None:
         conv = m.converted
         names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in conv) or "-"
         moved = sum(sum(s.relocations.values()) for s in conv)
-        table.add_row(str(m.ko.relative_to(result.directory)
-                          if m.ko.is_relative_to(result.directory) else m.ko), names, str(moved))
+        table.add_row(printable(str(m.ko.relative_to(result.directory)
+                                    if m.ko.is_relative_to(result.directory) else m.ko)),
+                      printable(names), str(moved))
     console.print(table)
     for m in result.modules:
         for note in m.result.plan.notes if m.result else []:
-            console.print(f"note: {m.name}: {note}")
+            console.print(printable(f"note: {m.name}: {note}"))

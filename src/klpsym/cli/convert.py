@@ -86,7 +86,7 @@ def print_plan(plan: Plan) -> None:
     console = Console(highlight=False, markup=False,
                       width=None if sys.stdout.isatty() else 200)
     console.print(printable(f"module {plan.module.path} ({plan.module.name})"))
-    console.print(f"target {plan.target.describe()}")
+    console.print(printable(f"target {plan.target.describe()}"))
     table = Table()
     for col in ("symbol", "kind", "POS", "type", "address", "relocations"):
         table.add_column(col, no_wrap=col != "relocations")
@@ -95,9 +95,9 @@ def print_plan(plan: Plan) -> None:
     for s in sorted(plan.symbols, key=lambda s: (order[s.fate], s.name)):
         fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else "")
         c = s.candidate
-        table.add_row(printable(s.name), fate, "" if s.pos is None else str(s.pos),
-                      c.type if c else "", f"{c.address:#x}" if c and c.address else "",
-                      _relocs(s.relocations))
+        cells = (s.name, fate, "" if s.pos is None else str(s.pos), c.type if c else "",
+                 f"{c.address:#x}" if c and c.address else "", _relocs(s.relocations))
+        table.add_row(*(printable(x) for x in cells))
     console.print(table)
     n = len(plan.to_convert)
     console.print(f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "

@@ -65,12 +65,15 @@ def name_hashes(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
 
 
 def _encode(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Names as one '\\n'-separated UTF-8 blob and n+1 start offsets."""
-    raw = [n.encode("utf-8", errors="surrogateescape") for n in names]
-    lengths = np.fromiter((len(r) for r in raw), dtype=np.int64, count=len(raw))
-    starts = np.zeros(len(raw) + 1, dtype=np.int64)
-    np.cumsum(lengths + 1, out=starts[1:])
-    blob = np.frombuffer(b"\n".join(raw) + b"\n", dtype=np.uint8)
+    """Names as one '\\n'-separated UTF-8 blob and n+1 start offsets (names
+    hold no newline: every source is read line by line)."""
+    text = "\n".join(names) + "\n" if names else ""
+    blob = np.frombuffer(text.encode("utf-8", errors="surrogateescape"), dtype=np.uint8)
+    ends = np.flatnonzero(blob == 10)
+    if len(ends) != len(names):
+        raise ValueError("a name with a newline cannot be indexed")
+    starts = np.zeros(len(names) + 1, dtype=np.int64)
+    starts[1:] = ends + 1
     return blob, starts
 
 
@@ -340,5 +343,9 @@ def cached(kind: str, path: Path, key: Sequence[object] | None, *, enabled: bool
         except (ValueError, KeyError, TypeError, IndexError):
             pass  # an entry that does not fit: rebuild it
     table = parse()
-    store(kind, path, key, *to_arrays(table))
+    try:
+        arrays, meta = to_arrays(table)
+    except ValueError:
+        return table  # a table the cache cannot hold (a name with a newline): not stored
+    store(kind, path, key, arrays, meta)
     return table
