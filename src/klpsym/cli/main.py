@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Sequence
 
 from klpsym import __version__
 from klpsym.errors import KlpsymError
+
+# klpsym does no linear algebra: without this, numpy's OpenBLAS starts a
+# thread per core when it is imported, a third of a small run's time.  Set
+# before numpy is first imported (by the command that runs); a user's own
+# value wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 DESCRIPTION = """\
 Let an out-of-tree kernel module use kernel symbols that are not exported.
