@@ -230,3 +230,18 @@ def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert symcache.cache_dir() is not None
     monkeypatch.setenv("KLPSYM_NO_CACHE", "1")
     assert symcache.cache_dir() is None
+
+
+def test_config_second_read_comes_from_the_cache(tmp_path: Path, cache: Path) -> None:
+    from klpsym.kernel.config import KernelConfig
+
+    path = _write(tmp_path / ".config", "CONFIG_LIVEPATCH=y\n# CONFIG_KALLSYMS_ALL is not set\n"
+                  'CONFIG_LOCALVERSION="-x \\"q\\""\nCONFIG_HZ=250\nCONFIG_M=m\nCONFIG_LIVEPATCH=m\n')
+    fresh, again = KernelConfig.from_path(path), KernelConfig.from_path(path)
+    assert again._names is not None and fresh._names is None
+    for name in ("LIVEPATCH", "CONFIG_KALLSYMS_ALL", "LOCALVERSION", "HZ", "M", "NOPE", ""):
+        assert again.get(name) == fresh.get(name), name
+    assert again.get("LIVEPATCH") == "m" and again.get("LOCALVERSION") == '-x "q"'
+    assert not again.enabled("KALLSYMS_ALL") and again.get_int("HZ") == 250
+    assert len(again) == len(fresh) == 4 and "M" in again and "KALLSYMS_ALL" not in again
+    assert again._all() == fresh._all()

@@ -64,7 +64,7 @@ def name_hashes(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
     return out
 
 
-def _encode(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Names as one '\\n'-separated UTF-8 blob and n+1 start offsets (names
     hold no newline: every source is read line by line)."""
     text = "\n".join(names) + "\n" if names else ""
@@ -94,7 +94,7 @@ class NameIndex:
 
     @classmethod
     def build(cls, names: Sequence[str]) -> NameIndex:
-        blob, starts = _encode(names)
+        blob, starts = encode_names(names)
         h = name_hashes(blob, starts[:-1], np.diff(starts) - 1)
         order = np.argsort(h, kind="stable").astype(np.uint32)
         return cls(blob, starts, h[order], order)
@@ -144,7 +144,7 @@ class NameIndex:
         todo = [n for n in dict.fromkeys(names) if n not in self._memo]
         if not todo:
             return
-        qblob, qstarts = _encode(todo)
+        qblob, qstarts = encode_names(todo)
         qh = name_hashes(qblob, qstarts[:-1], np.diff(qstarts) - 1)
         lo = np.searchsorted(self.hashes, qh, side="left").tolist()
         hi = np.searchsorted(self.hashes, qh, side="right").tolist()

@@ -162,12 +162,12 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     # -- .config ---------------------------------------------------------------------
     cfg: KernelConfig | None = None
     if config is not None:
-        cfg = KernelConfig.from_path(config)
+        cfg = KernelConfig.from_path(config, cache=cache)
     else:
         for cand in ([kdir / ".config"] if kdir is not None else []) + [
                 Path(boot_dir) / f"config-{version.release}"]:
             if cand.is_file():
-                cfg = KernelConfig.from_path(cand)
+                cfg = KernelConfig.from_path(cand, cache=cache)
                 break
         else:
             notes.append(f"no .config found for {version.release} (looked in the kernel "
