@@ -235,8 +235,10 @@ def test_cache_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_config_second_read_comes_from_the_cache(tmp_path: Path, cache: Path) -> None:
     from klpsym.kernel.config import KernelConfig
 
-    path = _write(tmp_path / ".config", "CONFIG_LIVEPATCH=y\n# CONFIG_KALLSYMS_ALL is not set\n"
-                  'CONFIG_LOCALVERSION="-x \\"q\\""\nCONFIG_HZ=250\nCONFIG_M=m\nCONFIG_LIVEPATCH=m\n')
+    path = _write(tmp_path / ".config",
+                  "CONFIG_LIVEPATCH=y\n# CONFIG_KALLSYMS_ALL is not set\n"
+                  'CONFIG_LOCALVERSION="-x \\"q\\""\nCONFIG_HZ=250\nCONFIG_M=m\n'
+                  "CONFIG_LIVEPATCH=m\n")
     fresh, again = KernelConfig.from_path(path), KernelConfig.from_path(path)
     assert again._names is not None and fresh._names is None
     for name in ("LIVEPATCH", "CONFIG_KALLSYMS_ALL", "LOCALVERSION", "HZ", "M", "NOPE", ""):
