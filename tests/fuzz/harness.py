@@ -395,6 +395,7 @@ class Fuzzer:
                  seeds: list[bytes] | None = None, targets: list[str] | None = None) -> None:
         self.work = work / "run"
         self.work.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("KLPSYM_SYMCACHE", str(work / "symcache"))  # not the user's
         self.rng = random.Random(seed)
         self.timeout = timeout
         self.seeds = seeds if seeds is not None else synthetic_seeds() + real_seeds()

@@ -58,6 +58,8 @@ def test_name_index_finds_every_name_and_only_those() -> None:
     assert idx.rows("a") == [0, 2, 7] and idx.rows("b") == [1, 6] and idx.rows("") == [3]
     assert idx.rows("long_" * 40) == [4] and idx.rows("caf\xe9") == [5]
     assert idx.rows("c") == [] and idx.rows("a ") == [] and idx.rows("long_") == []
+    idx.prefetch(["a\nb", "b", "\n"])  # a name from a corrupt module may hold anything
+    assert idx.rows("a\nb") == [] and idx.rows("\n") == [] and idx.rows("b") == [1, 6]
     assert idx.names() == names and idx.name(5) == "caf\xe9"
     assert idx.duplicates() == {"a": [0, 2, 7], "b": [1, 6]}
 

@@ -141,7 +141,14 @@ class NameIndex:
     def prefetch(self, names: Sequence[str]) -> None:
         """Look up many names at once (vectorised); :meth:`rows` then costs a
         dict lookup."""
-        todo = [n for n in dict.fromkeys(names) if n not in self._memo]
+        todo = []
+        for n in dict.fromkeys(names):
+            if n in self._memo:
+                continue
+            if "\n" in n:  # the indexed names are lines' fields: never one of them
+                self._memo[n] = []
+            else:
+                todo.append(n)
         if not todo:
             return
         qblob, qstarts = encode_names(todo)
