@@ -249,3 +249,20 @@ def test_config_second_read_comes_from_the_cache(tmp_path: Path, cache: Path) ->
     assert not again.enabled("KALLSYMS_ALL") and again.get_int("HZ") == 250
     assert len(again) == len(fresh) == 4 and "M" in again and "KALLSYMS_ALL" not in again
     assert again._all() == fresh._all()
+
+
+def test_proc_kallsyms_is_keyed_on_the_boot(cache: Path) -> None:
+    proc = Path("/proc/kallsyms")
+    key = symcache.proc_kallsyms_key(proc)
+    if key is None or not proc.is_file():
+        pytest.skip("no /proc/kallsyms")
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert key[:2] == ["boot", boot] and isinstance(key[2], bool)
+    fresh = read_proc_kallsyms()
+    if not len(_entries(cache)):
+        pytest.skip("/proc/kallsyms not cacheable here")
+    again = read_proc_kallsyms()
+    assert again._nidx is not None and fresh._nidx is None
+    assert again.source == "/proc/kallsyms" and len(again) == len(fresh)
+    assert again.has_addresses == fresh.has_addresses
+    assert again.candidates("_stext") == fresh.candidates("_stext")
