@@ -338,25 +338,55 @@ def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) 
 
 
 def parse_proc_kallsyms(text: str, source: str = PROC_KALLSYMS) -> KallsymsTable:
-    lines = text.split("\n")
-    parts = [ln.split() for ln in lines]
-    ok = [len(p) == 3 or (len(p) == 4 and _is_module_tag(p[3])) or not p for p in parts]
-    if not all(ok):
-        bad = ok.index(False)
-        raise line_error(source, bad + 1, "not a kallsyms line (ADDRESS TYPE NAME [MODULE])",
-                         lines[bad])
-    rows = [p for p in parts if len(p) == 3]
+    # One pass that keeps only the three fields of vmlinux lines (a list of
+    # every line's fields would hold ~10 Python objects per line at once).
+    addrs: list[str] = []
+    types: list[str] = []
+    names: list[str] = []
+    for lineno, line in enumerate(_lines(text), 1):
+        p = line.split()
+        if len(p) == 3:
+            addrs.append(p[0])
+            types.append(p[1])
+            names.append(p[2])
+        elif p and not (len(p) == 4 and _is_module_tag(p[3])):
+            raise line_error(source, lineno, "not a kallsyms line (ADDRESS TYPE NAME [MODULE])",
+                             line)
     try:
-        addrs, types, names = _columns(rows)
+        columns = _columns_of(addrs, types, names)
     except _BadRow as e:
-        i = [k for k, p in enumerate(parts) if len(p) == 3][e.row]
-        raise line_error(source, i + 1, e.what, lines[i]) from None
-    table = KallsymsTable(addrs, types, names, source)
+        lineno, line = _nth_vmlinux_line(text, e.row)
+        raise line_error(source, lineno, e.what, line) from None
+    del addrs, types, names
+    table = KallsymsTable(*columns, source)
     if not len(table):
         raise KernelSourceError(f"{source}: no vmlinux symbols (empty, or modules only)")
     if not table.has_addresses:
         table.notes += (_HIDDEN_NOTE,)
     return table
+
+
+def _lines(text: str, chunk: int = 1 << 20) -> Iterator[str]:
+    """``text.split("\\n")``, a megabyte at a time (the whole list of a
+    150k-line kallsyms would be ~15 MB of small strings at once)."""
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", min(start + chunk, n))
+        if end < 0:
+            end = n
+        yield from text[start:end].split("\n")
+        start = end + 1
+
+
+def _nth_vmlinux_line(text: str, row: int) -> tuple[int, str]:
+    """(line number, text) of the ``row``-th three-field line."""
+    seen = -1
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if len(line.split()) == 3:
+            seen += 1
+            if seen == row:
+                return lineno, line
+    raise AssertionError("row out of range")  # pragma: no cover
 
 
 _HIDDEN_NOTE = ("addresses are hidden (read without root, or kptr_restrict); "
@@ -373,25 +403,29 @@ class _BadRow(Exception):
 
 
 def _columns(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(rows)
+    return _columns_of([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def _columns_of(alist: list[str], tlist: list[str],
+                nlist: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(alist)
     try:
-        addrs = np.fromiter((int(r[0], 16) for r in rows), dtype=np.uint64, count=n)
+        addrs = np.fromiter((int(a, 16) for a in alist), dtype=np.uint64, count=n)
     except (ValueError, OverflowError):
-        for i, r in enumerate(rows):
+        for i, a in enumerate(alist):
             try:
-                v = int(r[0], 16)
+                v = int(a, 16)
                 if not 0 <= v < 1 << 64:
                     raise ValueError
             except ValueError:
-                raise _BadRow(i, f"address {r[0]!r} is not a 64-bit hexadecimal number") from None
+                raise _BadRow(i, f"address {a!r} is not a 64-bit hexadecimal number") from None
         raise  # pragma: no cover - the loop finds the row
-    tlist = [r[1] for r in rows]
     if any(len(t) != 1 for t in tlist):
         i = next(i for i, t in enumerate(tlist) if len(t) != 1)
         raise _BadRow(i, f"type {tlist[i]!r} is not one letter")
     types = np.array(tlist, dtype="<U1")
     names = np.empty(n, dtype=object)
-    names[:] = [r[2] for r in rows]
+    names[:] = nlist
     return addrs, types, names
 
 
