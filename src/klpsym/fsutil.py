@@ -140,7 +140,11 @@ class AtomicOutput:
                 os.fsync(self._fd)
                 os.fchmod(self._fd, mode)
                 if self._named is None:
-                    self._named = self._link_tmpfile()
+                    try:
+                        self._named = self._link_tmpfile()
+                    except OSError:  # /proc hidden or linkat refused: copy it instead
+                        self._copy_to_named(mode)
+                assert self._named is not None
                 os.replace(self._named, self.dest)
             except OSError as e:
                 raise KlpsymError(f"{self.dest}: cannot write: {e.strerror}") from None
@@ -169,6 +173,24 @@ class AtomicOutput:
         finally:
             os.close(dfd)
         raise OSError(errno.EEXIST, "no free temporary name")
+
+    def _copy_to_named(self, mode: int) -> None:
+        """Copy the unnamed file into a named temporary one (fsync'ed) and
+        continue with that."""
+        unnamed = self._fd
+        self._open_named()
+        try:
+            size = os.fstat(unnamed).st_size
+            done = 0
+            while done < size:
+                n = os.sendfile(self._fd, unnamed, done, size - done)
+                if n == 0:
+                    raise OSError(errno.EIO, "short copy")
+                done += n
+            os.fsync(self._fd)
+            os.fchmod(self._fd, mode)
+        finally:
+            os.close(unnamed)
 
     def discard(self) -> None:
         if self._named is not None:

@@ -96,3 +96,20 @@ def test_refusals(tmp_path: Path) -> None:
                 atomic_write(ro / "out.ko", b"x")
     finally:
         ro.chmod(0o700)
+
+
+def test_unnamed_file_that_cannot_be_linked_is_copied(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where linkat() of /proc/self/fd/N is refused (a hidden /proc), the
+    unnamed file is copied into a named temporary one and renamed."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(fsutil.os, "link", refuse)
+    dest = tmp_path / "out.ko"
+    data = bytes(range(256)) * 5000
+    seen = _synced(monkeypatch)
+    atomic_write(dest, data)
+    assert dest.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["out.ko"]
+    assert seen[-1] == "dir" and seen.count("file") >= 1
