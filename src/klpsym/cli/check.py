@@ -7,12 +7,13 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags
-from klpsym.kernel.target import TargetKernel, discover
-from klpsym.load.batch import collect_modules, gather_facts
-from klpsym.load.check import Fate, ModuleVerdict, Verdict, check_modules, summary_reason
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.kernel.target import TargetKernel
+    from klpsym.load.check import ModuleVerdict
 
 EPILOG = SOURCES_HELP + """
   A kallsyms source is optional here: with one, an unexported symbol is also
@@ -58,6 +59,8 @@ def register(sub: Any) -> None:
 
 
 def target_for_check(args: argparse.Namespace) -> TargetKernel:
+    from klpsym.kernel.target import discover
+
     return discover(
         kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
@@ -66,6 +69,9 @@ def target_for_check(args: argparse.Namespace) -> TargetKernel:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.load.batch import collect_modules
+    from klpsym.load.check import check_modules
+
     paths = collect_modules(args.modules)
     target = target_for_check(args)
     facts = _gather(paths, args.jobs)
@@ -79,12 +85,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def exit_code(verdicts: list[ModuleVerdict]) -> int:
+    from klpsym.load.check import Verdict
+
     if any(v.verdict == Verdict.ERROR for v in verdicts):
         return 2
     return 0 if all(v.would_load for v in verdicts) else 1
 
 
 def _gather(paths: list[Path], jobs: int | None) -> list[Any]:
+    from klpsym.load.batch import gather_facts
+
     if not sys.stderr.isatty() or len(paths) < 2:
         return gather_facts(paths, jobs)
     from rich.console import Console
@@ -96,14 +106,15 @@ def _gather(paths: list[Path], jobs: int | None) -> list[Any]:
         return gather_facts(paths, jobs, lambda n: bar.update(task, completed=n))
 
 
-_STYLE = {Verdict.LOADS: "green", Verdict.LOADS_AFTER: "green", Verdict.FAILS: "red",
-          Verdict.ERROR: "red"}
+_STYLE = {"loads": "green", "loads-after": "green", "fails": "red", "error": "red"}
 
 
 def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from klpsym.load.check import summary_reason
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(f"target {escape(target.describe())}")
@@ -114,7 +125,8 @@ def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose:
         for col in ("module", "verdict", "why / needs"):
             table.add_column(col, no_wrap=col != "why / needs")
         for v in verdicts:
-            table.add_row(escape(v.path), f"[{_STYLE[v.verdict]}]{v.verdict.value}[/]",
+            style = _STYLE.get(v.verdict.value, "red")
+            table.add_row(escape(v.path), f"[{style}]{v.verdict.value}[/]",
                           escape(summary_reason(v)))
         console.print(table)
     for v in verdicts:
@@ -128,8 +140,10 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from klpsym.load.check import Fate, Verdict, summary_reason
+
     console.print(f"\n[bold]{escape(v.path)}[/] ({escape(v.name)}): "
-                  f"[{_STYLE[v.verdict]}]{v.verdict.value}[/]"
+                  f"[{_STYLE.get(v.verdict.value, 'red')}]{v.verdict.value}[/]"
                   + (f" after {', '.join(v.depends)}" if v.depends else ""))
     if v.verdict == Verdict.ERROR:
         console.print(f"  {escape(summary_reason(v))}")
