@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import pytest
 
 from elfbuilder import SHF_ALLOC, ElfBuilder
 from klpsym.elf import ElfFile
 from klpsym.errors import ModuleError
+from klpsym.lab.provision import Kernel
 from klpsym.module.versions import (
     SymbolVersion,
     VersionsFormat,
@@ -100,26 +100,19 @@ def test_name_too_long_for_basic() -> None:
         encode_basic(elf, [SymbolVersion("x" * 56, 1)])
 
 
-def _bookworm_modules() -> list[Path]:
-    from klpsym.lab.provision import default_cache_dir
-
-    pattern = "kernels/bookworm/*/root/lib/modules/*/kernel/net/*/*.ko"
-    return sorted(default_cache_dir().glob(pattern))
-
-
 @pytest.mark.real
-def test_matches_modprobe_dump_modversions() -> None:
-    """Cross-check with kmod's own reader on real modules."""
+def test_matches_modprobe_dump_modversions(bookworm: Kernel) -> None:
+    """Cross-check with kmod's own reader on real modules (the lab's bookworm
+    kernel, provisioned by the session fixture)."""
     import subprocess
 
     from klpsym.module.ko import read_module
 
-    mods = _bookworm_modules()[:40]
-    if not mods:
-        pytest.skip("bookworm kernel not provisioned (python -m klpsym.lab provision bookworm)")
+    mods = sorted(bookworm.modules_dir.glob("kernel/net/*/*.ko"))[:40]
+    assert len(mods) >= 20, f"only {len(mods)} modules under {bookworm.modules_dir}/kernel/net"
     for path in mods:
         out = subprocess.run(["modprobe", "--dump-modversions", str(path)], check=True,
                              capture_output=True, text=True).stdout
         theirs = [(int(c, 16), n) for c, n in (line.split("\t") for line in out.splitlines())]
         ours = [(e.crc, e.name) for e in read_versions(read_module(path).elf).entries]
-        assert ours == theirs, path
+        assert theirs and ours == theirs, path
