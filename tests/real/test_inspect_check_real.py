@@ -114,3 +114,21 @@ def test_check_every_bookworm_module(bookworm: Kernel) -> None:
     for p, v in zip(mods, verdicts, strict=True):
         want = {d for d in (read_module(p).modinfo.get("depends") or "").split(",") if d}
         assert {d.replace("-", "_") for d in v.depends} == {d.replace("-", "_") for d in want}, p
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
+def test_fast_reader_equals_general_reader(suite: str, bookworm: Kernel) -> None:
+    """check reads modules through load.facts' fast path: on Debian's own
+    modules (.ko; .ko.xz with extended modversions and __kflagstab on sid)
+    it must read every one, and read what the general ELF reader reads."""
+    from klpsym.load.facts import fast_facts, module_facts
+    from klpsym.module.compression import decompress
+
+    root = bookworm.home / "root" if suite == "bookworm" else _cached(suite)
+    if root is None:
+        pytest.skip(f"{suite} is not in the lab's cache")
+    mods = _modules(root / "lib" / "modules")
+    for p in mods[::1 if suite == "bookworm" else 4]:
+        data, compression = decompress(p.read_bytes(), str(p))
+        assert fast_facts(data, p, compression.value) is not None, p
+        assert module_facts(p) == module_facts(p, fast=False), p

@@ -332,3 +332,66 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check", str(good), str(junk)]) == 2
     assert main(["check", str(tmp_path / "missing.ko")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# -- the fast reader (load.facts.fast_facts) against the general one
+
+
+def _signed(data: bytes) -> bytes:
+    """``data`` with a PKCS#7-shaped trailer as scripts/sign-file appends it."""
+    sig = bytes(range(40))
+    return data + sig + bytes([0, 0, 2, 0, 0, 0, 0, 0]) + struct.pack(">I", len(sig)) \
+        + b"~Module signature appended~\n"
+
+
+def _variants() -> dict[str, bytes]:
+    return {
+        "plain": kmod().build(),
+        "exports": kmod(("_printk", "ktime_get"), exports=("a_fn", "b_fn", "c_fn")).build(),
+        "weak": kmod(weak=("maybe_there",)).build(),
+        "no versions": kmod(versions={"module_layout": None, "_printk": None}).build(),
+        "namespace": kmod(("crypto_cipher_setkey",), import_ns="CRYPTO_INTERNAL").build(),
+        "proprietary": kmod(license="Proprietary").build(),
+        "signed": _signed(kmod(exports=("x_fn",)).build()),
+        "no modinfo name": kmod(name="").build(),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_variants()))
+def test_fast_reader_equals_general_reader(tmp_path: Path, variant: str) -> None:
+    from klpsym.load.facts import fast_facts
+
+    p = tmp_path / "m.ko"
+    p.write_bytes(_variants()[variant])
+    assert fast_facts(p.read_bytes(), p, "none") is not None  # the fast path read it
+    assert module_facts(p) == module_facts(p, fast=False)
+
+
+def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
+    """Bytes changed in the headers and tables the fast reader reads: it
+    gives the general reader's facts or its error, never other ones."""
+    import random
+
+    from klpsym.elf import ElfFile
+    from klpsym.load.facts import fast_facts
+    from klpsym.module.signature import split_signature
+
+    rng = random.Random(7)
+    fast_read = 0
+    for variant in ("exports", "signed", "weak"):
+        good = _variants()[variant]
+        elf = ElfFile.from_bytes(split_signature(good, variant)[0])
+        shoff = int(elf.header["e_shoff"])
+        regions = [(0, 64), (shoff, shoff + 64 * len(elf.sections))] + [
+            (s.orig_offset, s.orig_offset + s.orig_size) for s in elf.sections
+            if s.orig_offset is not None and s.orig_size and s.name != ".text"]
+        for _ in range(150):
+            data = bytearray(good)
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                start, end = rng.choice(regions)
+                data[rng.randrange(start, end)] = rng.choice((0, 1, 0xFF, rng.randrange(256)))
+            p = tmp_path / "m.ko"
+            p.write_bytes(bytes(data))
+            fast_read += fast_facts(bytes(data), p, "none") is not None
+            assert module_facts(p) == module_facts(p, fast=False), (variant, data.hex())
+    assert fast_read > 100  # most single-byte changes leave a module the fast path reads
