@@ -22,7 +22,7 @@ from klpsym.klp.validate import X86_64_HANDLED, loader_problems
 from klpsym.module.compression import decompress
 from klpsym.module.exports import GPL_ONLY, KSYM_FLAG_GPL_ONLY, KSYMTAB_SECTIONS, read_exports
 from klpsym.module.ko import Module, module_from_bytes
-from klpsym.module.signature import MODULE_SIG_STRING, split_signature
+from klpsym.module.signature import MODULE_SIG_STRING
 from klpsym.module.versions import VersionsFormat, read_versions
 
 #: include/linux/module.h: struct module { enum module_state state;
@@ -247,6 +247,14 @@ _POWERS_OF_TWO = frozenset({0} | {1 << k for k in range(64)})
 _FALLBACK_SHN = frozenset({int(SHN.XINDEX), int(SHN.COMMON), int(SHN.LIVEPATCH)})
 # x86_64 kernel_symbol fields: R_X86_64_PC32 (4.19+ place-relative), R_X86_64_64
 _X86_64_PREL32, _X86_64_ABS64 = 2, 1
+# Every section name the fast path looks up, and the prefixes to find them by.
+_WANTED_NAMES = frozenset({
+    b".modinfo", b".gnu.linkonce.this_module", b"__versions", b"__version_ext_crcs",
+    b"__version_ext_names", b"__ksymtab_strings", b"__kflagstab",
+    *_KSYMTABS, *(b"__kcrctab" + n[len(b"__ksymtab"):] for n in _KSYMTABS)})
+_WANTED_PREFIXES = (b".modinfo\0", b".gnu.linkonce.this_module\0", b"__k", b"__version")
+assert all(n.startswith(_WANTED_PREFIXES) or n + b"\0" in _WANTED_PREFIXES
+           for n in _WANTED_NAMES)
 _NULL, _SYMTAB, _STRTAB, _RELA, _NOBITS, _SYMTAB_SHNDX = (
     int(SHT.NULL), int(SHT.SYMTAB), int(SHT.STRTAB), int(SHT.RELA), int(SHT.NOBITS),
     int(SHT.SYMTAB_SHNDX))
@@ -281,8 +289,14 @@ class _Reader:
     def __init__(self, data: bytes, path: Path) -> None:
         self.data = data
         self.path = path
+        size = len(data)
         self.signed = data.endswith(MODULE_SIG_STRING)
-        size = len(split_signature(data, str(path))[0]) if self.signed else len(data)
+        if self.signed:  # module.signature.split_signature, without copying
+            end = size - len(MODULE_SIG_STRING)
+            sig_len = int.from_bytes(data[end - 4:end], "big") if end >= 12 else 0
+            size = end - 12 - sig_len
+            if sig_len == 0 or size < 0:
+                raise _Unusual
         if size < 64 or data[:6] != b"\x7fELF\x02\x01":  # ELF64, little-endian
             raise _Unusual
         (etype, self.machine, _, _, _, shoff, _, _, _, phnum, shentsize, shnum,
@@ -302,15 +316,29 @@ class _Reader:
                 o + s > size for t, o, s in zip(types, self.offsets, self.sizes, strict=True)
                 if t != _NOBITS and t != _NULL):
             raise _Unusual
-        self.shstr = shstr = self.content(shstrndx)
+        self.relas = [i for i, t in enumerate(types) if t == _RELA]
+        shstr = self.shstr = self.content(shstrndx)
         if not shstr.endswith(b"\0") or max(names[1:], default=0) >= len(shstr):
             raise _Unusual
-        # name offset -> its sections (rarely more than one)
-        self.by_name_offset = dict(zip(names[1:], range(1, shnum), strict=True))
-        self.shared: dict[int, list[int]] = {}
-        if len(self.by_name_offset) != shnum - 1:
+        # The sections the check reads, by name: where those names are in
+        # the name table, and which sections have them.
+        by_offset = dict(zip(names[1:], range(1, shnum), strict=True))
+        shared: dict[int, list[int]] = {}
+        if len(by_offset) != shnum - 1:  # sections that share a name offset
             for i in range(1, shnum):
-                self.shared.setdefault(names[i], []).append(i)
+                shared.setdefault(names[i], []).append(i)
+        self.named: dict[bytes, list[int]] = {}
+        index = shstr.index
+        for prefix in _WANTED_PREFIXES:
+            p = shstr.find(prefix)
+            while p >= 0:
+                name = shstr[p:index(b"\0", p)]
+                found = shared.get(p, []) if shared else [by_offset[p]] if p in by_offset else []
+                if found and name in _WANTED_NAMES:
+                    self.named.setdefault(name, []).extend(found)
+                p = shstr.find(prefix, p + 1)
+        for found in self.named.values():
+            found.sort()
 
     def content(self, i: int) -> bytes:
         t = self.types[i]
@@ -320,20 +348,12 @@ class _Reader:
         return self.data[off:off + self.sizes[i]]
 
     def sections_named(self, name: bytes) -> list[int]:
-        """The indexes of the sections called ``name``, in order."""
-        needle = name + b"\0"
-        shstr, found = self.shstr, list[int]()
-        p = shstr.find(needle)
-        while p >= 0:
-            if self.shared:
-                found += self.shared.get(p, ())
-            elif (i := self.by_name_offset.get(p)) is not None:
-                found.append(i)
-            p = shstr.find(needle, p + 1)
-        return sorted(found)
+        """The indexes of the sections called ``name`` (one of
+        _WANTED_NAMES), in order."""
+        return self.named.get(name, [])
 
     def section(self, name: bytes) -> int | None:
-        found = self.sections_named(name)
+        found = self.named.get(name)
         return found[0] if found else None
 
     def facts(self, compression: str) -> ModuleFacts:
@@ -354,7 +374,7 @@ class _Reader:
         if not f.has_symtab:
             return f
         syms, strtab = self._symtab()
-        if any(flag & _SHF_RELA_LIVEPATCH for flag in self.flags):
+        if any(flag & _SHF_RELA_LIVEPATCH for flag in set(self.flags)):
             raise _Unusual
         self.syms = syms
         self._undefined(f, syms, strtab)
@@ -373,24 +393,34 @@ class _Reader:
 
     def _modinfo(self, f: ModuleFacts) -> None:
         """module.modinfo.read_modinfo: the first value of each key."""
-        info: dict[str, str] = {}
-        import_ns: list[str] = []
         mi = self.section(b".modinfo")
-        if mi is not None and self.types[mi] != _NOBITS:
-            for raw in self.content(mi).split(b"\0"):
-                if raw:
-                    key, sep, value = raw.decode("utf-8", errors="replace").partition("=")
-                    if sep:
-                        info.setdefault(key, value)
-                        if key == "import_ns":
-                            import_ns.append(value)
-        f.modinfo_name = info.get("name")
-        f.vermagic = info.get("vermagic")
-        f.license = info.get("license")
-        f.import_ns = tuple(import_ns)
-        f.intree = "intree" in info
-        f.staging = "staging" in info
-        f.livepatch = "livepatch" in info
+        text = b"" if mi is None or self.types[mi] == _NOBITS else b"\0" + self.content(mi)
+
+        def values(key: bytes, first: bool = True) -> list[str]:
+            """The values of the entries "key=value" (each after a NUL)."""
+            out = []
+            needle = b"\0" + key + b"="
+            p = text.find(needle)
+            while p >= 0:
+                start = p + len(needle)
+                end = text.find(b"\0", start)
+                out.append(text[start:end if end >= 0 else len(text)].decode("utf-8", "replace"))
+                if first:
+                    break
+                p = text.find(needle, start)
+            return out
+
+        def get(key: bytes) -> str | None:
+            found = values(key)
+            return found[0] if found else None
+
+        f.modinfo_name = get(b"name")
+        f.vermagic = get(b"vermagic")
+        f.license = get(b"license")
+        f.import_ns = tuple(values(b"import_ns", first=False))
+        f.intree = b"\0intree=" in text
+        f.staging = b"\0staging=" in text
+        f.livepatch = b"\0livepatch=" in text
 
     def _versions(self, f: ModuleFacts) -> None:
         """module.versions.read_versions."""
@@ -446,12 +476,20 @@ class _Reader:
         undefined = np.flatnonzero(syms["st_shndx"] == 0)
         undefined = undefined[undefined != 0]
         weak = ((syms["st_info"][undefined] >> 4) == _STB_WEAK).tolist()
-        index = strtab.index
-        parts = [strtab[o:index(b"\0", o)] for o in syms["st_name"][undefined].tolist()]
-        if b"" in parts:  # an empty name is no symbol to resolve
-            weak = [w for p, w in zip(parts, weak, strict=True) if p]
-            parts = [p for p in parts if p]
-        f.undefined = list(zip(_decode_all(parts, "surrogateescape"), weak, strict=True))
+        offsets = syms["st_name"][undefined].tolist()
+        names: list[str]
+        if strtab.isascii():  # decoded once; byte offsets are character offsets
+            text = strtab.decode("ascii")
+            index = text.index
+            names = [text[o:index("\0", o)] for o in offsets]
+        else:
+            bindex = strtab.index
+            names = [strtab[o:bindex(b"\0", o)].decode("utf-8", "surrogateescape")
+                     for o in offsets]
+        if "" in names:  # an empty name is no symbol to resolve
+            weak = [w for n, w in zip(names, weak, strict=True) if n]
+            names = [n for n in names if n]
+        f.undefined = list(zip(names, weak, strict=True))
 
     def _relocation_types(self) -> None:
         """unknown_relocation_types(): any type apply_relocate_add() does
@@ -459,9 +497,7 @@ class _Reader:
         strided view per run of adjacent tables."""
         runs: list[list[int]] = []  # [start, end]
         flags, shnum = self.flags, self.shnum
-        for i, t in enumerate(self.types):
-            if t != _RELA:
-                continue
+        for i in self.relas:
             target = self.infos[i]
             if not 0 < target < shnum or not flags[target] & _SHF_ALLOC:
                 continue
@@ -482,7 +518,7 @@ class _Reader:
         """module.exports._read_table for an x86_64 table whose entries are
         all relocated, without duplicate relocations, with their names (and
         namespaces) in one section and literal CRCs; else _Unusual."""
-        relas = [i for i, t in enumerate(self.types) if t == _RELA and self.infos[i] == table]
+        relas = [i for i in self.relas if self.infos[i] == table]
         parts = []
         for i in relas:
             if self.entsizes[i] not in (0, 24) or self.sizes[i] % 24:
@@ -547,8 +583,8 @@ class _Reader:
         crcs: list[int] | list[None] = [None] * count
         crc_sec = self.section(b"__kcrctab" + name[len(b"__ksymtab"):])
         if crc_sec is not None and self.types[crc_sec] != _NOBITS:
-            if self.sizes[crc_sec] != 4 * count or any(
-                    t == _RELA and self.infos[i] == crc_sec for i, t in enumerate(self.types)):
+            if self.sizes[crc_sec] != 4 * count or any(self.infos[i] == crc_sec
+                                                       for i in self.relas):
                 raise _Unusual
             crcs = np.frombuffer(self.content(crc_sec), dtype="<u4").tolist()
         base = np.arange(count, dtype=np.int64) * entsize
