@@ -236,7 +236,8 @@ _SHDR = struct.Struct("<IIQQQQIIQQ")
 _EHDR_TAIL = struct.Struct("<HHIQQQIHHHHHH")  # e_type .. e_shstrndx, after e_ident
 _SYM_DTYPE = np.dtype([("st_name", "<u4"), ("st_info", "u1"), ("st_other", "u1"),
                        ("st_shndx", "<u2"), ("st_value", "<u8"), ("st_size", "<u8")])
-_RELA_DTYPE = np.dtype([("r_offset", "<u8"), ("r_info", "<u8"), ("r_addend", "<i8")])
+_RELA_RECORD = struct.Struct("<QQq")
+_SYM_VALUE = struct.Struct("<6xHQ")  # st_shndx, st_value of an Elf64_Sym
 # struct modversion_info with the CRC's low half apart (little-endian)
 _VERSIONS_DTYPE = np.dtype([("crc", "<u4"), ("crc_high", "<u4"),
                             ("name", f"S{MODULE_NAME_LEN}")])
@@ -458,6 +459,7 @@ class _Reader:
                 or self.types[link] != _STRTAB:
             raise _Unusual
         strtab = self.content(link)
+        self.symtab_offset = self.offsets[i]
         syms = np.frombuffer(self.data, dtype=_SYM_DTYPE, count=size // 24,
                              offset=self.offsets[i])
         if len(syms):
@@ -516,57 +518,50 @@ class _Reader:
 
     def _exports(self, table: int) -> list[ExportFact]:
         """module.exports._read_table for an x86_64 table whose entries are
-        all relocated, without duplicate relocations, with their names (and
-        namespaces) in one section and literal CRCs; else _Unusual."""
-        relas = [i for i in self.relas if self.infos[i] == table]
-        parts = []
-        for i in relas:
+        all relocated, without two relocations at one offset, and with
+        literal CRCs; else _Unusual.  Plain Python: a table has tens of
+        entries, fewer than numpy's calls would cost."""
+        relocs: dict[int, tuple[int, int]] = {}  # offset -> (symbol, addend)
+        types = set()
+        count = 0
+        for i in self.relas:
+            if self.infos[i] != table:
+                continue
             if self.entsizes[i] not in (0, 24) or self.sizes[i] % 24:
                 raise _Unusual
-            parts.append(np.frombuffer(self.data, dtype=_RELA_DTYPE,
-                                       count=self.sizes[i] // 24, offset=self.offsets[i]))
-        if not parts:
+            off = self.offsets[i]
+            for r_offset, r_info, r_addend in _RELA_RECORD.iter_unpack(
+                    self.data[off:off + self.sizes[i]]):
+                relocs[r_offset] = (r_info >> 32, r_addend)
+                types.add(r_info & 0xFFFFFFFF)
+                count += 1
+        if not relocs or len(relocs) != count:
             raise _Unusual
-        rela = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if not len(rela):
-            raise _Unusual
-        order = np.argsort(rela["r_offset"], kind="stable")
-        offsets = rela["r_offset"][order].astype(np.int64)
-        info = rela["r_info"][order]
-        if len(offsets) > 1 and not bool((offsets[1:] > offsets[:-1]).all()):
-            raise _Unusual
-        types = info & 0xFFFFFFFF
-        if bool((types == _X86_64_PREL32).all()):
+        if types == {_X86_64_PREL32}:
             field = 4
-        elif bool((types == _X86_64_ABS64).all()):
+        elif types == {_X86_64_ABS64}:
             field = 8
         else:
             raise _Unusual
-        rsyms = (info >> 32).astype(np.int64)
-        syms = self.syms
-        if int(rsyms.max()) >= len(syms) or (len(syms) and int(syms["st_value"].max()) >= 1 << 62):
-            raise _Unusual
-        addends = rela["r_addend"][order]
+        nsyms, symoff = len(self.syms), self.symtab_offset
+        targets: dict[int, tuple[int | None, int]] = {}
+        for r_offset, (sym, addend) in relocs.items():
+            if sym >= nsyms:
+                raise _Unusual
+            shndx, value = _SYM_VALUE.unpack_from(self.data, symoff + 24 * sym)
+            # module.exports._Resolver.target(): section (None: absolute,
+            # undefined or another reserved index) and offset in it
+            targets[r_offset] = (shndx if 0 < shndx < _SHN_LORESERVE else None,
+                                 value + addend)
         strings = self.section(b"__ksymtab_strings")
-
-        def targets(want: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            """For each offset: relocated there?, the section it points at
-            (0: none, as module.exports._Resolver.target), and where."""
-            at = np.minimum(np.searchsorted(offsets, want), len(offsets) - 1)
-            found = offsets[at] == want
-            s = rsyms[at]
-            sec = syms["st_shndx"][s].astype(np.int64)
-            sec[sec >= _SHN_LORESERVE] = 0
-            return found, sec, syms["st_value"][s].astype(np.int64) + addends[at]
-
         size = self.sizes[table]
         if size % (2 * field) and not size % (3 * field):
             nfields = 3
         elif size % (3 * field) and not size % (2 * field):
             nfields = 2
         else:
-            found, sec, _ = targets(np.array([2 * field]))
-            nfields = 3 if not found[0] or strings is not None and int(sec[0]) == strings else 2
+            third = targets.get(2 * field)
+            nfields = 3 if third is None or strings is not None and third[0] == strings else 2
         entsize = nfields * field
         if size % entsize:
             raise _Unusual
@@ -586,36 +581,31 @@ class _Reader:
             if self.sizes[crc_sec] != 4 * count or any(self.infos[i] == crc_sec
                                                        for i in self.relas):
                 raise _Unusual
-            crcs = np.frombuffer(self.content(crc_sec), dtype="<u4").tolist()
-        base = np.arange(count, dtype=np.int64) * entsize
-        found, _, _ = targets(base)  # the value fields
-        if not found.all():
-            raise _Unusual
-        found, sec, where = targets(base + field)
-        if not found.all():
-            raise _Unusual
-        names = self._strings(sec, where)
-        namespaces = [""] * count
-        if nfields == 3:
-            found, sec, where = targets(base + 2 * field)
-            pointed = found & (sec != 0)
-            if pointed.any():
-                for i, ns in zip(np.flatnonzero(pointed).tolist(),
-                                 self._strings(sec[pointed], where[pointed]), strict=True):
-                    namespaces[i] = ns
-        return [ExportFact(n, g, ns, c)
-                for n, g, ns, c in zip(names, gpl_only, namespaces, crcs, strict=True)]
+            crcs = list(struct.unpack(f"<{count}I", self.content(crc_sec)))
+        texts: dict[int, bytes] = {}
 
-    def _strings(self, sec: np.ndarray, where: np.ndarray) -> list[str]:
-        """The NUL-terminated strings at ``where`` in the sections ``sec``
-        (one section, else _Unusual)."""
-        if not len(sec):
-            return []
-        first = int(sec[0])
-        if first == 0 or not bool((sec == first).all()):
-            raise _Unusual
-        text = self.content(first)
-        if not text.endswith(b"\0") or int(where.min()) < 0 or int(where.max()) >= len(text):
-            raise _Unusual
-        index = text.index
-        return _decode_all([text[o:index(b"\0", o)] for o in where.tolist()], "replace")
+        def string(target: tuple[int | None, int]) -> str:
+            sec, off = target
+            if sec is None:
+                raise _Unusual
+            text = texts.get(sec)
+            if text is None:
+                text = texts[sec] = self.content(sec)
+            end = text.find(b"\0", off)
+            if off < 0 or off >= len(text) or end < 0:
+                raise _Unusual
+            return text[off:end].decode("utf-8", "replace")
+
+        out = []
+        for i in range(count):
+            base = i * entsize
+            name_at = targets.get(base + field)
+            if base not in targets or name_at is None:  # a field not relocated
+                raise _Unusual
+            namespace = ""
+            if nfields == 3:
+                ns = targets.get(base + 2 * field)
+                if ns is not None and ns[0] is not None:
+                    namespace = string(ns)
+            out.append(ExportFact(string(name_at), gpl_only[i], namespace, crcs[i]))
+        return out
