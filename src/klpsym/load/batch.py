@@ -118,6 +118,9 @@ def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = 
     ``rendered``.  ``progress`` is called with the number of modules read.
     """
     jobs = jobs or default_jobs()
+    # What every process needs of the target, made once before they fork
+    # (the kallsyms are read only if a check needs them).
+    _ = target.symvers.exports, target.config
     with _gc_paused():
         if jobs <= 1 or len(paths) < PARALLEL_MIN:
             facts = gather_facts(paths, 1, progress)
@@ -173,7 +176,7 @@ def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
            render: Callable[[ModuleVerdict], Any] | None) -> tuple[ModuleVerdict, Any]:
     v = checker.check(f)
     rendered = render(v) if render is not None else None
-    if not symbols and v.would_load and v.symbols:
+    if not symbols and v.would_load and v._symbols:
         v.symbols = []
         v.symbols_listed = False
     return v, rendered

@@ -41,6 +41,7 @@ import errno
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from klpsym.elf.constants import EM
 from klpsym.kernel.kallsyms import Candidate
@@ -113,13 +114,12 @@ class SymbolCheck:
     reason: str = ""
 
 
-@dataclass
+@dataclass(eq=False)
 class ModuleVerdict:
     path: str
     name: str
     verdict: Verdict
     problems: list[Problem] = field(default_factory=list)
-    symbols: list[SymbolCheck] = field(default_factory=list)
     taints: list[str] = field(default_factory=list)
     depends: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -128,6 +128,36 @@ class ModuleVerdict:
     # False where a batch check left ``symbols`` out (load.batch.check_paths
     # with symbols=False, for a module that would load)
     symbols_listed: bool = True
+    # The symbols in the loader's order: SymbolCheck, or (name, provider,
+    # crc) for one an export resolves plainly, made a SymbolCheck on first
+    # use of ``symbols`` (most are never looked at; making them all was a
+    # third of a whole kernel's check).
+    _symbols: list[SymbolCheck | tuple[str, _Provider, int | None]] = field(
+        default_factory=list, repr=False)
+
+    @property
+    def symbols(self) -> list[SymbolCheck]:
+        rows = self._symbols
+        if any(type(r) is tuple for r in rows):
+            rows[:] = [SymbolCheck(r[0], r[1].fate, True, r[1].module, r[1].gpl_only, "", r[2],
+                                   r[1].crc) if type(r) is tuple else r for r in rows]
+        return rows  # type: ignore[return-value]  # all SymbolCheck now
+
+    @symbols.setter
+    def symbols(self, value: list[SymbolCheck]) -> None:
+        self._symbols = list(value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModuleVerdict):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.path, self.name, self.verdict, self.problems, self.symbols, self.taints,
+                self.depends, self.notes, self.vermagic, self.expected_vermagic,
+                self.symbols_listed)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -141,21 +171,24 @@ class ModuleVerdict:
         return [line for p in self.problems for line in p.kernel]
 
 
-@dataclass(frozen=True, slots=True)
-class _Provider:
+class _Provider(NamedTuple):
+    """Who exports a symbol, as find_symbol() would find it."""
+
     module: str  # "vmlinux" or a module name
     gpl_only: bool
     namespace: str
     crc: int | None
-    proprietary: bool = False  # the exporter is tainted P (batch modules only)
-    fate: Fate = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "fate", Fate.VMLINUX if self.module == "vmlinux"
-                           else Fate.MODULE)
+    proprietary: bool  # the exporter is tainted P (batch modules only)
+    fate: Fate  # VMLINUX or MODULE
 
 
-_MISSING = _Provider("", False, "", None)  # not looked up yet
+def _provider(module: str, gpl_only: bool, namespace: str, crc: int | None,
+              proprietary: bool = False) -> _Provider:
+    return _Provider(module, gpl_only, namespace, crc, proprietary,
+                     Fate.VMLINUX if module == "vmlinux" else Fate.MODULE)
+
+
+_MISSING = _provider("", False, "", None)  # not looked up yet
 
 
 #: What a module of the batch exports to the others: (its name, whether it
@@ -187,7 +220,9 @@ class Checker:
         self.machine = EM.X86_64 if cfg is not None and cfg.enabled("X86_64") else None
         self.vermagic = expected_vermagic(target.version, cfg, target.kernel_dir)
         self.klp_width = klp_sym_name_max(target.version)
-        layout = target.symvers.get("module_layout")
+        # One dict lookup a name (Symvers.get may cost more, per name)
+        self.exports: dict[str, Export] = target.symvers.exports
+        layout = self.exports.get("module_layout")
         self.module_layout = layout if layout is not None and layout.from_vmlinux else None
         self._providers: dict[str, _Provider | None] = {}
         # Exports of the modules checked together: they would be loaded.
@@ -198,7 +233,7 @@ class Checker:
             module, proprietary, exports = item
             for e in exports:
                 if e.name not in self.batch:
-                    self.batch[e.name] = _Provider(module, e.gpl_only, e.namespace, e.crc,
+                    self.batch[e.name] = _provider(module, e.gpl_only, e.namespace, e.crc,
                                                    proprietary)
 
     def check(self, f: ModuleFacts) -> ModuleVerdict:
@@ -213,7 +248,7 @@ class Checker:
         return found
 
     def _find(self, name: str) -> _Provider | None:
-        e = self.target.symvers.get(name)
+        e = self.exports.get(name)
         if e is not None and e.from_vmlinux:
             return _from_export(e)
         if name in self.batch:
@@ -228,7 +263,7 @@ class Checker:
 
 def _from_export(e: Export) -> _Provider:
     owner = "vmlinux" if e.from_vmlinux else e.module.rsplit("/", 1)[-1].replace("-", "_")
-    return _Provider(owner, e.gpl_only, e.namespace, e.crc)
+    return _provider(owner, e.gpl_only, e.namespace, e.crc)
 
 
 def check_modules(facts: Sequence[ModuleFacts], target: TargetKernel) -> list[ModuleVerdict]:
@@ -371,7 +406,7 @@ def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
             (f"{f.name}: please compile with -fno-common",)))
     gplok = is_gpl_compatible(f.license or "unspecified")
     using_gplonly = False
-    versions, has_crcs, depends = f.versions, f.has_crcs, v.depends
+    versions, has_crcs, depends, rows = f.versions, f.has_crcs, v.depends, v._symbols
     looked_up = ctx._providers
     for name, weak in f.undefined:
         p = looked_up.get(name, _MISSING)
@@ -383,16 +418,14 @@ def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
             # (if it has one) the module has.
             crc = versions.get(name)
             if p.crc is None or has_crcs and crc == p.crc:
-                fate = p.fate
-                v.symbols.append(SymbolCheck(name, fate, True, p.module, p.gpl_only, "", crc,
-                                             p.crc))
+                rows.append((name, p, crc))
                 using_gplonly = using_gplonly or p.gpl_only
-                if fate == Fate.MODULE and p.module not in depends:
+                if p.fate == Fate.MODULE and p.module not in depends:
                     depends.append(p.module)
                 continue
         check, err, stage, lines = _resolve(f, ctx, v, name, gplok, using_gplonly)
         using_gplonly = using_gplonly or (check.ok and check.gpl_only)
-        v.symbols.append(check)
+        rows.append(check)
         if check.ok:
             if check.fate == Fate.MODULE and check.provider and check.provider not in v.depends:
                 v.depends.append(check.provider)
@@ -598,7 +631,7 @@ def _exports(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
             v.problems.append(Problem(Stage.EXPORTS, "exports symbols without CRCs, and the "
                                       "kernel has modversions but no CONFIG_MODULE_FORCE_LOAD"))
     for e in f.exports:
-        owner = ctx.target.symvers.get(e.name)
+        owner = ctx.exports.get(e.name)
         if owner is not None and owner.from_vmlinux:
             # verify_exported_symbols()
             v.problems.append(Problem(
