@@ -54,9 +54,7 @@ def collect_modules(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(Path(top, name) for top, _, files in os.walk(p)
-                           for name in files if name.endswith(MODULE_SUFFIXES)
-                           and os.path.isfile(os.path.join(top, name)))
+            found = _modules_under(p)
             if not found:
                 raise KlpsymError(f"{p}: no kernel modules (*.ko, *.ko.xz, *.ko.zst, *.ko.gz) "
                                   "in this directory")
@@ -66,6 +64,23 @@ def collect_modules(paths: Iterable[Path]) -> list[Path]:
         else:
             raise KlpsymError(f"{p}: no such file or directory")
     return out
+
+
+def _modules_under(top: Path) -> list[Path]:
+    """The module files under ``top``, sorted as Paths sort (by their parts)."""
+    keyed: list[tuple[tuple[str, ...], Path, str]] = []
+    todo = [top]
+    while todo:
+        d = todo.pop()
+        parts = d.parts
+        with os.scandir(d) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(d / e.name)
+                elif e.name.endswith(MODULE_SUFFIXES) and e.is_file():
+                    keyed.append((parts + (e.name,), d, e.name))
+    keyed.sort()
+    return [d / name for _, d, name in keyed]
 
 
 def default_jobs() -> int:
