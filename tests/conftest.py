@@ -33,9 +33,27 @@ def sid() -> Kernel:
 
 def pytest_configure(config: pytest.Config) -> None:
     # tests import the synthetic ELF builder as a plain module
+    import os
     import sys
+    import tempfile
     from pathlib import Path
 
     here = str(Path(__file__).parent)
     if here not in sys.path:
         sys.path.insert(0, here)
+    # The symbol cache of this test run (inherited by the klpsym subprocesses
+    # tests start), not the user's ~/.cache/klpsym/symcache.
+    if "KLPSYM_SYMCACHE" not in os.environ:
+        os.environ["KLPSYM_SYMCACHE"] = tempfile.mkdtemp(prefix="klpsym-test-symcache-")
+        config.stash[_SYMCACHE] = os.environ["KLPSYM_SYMCACHE"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    made = config.stash.get(_SYMCACHE, None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+_SYMCACHE = pytest.StashKey[str]()

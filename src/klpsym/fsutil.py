@@ -1,15 +1,33 @@
-"""Atomic file replacement: write a temporary file in the destination's
-directory, fsync it, then rename it over the destination.  A reader (or an
-interrupted run) sees the old file or the new one, never a partial one."""
+"""Reading files with one-line errors, and atomic file replacement.
+
+An output is written to a temporary file in the destination's directory,
+fsync'ed, then renamed over the destination, and the directory is fsync'ed:
+a reader (or an interrupted run) sees the old file or the new one, never a
+partial one.
+
+Where the kernel and file system allow it (Linux >= 3.11, ext4, xfs, btrfs,
+tmpfs, ...) the temporary file is opened with ``O_TMPFILE``: it has no name
+while it is written and checked, so even a SIGKILL or a power cut during the
+write leaves nothing behind.  It gets a hidden name
+(``.NAME.XXXXXXXX.klpsym-tmp``) only for the instant between ``linkat()`` and
+``rename()``.  Elsewhere the temporary file is created under that hidden name
+from the start; SIGINT/SIGTERM and errors remove it, but a SIGKILL during the
+write leaves it in the directory (it is never at the output path).
+"""
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
-import tempfile
+import signal
+import threading
 from pathlib import Path
+from types import TracebackType
 
 from klpsym.errors import KlpsymError
+
+TEMP_SUFFIX = ".klpsym-tmp"
 
 
 def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
@@ -30,41 +48,182 @@ def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
         raise error(f"{path}: cannot read the {what} file: {e.strerror}") from None
 
 
-def atomic_write(dest: Path, data: bytes, mode_from: Path | None = None) -> None:
-    dest = Path(dest)
-    directory = dest.parent if str(dest.parent) else Path(".")
-    if not directory.is_dir():
-        raise KlpsymError(f"{dest}: directory {directory} does not exist")
-    if dest.is_dir():
-        raise KlpsymError(f"{dest}: is a directory; give a file name for the output")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{dest.name}.", suffix=".tmp")
-    except OSError as e:
-        raise KlpsymError(f"{dest}: cannot write in {directory}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mode = 0o644
-        if mode_from is not None:
+def _temp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
+
+
+class AtomicOutput:
+    """A file that appears at ``dest`` complete or not at all.
+
+    Use as a context manager: write with :meth:`write`, optionally read back
+    what was written with :meth:`map` (to check it before it is published),
+    then :meth:`commit`.  Leaving the block without a commit (an exception,
+    KeyboardInterrupt) discards the file; ``dest`` is untouched.
+    """
+
+    def __init__(self, dest: Path | str, mode_from: Path | None = None) -> None:
+        self.dest = Path(dest)
+        self.mode_from = mode_from
+        self.directory = self.dest.parent if str(self.dest.parent) else Path(".")
+        self._fd = -1
+        self._named: Path | None = None  # the temp file's name, when it has one
+        self.committed = False
+
+    # -- opening ---------------------------------------------------------------
+
+    def __enter__(self) -> AtomicOutput:
+        dest, directory = self.dest, self.directory
+        if not directory.is_dir():
+            raise KlpsymError(f"{dest}: directory {directory} does not exist")
+        if dest.is_dir():
+            raise KlpsymError(f"{dest}: is a directory; give a file name for the output")
+        if not os.path.isdir("/proc/self/fd"):  # needed to give the file a name
+            self._open_named()
+            return self
+        try:
+            self._fd = os.open(directory, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise KlpsymError(f"{dest}: cannot write in {directory}: {e.strerror}") from None
+            self._open_named()  # no O_TMPFILE here (old kernel, file system without it)
+        return self
+
+    def _open_named(self) -> None:
+        for _ in range(100):
+            name = _temp_name(self.dest)
             try:
-                mode = os.stat(mode_from).st_mode & 0o7777
+                self._fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                   0o600)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise KlpsymError(
+                    f"{self.dest}: cannot write in {self.directory}: {e.strerror}") from None
+            self._named = name
+            return
+        raise KlpsymError(f"{self.dest}: cannot create a temporary file in {self.directory}")
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview | object) -> None:
+        view = memoryview(data).cast("B")  # type: ignore[arg-type]
+        try:
+            while len(view):
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise KlpsymError(f"{self.dest}: cannot write: {e.strerror}") from None
+
+    def map(self) -> mmap.mmap | bytes:
+        """What was written so far, read-only (mapped, not copied)."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return b""
+        return mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+
+    # -- publishing ------------------------------------------------------------
+
+    def commit(self) -> None:
+        """fsync the file, give it its mode, put it at ``dest`` (atomically),
+        fsync the directory.  SIGINT/SIGTERM wait until this is done."""
+        mode = 0o644
+        if self.mode_from is not None:
+            try:
+                mode = os.stat(self.mode_from).st_mode & 0o7777
             except OSError:
                 pass
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except OSError as e:
-        os.unlink(tmp)
-        raise KlpsymError(f"{dest}: cannot write: {e.strerror}") from None
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
+        main = threading.current_thread() is threading.main_thread()
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if main else None
         try:
-            os.fsync(dfd)
+            try:
+                os.fsync(self._fd)
+                os.fchmod(self._fd, mode)
+                if self._named is None:
+                    try:
+                        self._named = self._link_tmpfile()
+                    except OSError:  # /proc hidden or linkat refused: copy it instead
+                        self._copy_to_named(mode)
+                assert self._named is not None
+                os.replace(self._named, self.dest)
+            except OSError as e:
+                raise KlpsymError(f"{self.dest}: cannot write: {e.strerror}") from None
+            self._named = None
+            self.committed = True
+            _fsync_dir(self.directory)
+        finally:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def _link_tmpfile(self) -> Path:
+        """Give the O_TMPFILE file a (hidden, temporary) name."""
+        # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N (open(2): O_TMPFILE).
+        # os.link() calls plain link(), which does not follow that magic link,
+        # unless a dir fd is given: the directory's (the source is absolute).
+        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for _ in range(100):
+                name = _temp_name(self.dest)
+                try:
+                    os.link(f"/proc/self/fd/{self._fd}", name.name, src_dir_fd=dfd,
+                            dst_dir_fd=dfd, follow_symlinks=True)
+                except FileExistsError:
+                    continue
+                return name
         finally:
             os.close(dfd)
+        raise OSError(errno.EEXIST, "no free temporary name")
+
+    def _copy_to_named(self, mode: int) -> None:
+        """Copy the unnamed file into a named temporary one (fsync'ed) and
+        continue with that."""
+        unnamed = self._fd
+        self._open_named()
+        try:
+            size = os.fstat(unnamed).st_size
+            done = 0
+            while done < size:
+                n = os.sendfile(self._fd, unnamed, done, size - done)
+                if n == 0:
+                    raise OSError(errno.EIO, "short copy")
+                done += n
+            os.fsync(self._fd)
+            os.fchmod(self._fd, mode)
+        finally:
+            os.close(unnamed)
+
+    def discard(self) -> None:
+        if self._named is not None:
+            try:
+                os.unlink(self._named)
+            except OSError:
+                pass
+            self._named = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.discard()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
     except OSError:
         pass
+    finally:
+        os.close(dfd)
+
+
+def atomic_write(dest: Path, data: bytes | bytearray | memoryview,
+                 mode_from: Path | None = None) -> None:
+    """Replace ``dest`` with ``data`` atomically (see the module docstring)."""
+    with AtomicOutput(dest, mode_from) as out:
+        out.write(data)
+        out.commit()

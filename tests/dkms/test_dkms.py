@@ -205,7 +205,8 @@ def test_dkms_signature_covers_the_converted_module(run: Run, tmp_path: Path) ->
     run.ok("install")
     data = run.installed_bytes
     assert data.endswith(MODULE_SIG_STRING), "dkms did not sign the module"
-    elf_part, sig = split_signature(data, str(run.installed))
+    elf_view, sig = split_signature(data, str(run.installed))
+    elf_part = bytes(elf_view)
     assert sig is not None and sig.id_type == 2  # PKEY_ID_PKCS7
     assert elf_part == read_module(run.installed).elf_bytes
     assert "Signing module" in run.steps["build"].stdout

@@ -78,3 +78,27 @@ def test_run_reports_each_load(bookworm: Kernel, tmp_path: Path) -> None:
     assert f"insmod {ko}: FAILED (insmod exit " in first
     assert "Unknown symbol kallsyms_lookup_name" in first
     assert second.startswith("loaded\n") and "klptest call_func: result=OK" in second
+
+
+def test_cli_boot_timeout_matches_the_lab() -> None:
+    """cli/lab.py spells the default boot timeout out, so that building the
+    parser imports no lab code; it must be the lab's."""
+    from klpsym.cli import lab as cli_lab
+    from klpsym.lab.qemu import BOOT_TIMEOUT
+
+    assert cli_lab.BOOT_TIMEOUT == BOOT_TIMEOUT
+
+
+def test_building_the_parser_imports_no_numpy() -> None:
+    """`klpsym --help` and every command's startup stay light: the commands
+    import their libraries when they run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from klpsym.cli.main import build_parser; build_parser(); "
+            "heavy = sorted(m for m in sys.modules if m == 'numpy' or m.startswith("
+            "('klpsym.lab.', 'klpsym.load', 'klpsym.klp', 'klpsym.elf', 'klpsym.kbuild'))); "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", out

@@ -285,6 +285,49 @@ def test_validator_catches_bad_symbol_names(tmp_path: Path) -> None:
     assert any("incorrectly" in p or "is not .klp.sym" in p for p in problems)
 
 
+def _rela(rows: list[tuple[int, int, int]]) -> np.ndarray:
+    from klpsym.elf.constants import ElfClass, ElfData
+    from klpsym.elf.layout import layout_for
+
+    a = np.zeros(len(rows), dtype=layout_for(ElfClass.ELF64, ElfData.LSB).rela)
+    for i, (o, info, add) in enumerate(rows):
+        a[i] = (o, info, add)
+    return a
+
+
+def test_same_relocations_is_a_multiset_comparison() -> None:
+    from klpsym.klp.validate import same_relocations
+
+    x = _rela([(0, 1, -4), (8, 2, 0), (8, 3, 0), (8, 2, 5), (16, 1, 0)])
+    assert same_relocations(x, x[[4, 2, 0, 3, 1]])  # any order
+    assert same_relocations(x[:0], x[:0])
+    assert not same_relocations(x, x[[0, 1, 1, 3, 4]])  # one duplicated, one lost
+    assert not same_relocations(x, _rela([(0, 1, -4), (8, 2, 0), (8, 3, 0), (8, 2, 6),
+                                          (16, 1, 0)]))  # an addend at a shared offset
+    assert not same_relocations(x, _rela([(0, 1, -4), (8, 2, 0), (8, 3, 0), (8, 2, 5),
+                                          (24, 1, 0)]))  # an offset
+    assert not same_relocations(x, x[:4])
+    swapped = _rela([(0, 1, -4), (8, 3, 0), (8, 2, 0), (8, 2, 5), (16, 2, 0)])
+    assert not same_relocations(x, swapped)  # the last one's symbol
+
+
+def test_validator_catches_an_unexpected_rename(tmp_path: Path) -> None:
+    from klpsym.klp.validate import symbol_changes
+
+    before, after = _converted(tmp_path)
+    st = after.symtab
+    i = st.names().index("_printk")
+    st.rename(i, "_printk2")
+    again = ElfFile.from_bytes(after.to_bytes())
+    guard = ("klp_enable_patch",)  # the load-time guard's one appended symbol
+    assert symbol_changes(before, again, 511, guard) == ["symbol '_printk' changed to "
+                                                         "'_printk2' unexpectedly"]
+    assert symbol_changes(before, ElfFile.from_bytes(after.to_bytes()), 511, guard)
+    _, fine = _converted(tmp_path)
+    assert symbol_changes(before, fine, 511, guard) == []
+    assert symbol_changes(before, fine, 511) != []  # an appended symbol nobody announced
+
+
 # -- the command line -----------------------------------------------------------
 
 

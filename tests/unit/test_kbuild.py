@@ -203,3 +203,13 @@ def test_chroot_runner_needs_a_directory(tmp_path: Path) -> None:
 
     with pytest.raises(KbuildError, match="no such directory"):
         ChrootRunner(tmp_path / "nope")
+
+
+def test_cli_build_method_choices_match_the_library() -> None:
+    """cli/build.py spells the --method choices out (so building the parser
+    imports no numpy); they must be the library's."""
+    from klpsym.cli import build as cli_build
+    from klpsym.kbuild.methods import AUTO
+    from klpsym.methods.header import METHODS
+
+    assert cli_build.AUTO == AUTO and cli_build.METHODS == METHODS

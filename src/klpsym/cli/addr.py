@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.sources import SYMBOL_SOURCE_HELP, add_symbol_source_flags, symbols_from_args
-from klpsym.kernel.symbols import Found, lookup, parse_query, require_addresses, with_sources
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.kernel.symbols import Found
 
 EPILOG = SYMBOL_SOURCE_HELP + """
 
@@ -43,6 +45,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.kernel.symbols import lookup, parse_query, require_addresses, with_sources
+
     queries = [parse_query(n) for n in args.names]
     source = symbols_from_args(args)
     require_addresses(source)

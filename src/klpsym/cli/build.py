@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
+from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
-from klpsym.kbuild import BuildResult
-from klpsym.kbuild.methods import AUTO, MethodBuild, build_with_method
-from klpsym.klp.plan import parse_sympos
-from klpsym.methods.header import METHODS
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.kbuild import BuildResult
+    from klpsym.kbuild.methods import MethodBuild
+
+# klpsym.kbuild.methods.AUTO and klpsym.methods.header.METHODS, without
+# importing them (and numpy) to build the parser; a test keeps them equal.
+AUTO = "auto"
+METHODS = ("klp", "kallsyms", "kprobe")
 
 EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
@@ -96,6 +102,8 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 def run(args: argparse.Namespace) -> int:
     from klpsym.kbuild import ChrootRunner, HostRunner, Runner
+    from klpsym.kbuild.methods import build_with_method
+    from klpsym.klp.plan import parse_sympos
 
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
@@ -119,7 +127,7 @@ def print_method_table(out: MethodBuild) -> None:
     print(f"klpsym: built with the {out.method.label} method (nothing converted)")
     for m in out.modules:
         names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in m.symbols) or "-"
-        print(f"  {m.ko}: {names}")
+        print(printable(f"  {m.ko}: {names}"))
     if out.method.label == "kallsyms":
         print("load with: klpsym insmod MODULE.ko (it passes the addresses from /proc/kallsyms)")
 
@@ -128,11 +136,13 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(f"klpsym: built for {result.target.release} "
-                  f"(symbols from {result.target.kallsyms_source})")
+    # markup=False and printable(): names come from the modules, as they are
+    console = Console(highlight=False, markup=False,
+                      width=None if sys.stdout.isatty() else 200)
+    console.print(printable(f"klpsym: built for {result.target.release} "
+                            f"(symbols from {result.target.kallsyms_source})"))
     if result.output_dir is not None:
-        console.print(f"output in {result.output_dir} (MO=)")
+        console.print(printable(f"output in {result.output_dir} (MO=)"))
     table = Table()
     for col in ("module", "converted", "relocations", "guard", "signed"):
         table.add_column(col, no_wrap=col == "module")
@@ -140,19 +150,20 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
         conv = m.converted
         names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in conv) or "-"
         moved = sum(sum(s.relocations.values()) for s in conv)
-        table.add_row(str(m.ko.relative_to(result.objdir)
-                          if m.ko.is_relative_to(result.objdir) else m.ko), names, str(moved),
+        table.add_row(printable(str(m.ko.relative_to(result.objdir)
+                                    if m.ko.is_relative_to(result.objdir) else m.ko)),
+                      printable(names), str(moved),
                       m.result.guard.action.value if m.result else "-",
                       "yes" if m.result and m.result.signed_with else "no")
     console.print(table)
     signers = {m.result.signed_with.describe() for m in result.modules
                if m.result and m.result.signed_with}
     for s in sorted(signers):
-        console.print(f"signed with {s}")
+        console.print(printable(f"signed with {s}"))
     for note in notes or []:
-        console.print(f"note: {note}")
+        console.print(printable(f"note: {note}"))
     for m in result.modules:
         for note in m.result.plan.notes if m.result else []:
-            console.print(f"note: {m.name}: {note}")
+            console.print(printable(f"note: {m.name}: {note}"))
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(printable(f"note: {note}"))

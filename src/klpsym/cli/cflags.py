@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from klpsym.methods.header import METHODS, Method, cflags, include_dir
+from klpsym.cli.build import METHODS
 
 EPILOG = """\
 klpsym.h (installed with klpsym) lets a module declare the unexported
@@ -47,6 +47,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.methods.header import Method, cflags, include_dir
+
     if args.include_dir:
         print(include_dir())
         return 0

@@ -9,12 +9,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags
-from klpsym.kernel.target import TargetKernel, discover
-from klpsym.load.batch import check_paths, collect_modules
-from klpsym.load.check import Fate, ModuleVerdict, SymbolCheck, Verdict, summary_reason
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.kernel.target import TargetKernel
+    from klpsym.load.check import ModuleVerdict, SymbolCheck
 
 EPILOG = SOURCES_HELP + """
   A kallsyms source is optional here: with one, an unexported symbol is also
@@ -60,6 +61,8 @@ def register(sub: Any) -> None:
 
 
 def target_for_check(args: argparse.Namespace) -> TargetKernel:
+    from klpsym.kernel.target import discover
+
     return discover(
         kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
@@ -68,6 +71,8 @@ def target_for_check(args: argparse.Namespace) -> TargetKernel:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.load.batch import check_paths, collect_modules
+
     paths = collect_modules(args.modules)
     target = target_for_check(args)
     verbose = args.verbose or len(paths) == 1
@@ -88,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def exit_code(verdicts: list[ModuleVerdict]) -> int:
+    from klpsym.load.check import Verdict
+
     if any(v.verdict == Verdict.ERROR for v in verdicts):
         return 2
     return 0 if all(v.would_load for v in verdicts) else 1
@@ -108,8 +115,7 @@ def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
         yield lambda n: bar.update(task, completed=n)
 
 
-_STYLE = {Verdict.LOADS: "green", Verdict.LOADS_AFTER: "green", Verdict.FAILS: "red",
-          Verdict.ERROR: "red"}
+_STYLE = {"loads": "green", "loads-after": "green", "fails": "red", "error": "red"}
 SUMMARY_COLUMNS = ("module", "verdict", "why / needs")
 SYMBOL_COLUMNS = ("symbol", "fate", "provider", "flags", "ok", "why")
 
@@ -121,6 +127,8 @@ def _heading(v: ModuleVerdict) -> tuple[str, str, str]:
 
 
 def _symbol_row(s: SymbolCheck) -> tuple[str, str, str, str, bool, str]:
+    from klpsym.load.check import Fate
+
     flags = " ".join(x for x in (
         "GPL" if s.gpl_only else "",
         f"ns={s.namespace}" if s.namespace else "",
@@ -141,6 +149,8 @@ def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose:
     from rich.markup import escape
     from rich.table import Table
 
+    from klpsym.load.check import summary_reason
+
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     console.print(f"target {escape(target.describe())}")
     for note in target.notes:
@@ -150,7 +160,7 @@ def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose:
         for col in SUMMARY_COLUMNS:
             table.add_column(col, no_wrap=col != "why / needs")
         for v in verdicts:
-            table.add_row(escape(v.path), f"[{_STYLE[v.verdict]}]{v.verdict.value}[/]",
+            table.add_row(escape(v.path), f"[{_STYLE[v.verdict.value]}]{v.verdict.value}[/]",
                           escape(summary_reason(v)))
         console.print(table)
     for v in verdicts:
@@ -163,9 +173,11 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from klpsym.load.check import Verdict, summary_reason
+
     path, name, verdict = _heading(v)
     console.print(f"\n[bold]{escape(path)}[/] ({escape(name)}): "
-                  f"[{_STYLE[v.verdict]}]{escape(verdict)}[/]")
+                  f"[{_STYLE[v.verdict.value]}]{escape(verdict)}[/]")
     if v.verdict == Verdict.ERROR:
         console.print(f"  {escape(summary_reason(v))}")
         return
@@ -198,6 +210,8 @@ def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bo
     """The same report as plain text, for a pipe or a file: the same lines
     and columns, without rich (whose table costs ~0.3 ms a row: seconds for
     a whole kernel's modules)."""
+    from klpsym.load.check import summary_reason
+
     lines = [f"target {target.describe()}"] + [f"note: {note}" for note in target.notes]
     if len(verdicts) > 1:
         lines += _columns([SUMMARY_COLUMNS] + [(v.path, v.verdict.value, summary_reason(v))
@@ -210,6 +224,8 @@ def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bo
 
 
 def _plain_details(v: ModuleVerdict) -> list[str]:
+    from klpsym.load.check import Verdict, summary_reason
+
     path, name, verdict = _heading(v)
     lines = ["", f"{path} ({name}): {verdict}"]
     if v.verdict == Verdict.ERROR:

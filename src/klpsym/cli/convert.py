@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
+from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
-from klpsym.klp.convert import ConvertResult, convert_file
-from klpsym.klp.guard import GUARD_SYMBOL, GuardPlan
-from klpsym.klp.plan import Fate, Plan, parse_sympos
+
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.klp.convert import ConvertResult
+    from klpsym.klp.guard import GuardPlan
+    from klpsym.klp.plan import Plan
 
 EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
@@ -55,6 +57,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.klp.convert import convert_file
+    from klpsym.klp.plan import parse_sympos
+
     sympos = parse_sympos(args.sympos)
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                           guard=not args.no_guard, signer=signer)
     result.plan.notes.extend(sign_notes)
     if args.json:
+        import json
+
         json.dump(to_json(result, args.dry_run), sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.dry_run:
@@ -80,10 +87,14 @@ def print_plan(plan: Plan, guard: GuardPlan) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from klpsym.klp.plan import Fate
+
     # Piped output is not wrapped at 80 columns: it is read by scripts and logs.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(f"module {plan.module.path} ({plan.module.name})")
-    console.print(f"target {plan.target.describe()}")
+    # markup=False: a symbol name like "[bold]" is a name, not a style
+    console = Console(highlight=False, markup=False,
+                      width=None if sys.stdout.isatty() else 200)
+    console.print(printable(f"module {plan.module.path} ({plan.module.name})"))
+    console.print(printable(f"target {plan.target.describe()}"))
     table = Table()
     for col in ("symbol", "kind", "POS", "type", "address", "relocations"):
         table.add_column(col, no_wrap=col != "relocations")
@@ -92,19 +103,21 @@ def print_plan(plan: Plan, guard: GuardPlan) -> None:
     for s in sorted(plan.symbols, key=lambda s: (order[s.fate], s.name)):
         fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else "")
         c = s.candidate
-        table.add_row(s.name, fate, "" if s.pos is None else str(s.pos),
-                      c.type if c else "", f"{c.address:#x}" if c and c.address else "",
-                      _relocs(s.relocations))
+        cells = (s.name, fate, "" if s.pos is None else str(s.pos), c.type if c else "",
+                 f"{c.address:#x}" if c and c.address else "", _relocs(s.relocations))
+        table.add_row(*(printable(x) for x in cells))
     console.print(table)
     n = len(plan.to_convert)
     console.print(f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
                   f"relocation{'s' * (plan.relocations_to_move != 1)} to move")
     console.print(guard.describe())
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(printable(f"note: {note}"))
 
 
 def print_result(result: ConvertResult) -> None:
+    from klpsym.klp.plan import Fate
+
     plan = result.plan
     n = len(plan.to_convert)
     if not n:
@@ -112,28 +125,31 @@ def print_result(result: ConvertResult) -> None:
         why = (f"already converted ({already} livepatch symbols)" if already
                else "every undefined symbol is exported")
         where = f"; copied to {result.output}" if result.written else ""
-        print(f"{plan.module.path}: nothing to convert, {why}{where}")
+        print(printable(f"{plan.module.path}: nothing to convert, {why}{where}"))
         _print_finish(result)
         return
     moved = sum(result.moved.values())
     names = ", ".join(f"{s.name}" + (f",{s.pos}" if s.pos else "") for s in plan.to_convert[:6])
     more = f" and {n - 6} more" if n > 6 else ""
-    print(f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
-          f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
-          f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}")
+    print(printable(
+        f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
+        f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
+        f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}"))
     _print_finish(result)
 
 
 def _print_finish(result: ConvertResult) -> None:
     if result.guard.adds:
-        print(result.guard.describe())
+        print(printable(result.guard.describe()))
     if result.signed_with is not None:
-        print(f"signed with {result.signed_with.describe()}")
+        print(printable(f"signed with {result.signed_with.describe()}"))
     for note in result.plan.notes:
-        print(f"note: {note}")
+        print(printable(f"note: {note}"))
 
 
 def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
+    from klpsym.klp.guard import GUARD_SYMBOL as guard_symbol
+
     plan = result.plan
     return {
         "module": str(plan.module.path),
@@ -159,7 +175,7 @@ def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
         "converted": len(plan.to_convert),
         "relocations_moved": sum(result.moved.values()) if result.written else 0,
         "relocations_to_move": plan.relocations_to_move,
-        "guard": {"action": result.guard.action.value, "symbol": GUARD_SYMBOL,
+        "guard": {"action": result.guard.action.value, "symbol": guard_symbol,
                   "crc": result.guard.crc, "version_tables": list(result.guard.tables)},
         "signed_with": None if result.signed_with is None else result.signed_with.key,
         "notes": plan.notes,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from klpsym.kernel.target import TargetKernel
-from klpsym.klp.sign import Signer, resolve_signer
+if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
+    from klpsym.kernel.target import TargetKernel
+    from klpsym.klp.sign import Signer
 
 FINISH_HELP = """\
 load-time guard (default on):
@@ -39,4 +41,6 @@ def add_finish_flags(p: argparse.ArgumentParser) -> None:
 
 def signer_from_args(args: argparse.Namespace,
                      target: TargetKernel) -> tuple[Signer | None, list[str]]:
+    from klpsym.klp.sign import resolve_signer
+
     return resolve_signer(target, args.sign_key, args.sign_cert)

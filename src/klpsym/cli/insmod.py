@@ -10,8 +10,6 @@ from typing import Any
 
 from klpsym.cli.sources import SYMBOL_SOURCE_HELP, add_symbol_source_flags, symbols_from_args
 from klpsym.errors import MethodError
-from klpsym.klp.plan import parse_sympos
-from klpsym.methods.insmod import plan_insmod, run_insmod
 
 EPILOG = SYMBOL_SOURCE_HELP + """
 
@@ -51,6 +49,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.klp.plan import parse_sympos
+    from klpsym.methods.insmod import plan_insmod, run_insmod
+
     given = args.kallsyms or args.system_map or args.vmlinux
     if given and not args.print_args:
         raise MethodError(

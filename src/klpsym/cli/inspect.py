@@ -7,10 +7,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from klpsym.load import inspect as views
-from klpsym.module.ko import Module, read_module
+if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.module.ko import Module
 
 EPILOG = """\
 With no view flag: a one-screen summary (arch, license, vermagic, sizes,
@@ -60,6 +60,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.load import inspect as views
+    from klpsym.module.ko import read_module
+
     m = read_module(args.module)
     data: dict[str, Any] = {}
     printers: list[Callable[[], None]] = []

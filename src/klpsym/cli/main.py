@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 from collections.abc import Sequence
 
 from klpsym import __version__
 from klpsym.errors import KlpsymError
+
+# klpsym does no linear algebra: without this, numpy's OpenBLAS starts a
+# thread per core when it is imported, a third of a small run's time.  Set
+# before numpy is first imported (by the command that runs); a user's own
+# value wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 DESCRIPTION = """\
 Let an out-of-tree kernel module use kernel symbols that are not exported.
@@ -21,6 +29,16 @@ own module loader resolves them through kallsyms when the module loads
 """
 
 
+def printable(text: str) -> str:
+    """``text`` on one line, as any terminal shows it: control characters
+    and undecodable bytes (names read from a corrupt file) escaped."""
+    if text.isprintable():
+        return text
+    out = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
+
+
+@functools.cache  # built once per process (tests and the fuzzer call main() often)
 def build_parser() -> argparse.ArgumentParser:
     from klpsym.cli import addr, build, cflags, check, convert, insmod, inspect, lab
 
@@ -43,19 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
         code: int = args.run(args)
         return code
     except KlpsymError as e:
-        print(f"klpsym: error: {e}", file=sys.stderr)
+        print(f"klpsym: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("klpsym: interrupted; nothing was written", file=sys.stderr)
+        # Every output is written atomically: an interrupt leaves the old file
+        # or the complete new one (when it came after the rename), never a part.
+        print("klpsym: interrupted; no file was left half-written", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

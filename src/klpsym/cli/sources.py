@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from klpsym.kernel.symbols import SymbolSource, open_symbols
-from klpsym.kernel.target import TargetKernel, discover
+if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
+    from klpsym.kernel.symbols import SymbolSource
+    from klpsym.kernel.target import TargetKernel
 
 SOURCES_HELP = """\
 target kernel (default: the running kernel):
@@ -40,16 +42,22 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symvers", metavar="FILE", type=Path, action="append", default=[],
                    help="extra Module.symvers of other out-of-tree modules whose exports this "
                         "module uses (repeatable)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="parse Module.symvers and kallsyms afresh instead of using the parsed "
+                        "copies kept in ~/.cache/klpsym/symcache (also: KLPSYM_NO_CACHE=1)")
     g.add_argument("--config", metavar="FILE", type=Path,
                    help="the target's .config (default: KDIR/.config, else "
                         "/boot/config-$(uname -r))")
 
 
 def target_from_args(args: argparse.Namespace) -> TargetKernel:
+    from klpsym.kernel.target import discover
+
     return discover(
         kernel_dir=args.kernel_dir, kernel_release=args.kernel_release, kallsyms=args.kallsyms,
         system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
+        cache=not args.no_cache,
     )
 
 
@@ -78,5 +86,7 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
+    from klpsym.kernel.symbols import open_symbols
+
     return open_symbols(args.kallsyms, args.system_map, args.vmlinux,
                         kernel_dir=args.kernel_dir, config=args.config)

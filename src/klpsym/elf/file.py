@@ -14,6 +14,7 @@ import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from klpsym.elf.constants import (
 )
 from klpsym.elf.layout import Layout, layout_for
 from klpsym.errors import ElfError
+
+if TYPE_CHECKING:
+    from klpsym.elf.writer import Sink
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -121,8 +125,9 @@ class Section:
         return len(self.data)
 
     def content(self) -> bytes | memoryview:
+        """The section's bytes (a view of a parsed table, not a copy)."""
         if self.table is not None:
-            return self.table.tobytes()
+            return np.ascontiguousarray(self.table).view(np.uint8).data
         return self.data if isinstance(self.data, (bytes, memoryview)) else memoryview(self.data)
 
     @property
@@ -314,7 +319,11 @@ class ElfFile:
                     f"{self.name}: section {section.name} size {len(section.data)} is not a "
                     f"multiple of {dt.itemsize}"
                 )
-            section.table = np.frombuffer(section.data, dtype=dt).copy()
+            # A read-only view of the file's bytes, not a copy: change a
+            # table by assigning a new array to section.table.
+            table = np.frombuffer(section.data, dtype=dt)
+            table.flags.writeable = False
+            section.table = table
         return section.table
 
     def parse_tables(self) -> None:
@@ -357,6 +366,12 @@ class ElfFile:
         from klpsym.elf.writer import write
 
         return write(self)
+
+    def write_to(self, sink: Sink) -> int:
+        """Stream the file to ``sink`` (see :func:`klpsym.elf.writer.write_to`)."""
+        from klpsym.elf.writer import write_to
+
+        return write_to(self, sink)
 
 
 # ---------------------------------------------------------------------------
@@ -432,6 +447,9 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
             sec = Section(name="", type=stype, uid=0, orig_index=0)
             sections.append(sec)
             continue
+        if align & (align - 1):  # 0 and 1: no constraint; else a power of two (gABI)
+            raise _fail(name, f"section {i} has alignment {align}, not a power of two; "
+                        "the file is corrupt")
         if stype != _SHT_NOBITS and stype != _SHT_NULL:
             if off > size or sz > size - off:
                 raise _fail(name, f"section {i} ({off:#x}+{sz:#x}) lies outside the file "

@@ -19,6 +19,7 @@ more), and lays out the file:
 from __future__ import annotations
 
 import bisect
+from typing import Protocol
 
 import numpy as np
 
@@ -33,7 +34,45 @@ def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
 
+Chunk = tuple[int, "bytes | memoryview"]
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
 def write(elf: ElfFile) -> bytes:
+    """The file as one bytes object."""
+    chunks, total = layout(elf)
+    out = bytearray(total)
+    for off, c in chunks:
+        out[off: off + len(c)] = c
+    return bytes(out)
+
+
+def write_to(elf: ElfFile, sink: Sink) -> int:
+    """Stream the file to ``sink`` (a file object, or anything with
+    ``write``) without assembling it in memory; the bytes are those of
+    :func:`write`.  Returns the size written."""
+    chunks, total = layout(elf)
+    cursor = 0
+    for off, c in sorted(chunks, key=lambda t: t[0]):
+        if not len(c):
+            continue
+        if off < cursor:
+            raise ElfError(f"{elf.name}: internal error, overlapping output at {off:#x}")
+        if off > cursor:
+            sink.write(bytes(off - cursor))
+        sink.write(c)
+        cursor = off + len(c)
+    if cursor < total:
+        sink.write(bytes(total - cursor))
+    return total
+
+
+def layout(elf: ElfFile) -> tuple[list[Chunk], int]:
+    """Where every byte of the output comes from: (offset, bytes) pieces,
+    not overlapping, and the file size; bytes no piece covers are zero."""
     if elf.elf_type != ET.REL:
         raise ElfError(f"{elf.name}: only relocatable objects (ET_REL) can be written")
     secs = elf.sections
@@ -55,7 +94,7 @@ def write(elf: ElfFile) -> bytes:
         _encode_symtab(elf, symtab, remap)
     name_offsets = _section_names(elf)
 
-    return _layout_and_emit(elf, secs, index, name_offsets)
+    return _layout(elf, secs, index, name_offsets)
 
 
 # -- symbols -----------------------------------------------------------------
@@ -175,10 +214,13 @@ class _Covered:
 
 
 _SHDR = object()  # marker for the section header table in the layout sequence
+# Alignment padding larger than this is refused: a module's sections are
+# aligned to a page at most; a corrupt sh_addralign must not make a 4 GB file.
+_MAX_PAD = 1 << 24
 
 
-def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
-                     name_offsets: list[int]) -> bytes:
+def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
+            name_offsets: list[int]) -> tuple[list[Chunk], int]:
     layout = elf.layout
     raw = memoryview(elf.raw)
     n = len(secs)
@@ -224,6 +266,12 @@ def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
             place = orig_off
         else:
             place = _align(cursor, align)
+            if place - cursor > _MAX_PAD:
+                what = "the section header table" if item is _SHDR else \
+                    f"section {getattr(item, 'name', '?')}"
+                raise ElfError(f"{elf.name}: {what} has to move and its alignment {align} "
+                               f"would pad the file with {place - cursor} bytes; the file is "
+                               "corrupt")
             if place != orig_off:
                 preserving = False
         if place > cursor and size:
@@ -271,7 +319,4 @@ def _layout_and_emit(elf: ElfFile, secs: list[Section], index: dict[int, int],
     chunks.append((shoff, table.tobytes()))
 
     total = max(off + len(c) for off, c in chunks)
-    out = bytearray(total)
-    for off, c in chunks:
-        out[off: off + len(c)] = c
-    return bytes(out)
+    return chunks, total

@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.errors import KernelSourceError
+from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text
 from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.symcache import NameIndex
 from klpsym.kernel.version import (
     KernelVersion,
     kallsyms_keeps_start_stop,
@@ -117,7 +119,10 @@ class KallsymsTable:
 
     ``addresses`` (uint64; all 0 when unknown), ``types`` (``<U1``),
     ``names`` (object array of str).  ``has_addresses`` is False for a
-    /proc/kallsyms read without privileges or under kptr_restrict.
+    /proc/kallsyms read without privileges or under kptr_restrict.  A table
+    read from the symbol cache (:mod:`klpsym.kernel.symcache`) keeps its
+    names in a :class:`~klpsym.kernel.symcache.NameIndex` and makes
+    ``types``/``names`` only when asked.
     """
 
     def __init__(self, addresses: np.ndarray, types: np.ndarray, names: np.ndarray,
@@ -127,8 +132,10 @@ class KallsymsTable:
         if len(addresses) != n or len(types) != n:
             raise ValueError("addresses, types and names differ in length")
         self.addresses = np.ascontiguousarray(addresses, dtype=np.uint64)
-        self.types = np.asarray(types, dtype="<U1")
-        self.names = np.asarray(names, dtype=object)
+        self._types: np.ndarray | None = np.asarray(types, dtype="<U1")
+        self._type_codes: np.ndarray | None = None
+        self._names: np.ndarray | None = np.asarray(names, dtype=object)
+        self._nidx: NameIndex | None = None
         self.source = source
         self.has_addresses = bool(np.any(self.addresses)) if has_addresses is None \
             else has_addresses
@@ -148,18 +155,75 @@ class KallsymsTable:
         names[:] = [r[2] for r in rows]
         return cls(addresses, types, names, source, has_addresses=has_addresses, notes=notes)
 
+    # -- the cached form ---------------------------------------------------------
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """The table as plain arrays and metadata (for the symbol cache)."""
+        index = self._nidx if self._nidx is not None else NameIndex.build(self.names.tolist())
+        codes = np.frombuffer("".join(self.types.tolist()).encode("latin-1"), dtype=np.uint8)
+        return ({"addresses": self.addresses.astype("<u8"), "types": codes,
+                 **index.arrays("names_")},
+                {"has_addresses": self.has_addresses, "notes": list(self.notes)})
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, object],
+                    source: str) -> KallsymsTable:
+        """The inverse of :meth:`to_arrays`; names stay in their index."""
+        index = NameIndex.from_arrays(arrays, "names_")
+        addresses, codes = arrays["addresses"], arrays["types"]
+        if len(addresses) != len(index) or len(codes) != len(index):
+            raise ValueError("symbol cache entry with columns of different lengths")
+        table = cls.__new__(cls)
+        table.addresses = addresses.astype(np.uint64, copy=False)
+        table._types = None
+        table._type_codes = codes
+        table._names = None
+        table._nidx = index
+        table.source = source
+        table.has_addresses = bool(meta["has_addresses"])
+        notes = meta["notes"]
+        table.notes = tuple(str(n) for n in notes) if isinstance(notes, list) else ()
+        table._first, table._dups = None, {}
+        table._text_ranges = None
+        return table
+
+    @property
+    def types(self) -> np.ndarray:
+        if self._types is None:
+            assert self._type_codes is not None
+            self._types = np.array(list(self._type_codes.tobytes().decode("latin-1")),
+                                   dtype="<U1")
+        return self._types
+
+    @property
+    def names(self) -> np.ndarray:
+        if self._names is None:
+            assert self._nidx is not None
+            names = np.empty(len(self._nidx), dtype=object)
+            names[:] = self._nidx.names()
+            self._names = names
+        return self._names
+
+    def _type_of(self, row: int) -> str:
+        if self._type_codes is not None:
+            return chr(int(self._type_codes[row]))
+        return str(self.types[row])
+
+    # -- queries -------------------------------------------------------------------
+
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.addresses)
 
     def __repr__(self) -> str:
         return f"<KallsymsTable {len(self)} symbols from {self.source}>"
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._index()
+        return isinstance(name, str) and bool(self.rows_of(name))
 
     def __iter__(self) -> Iterator[tuple[int, str, str]]:
+        names, types = self.names, self.types
         for i in range(len(self)):
-            yield int(self.addresses[i]), str(self.types[i]), str(self.names[i])
+            yield int(self.addresses[i]), str(types[i]), str(names[i])
 
     def _index(self) -> dict[str, int]:
         if self._first is None:
@@ -177,8 +241,16 @@ class KallsymsTable:
             self._first, self._dups = first, dups
         return self._first
 
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Look many names up at once (cheaper than one by one with a cached
+        table); later :meth:`rows_of` calls for them are dict lookups."""
+        if self._nidx is not None:
+            self._nidx.prefetch(names)
+
     def rows_of(self, name: str) -> list[int]:
         """Table rows holding ``name``, in kallsyms order."""
+        if self._nidx is not None:
+            return list(self._nidx.rows(name))
         i = self._index().get(name)
         if i is None:
             return []
@@ -220,13 +292,15 @@ class KallsymsTable:
 
     def duplicated_names(self) -> dict[str, int]:
         """Every name that occurs more than once, with its count."""
+        if self._nidx is not None:
+            return {k: len(v) for k, v in self._nidx.duplicates().items()}
         self._index()
         return {k: len(v) for k, v in self._dups.items()}
 
     def candidates(self, name: str) -> list[Candidate]:
         """Every entry called ``name``, POS 1..N in kallsyms order."""
         return [
-            Candidate(pos, str(self.types[i]),
+            Candidate(pos, self._type_of(i),
                       int(self.addresses[i]) if self.has_addresses else None, i)
             for pos, i in enumerate(self.rows_of(name), 1)
         ]
@@ -275,37 +349,82 @@ class KallsymsTable:
 PROC_KALLSYMS = "/proc/kallsyms"
 
 
-def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS) -> KallsymsTable:
+def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) -> KallsymsTable:
     """A ``/proc/kallsyms`` (or a saved copy): ``ADDR TYPE NAME`` for vmlinux,
     ``ADDR TYPE NAME\\t[MODULE]`` for modules, BPF programs and ftrace/kprobe
-    trampolines -- every ``[...]`` line is dropped: only vmlinux counts."""
-    text = read_text(
-        path, "kallsyms",
-        "pass --kallsyms with a copy of the target's /proc/kallsyms, or --system-map/--vmlinux",
-    )
-    return parse_proc_kallsyms(text, str(path))
+    trampolines -- every ``[...]`` line is dropped: only vmlinux counts.
+
+    The parsed table is kept in the symbol cache (:mod:`klpsym.kernel.symcache`)
+    unless ``cache`` is False."""
+    p = Path(path)
+    source = str(path)
+
+    def parse() -> KallsymsTable:
+        text = read_text(
+            p, "kallsyms",
+            "pass --kallsyms with a copy of the target's /proc/kallsyms, or "
+            "--system-map/--vmlinux",
+        )
+        return parse_proc_kallsyms(text, source)
+
+    def from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> KallsymsTable:
+        return KallsymsTable.from_arrays(arrays, meta, source)
+
+    key = symcache.proc_kallsyms_key(p) if source == PROC_KALLSYMS else symcache.file_key(p)
+    return symcache.cached("kallsyms", p, key, enabled=cache, parse=parse,
+                           to_arrays=KallsymsTable.to_arrays, from_arrays=from_arrays)
 
 
 def parse_proc_kallsyms(text: str, source: str = PROC_KALLSYMS) -> KallsymsTable:
-    lines = text.split("\n")
-    parts = [ln.split() for ln in lines]
-    ok = [len(p) == 3 or (len(p) == 4 and _is_module_tag(p[3])) or not p for p in parts]
-    if not all(ok):
-        bad = ok.index(False)
-        raise line_error(source, bad + 1, "not a kallsyms line (ADDRESS TYPE NAME [MODULE])",
-                         lines[bad])
-    rows = [p for p in parts if len(p) == 3]
+    # One pass that keeps only the three fields of vmlinux lines (a list of
+    # every line's fields would hold ~10 Python objects per line at once).
+    addrs: list[str] = []
+    types: list[str] = []
+    names: list[str] = []
+    for lineno, line in enumerate(_lines(text), 1):
+        p = line.split()
+        if len(p) == 3:
+            addrs.append(p[0])
+            types.append(p[1])
+            names.append(p[2])
+        elif p and not (len(p) == 4 and _is_module_tag(p[3])):
+            raise line_error(source, lineno, "not a kallsyms line (ADDRESS TYPE NAME [MODULE])",
+                             line)
     try:
-        addrs, types, names = _columns(rows)
+        columns = _columns_of(addrs, types, names)
     except _BadRow as e:
-        i = [k for k, p in enumerate(parts) if len(p) == 3][e.row]
-        raise line_error(source, i + 1, e.what, lines[i]) from None
-    table = KallsymsTable(addrs, types, names, source)
+        lineno, line = _nth_vmlinux_line(text, e.row)
+        raise line_error(source, lineno, e.what, line) from None
+    del addrs, types, names
+    table = KallsymsTable(*columns, source)
     if not len(table):
         raise KernelSourceError(f"{source}: no vmlinux symbols (empty, or modules only)")
     if not table.has_addresses:
         table.notes += (_HIDDEN_NOTE,)
     return table
+
+
+def _lines(text: str, chunk: int = 1 << 20) -> Iterator[str]:
+    """``text.split("\\n")``, a megabyte at a time (the whole list of a
+    150k-line kallsyms would be ~15 MB of small strings at once)."""
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", min(start + chunk, n))
+        if end < 0:
+            end = n
+        yield from text[start:end].split("\n")
+        start = end + 1
+
+
+def _nth_vmlinux_line(text: str, row: int) -> tuple[int, str]:
+    """(line number, text) of the ``row``-th three-field line."""
+    seen = -1
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if len(line.split()) == 3:
+            seen += 1
+            if seen == row:
+                return lineno, line
+    raise AssertionError("row out of range")  # pragma: no cover
 
 
 _HIDDEN_NOTE = ("addresses are hidden (read without root, or kptr_restrict); "
@@ -322,25 +441,29 @@ class _BadRow(Exception):
 
 
 def _columns(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(rows)
+    return _columns_of([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def _columns_of(alist: list[str], tlist: list[str],
+                nlist: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(alist)
     try:
-        addrs = np.fromiter((int(r[0], 16) for r in rows), dtype=np.uint64, count=n)
+        addrs = np.fromiter((int(a, 16) for a in alist), dtype=np.uint64, count=n)
     except (ValueError, OverflowError):
-        for i, r in enumerate(rows):
+        for i, a in enumerate(alist):
             try:
-                v = int(r[0], 16)
+                v = int(a, 16)
                 if not 0 <= v < 1 << 64:
                     raise ValueError
             except ValueError:
-                raise _BadRow(i, f"address {r[0]!r} is not a 64-bit hexadecimal number") from None
+                raise _BadRow(i, f"address {a!r} is not a 64-bit hexadecimal number") from None
         raise  # pragma: no cover - the loop finds the row
-    tlist = [r[1] for r in rows]
     if any(len(t) != 1 for t in tlist):
         i = next(i for i, t in enumerate(tlist) if len(t) != 1)
         raise _BadRow(i, f"type {tlist[i]!r} is not one letter")
     types = np.array(tlist, dtype="<U1")
     names = np.empty(n, dtype=object)
-    names[:] = [r[2] for r in rows]
+    names[:] = nlist
     return addrs, types, names
 
 

@@ -35,12 +35,17 @@ modelled here.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from klpsym.errors import KernelSourceError
+from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text
+from klpsym.kernel.symcache import NameIndex
 
 #: The export-type words modpost has written (export_str() in
 #: scripts/mod/modpost.c; the UNUSED and GPL_FUTURE kinds were removed in 5.13).
@@ -54,6 +59,7 @@ EXPORT_TYPES = frozenset({
 GPL_ONLY_TYPES = frozenset({"EXPORT_SYMBOL_GPL", "EXPORT_UNUSED_SYMBOL_GPL"})
 
 MODULE_NS_PREFIX = "module:"
+_SPACE = re.compile(r"\s")
 
 #: Layout names, as recorded in :attr:`Symvers.layouts`.
 LAYOUT_NO_NAMESPACE = "crc name module export (<5.4)"
@@ -125,43 +131,113 @@ def module_name_matches(patterns: str, module_name: str) -> bool:
 
 
 class Symvers:
-    """The exports of one or more Module.symvers files, by name."""
+    """The exports of one or more Module.symvers files, by name.
+
+    One read from the symbol cache (:mod:`klpsym.kernel.symcache`) keeps
+    them as columns and makes an :class:`Export` only for the names asked
+    (``exports``, iteration and merging with another file make them all).
+    """
 
     def __init__(self, exports: dict[str, Export] | None = None,
                  sources: Iterable[str] = (), layouts: Iterable[str] = ()) -> None:
-        self.exports: dict[str, Export] = dict(exports or {})
+        self._exports: dict[str, Export] | None = dict(exports or {})
+        self._cols: _Columns | None = None
         self.sources: tuple[str, ...] = tuple(sources)
         self.layouts: frozenset[str] = frozenset(layouts)
 
+    @property
+    def exports(self) -> dict[str, Export]:
+        if self._exports is None:
+            assert self._cols is not None
+            self._exports = self._cols.materialize()
+        return self._exports
+
+    # -- the cached form ---------------------------------------------------------
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """The exports as columns and metadata (for the symbol cache; one
+        source only)."""
+        exports = list(self.exports.values())
+        codes: dict[str, dict[str, int]] = {"modules": {}, "types": {}, "namespaces": {}}
+
+        def code(kind: str, value: str) -> int:
+            table = codes[kind]
+            return table.setdefault(value, len(table))
+
+        n = len(exports)
+        lines = np.fromiter((int(e.origin.rpartition(":")[2] or 0) for e in exports),
+                            dtype="<u4", count=n)
+        arrays = {
+            "crc": np.fromiter((e.crc or 0 for e in exports), dtype="<u8", count=n),
+            "module": np.fromiter((code("modules", e.module) for e in exports), dtype="<u4",
+                                  count=n),
+            "type": np.fromiter((code("types", e.export_type) for e in exports), dtype="|u1",
+                                count=n),
+            "namespace": np.fromiter((code("namespaces", e.namespace) for e in exports),
+                                     dtype="<u4", count=n),
+            "line": lines,
+            **NameIndex.build([e.name for e in exports]).arrays("names_"),
+        }
+        meta: dict[str, object] = {k: list(v) for k, v in codes.items()}
+        meta["layouts"] = sorted(self.layouts)
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, object],
+                    source: str) -> Symvers:
+        cols = _Columns(arrays, meta, source)
+        layouts = meta["layouts"]
+        if not isinstance(layouts, list):
+            raise TypeError("layouts")
+        s = cls(None, [source], (str(x) for x in layouts))
+        s._exports, s._cols = None, cols
+        return s
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Look many names up at once; later :meth:`get` calls are cheap."""
+        if self._exports is None and self._cols is not None:
+            self._cols.index.prefetch(names)
+
+    # -- queries -------------------------------------------------------------------
+
     def __len__(self) -> int:
+        if self._exports is None and self._cols is not None:
+            return len(self._cols.index)
         return len(self.exports)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.exports
+        return isinstance(name, str) and self.get(name) is not None
 
     def __iter__(self) -> Iterator[Export]:
         return iter(self.exports.values())
 
     def __repr__(self) -> str:
-        return f"<Symvers {len(self.exports)} exports from {', '.join(self.sources) or '-'}>"
+        return f"<Symvers {len(self)} exports from {', '.join(self.sources) or '-'}>"
 
     def get(self, name: str) -> Export | None:
+        if self._exports is None and self._cols is not None:
+            return self._cols.get(name)
         return self.exports.get(name)
+
+    def has_vmlinux_exports(self) -> bool:
+        if self._exports is None and self._cols is not None:
+            return self._cols.has_module("vmlinux")
+        return any(e.from_vmlinux for e in self.exports.values())
 
     @property
     def source(self) -> str:
         return " + ".join(self.sources) if self.sources else "<no Module.symvers>"
 
     def is_exported(self, name: str) -> bool:
-        return name in self.exports
+        return self.get(name) is not None
 
     def is_gpl_only(self, name: str) -> bool:
         """True if ``name`` is exported GPL-only (False if not exported)."""
-        e = self.exports.get(name)
+        e = self.get(name)
         return e is not None and e.gpl_only
 
     def exported_by_vmlinux(self, name: str) -> bool:
-        e = self.exports.get(name)
+        e = self.get(name)
         return e is not None and e.from_vmlinux
 
     def visible_to(self, name: str, module_name: str) -> bool:
@@ -178,6 +254,11 @@ class Symvers:
         different modules is an error (the kernel would refuse to load the
         second exporter); the same export read twice is kept once.
         """
+        if not self.sources and not self.exports and len(others) == 1:
+            other = others[0]  # nothing to merge with: share, do not copy
+            s = Symvers(None, other.sources, other.layouts)
+            s._exports, s._cols = other._exports, other._cols
+            return s
         exports = dict(self.exports)
         sources = list(self.sources)
         layouts = set(self.layouts)
@@ -196,20 +277,84 @@ class Symvers:
         return Symvers(exports, sources, layouts)
 
 
-def read_symvers(path: Path | str) -> Symvers:
-    """Parse one Module.symvers (any layout since v2.6.18)."""
-    text = read_text(
-        path, "Module.symvers",
-        "install the kernel's headers package (linux-headers-<release>) or pass --symvers",
-    )
-    return parse_symvers(text, str(path))
+class _Columns:
+    """One Module.symvers as columns (see :meth:`Symvers.to_arrays`)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, object],
+                 source: str) -> None:
+        self.index = NameIndex.from_arrays(arrays, "names_")
+        n = len(self.index)
+        self.crc, self.module = arrays["crc"], arrays["module"]
+        self.type, self.namespace, self.line = arrays["type"], arrays["namespace"], arrays["line"]
+        if any(len(a) != n for a in (self.crc, self.module, self.type, self.namespace,
+                                     self.line)):
+            raise ValueError("symbol cache entry with columns of different lengths")
+        lists = []
+        for key, col in (("modules", self.module), ("types", self.type),
+                         ("namespaces", self.namespace)):
+            values = meta[key]
+            if not isinstance(values, list) or (n and int(col.max()) >= len(values)):
+                raise ValueError(f"symbol cache entry with a bad {key} table")
+            lists.append([str(v) for v in values])
+        self.modules, self.types, self.namespaces = lists
+        self.source = source
+        self._made: dict[int, Export] = {}
+
+    def export(self, row: int) -> Export:
+        e = self._made.get(row)
+        if e is None:
+            e = Export(self.index.name(row), int(self.crc[row]) or None,
+                       self.modules[int(self.module[row])], self.types[int(self.type[row])],
+                       self.namespaces[int(self.namespace[row])],
+                       f"{self.source}:{int(self.line[row])}")
+            self._made[row] = e
+        return e
+
+    def get(self, name: str) -> Export | None:
+        rows = self.index.rows(name)
+        return self.export(rows[-1]) if rows else None
+
+    def has_module(self, module: str) -> bool:
+        return module in self.modules
+
+    def materialize(self) -> dict[str, Export]:
+        names = self.index.names()
+        crc, mod, typ, ns, line = (a.tolist() for a in (self.crc, self.module, self.type,
+                                                        self.namespace, self.line))
+        modules, types, namespaces, source = self.modules, self.types, self.namespaces, \
+            self.source
+        return {
+            names[i]: Export(names[i], crc[i] or None, modules[mod[i]], types[typ[i]],
+                             namespaces[ns[i]], f"{source}:{line[i]}")
+            for i in range(len(names))
+        }
 
 
-def read_symvers_files(paths: Iterable[Path | str]) -> Symvers:
+def read_symvers(path: Path | str, *, cache: bool = True) -> Symvers:
+    """Parse one Module.symvers (any layout since v2.6.18).  The parsed
+    exports are kept in the symbol cache unless ``cache`` is False."""
+    p = Path(path)
+    source = str(path)
+
+    def parse() -> Symvers:
+        text = read_text(
+            p, "Module.symvers",
+            "install the kernel's headers package (linux-headers-<release>) or pass --symvers",
+        )
+        return parse_symvers(text, source)
+
+    def from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> Symvers:
+        return Symvers.from_arrays(arrays, meta, source)
+
+    return symcache.cached("symvers", p, symcache.file_key(p), enabled=cache, parse=parse,
+                           to_arrays=Symvers.to_arrays, from_arrays=from_arrays)
+
+
+def read_symvers_files(paths: Iterable[Path | str], *, cache: bool = True) -> Symvers:
     """Parse and merge several Module.symvers files, first one first."""
     result = Symvers()
     for p in paths:
-        result = result.merge(read_symvers(p))
+        result = result.merge(read_symvers(p, cache=cache))
     return result
 
 
@@ -258,7 +403,7 @@ def _parse_line(fields: list[str], source: str, lineno: int,
         crc = int(crc_s, 16)
     except ValueError:
         raise line_error(source, lineno, f"CRC {crc_s!r} is not hexadecimal", line) from None
-    if not name or not module or any(c.isspace() for c in name):
+    if not name or not module or _SPACE.search(name):
         raise line_error(source, lineno, "empty or malformed symbol or module name", line)
     return Export(name, crc or None, module, export, namespace.strip(),
                   f"{source}:{lineno}"), layout

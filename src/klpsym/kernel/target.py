@@ -148,6 +148,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
              system_map: Path | str | None = None, vmlinux: Path | str | None = None,
              symvers: Iterable[Path | str] = (), config: Path | str | None = None, *,
              kernel_release: str | None = None,
+             cache: bool = True,
              running_release: str | None = None,
              proc_kallsyms: Path | str = PROC_KALLSYMS,
              boot_dir: Path | str = "/boot",
@@ -157,7 +158,9 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
 
     With ``require_kallsyms=False`` (``klpsym check``) a target that is not
     the running kernel may come without a kallsyms source; using
-    ``TargetKernel.kallsyms`` then raises.
+    ``TargetKernel.kallsyms`` then raises.  ``cache`` False reads
+    Module.symvers, .config and kallsyms without the symbol cache
+    (:mod:`klpsym.kernel.symcache`).
 
     ``running_release``, ``proc_kallsyms``, ``boot_dir``, ``modules_root`` and
     ``debug_dir`` describe the host; they exist for tests and are rarely passed.
@@ -219,7 +222,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     if kdir is not None:
         own = kdir / "Module.symvers"
         if own.is_file():
-            parts.append(read_symvers(own))
+            parts.append(read_symvers(own, cache=cache))
         elif not extra_symvers:
             raise KernelSourceError(
                 f"{own}: no Module.symvers in {kdir}; install linux-headers-{version.release} "
@@ -228,9 +231,9 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     for p in extra_symvers:
         if not p.is_file():
             raise KernelSourceError(f"{p}: no such file (--symvers)")
-        parts.append(read_symvers(p))
+        parts.append(read_symvers(p, cache=cache))
     merged = Symvers().merge(*parts)
-    if not any(e.from_vmlinux for e in merged):
+    if not merged.has_vmlinux_exports():
         raise KernelSourceError(
             f"{merged.source}: no export of vmlinux in it; pass vmlinux's Module.symvers "
             f"(from linux-headers-{version.release}) with --symvers"
@@ -239,12 +242,12 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     # -- .config ---------------------------------------------------------------------
     cfg: KernelConfig | None = None
     if config is not None:
-        cfg = KernelConfig.from_path(config)
+        cfg = KernelConfig.from_path(config, cache=cache)
     else:
         for cand in ([kdir / ".config"] if kdir is not None else []) + [
                 Path(boot_dir) / f"config-{version.release}"]:
             if cand.is_file():
-                cfg = KernelConfig.from_path(cand)
+                cfg = KernelConfig.from_path(cand, cache=cache)
                 break
         else:
             notes.append(f"no .config found for {version.release} (looked in the kernel "
@@ -281,21 +284,21 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
             )
         flag, path = found
         notes.append(f"{version.release} is not the running kernel: symbols from {path}")
-    source, load = _symbol_source(flag, path, cfg, version)
+    source, load = _symbol_source(flag, path, cfg, version, cache)
     return TargetKernel(version=version, symvers=merged, kallsyms_source=source,
                         kernel_dir=kdir, config=cfg, notes=notes, _load_kallsyms=load)
 
 
 def _symbol_source(flag: str, path: Path, cfg: KernelConfig | None, version: KernelVersion,
-                   ) -> tuple[str, Callable[[], KallsymsTable]]:
+                   cache: bool = True) -> tuple[str, Callable[[], KallsymsTable]]:
     """The kallsyms_source text and loader for one symbol file; ``flag`` is
     the option it came from, or "" for the running kernel's /proc/kallsyms.
     The cheap checks (placeholder System.map, vmlinux of another release)
     run now, the reading later."""
     if flag == "":
-        return str(path), lambda: read_proc_kallsyms(path)
+        return str(path), lambda: read_proc_kallsyms(path, cache=cache)
     if flag == "--kallsyms":
-        return f"kallsyms {path}", lambda: read_proc_kallsyms(path)
+        return f"kallsyms {path}", lambda: read_proc_kallsyms(path, cache=cache)
     if flag == "--system-map":
         with open(path, "rb") as f:
             reject_debian_stub(f.read(1024).decode("utf-8", "replace"), str(path))

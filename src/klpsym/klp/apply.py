@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from klpsym.elf import ElfFile
+from klpsym.elf import ElfFile, Section
 from klpsym.elf.constants import SHF, SHN, SHT
 from klpsym.errors import ConvertError
 from klpsym.klp.names import klp_section_name, klp_symbol_name
@@ -45,7 +45,8 @@ def relocation_users(elf: ElfFile, symbol_indexes: np.ndarray) -> dict[int, dict
     wanted[symbol_indexes] = True
     users: dict[int, dict[str, int]] = {int(i): {} for i in symbol_indexes}
     for sec in elf.rela_sections():
-        if sec.flags & SHF.RELA_LIVEPATCH or sec.link is not elf.symtab.section:
+        _check_link(elf, sec)
+        if sec.flags & SHF.RELA_LIVEPATCH:
             continue
         syms = elf.layout.r_sym(elf.rela(sec)["r_info"])
         _check_sym_range(elf, sec.name, syms)
@@ -57,6 +58,15 @@ def relocation_users(elf: ElfFile, symbol_indexes: np.ndarray) -> dict[int, dict
         for i, c in zip(idx.tolist(), counts.tolist(), strict=True):
             users[i][target] = users[i].get(target, 0) + c
     return users
+
+
+def _check_link(elf: ElfFile, sec: Section) -> None:
+    """The module loader applies every SHT_RELA section with the module's one
+    symbol table, whatever its sh_link says (kernel/module/main.c
+    apply_relocations()); one that names another section is corrupt."""
+    if sec.link is not elf.symtab.section:
+        raise ConvertError(f"{elf.name}: relocation section {sec.name} does not link to the "
+                           "symbol table (sh_link); the module is corrupt")
 
 
 def _check_sym_range(elf: ElfFile, secname: str, syms: np.ndarray) -> None:
@@ -79,7 +89,8 @@ def apply_conversions(elf: ElfFile, conversions: Sequence[Conversion]) -> dict[s
 
     moved: dict[str, int] = {}
     for sec in list(elf.rela_sections()):
-        if sec.flags & SHF.RELA_LIVEPATCH or sec.link is not symtab.section:
+        _check_link(elf, sec)
+        if sec.flags & SHF.RELA_LIVEPATCH:
             continue
         rela = elf.rela(sec)
         syms = elf.layout.r_sym(rela["r_info"])

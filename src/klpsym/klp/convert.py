@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.elf import ElfFile
+from klpsym.elf.file import Buffer
 from klpsym.errors import ConvertError, KlpsymError
-from klpsym.fsutil import atomic_write
+from klpsym.fsutil import AtomicOutput, atomic_write
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.apply import apply_conversions
 from klpsym.klp.guard import (
@@ -66,6 +67,13 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
             "modules, so --in-place would replace it with a file of another format under the "
             "same name; write it with -o NAME.ko instead (and compress that yourself)")
     plan = make_plan(module, target, sympos)
+    broken = loader_problems(module.elf, plan.name_width)
+    if broken:
+        # Refused here, so that a failed check of the output below is always
+        # klpsym's own fault, and no output is one the loader refuses.
+        more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise ConvertError(f"{path}: the module already breaks the kernel module loader's "
+                           f"livepatch rules: {broken[0]}{more}; it would not load")
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:
@@ -90,7 +98,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         # the byte, signature included; an unsigned one is signed if asked.
         data = module.data
         if signer is not None and module.signature is None:
-            data = signer.sign(module.elf_bytes, str(dest))
+            data = signer.sign(bytes(module.elf_bytes), str(dest))
             result.signed_with = signer
         if not in_place or data is not module.data:
             atomic_write(dest, data, mode_from=path)
@@ -99,17 +107,23 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     elf = module.elf
     result.moved = apply_conversions(elf, plan.conversions)
     apply_guard(elf, guard_plan)
-    data = elf.to_bytes()
-    check_output(module, data, plan, guard_plan)
-    if signer is not None:
-        data = signer.sign(data, str(dest))
-        result.signed_with = signer
-    atomic_write(dest, data, mode_from=path)
+    # Streamed into an unnamed temporary file, checked there, then put in
+    # place: the converted module is never assembled in memory, and nothing
+    # is at ``dest`` until it has passed the checks (and is signed, if asked).
+    with AtomicOutput(dest, mode_from=path) as out:
+        elf.write_to(out)
+        check_output(module, out.map(), plan, guard_plan)
+        if signer is not None:
+            elf_bytes = bytes(out.map())
+            signed = signer.sign(elf_bytes, str(dest))
+            out.write(memoryview(signed)[len(elf_bytes):])
+            result.signed_with = signer
+        out.commit()
     result.written = True
     return result
 
 
-def check_output(module: Module, data: bytes, plan: Plan,
+def check_output(module: Module, data: Buffer, plan: Plan,
                  guard: GuardPlan | None = None) -> None:
     """Re-read the converted bytes and hold them to the loader's rules; a
     failure here is a klpsym bug, and nothing is written."""

@@ -15,7 +15,7 @@ klp_resolve_symbols pins it to 56).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
@@ -31,8 +31,7 @@ def klp_section_name(target: str, objname: str = VMLINUX) -> str:
     return f"{KLP_RELA_PREFIX}{objname}.{target}"
 
 
-@dataclass(frozen=True)
-class KlpSymbol:
+class KlpSymbol(NamedTuple):  # a tuple: made thousands of times per check
     objname: str
     name: str
     pos: int

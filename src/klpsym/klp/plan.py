@@ -122,14 +122,21 @@ def classify_symbols(module: Module, target: TargetKernel,
     livepatch = symtab.special(SHN.LIVEPATCH)
     users = relocation_users(elf, np.concatenate([undefined, livepatch]))
 
+    # Look every name up at once (cheap with tables from the symbol cache).
+    names = {i: symtab.name(i) for i in undefined.tolist()}
+    target.symvers.prefetch(list(names.values()))
+    unexported = [n for n in names.values()
+                  if n and not ((e := target.symvers.get(n)) and e.visible_to(module.name))]
+    if unexported:
+        target.kallsyms.prefetch(unexported)
+
     symbols: list[SymbolPlan] = []
     for i in livepatch.tolist():
         name = symtab.name(i)
         parsed = parse_symbol_name(name, name_width)
         symbols.append(SymbolPlan(i, parsed.name if parsed else name, Fate.LIVEPATCH,
                                   pos=parsed.pos if parsed else None, relocations=users[i]))
-    for i in undefined.tolist():
-        name = symtab.name(i)
+    for i, name in names.items():
         if not name:
             continue
         symbols.append(_classify(i, name, bool(binds[i] == STB.WEAK), module, target, sympos,

@@ -6,11 +6,13 @@ it is written into place.  Each rule names the kernel code it follows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, R_X86_64, SHF, SHN, SHT, STB
-from klpsym.klp.names import VMLINUX, parse_section_name, parse_symbol_name
+from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
 
 # Relocation types arch/x86/kernel/module.c: __write_relocate_add() handles
 # (v6.1); anything else fails the load with "Unknown rela relocation".
@@ -36,20 +38,24 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
     nsyms = len(symtab)
     is_klp_sym = symtab.section_ref == -int(SHN.LIVEPATCH)
 
+    klp_names: dict[int, KlpSymbol | None] = {}
     for i in np.flatnonzero(is_klp_sym).tolist():
         name = symtab.name(i)
-        parsed = parse_symbol_name(name, name_width)
+        parsed = klp_names[i] = parse_symbol_name(name, name_width)
         if parsed is None:
             # klp_resolve_symbols(): "symbol %s has an incorrectly formatted name"
             problems.append(f"symbol {name!r} is SHN_LIVEPATCH but its name is not "
                             f".klp.sym.OBJ.NAME,POS with NAME of at most {name_width} characters")
 
+    any_klp_sym = bool(klp_names)
     for sec in elf.sections:
         klp = bool(sec.flags & SHF.RELA_LIVEPATCH)
         if sec.type != SHT.RELA:
             if klp:
                 problems.append(f"{sec.name}: SHF_RELA_LIVEPATCH on a section that is not SHT_RELA")
             continue
+        if not klp and not any_klp_sym:
+            continue  # an ordinary section, and no livepatch symbol it could use
         rela = elf.rela(sec)
         syms = elf.layout.r_sym(rela["r_info"])
         if len(syms) and int(syms.max()) >= nsyms:
@@ -86,13 +92,15 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
         if sec.entsize != elf.layout.rela.itemsize:
             problems.append(f"{sec.name}: sh_entsize {sec.entsize}, expected "
                             f"{elf.layout.rela.itemsize}")
-        for s in np.unique(syms).tolist():
+        used = np.zeros(nsyms, dtype=bool)
+        used[syms] = True
+        for s in np.flatnonzero(used).tolist():
             if not is_klp_sym[s]:
                 # klp_resolve_symbols(): "symbol %s is not marked as a livepatch symbol"
                 problems.append(f"{sec.name}: symbol {symtab.name(s)!r} is not marked as a "
                                 "livepatch symbol (SHN_LIVEPATCH)")
                 continue
-            parsed = parse_symbol_name(symtab.name(s), name_width)
+            parsed = klp_names[s]
             if parsed is not None and parsed.objname != objname:
                 problems.append(f"{sec.name}: symbol {symtab.name(s)!r} belongs to another object")
         if elf.machine == EM.X86_64:
@@ -106,13 +114,14 @@ def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object
     assert isinstance(target, Section)
     problems: list[str] = []
     types = elf.layout.r_type(rela["r_info"])
-    unknown = sorted(set(types.tolist()) - {int(t) for t in _X86_64_SIZES})
-    if unknown:
+    known = np.isin(types, np.array([int(t) for t in _X86_64_SIZES]))
+    if not known.all():
+        unknown = sorted(set(types[~known].tolist()))
         problems.append(f"{secname}: relocation types {unknown} are not handled by the x86_64 "
                         "module loader")
     if target.type == SHT.NOBITS or not target.flags & SHF.ALLOC:
         return problems
-    data = np.frombuffer(bytes(target.content()), dtype=np.uint8)
+    data = np.frombuffer(target.content(), dtype=np.uint8)
     offsets = rela["r_offset"].astype(np.int64)
     for t, size in _X86_64_SIZES.items():
         if not size:
@@ -138,30 +147,86 @@ def relocation_changes(before: ElfFile, after: ElfFile) -> list[str]:
     per relocated section, the multiset of (offset, info, addend) over its
     ordinary and klp relocation sections must be the same (symbols keep their
     indexes; only names and sections change)."""
-    def collect(elf: ElfFile) -> dict[str, np.ndarray]:
+    def collect(elf: ElfFile) -> dict[str, list[np.ndarray]]:
         per: dict[str, list[np.ndarray]] = {}
         for sec in elf.rela_sections():
             target = sec.info_section.name if sec.info_section is not None else f"?{sec.name}"
             per.setdefault(target, []).append(elf.rela(sec))
-        out = {}
-        for target, parts in per.items():
-            arr = np.concatenate(parts) if parts else np.zeros(0, elf.layout.rela)
-            order = np.lexsort((arr["r_addend"], arr["r_info"], arr["r_offset"]))
-            out[target] = arr[order]
-        return out
+        return per
 
     a, b = collect(before), collect(after)
     problems = []
     for target in sorted(set(a) | set(b)):
-        x = a.get(target)
-        y = b.get(target)
-        nx = 0 if x is None else len(x)
-        ny = 0 if y is None else len(y)
+        x, y = a.get(target, []), b.get(target, [])
+        if len(x) == len(y) and all(_same_bytes(p, q) for p, q in zip(x, y, strict=True)):
+            continue  # the same tables, to the byte
+        nx, ny = sum(len(p) for p in x), sum(len(q) for q in y)
         if nx != ny:
             problems.append(f"{target}: {nx} relocations before, {ny} after")
-        elif x is not None and y is not None and not np.array_equal(x, y):
+        elif not same_relocations(x, y):
             problems.append(f"{target}: relocations changed")
     return problems
+
+
+def _same_bytes(x: np.ndarray, y: np.ndarray) -> bool:
+    return x.dtype == y.dtype and x.shape == y.shape and np.array_equal(
+        np.ascontiguousarray(x).view(np.uint8), np.ascontiguousarray(y).view(np.uint8))
+
+
+def same_relocations(x: np.ndarray | Sequence[np.ndarray],
+                     y: np.ndarray | Sequence[np.ndarray]) -> bool:
+    """Whether two Elf64_Rela arrays (or lists of arrays, taken together)
+    hold the same multiset of (r_offset, r_info, r_addend).  Compared in
+    offset order (linkers emit relocations sorted by offset, so the sort is
+    nearly free); only entries that share an offset are also ordered by info
+    and addend.  One field at a time, so a 100k-entry table costs a few MB."""
+    xs = [x] if isinstance(x, np.ndarray) else list(x)
+    ys = [y] if isinstance(y, np.ndarray) else list(y)
+    if sum(len(p) for p in xs) != sum(len(q) for q in ys):
+        return False
+    ox, oy = _field(xs, "r_offset", np.uint64), _field(ys, "r_offset", np.uint64)
+    if not len(ox):
+        return True
+    px, py = _offset_order(ox), _offset_order(oy)
+    if px is not None:
+        ox = ox[px]
+    if py is not None:
+        oy = oy[py]
+    if not np.array_equal(ox, oy):
+        return False
+    same_as_next = ox[1:] == ox[:-1]
+    del oy
+    shared: np.ndarray | None = None
+    if same_as_next.any():
+        shared = np.zeros(len(ox), dtype=bool)
+        shared[1:] |= same_as_next
+        shared[:-1] |= same_as_next
+    fields = []
+    for parts, order in ((xs, px), (ys, py)):
+        info = _field(parts, "r_info", np.uint64)
+        addend = _field(parts, "r_addend", np.int64)
+        if order is not None:
+            info, addend = info[order], addend[order]
+        if shared is not None:  # order each group of equal offsets by (info, addend)
+            rows = np.flatnonzero(shared)
+            by = np.lexsort((addend[rows], info[rows], ox[rows]))
+            info[rows], addend[rows] = info[rows][by], addend[rows][by]
+        fields.append((info, addend))
+    (ix, ax), (iy, ay) = fields
+    return bool(np.array_equal(ix, iy) and np.array_equal(ax, ay))
+
+
+def _field(parts: list[np.ndarray], name: str, dtype: type[np.generic]) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0][name].astype(dtype)
+    return np.concatenate([p[name].astype(dtype, copy=False) for p in parts])
+
+
+def _offset_order(offsets: np.ndarray) -> np.ndarray | None:
+    """The stable order that sorts ``offsets``, or None if they are sorted."""
+    if len(offsets) < 2 or bool(np.all(offsets[1:] >= offsets[:-1])):
+        return None
+    return np.argsort(offsets, kind="stable")
 
 
 def symbol_changes(before: ElfFile, after: ElfFile, name_width: int,
@@ -174,7 +239,7 @@ def symbol_changes(before: ElfFile, after: ElfFile, name_width: int,
     array when the guard gets a version entry) may grow with it."""
     sa, sb = before.symtab, after.symtab
     n = len(sa)
-    extra = sb.names()[n:] if len(sb) >= n else []
+    extra = [sb.name(i) for i in range(n, len(sb))]
     if len(sb) < n or sorted(extra) != sorted(added):
         return [f"symbol count changed from {n} to {len(sb)}"
                 + (f" (added {extra}, expected {list(added)})" if extra or added else "")]
@@ -183,9 +248,11 @@ def symbol_changes(before: ElfFile, after: ElfFile, name_width: int,
                 if int(sb.section_ref[i]) != 0 or int(sb.array["st_value"][i]) != 0
                 or int(sb.array["st_size"][i]) != 0 or sb.binds[i] == STB.LOCAL]
     a, b = sa.array, sb.array[:n]
-    names_a, names_b = sa.names(), sb.names()[:n]
-    where_a, where_b = _symbol_sections(before), _symbol_sections(after)[:n]
-    size_same = (a["st_size"] == b["st_size"]) | _spans_grown_section(before, after, where_b)
+    names = sorted({s.name for s in before.sections} | {s.name for s in after.sections})
+    rank = {name: i for i, name in enumerate(names)}
+    where_a, where_b = _symbol_sections(before, rank), _symbol_sections(after, rank)[:n]
+    size_same = ((a["st_size"] == b["st_size"])
+                 | _spans_grown_section(before, after, where_b, rank))
     fields_same = (
         (a["st_info"] == b["st_info"])
         & (a["st_other"] == b["st_other"])
@@ -193,17 +260,25 @@ def symbol_changes(before: ElfFile, after: ElfFile, name_width: int,
         & size_same
     )
     for i in np.flatnonzero(~fields_same).tolist():
-        problems.append(f"symbol {names_a[i]!r} changed its type, binding, value or size")
-    for i in np.flatnonzero((np.array(names_a, dtype=object) != np.array(names_b, dtype=object))
-                            | (where_a != where_b)).tolist():
-        parsed = parse_symbol_name(names_b[i], name_width)
-        if not (where_a[i] == "UNDEF" and where_b[i] == "LIVEPATCH" and parsed is not None
-                and parsed.name == names_a[i]):
-            problems.append(f"symbol {names_a[i]!r} changed to {names_b[i]!r} unexpectedly")
+        problems.append(f"symbol {sa.name(i)!r} changed its type, binding, value or size")
+    # A name is compared as text only where its string table offset or its
+    # section changed (a string table is only appended to).
+    suspects = (a["st_name"] != b["st_name"]) | (where_a != where_b)
+    if not sb.strings.data.startswith(sa.strings.data):
+        suspects[:] = True  # the string table was rewritten: compare every name
+    for i in np.flatnonzero(suspects).tolist():
+        name_a, name_b = sa.name(i), sb.name(i)
+        if name_a == name_b and where_a[i] == where_b[i]:
+            continue
+        parsed = parse_symbol_name(name_b, name_width)
+        if not (where_a[i] == _UNDEF and where_b[i] == _LIVEPATCH and parsed is not None
+                and parsed.name == name_a):
+            problems.append(f"symbol {name_a!r} changed to {name_b!r} unexpectedly")
     return problems
 
 
-def _spans_grown_section(before: ElfFile, after: ElfFile, where: np.ndarray) -> np.ndarray:
+def _spans_grown_section(before: ElfFile, after: ElfFile, where: np.ndarray,
+                         rank: dict[str, int]) -> np.ndarray:
     """Per input symbol: it is at offset 0 of a section that grew, spanning
     all of it before and after."""
     out = np.zeros(len(before.symtab), dtype=bool)
@@ -212,17 +287,25 @@ def _spans_grown_section(before: ElfFile, after: ElfFile, where: np.ndarray) -> 
         old = before.section_by_name(sec.name)
         if old is None or old.size >= sec.size:
             continue
-        out |= ((where == f"section {sec.name}") & (sa["st_value"] == 0)
+        out |= ((where == 1 + rank[sec.name]) & (sa["st_value"] == 0)
                 & (sa["st_size"] == old.size) & (sb["st_size"][: len(sa)] == sec.size))
     return out
 
 
-def _symbol_sections(elf: ElfFile) -> np.ndarray:
-    """Each symbol's section as a comparable name across files (section
-    indexes move when sections are inserted)."""
+_UNDEF = 0
+_LIVEPATCH = -int(SHN.LIVEPATCH)
+
+
+def _symbol_sections(elf: ElfFile, rank: dict[str, int]) -> np.ndarray:
+    """Each symbol's section as a number comparable across files (section
+    indexes move when sections are inserted): 0 for SHN_UNDEF, the negated
+    value for the other reserved indexes, else 1 + ``rank`` of the section's
+    name."""
     ref = elf.symtab.section_ref
-    names = {s.uid: s.name for s in elf.sections}
-    special = {-int(v): v.name for v in SHN}
-    special[0] = "UNDEF"
-    table = {**{k: f"section {v}" for k, v in names.items() if k != 0}, **special}
-    return np.array([table.get(int(r), f"#{int(r)}") for r in ref], dtype=object)
+    table = np.zeros(max(s.uid for s in elf.sections) + 1, dtype=np.int64)
+    for s in elf.sections:
+        table[s.uid] = 1 + rank[s.name]
+    real = ref > 0
+    out = np.where(real, 0, ref)
+    out[real] = table[ref[real]]
+    return out

@@ -32,8 +32,11 @@ class Module:
         return self.compression != Compression.NONE
 
     @property
-    def elf_bytes(self) -> bytes:
-        return self.data if self.signature is None else self.data[: -self.signature.size]
+    def elf_bytes(self) -> bytes | memoryview:
+        """The ELF part of the file (a view, not a copy, when signed)."""
+        if self.signature is None:
+            return self.data
+        return memoryview(self.data)[: len(self.data) - self.signature.size]
 
     @property
     def name(self) -> str:

@@ -34,8 +34,9 @@ class Signature:
         return len(self.trailer)
 
 
-def split_signature(data: bytes, name: str) -> tuple[bytes, Signature | None]:
-    """Split a module file into its ELF part and its appended signature."""
+def split_signature(data: bytes, name: str) -> tuple[bytes | memoryview, Signature | None]:
+    """Split a module file into its ELF part (a view of ``data``, not a
+    copy) and its appended signature."""
     if not data.endswith(MODULE_SIG_STRING):
         return data, None
     end = len(data) - len(MODULE_SIG_STRING)
@@ -48,7 +49,8 @@ def split_signature(data: bytes, name: str) -> tuple[bytes, Signature | None]:
         raise ModuleError(
             f"{name}: corrupt module signature (length {sig_len} in a {len(data)}-byte file)"
         )
-    return data[:start], Signature(id_type=info[2], sig_len=sig_len, trailer=data[start:])
+    sig = Signature(id_type=info[2], sig_len=sig_len, trailer=data[start:])
+    return memoryview(data)[:start], sig
 
 
 # -- describing a signature, as kmod's modinfo does -------------------------
