@@ -224,8 +224,8 @@ _SHF_RELA_LIVEPATCH = int(SHF.RELA_LIVEPATCH)
 # writable copy of the symbol table, a Python object per export.  The check
 # needs far less, so the common module (64-bit little-endian, one symbol
 # table, no livepatch content, known relocation types) is read here straight
-# from the file's bytes: section headers with struct, the symbol table and
-# the relocations as numpy views, names decoded in bulk, relocation types as
+# from the file's bytes: section headers and export tables with struct, the
+# symbol table as a numpy view, names decoded in bulk, relocation types as
 # one strided view over the adjacent relocation tables.  Whenever the file
 # is anything else -- or anything the general reader would refuse -- this
 # path gives up (returns None) and facts_of() reads it, so the facts and
@@ -241,7 +241,8 @@ _SYM_VALUE = struct.Struct("<6xHQ")  # st_shndx, st_value of an Elf64_Sym
 # struct modversion_info with the CRC's low half apart (little-endian)
 _VERSIONS_DTYPE = np.dtype([("crc", "<u4"), ("crc_high", "<u4"),
                             ("name", f"S{MODULE_NAME_LEN}")])
-_KSYMTABS = {name.encode(): (name, t in GPL_ONLY) for name, t in KSYMTAB_SECTIONS.items()}
+# __ksymtab* section -> whether its exports are GPL-only
+_KSYMTABS = {name.encode(): t in GPL_ONLY for name, t in KSYMTAB_SECTIONS.items()}
 _HANDLED_X86_64 = np.zeros(256, dtype=bool)
 _HANDLED_X86_64[sorted(X86_64_HANDLED)] = True
 _POWERS_OF_TWO = frozenset({0} | {1 << k for k in range(64)})
@@ -567,7 +568,7 @@ class _Reader:
             raise _Unusual
         count = size // entsize
         name = self.shstr[self.rows[table][0]:].split(b"\0", 1)[0]
-        gpl_only: list[bool] = [_KSYMTABS[name][1]] * count
+        gpl_only: list[bool] = [_KSYMTABS[name]] * count
         flags_sec = self.section(b"__kflagstab")
         if flags_sec is not None and name == b"__ksymtab":
             # one byte per entry, KSYM_FLAG_GPL_ONLY (module.exports)
