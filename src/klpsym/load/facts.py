@@ -476,10 +476,12 @@ class _Reader:
         return syms, strtab
 
     def _undefined(self, f: ModuleFacts, syms: np.ndarray, strtab: bytes) -> None:
-        undefined = np.flatnonzero(syms["st_shndx"] == 0)
-        undefined = undefined[undefined != 0]
-        weak = ((syms["st_info"][undefined] >> 4) == _STB_WEAK).tolist()
-        offsets = syms["st_name"][undefined].tolist()
+        mask = syms["st_shndx"] == 0
+        if len(mask):
+            mask[0] = False  # the null symbol
+        undefined = syms[mask]
+        weak = [info >> 4 == _STB_WEAK for info in undefined["st_info"].tolist()]
+        offsets = undefined["st_name"].tolist()
         names: list[str]
         if strtab.isascii():  # decoded once; byte offsets are character offsets
             text = strtab.decode("ascii")
