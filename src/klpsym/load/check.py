@@ -189,6 +189,8 @@ def _provider(module: str, gpl_only: bool, namespace: str, crc: int | None,
 
 
 _MISSING = _provider("", False, "", None)  # not looked up yet
+_Plain = tuple[_Provider, int | None, str | None, bool]  # see Checker.plain
+_NOT_PLAIN: _Plain = (_MISSING, None, None, False)  # not looked up yet
 
 
 #: What a module of the batch exports to the others: (its name, whether it
@@ -225,6 +227,7 @@ class Checker:
         layout = self.exports.get("module_layout")
         self.module_layout = layout if layout is not None and layout.from_vmlinux else None
         self._providers: dict[str, _Provider | None] = {}
+        self._plain: dict[str, _Plain | None] = {}
         # Exports of the modules checked together: they would be loaded.
         self.batch: dict[str, _Provider] = {}
         for item in batch:
@@ -245,6 +248,18 @@ class Checker:
         found = self._providers.get(name, _MISSING)
         if found is _MISSING:
             found = self._providers[name] = self._find(name)
+        return found
+
+    def plain(self, name: str) -> _Plain | None:
+        """For a symbol exported by vmlinux or a non-proprietary module in no
+        namespace (resolve_symbol()'s common case): (provider, its CRC, the
+        module to load first or None, GPL-only); else None."""
+        found = self._plain.get(name, _NOT_PLAIN)
+        if found is _NOT_PLAIN:
+            p = self.provider(name)
+            found = None if p is None or p.proprietary or p.namespace else (
+                p, p.crc, None if p.fate == Fate.VMLINUX else p.module, p.gpl_only)
+            self._plain[name] = found
         return found
 
     def _find(self, name: str) -> _Provider | None:
@@ -407,21 +422,23 @@ def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     gplok = is_gpl_compatible(f.license or "unspecified")
     using_gplonly = False
     versions, has_crcs, depends, rows = f.versions, f.has_crcs, v.depends, v._symbols
-    looked_up = ctx._providers
+    looked_up = ctx._plain
     for name, weak in f.undefined:
-        p = looked_up.get(name, _MISSING)
-        if p is _MISSING:
-            p = ctx.provider(name)
-        if p is not None and not p.proprietary and not p.namespace and (gplok or not p.gpl_only):
+        plain = looked_up.get(name, _NOT_PLAIN)
+        if plain is _NOT_PLAIN:
+            plain = ctx.plain(name)
+        if plain is not None:
             # The common case, as _resolve() would find it: an export of a
-            # non-proprietary module or vmlinux, in no namespace, whose CRC
-            # (if it has one) the module has.
+            # non-proprietary module or vmlinux, in no namespace, visible to
+            # this module, whose CRC (if it has one) the module has.
+            p, pcrc, first, gpl_only = plain
             crc = versions.get(name)
-            if p.crc is None or has_crcs and crc == p.crc:
+            if (gplok or not gpl_only) and (pcrc is None or has_crcs and crc == pcrc):
                 rows.append((name, p, crc))
-                using_gplonly = using_gplonly or p.gpl_only
-                if p.fate == Fate.MODULE and p.module not in depends:
-                    depends.append(p.module)
+                if gpl_only:
+                    using_gplonly = True
+                if first is not None and first not in depends:
+                    depends.append(first)
                 continue
         check, err, stage, lines = _resolve(f, ctx, v, name, gplok, using_gplonly)
         using_gplonly = using_gplonly or (check.ok and check.gpl_only)
