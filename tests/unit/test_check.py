@@ -464,3 +464,26 @@ def test_plain_report_for_a_pipe(tmp_path: Path, capsys: pytest.CaptureFixture[s
     report = json.loads(text)
     assert [m["verdict"] for m in report["modules"]][:6] == ["fails"] * 5 + ["loads"]
     assert sum(line.startswith('    {"path": ') for line in text.splitlines()) == 20
+
+
+def test_json_lines_are_json_dumps_of_the_report(tmp_path: Path) -> None:
+    """cli.check.json_module writes symbols through cached formats: the
+    same text as json.dumps of the module's dict, for every kind of symbol
+    (vmlinux, module, unresolved, klp with its POS, weak, livepatch, GPL,
+    namespaced, CRC mismatch, names that need escaping)."""
+    from klpsym.cli.check import json_module, module_json
+
+    src = write(tmp_path, kmod(("_printk", "kallsyms_lookup_name")), "src.ko")
+    convert_file(src, target(), {}, output=tmp_path / "klp.ko")
+    src.unlink()
+    _batch(tmp_path)
+    write(tmp_path, kmod(("_printk", "c_start", "ktime_get", "weird\\name%s\u00e9"),
+                         weak=("maybe_there",), versions={"_printk": 5}), "mixed.ko")
+    write(tmp_path, kmod(("crypto_cipher_setkey",), import_ns="CRYPTO_INTERNAL",
+                         license="Proprietary"), "ns.ko")
+    verdicts = check_modules([module_facts(p) for p in collect_modules([tmp_path])], target())
+    fates = {s.fate for v in verdicts for s in v.symbols}
+    assert fates >= {Fate.VMLINUX, Fate.MODULE, Fate.KLP, Fate.UNRESOLVED, Fate.WEAK,
+                     Fate.LIVEPATCH}
+    for v in verdicts:
+        assert json_module(v) == json.dumps(module_json(v))

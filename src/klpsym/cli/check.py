@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags
 
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
+
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.kernel.target import TargetKernel
     from klpsym.load.check import ModuleVerdict, SymbolCheck
@@ -277,8 +279,10 @@ def _json_target(target: TargetKernel) -> dict[str, Any]:
     return {"release": target.release, "description": target.describe(), "notes": target.notes}
 
 
-def module_json(v: ModuleVerdict) -> dict[str, Any]:
-    return {
+def module_json(v: ModuleVerdict, symbols: bool = True) -> dict[str, Any]:
+    from klpsym.load.check import SYMBOL_FIELDS
+
+    out = {
         "path": v.path,
         "name": v.name,
         "verdict": v.verdict.value,
@@ -292,20 +296,50 @@ def module_json(v: ModuleVerdict) -> dict[str, Any]:
              "symbol": p.symbol, "kernel": list(p.kernel)}
             for p in v.problems
         ],
-        "symbols": [
-            {"name": s.name, "fate": s.fate.value, "ok": s.ok, "provider": s.provider,
-             "gpl_only": s.gpl_only, "namespace": s.namespace, "crc": s.crc,
-             "exporter_crc": s.exporter_crc, "pos": s.pos, "candidates": s.candidates,
-             "reason": s.reason}
-            for s in v.symbols
-        ],
+        "symbols": [dict(zip(SYMBOL_FIELDS, r, strict=True)) for r in v.symbol_records()]
+        if symbols else [],
         "notes": v.notes,
     }
+    if not symbols:
+        del out["symbols"]
+    return out
 
 
 def json_module(v: ModuleVerdict) -> str:
-    """One module's JSON, on one line (made in the check's workers)."""
-    return json.dumps(module_json(v))
+    """One module's JSON on one line (made in the check's workers): what
+    ``json.dumps(module_json(v))`` prints, with the symbols (a whole kernel
+    has ~200,000) written through a format per kind of symbol instead of a
+    dict each."""
+    head = module_json(v, symbols=False)
+    notes = head.pop("notes")
+    formats, string = _SYMBOL_FORMATS, _json_string
+    texts = []
+    for r in v.symbol_records():
+        fmt = formats.get(r[1:6] + r[8:])
+        if fmt is None:
+            fmt = _symbol_format(r)
+        name, crc, exporter_crc = r[0], r[6], r[7]
+        texts.append(fmt % (string(name), "null" if crc is None else int(crc),
+                            "null" if exporter_crc is None else int(exporter_crc)))
+    return (f'{json.dumps(head)[:-1]}, "symbols": [{", ".join(texts)}], '
+            f'"notes": {json.dumps(notes)}}}')
+
+
+# a symbol's fields but the name and CRCs -> its JSON with %s for those three
+_SYMBOL_FORMATS: dict[tuple[Any, ...], str] = {}
+
+
+def _symbol_format(r: tuple[Any, ...]) -> str:
+    """``json.dumps`` of the symbol's dict (SYMBOL_FIELDS -> the record)
+    with %s where the name and the CRCs go."""
+    from klpsym.load.check import SYMBOL_FIELDS
+
+    marks = {"name": "\0N", "crc": "\0C", "exporter_crc": "\0E"}
+    text = json.dumps({k: marks.get(k, val) for k, val in zip(SYMBOL_FIELDS, r, strict=True)})
+    for mark in marks.values():
+        text = text.replace(json.dumps(mark), "\0")
+    fmt = _SYMBOL_FORMATS[r[1:6] + r[8:]] = text.replace("%", "%%").replace("\0", "%s")
+    return fmt
 
 
 def write_json(verdicts: list[ModuleVerdict], modules: list[str], target: TargetKernel,

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from klpsym.elf.constants import EM
 from klpsym.kernel.kallsyms import Candidate
@@ -114,6 +114,14 @@ class SymbolCheck:
     reason: str = ""
 
 
+SYMBOL_FIELDS = tuple(f.name for f in fields(SymbolCheck))
+
+
+def _astuple(s: SymbolCheck) -> tuple[Any, ...]:
+    return (s.name, s.fate, s.ok, s.provider, s.gpl_only, s.namespace, s.crc, s.exporter_crc,
+            s.pos, s.candidates, s.reason)
+
+
 @dataclass(eq=False)
 class ModuleVerdict:
     path: str
@@ -146,6 +154,14 @@ class ModuleVerdict:
     @symbols.setter
     def symbols(self, value: list[SymbolCheck]) -> None:
         self._symbols = list(value)
+
+    def symbol_records(self) -> list[tuple[Any, ...]]:
+        """The symbols as tuples of SymbolCheck's fields, in its order
+        (SYMBOL_FIELDS), without making SymbolCheck objects (for reports of
+        many modules)."""
+        return [_astuple(r) if isinstance(r, SymbolCheck) else
+                (r[0], r[1].fate, True, r[1].module, r[1].gpl_only, "", r[2], r[1].crc, None, 0, "")
+                for r in self._symbols]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModuleVerdict):
