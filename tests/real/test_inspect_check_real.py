@@ -114,3 +114,58 @@ def test_check_every_bookworm_module(bookworm: Kernel) -> None:
     for p, v in zip(mods, verdicts, strict=True):
         want = {d for d in (read_module(p).modinfo.get("depends") or "").split(",") if d}
         assert {d.replace("-", "_") for d in v.depends} == {d.replace("-", "_") for d in want}, p
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
+def test_fast_reader_equals_general_reader(suite: str, bookworm: Kernel) -> None:
+    """check reads modules through load.facts' fast path: on Debian's own
+    modules (.ko; .ko.xz with extended modversions and __kflagstab on sid)
+    it must read every one, and read what the general ELF reader reads."""
+    from klpsym.load.facts import fast_facts, module_facts
+    from klpsym.module.compression import decompress
+
+    root = bookworm.home / "root" if suite == "bookworm" else _cached(suite)
+    if root is None:
+        pytest.skip(f"{suite} is not in the lab's cache")
+    mods = _modules(root / "lib" / "modules")
+    for p in mods[::1 if suite == "bookworm" else 4]:
+        data, compression = decompress(p.read_bytes(), str(p))
+        assert fast_facts(data, p, compression.value) is not None, p
+        assert module_facts(p) == module_facts(p, fast=False), p
+
+
+@pytest.mark.parametrize("crcs", ["as built", "every 97th changed"])
+def test_parallel_check_equals_serial_general_reader(crcs: str, bookworm: Kernel,
+                                                     tmp_path: Path) -> None:
+    """What `klpsym check --json` prints for every bookworm module (fast
+    reader, two processes, JSON made in the workers) equals the serial check
+    of the general ELF reader's facts -- also against a Module.symvers whose
+    CRCs disagree with many modules, so that thousands fail, many of them
+    only because a module they need fails."""
+    from klpsym.cli.check import json_module
+    from klpsym.load.batch import check_paths
+    from klpsym.load.facts import module_facts
+
+    kdir = bookworm.kernel_dir
+    if crcs != "as built":
+        kdir = tmp_path / "kdir"
+        kdir.mkdir()
+        for entry in bookworm.kernel_dir.iterdir():
+            if entry.name != "Module.symvers":
+                (kdir / entry.name).symlink_to(entry)
+        lines = (bookworm.kernel_dir / "Module.symvers").read_text().splitlines(keepends=True)
+        for i in range(0, len(lines), 97):
+            crc, rest = lines[i].split("\t", 1)
+            lines[i] = f"0x{int(crc, 16) ^ 1:08x}\t{rest}"
+        (kdir / "Module.symvers").write_text("".join(lines))
+    target = discover(kernel_dir=kdir, require_kallsyms=False)
+    mods = _modules(bookworm.modules_dir)
+    serial = check_modules([module_facts(p, fast=False) for p in mods], target)
+    parallel = check_paths(mods, target, 2, symbols=False, render=json_module)
+    assert parallel.rendered == [json_module(v) for v in serial]
+    failed = [v for v in serial if not v.would_load]
+    if crcs == "as built":
+        assert not failed
+    else:
+        assert len(failed) > 1000
+        assert sum(any(p.stage.value == "dependency" for p in v.problems) for v in failed) > 100

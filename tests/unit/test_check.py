@@ -332,3 +332,158 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check", str(good), str(junk)]) == 2
     assert main(["check", str(tmp_path / "missing.ko")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# -- the fast reader (load.facts.fast_facts) against the general one
+
+
+def _signed(data: bytes) -> bytes:
+    """``data`` with a PKCS#7-shaped trailer as scripts/sign-file appends it."""
+    sig = bytes(range(40))
+    return data + sig + bytes([0, 0, 2, 0, 0, 0, 0, 0]) + struct.pack(">I", len(sig)) \
+        + b"~Module signature appended~\n"
+
+
+def _variants() -> dict[str, bytes]:
+    return {
+        "plain": kmod().build(),
+        "exports": kmod(("_printk", "ktime_get"), exports=("a_fn", "b_fn", "c_fn")).build(),
+        "weak": kmod(weak=("maybe_there",)).build(),
+        "no versions": kmod(versions={"module_layout": None, "_printk": None}).build(),
+        "namespace": kmod(("crypto_cipher_setkey",), import_ns="CRYPTO_INTERNAL").build(),
+        "proprietary": kmod(license="Proprietary").build(),
+        "signed": _signed(kmod(exports=("x_fn",)).build()),
+        "no modinfo name": kmod(name="").build(),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_variants()))
+def test_fast_reader_equals_general_reader(tmp_path: Path, variant: str) -> None:
+    from klpsym.load.facts import fast_facts
+
+    p = tmp_path / "m.ko"
+    p.write_bytes(_variants()[variant])
+    assert fast_facts(p.read_bytes(), p, "none") is not None  # the fast path read it
+    assert module_facts(p) == module_facts(p, fast=False)
+
+
+def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
+    """Bytes changed in the headers and tables the fast reader reads: it
+    gives the general reader's facts or its error, never other ones."""
+    import random
+
+    from klpsym.elf import ElfFile
+    from klpsym.load.facts import fast_facts
+    from klpsym.module.signature import split_signature
+
+    rng = random.Random(7)
+    fast_read = 0
+    for variant in ("exports", "signed", "weak"):
+        good = _variants()[variant]
+        elf = ElfFile.from_bytes(split_signature(good, variant)[0])
+        shoff = int(elf.header["e_shoff"])
+        regions = [(0, 64), (shoff, shoff + 64 * len(elf.sections))] + [
+            (s.orig_offset, s.orig_offset + s.orig_size) for s in elf.sections
+            if s.orig_offset is not None and s.orig_size and s.name != ".text"]
+        for _ in range(150):
+            data = bytearray(good)
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                start, end = rng.choice(regions)
+                data[rng.randrange(start, end)] = rng.choice((0, 1, 0xFF, rng.randrange(256)))
+            p = tmp_path / "m.ko"
+            p.write_bytes(bytes(data))
+            fast_read += fast_facts(bytes(data), p, "none") is not None
+            assert module_facts(p) == module_facts(p, fast=False), (variant, data.hex())
+    assert fast_read > 100  # most single-byte changes leave a module the fast path reads
+
+
+def _batch(tmp_path: Path) -> list[Path]:
+    """20 modules: m00 exports dep_fn but would not load (an unknown
+    symbol), m01..m04 need it (so they fail with it), m05 exports ok_fn
+    that m06..m09 use, the rest use vmlinux only."""
+    mods = [kmod(("_printk", "nothing_here"), name="m00", exports=("dep_fn",))]
+    mods += [kmod(("_printk", "dep_fn"), name=f"m{i:02}", versions={"dep_fn": 7})
+             for i in range(1, 5)]
+    mods.append(kmod(("ktime_get",), name="m05", exports=("ok_fn",)))
+    mods += [kmod(("_printk", "ok_fn"), name=f"m{i:02}", versions={"ok_fn": 7})
+             for i in range(6, 10)]
+    mods += [kmod(name=f"m{i:02}") for i in range(10, 20)]
+    return [write(tmp_path, b, f"m{i:02}.ko") for i, b in enumerate(mods)]
+
+
+def test_parallel_check_equals_serial(tmp_path: Path) -> None:
+    """load.batch.check_paths in two processes: the serial verdicts, the
+    symbol lists of modules that would load left out only when asked, the
+    rendered JSON made from the final verdicts (after dependencies)."""
+    from klpsym.cli.check import json_module
+    from klpsym.load.batch import check_paths
+
+    paths = _batch(tmp_path)
+    serial = check_modules([module_facts(p, fast=False) for p in paths], target())
+    assert [v.verdict for v in serial] == [Verdict.FAILS] * 5 + [Verdict.LOADS] + \
+        [Verdict.LOADS_AFTER] * 4 + [Verdict.LOADS] * 10
+    assert serial[1].problems[-1].stage == Stage.DEPENDENCY
+    for symbols in (True, False):
+        got = check_paths(paths, target(), 2, symbols=symbols, render=json_module)
+        assert got.rendered == [json_module(v) for v in serial]
+        for a, b in zip(got.verdicts, serial, strict=True):
+            if symbols or not b.would_load:
+                assert a == b
+            else:
+                assert not a.symbols_listed and not a.symbols
+                b.symbols, b.symbols_listed = [], False
+                assert a == b
+                b.symbols_listed = True
+
+
+def test_plain_report_for_a_pipe(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on a terminal: the same report without rich (aligned columns),
+    details for the modules that would not load only."""
+    import klpsym.cli.check as cli_check
+
+    monkeypatch.setattr(cli_check, "target_for_check", lambda args: target())
+    paths = _batch(tmp_path)
+    assert main(["check", str(tmp_path), "-j", "2"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("target 6.1.0-56-amd64")
+    header = out.index(next(line for line in out if line.startswith("module ")))
+    rows = [line.split() for line in out[header + 1: header + 21]]
+    assert [r[0] for r in rows] == [str(p) for p in paths]
+    assert rows[1][1:] == ["fails", "needs", "m00,", "which", "would", "not", "load"]
+    assert rows[6][1:] == ["loads-after", "after", "m05"] and rows[10][1:] == ["loads"]
+    assert f"{paths[0]} (m00): fails" in out
+    assert "      kernel: m00: Unknown symbol nothing_here (err -2)" in out
+    assert not any(line.startswith(f"{paths[6]} (") for line in out)  # loads: no details
+    symbols = out.index(f"{paths[1]} (m01): fails after m00") + 2
+    assert out[symbols].split() == ["symbol", "fate", "provider", "flags", "ok", "why"]
+    assert out[symbols + 2].split()[:5] == ["dep_fn", "module", "m00", "yes"]
+    assert out[-1] == "5 fails, 11 loads, 4 loads-after"
+    assert main(["check", str(tmp_path), "-j", "2", "--json"]) == 1
+    text = capsys.readouterr().out
+    report = json.loads(text)
+    assert [m["verdict"] for m in report["modules"]][:6] == ["fails"] * 5 + ["loads"]
+    assert sum(line.startswith('    {"path": ') for line in text.splitlines()) == 20
+
+
+def test_json_lines_are_json_dumps_of_the_report(tmp_path: Path) -> None:
+    """cli.check.json_module writes symbols through cached formats: the
+    same text as json.dumps of the module's dict, for every kind of symbol
+    (vmlinux, module, unresolved, klp with its POS, weak, livepatch, GPL,
+    namespaced, CRC mismatch, names that need escaping)."""
+    from klpsym.cli.check import json_module, module_json
+
+    src = write(tmp_path, kmod(("_printk", "kallsyms_lookup_name")), "src.ko")
+    convert_file(src, target(), {}, output=tmp_path / "klp.ko")
+    src.unlink()
+    _batch(tmp_path)
+    write(tmp_path, kmod(("_printk", "c_start", "ktime_get", "weird\\name%s\u00e9"),
+                         weak=("maybe_there",), versions={"_printk": 5}), "mixed.ko")
+    write(tmp_path, kmod(("crypto_cipher_setkey",), import_ns="CRYPTO_INTERNAL",
+                         license="Proprietary"), "ns.ko")
+    verdicts = check_modules([module_facts(p) for p in collect_modules([tmp_path])], target())
+    fates = {s.fate for v in verdicts for s in v.symbols}
+    assert fates >= {Fate.VMLINUX, Fate.MODULE, Fate.KLP, Fate.UNRESOLVED, Fate.WEAK,
+                     Fate.LIVEPATCH}
+    for v in verdicts:
+        assert json_module(v) == json.dumps(module_json(v))

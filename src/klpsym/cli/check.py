@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags
 
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
+
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.kernel.target import TargetKernel
-    from klpsym.load.check import ModuleVerdict
+    from klpsym.load.check import ModuleVerdict, SymbolCheck
 
 EPILOG = SOURCES_HELP + """
   A kallsyms source is optional here: with one, an unexported symbol is also
@@ -69,19 +74,38 @@ def target_for_check(args: argparse.Namespace) -> TargetKernel:
 
 
 def run(args: argparse.Namespace) -> int:
-    from klpsym.load.batch import collect_modules
-    from klpsym.load.check import check_modules
+    # ~a million objects that all live to the end: no cyclic GC passes over
+    # them, now or at the interpreter's exit (frozen when done)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from klpsym.load.batch import check_paths, collect_modules
 
     paths = collect_modules(args.modules)
     target = target_for_check(args)
-    facts = _gather(paths, args.jobs)
-    verdicts = check_modules(facts, target)
+    verbose = args.verbose or len(paths) == 1
+    with _progress(len(paths)) as progress:
+        if args.json:
+            checked = check_paths(paths, target, args.jobs, symbols=False,
+                                  render=json_module, progress=progress)
+        else:
+            checked = check_paths(paths, target, args.jobs, symbols=verbose, progress=progress)
     if args.json:
-        json.dump(to_json(verdicts, target), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        assert checked.rendered is not None
+        write_json(checked.verdicts, checked.rendered, target, sys.stdout)
+    elif sys.stdout.isatty():
+        print_verdicts(checked.verdicts, target, verbose=verbose)
     else:
-        print_verdicts(verdicts, target, verbose=args.verbose or len(verdicts) == 1)
-    return exit_code(verdicts)
+        print_plain(checked.verdicts, target, verbose=verbose, out=sys.stdout)
+    return exit_code(checked.verdicts)
 
 
 def exit_code(verdicts: list[ModuleVerdict]) -> int:
@@ -92,24 +116,51 @@ def exit_code(verdicts: list[ModuleVerdict]) -> int:
     return 0 if all(v.would_load for v in verdicts) else 1
 
 
-def _gather(paths: list[Path], jobs: int | None) -> list[Any]:
-    from klpsym.load.batch import gather_facts
-
-    if not sys.stderr.isatty() or len(paths) < 2:
-        return gather_facts(paths, jobs)
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal's stderr for many modules."""
+    if not sys.stderr.isatty() or total < 2:
+        yield None
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(TextColumn("reading modules"), BarColumn(), MofNCompleteColumn(),
                   console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("read", total=len(paths))
-        return gather_facts(paths, jobs, lambda n: bar.update(task, completed=n))
+        task = bar.add_task("read", total=total)
+        yield lambda n: bar.update(task, completed=n)
 
 
 _STYLE = {"loads": "green", "loads-after": "green", "fails": "red", "error": "red"}
+SUMMARY_COLUMNS = ("module", "verdict", "why / needs")
+SYMBOL_COLUMNS = ("symbol", "fate", "provider", "flags", "ok", "why")
+
+
+def _heading(v: ModuleVerdict) -> tuple[str, str, str]:
+    """(path, name, verdict and what it waits for) of a module's details."""
+    return v.path, v.name, v.verdict.value + (f" after {', '.join(v.depends)}"
+                                              if v.depends else "")
+
+
+def _symbol_row(s: SymbolCheck) -> tuple[str, str, str, str, bool, str]:
+    from klpsym.load.check import Fate
+
+    flags = " ".join(x for x in (
+        "GPL" if s.gpl_only else "",
+        f"ns={s.namespace}" if s.namespace else "",
+        f"POS={s.pos}" if s.pos is not None and s.fate in (Fate.KLP, Fate.LIVEPATCH) else "",
+        f"{s.candidates} candidates" if s.candidates > 1 else "",
+    ) if x)
+    return s.name, s.fate.value, s.provider or "", flags, s.ok, s.reason
+
+
+def _counts(verdicts: list[ModuleVerdict]) -> str:
+    counts = Counter(v.verdict for v in verdicts)
+    return ", ".join(f"{n} {verdict.value}" for verdict, n in sorted(counts.items()))
 
 
 def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool) -> None:
+    """The report on a terminal, through rich."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -122,29 +173,27 @@ def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose:
         console.print(f"note: {escape(note)}")
     if len(verdicts) > 1:
         table = Table()
-        for col in ("module", "verdict", "why / needs"):
+        for col in SUMMARY_COLUMNS:
             table.add_column(col, no_wrap=col != "why / needs")
         for v in verdicts:
-            style = _STYLE.get(v.verdict.value, "red")
-            table.add_row(escape(v.path), f"[{style}]{v.verdict.value}[/]",
+            table.add_row(escape(v.path), f"[{_STYLE[v.verdict.value]}]{v.verdict.value}[/]",
                           escape(summary_reason(v)))
         console.print(table)
     for v in verdicts:
         if verbose or not v.would_load:
             _print_details(console, v)
-    counts = Counter(v.verdict for v in verdicts)
-    console.print(", ".join(f"{n} {verdict.value}" for verdict, n in sorted(counts.items())))
+    console.print(_counts(verdicts))
 
 
 def _print_details(console: Any, v: ModuleVerdict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from klpsym.load.check import Fate, Verdict, summary_reason
+    from klpsym.load.check import Verdict, summary_reason
 
-    console.print(f"\n[bold]{escape(v.path)}[/] ({escape(v.name)}): "
-                  f"[{_STYLE.get(v.verdict.value, 'red')}]{v.verdict.value}[/]"
-                  + (f" after {', '.join(v.depends)}" if v.depends else ""))
+    path, name, verdict = _heading(v)
+    console.print(f"\n[bold]{escape(path)}[/] ({escape(name)}): "
+                  f"[{_STYLE[v.verdict.value]}]{escape(verdict)}[/]")
     if v.verdict == Verdict.ERROR:
         console.print(f"  {escape(summary_reason(v))}")
         return
@@ -154,18 +203,12 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
                          if v.expected_vermagic else ""))
     if v.symbols:
         table = Table(title=None)
-        for col in ("symbol", "fate", "provider", "flags", "ok", "why"):
+        for col in SYMBOL_COLUMNS:
             table.add_column(col, no_wrap=col not in ("why",))
         for s in v.symbols:
-            flags = " ".join(x for x in (
-                "GPL" if s.gpl_only else "",
-                f"ns={s.namespace}" if s.namespace else "",
-                f"POS={s.pos}" if s.pos is not None and s.fate in (Fate.KLP, Fate.LIVEPATCH)
-                else "",
-                f"{s.candidates} candidates" if s.candidates > 1 else "",
-            ) if x)
-            table.add_row(escape(s.name), s.fate.value, escape(s.provider or ""), escape(flags),
-                          "yes" if s.ok else "[red]no[/]", escape(s.reason))
+            sym, fate, provider, flags, ok, why = _symbol_row(s)
+            table.add_row(escape(sym), fate, escape(provider), escape(flags),
+                          "yes" if ok else "[red]no[/]", escape(why))
         console.print(table)
     for p in v.problems:
         mark = "[red]error[/]" if p.fatal else "warning"
@@ -178,35 +221,133 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
         console.print(f"  note: {escape(note)}")
 
 
+def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool,
+                out: TextIO) -> None:
+    """The same report as plain text, for a pipe or a file: the same lines
+    and columns, without rich (whose table costs ~0.3 ms a row: seconds for
+    a whole kernel's modules)."""
+    from klpsym.load.check import summary_reason
+
+    lines = [f"target {target.describe()}"] + [f"note: {note}" for note in target.notes]
+    if len(verdicts) > 1:
+        lines += _columns([SUMMARY_COLUMNS] + [(v.path, v.verdict.value, summary_reason(v))
+                                               for v in verdicts])
+    for v in verdicts:
+        if verbose or not v.would_load:
+            lines += _plain_details(v)
+    lines.append(_counts(verdicts))
+    out.write("\n".join(lines) + "\n")
+
+
+def _plain_details(v: ModuleVerdict) -> list[str]:
+    from klpsym.load.check import Verdict, summary_reason
+
+    path, name, verdict = _heading(v)
+    lines = ["", f"{path} ({name}): {verdict}"]
+    if v.verdict == Verdict.ERROR:
+        return lines + [f"  {summary_reason(v)}"]
+    if v.vermagic is not None:
+        lines.append(f"  vermagic {v.vermagic.strip()}" + (
+            f" (kernel: {v.expected_vermagic[0].strip()})" if v.expected_vermagic else ""))
+    if v.symbols:
+        rows = [(sym, fate, provider, flags, "yes" if ok else "no", why)
+                for sym, fate, provider, flags, ok, why in map(_symbol_row, v.symbols)]
+        lines += ["  " + line for line in _columns([SYMBOL_COLUMNS, *rows])]
+    for p in v.problems:
+        lines.append(f"  {'error' if p.fatal else 'warning'} [{p.stage.value}] {p.message}")
+        lines += [f"      kernel: {line}" for line in p.kernel]
+    if v.taints:
+        lines.append(f"  taints: {''.join(v.taints)}")
+    lines += [f"  note: {note}" for note in v.notes]
+    return lines
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns two spaces apart (the last one ragged)."""
+    widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
+    return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+                      + [row[-1]]).rstrip() for row in rows]
+
+
 def to_json(verdicts: list[ModuleVerdict], target: TargetKernel) -> dict[str, Any]:
-    return {
-        "target": {"release": target.release, "description": target.describe(),
-                   "notes": target.notes},
-        "exit_status": exit_code(verdicts),
-        "modules": [
-            {
-                "path": v.path,
-                "name": v.name,
-                "verdict": v.verdict.value,
-                "would_load": v.would_load,
-                "depends": v.depends,
-                "vermagic": v.vermagic,
-                "expected_vermagic": list(v.expected_vermagic),
-                "taints": v.taints,
-                "problems": [
-                    {"stage": p.stage.value, "fatal": p.fatal, "message": p.message,
-                     "symbol": p.symbol, "kernel": list(p.kernel)}
-                    for p in v.problems
-                ],
-                "symbols": [
-                    {"name": s.name, "fate": s.fate.value, "ok": s.ok, "provider": s.provider,
-                     "gpl_only": s.gpl_only, "namespace": s.namespace, "crc": s.crc,
-                     "exporter_crc": s.exporter_crc, "pos": s.pos, "candidates": s.candidates,
-                     "reason": s.reason}
-                    for s in v.symbols
-                ],
-                "notes": v.notes,
-            }
-            for v in verdicts
+    """The JSON report as one object (see :func:`write_json` for the text)."""
+    return {"target": _json_target(target), "exit_status": exit_code(verdicts),
+            "modules": [module_json(v) for v in verdicts]}
+
+
+def _json_target(target: TargetKernel) -> dict[str, Any]:
+    return {"release": target.release, "description": target.describe(), "notes": target.notes}
+
+
+def module_json(v: ModuleVerdict, symbols: bool = True) -> dict[str, Any]:
+    from klpsym.load.check import SYMBOL_FIELDS
+
+    out = {
+        "path": v.path,
+        "name": v.name,
+        "verdict": v.verdict.value,
+        "would_load": v.would_load,
+        "depends": v.depends,
+        "vermagic": v.vermagic,
+        "expected_vermagic": list(v.expected_vermagic),
+        "taints": v.taints,
+        "problems": [
+            {"stage": p.stage.value, "fatal": p.fatal, "message": p.message,
+             "symbol": p.symbol, "kernel": list(p.kernel)}
+            for p in v.problems
         ],
+        "symbols": [dict(zip(SYMBOL_FIELDS, r, strict=True)) for r in v.symbol_records()]
+        if symbols else [],
+        "notes": v.notes,
     }
+    if not symbols:
+        del out["symbols"]
+    return out
+
+
+def json_module(v: ModuleVerdict) -> str:
+    """One module's JSON on one line (made in the check's workers): what
+    ``json.dumps(module_json(v))`` prints, with the symbols (a whole kernel
+    has ~200,000) written through a format per kind of symbol instead of a
+    dict each."""
+    head = module_json(v, symbols=False)
+    notes = head.pop("notes")
+    formats, string = _SYMBOL_FORMATS, _json_string
+    texts = []
+    for r in v.symbol_records():
+        fmt = formats.get(r[1:6] + r[8:])
+        if fmt is None:
+            fmt = _symbol_format(r)
+        name, crc, exporter_crc = r[0], r[6], r[7]
+        texts.append(fmt % (string(name), "null" if crc is None else int(crc),
+                            "null" if exporter_crc is None else int(exporter_crc)))
+    return (f'{json.dumps(head)[:-1]}, "symbols": [{", ".join(texts)}], '
+            f'"notes": {json.dumps(notes)}}}')
+
+
+# a symbol's fields but the name and CRCs -> its JSON with %s for those three
+_SYMBOL_FORMATS: dict[tuple[Any, ...], str] = {}
+
+
+def _symbol_format(r: tuple[Any, ...]) -> str:
+    """``json.dumps`` of the symbol's dict (SYMBOL_FIELDS -> the record)
+    with %s where the name and the CRCs go."""
+    from klpsym.load.check import SYMBOL_FIELDS
+
+    marks = {"name": "\0N", "crc": "\0C", "exporter_crc": "\0E"}
+    text = json.dumps({k: marks.get(k, val) for k, val in zip(SYMBOL_FIELDS, r, strict=True)})
+    for mark in marks.values():
+        text = text.replace(json.dumps(mark), "\0")
+    fmt = _SYMBOL_FORMATS[r[1:6] + r[8:]] = text.replace("%", "%%").replace("\0", "%s")
+    return fmt
+
+
+def write_json(verdicts: list[ModuleVerdict], modules: list[str], target: TargetKernel,
+               out: TextIO) -> None:
+    """The JSON report: the target and exit status indented, then each
+    module's object on a line of its own (grep- and diff-friendly; encoding
+    every symbol of a whole kernel's modules indented would take seconds)."""
+    head = json.dumps({"target": _json_target(target), "exit_status": exit_code(verdicts)},
+                      indent=2)
+    body = "[\n    " + ",\n    ".join(modules) + "\n  ]" if modules else "[]"
+    out.write(f'{head[:-2]},\n  "modules": {body}\n}}\n')

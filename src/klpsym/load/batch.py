@@ -1,35 +1,60 @@
-"""Many modules at once: find them, read them in parallel, judge them together.
+"""Many modules at once: find them, read and judge them in parallel.
 
-The target kernel is read once, in the parent.  Workers (forked, so they
-start without importing anything again) only read module files into
-:class:`~klpsym.load.facts.ModuleFacts`; the verdicts are computed in the
-parent, where every module's exports are known.
+The target kernel is read once, in the parent, before the workers are
+forked (so they start without importing or parsing anything again).  A
+module's verdict depends on the exports of every other module of the batch,
+so :func:`check_paths` works in two rounds in the same processes: each
+reads modules (chunks taken from a shared counter, so a process slowed by
+the machine's load takes fewer) and sends only their exports; then each
+judges the modules it read against all the exports and sends back the
+verdicts -- without their symbol lists where the caller does not show them,
+and with whatever the caller renders of each (its JSON), made in parallel.
+The parent is one of the workers.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from klpsym.errors import KlpsymError
 from klpsym.kernel.target import TargetKernel
-from klpsym.load.check import ModuleVerdict, check_modules
+from klpsym.load.check import (
+    BatchExports,
+    Checker,
+    ModuleVerdict,
+    batch_exports,
+    check_modules,
+    fail_for_dependencies,
+    propagate_dependencies,
+)
 from klpsym.load.facts import ModuleFacts, module_facts
 
-MODULE_PATTERNS = ("*.ko", "*.ko.xz", "*.ko.zst", "*.ko.gz")
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+MODULE_PATTERNS = tuple("*" + s for s in MODULE_SUFFIXES)
 # Below this many modules a pool costs more than it saves.
 PARALLEL_MIN = 16
+# Modules a worker takes at a time from the shared counter.
+CHUNK = 24
 
 
 def collect_modules(paths: Iterable[Path]) -> list[Path]:
     """The module files named, with directories searched recursively for
-    ``.ko``, ``.ko.xz``, ``.ko.zst`` and ``.ko.gz``."""
+    ``.ko``, ``.ko.xz``, ``.ko.zst`` and ``.ko.gz`` (not through symbolic
+    links to directories, as depmod does not: /lib/modules/RELEASE/build
+    is one)."""
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted({f for pat in MODULE_PATTERNS for f in p.rglob(pat) if f.is_file()})
+            found = _modules_under(p)
             if not found:
                 raise KlpsymError(f"{p}: no kernel modules (*.ko, *.ko.xz, *.ko.zst, *.ko.gz) "
                                   "in this directory")
@@ -41,11 +66,35 @@ def collect_modules(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def _modules_under(top: Path) -> list[Path]:
+    """The module files under ``top``, sorted as Paths sort (by their parts)."""
+    keyed: list[tuple[tuple[str, ...], Path, str]] = []
+    todo = [top]
+    while todo:
+        d = todo.pop()
+        parts = d.parts
+        with os.scandir(d) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(d / e.name)
+                elif e.name.endswith(MODULE_SUFFIXES) and e.is_file():
+                    keyed.append((parts + (e.name,), d, e.name))
+    keyed.sort()
+    return [d / name for _, d, name in keyed]
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def gather_facts(paths: Sequence[Path], jobs: int | None = None,
                  progress: Callable[[int], None] | None = None) -> list[ModuleFacts]:
     """Read every module (in ``jobs`` processes; default: one per CPU),
     in the order given.  ``progress`` is called with the number done."""
-    jobs = jobs or os.cpu_count() or 1
+    jobs = jobs or default_jobs()
     if jobs <= 1 or len(paths) < PARALLEL_MIN:
         out = []
         for i, p in enumerate(paths, 1):
@@ -64,6 +113,171 @@ def gather_facts(paths: Sequence[Path], jobs: int | None = None,
     return results
 
 
-def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = None,
-                progress: Callable[[int], None] | None = None) -> list[ModuleVerdict]:
-    return check_modules(gather_facts(paths, jobs, progress), target)
+@dataclass
+class Checked:
+    verdicts: list[ModuleVerdict]  # in the order of the paths
+    rendered: list[Any] | None  # render(verdict) of each, when asked
+
+
+def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = None, *,
+                symbols: bool = True, render: Callable[[ModuleVerdict], Any] | None = None,
+                progress: Callable[[int], None] | None = None) -> Checked:
+    """Check every module against ``target`` and each other (as
+    :func:`~klpsym.load.check.check_modules` does), in ``jobs`` processes
+    (default: one per CPU).
+
+    ``symbols=False``: the verdicts of modules that would load may come
+    without their symbol list (``symbols_listed`` False), which saves
+    sending it between processes.  ``render`` is applied to every final
+    verdict (in the workers where it can be) and its results returned in
+    ``rendered``.  ``progress`` is called with the number of modules read.
+    """
+    jobs = jobs or default_jobs()
+    # What every process needs of the target, made once before they fork
+    # (the kallsyms are read only if a check needs them).
+    _ = target.symvers.exports, target.config
+    with _gc_paused():
+        if jobs <= 1 or len(paths) < PARALLEL_MIN:
+            facts = gather_facts(paths, 1, progress)
+            verdicts = check_modules(facts, target)
+            return Checked(verdicts, [render(v) for v in verdicts] if render else None)
+        return _parallel(paths, target, jobs, symbols, render, progress)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while hundreds of thousands of small
+    objects are made that all live to the end: its passes over them cost a
+    third of the check's time, and there are no cycles to collect."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Shared:
+    """The chunk counter and the count of modules read, shared by the
+    processes."""
+
+    def __init__(self, ctx: Any, total: int) -> None:
+        self.next = ctx.Value("q", 0)
+        self.done = ctx.Value("q", 0, lock=False)
+        self.total = total
+
+    def read(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None,
+             ) -> dict[int, ModuleFacts]:
+        """Take chunks until none is left; the facts read, by index."""
+        mine: dict[int, ModuleFacts] = {}
+        while True:
+            with self.next.get_lock():
+                start = self.next.value
+                self.next.value = start + CHUNK
+            if start >= self.total:
+                return mine
+            end = min(start + CHUNK, self.total)
+            for i in range(start, end):
+                mine[i] = module_facts(paths[i])
+            with self.next.get_lock():
+                self.done.value += end - start
+                done = self.done.value
+            if progress is not None:
+                progress(done)
+
+
+def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
+           render: Callable[[ModuleVerdict], Any] | None) -> tuple[ModuleVerdict, Any]:
+    v = checker.check(f)
+    rendered = render(v) if render is not None else None
+    if not symbols and v.would_load and v._symbols:
+        v.symbols = []
+        v.symbols_listed = False
+    return v, rendered
+
+
+def _worker(conn: Connection, paths: Sequence[Path], target: TargetKernel, shared: _Shared,
+            symbols: bool, render: Callable[[ModuleVerdict], Any] | None) -> None:
+    try:
+        facts = shared.read(paths)
+        conn.send(("exports", [(i, batch_exports(f)) for i, f in facts.items()]))
+        batch: list[BatchExports | None] = conn.recv()
+        checker = Checker(target, batch)
+        conn.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
+                                for i, f in facts.items()]))
+    except BaseException:  # noqa: BLE001 -- reported to the parent, which raises
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _receive(conn: Connection, what: str) -> Any:
+    try:
+        kind, payload = conn.recv()
+    except EOFError:
+        raise RuntimeError("a klpsym check worker exited unexpectedly") from None
+    if kind == "error":
+        raise RuntimeError(f"a klpsym check worker failed:\n{payload}")
+    assert kind == what, (kind, what)
+    return payload
+
+
+def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: bool,
+              render: Callable[[ModuleVerdict], Any] | None,
+              progress: Callable[[int], None] | None) -> Checked:
+    ctx = multiprocessing.get_context("fork")
+    shared = _Shared(ctx, len(paths))
+    workers = []
+    try:
+        for _ in range(min(jobs, len(paths) // CHUNK + 1) - 1):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(there, paths, target, shared, symbols, render),
+                               daemon=True)
+            proc.start()
+            there.close()
+            workers.append((proc, here))
+        mine = shared.read(paths, progress)
+        exports: list[BatchExports | None] = [None] * len(paths)
+        for i, f in mine.items():
+            exports[i] = batch_exports(f)
+        for _, conn in workers:
+            for i, e in _receive(conn, "exports"):
+                exports[i] = e
+        for _, conn in workers:
+            conn.send(exports)
+        checker = Checker(target, exports)
+        results: list[tuple[ModuleVerdict, Any] | None] = [None] * len(paths)
+        for i, f in mine.items():
+            results[i] = _judge(checker, f, symbols, render)
+        del mine
+        for _, conn in workers:
+            for i, v, rendered in _receive(conn, "verdicts"):
+                results[i] = (v, rendered)
+    finally:
+        for proc, conn in workers:
+            conn.close()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    verdicts = [r[0] for r in results if r is not None]
+    if len(verdicts) != len(paths):
+        raise RuntimeError("klpsym check: a worker left modules unchecked")
+    rendered = [r[1] for r in results if r is not None] if render is not None else None
+    # Modules that need a module of the batch that would not load: their
+    # verdict changes now, so they are judged again here with everything.
+    failed = propagate_dependencies(verdicts)
+    if failed:
+        where = {id(v): i for i, v in enumerate(verdicts)}
+        for v, bad in failed:
+            i = where[id(v)]
+            if not v.symbols_listed:
+                v = verdicts[i] = checker.check(module_facts(paths[i]))
+                fail_for_dependencies(v, bad)
+            if rendered is not None and render is not None:
+                rendered[i] = render(v)
+    return Checked(verdicts, rendered)

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Any, NamedTuple
 
 from klpsym.elf.constants import EM
 from klpsym.kernel.kallsyms import Candidate
@@ -49,7 +50,7 @@ from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.vermagic import expected_vermagic, same_magic
 from klpsym.kernel.version import klp_sym_name_max, supports_klp_for_plain_modules
 from klpsym.klp.names import VMLINUX
-from klpsym.load.facts import KlpUse, ModuleFacts
+from klpsym.load.facts import ExportFact, KlpUse, ModuleFacts
 from klpsym.module.license import is_gpl_compatible
 
 ENOENT = -errno.ENOENT  # -2
@@ -98,7 +99,7 @@ class Problem:
     fatal: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class SymbolCheck:
     name: str
     fate: Fate
@@ -113,18 +114,66 @@ class SymbolCheck:
     reason: str = ""
 
 
-@dataclass
+SYMBOL_FIELDS = tuple(f.name for f in fields(SymbolCheck))
+
+
+def _astuple(s: SymbolCheck) -> tuple[Any, ...]:
+    return (s.name, s.fate, s.ok, s.provider, s.gpl_only, s.namespace, s.crc, s.exporter_crc,
+            s.pos, s.candidates, s.reason)
+
+
+@dataclass(eq=False)
 class ModuleVerdict:
     path: str
     name: str
     verdict: Verdict
     problems: list[Problem] = field(default_factory=list)
-    symbols: list[SymbolCheck] = field(default_factory=list)
     taints: list[str] = field(default_factory=list)
     depends: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     vermagic: str | None = None
     expected_vermagic: tuple[str, ...] = ()
+    # False where a batch check left ``symbols`` out (load.batch.check_paths
+    # with symbols=False, for a module that would load)
+    symbols_listed: bool = True
+    # The symbols in the loader's order: SymbolCheck, or (name, provider,
+    # crc) for one an export resolves plainly, made a SymbolCheck on first
+    # use of ``symbols`` (most are never looked at; making them all was a
+    # third of a whole kernel's check).
+    _symbols: list[SymbolCheck | tuple[str, _Provider, int | None]] = field(
+        default_factory=list, repr=False)
+
+    @property
+    def symbols(self) -> list[SymbolCheck]:
+        rows = self._symbols
+        if any(type(r) is tuple for r in rows):
+            rows[:] = [SymbolCheck(r[0], r[1].fate, True, r[1].module, r[1].gpl_only, "", r[2],
+                                   r[1].crc) if type(r) is tuple else r for r in rows]
+        return rows  # type: ignore[return-value]  # all SymbolCheck now
+
+    @symbols.setter
+    def symbols(self, value: list[SymbolCheck]) -> None:
+        self._symbols = list(value)
+
+    def symbol_records(self) -> list[tuple[Any, ...]]:
+        """The symbols as tuples of SymbolCheck's fields, in its order
+        (SYMBOL_FIELDS), without making SymbolCheck objects (for reports of
+        many modules)."""
+        return [_astuple(r) if isinstance(r, SymbolCheck) else
+                (r[0], r[1].fate, True, r[1].module, r[1].gpl_only, "", r[2], r[1].crc, None, 0, "")
+                for r in self._symbols]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModuleVerdict):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.path, self.name, self.verdict, self.problems, self.symbols, self.taints,
+                self.depends, self.notes, self.vermagic, self.expected_vermagic,
+                self.symbols_listed)
 
     @property
     def fatal(self) -> list[Problem]:
@@ -138,19 +187,44 @@ class ModuleVerdict:
         return [line for p in self.problems for line in p.kernel]
 
 
-@dataclass(frozen=True)
-class _Provider:
+class _Provider(NamedTuple):
+    """Who exports a symbol, as find_symbol() would find it."""
+
     module: str  # "vmlinux" or a module name
     gpl_only: bool
     namespace: str
     crc: int | None
-    proprietary: bool = False  # the exporter is tainted P (batch modules only)
+    proprietary: bool  # the exporter is tainted P (batch modules only)
+    fate: Fate  # VMLINUX or MODULE
 
 
-class _Context:
-    """What the checks need of the target, computed once for many modules."""
+def _provider(module: str, gpl_only: bool, namespace: str, crc: int | None,
+              proprietary: bool = False) -> _Provider:
+    return _Provider(module, gpl_only, namespace, crc, proprietary,
+                     Fate.VMLINUX if module == "vmlinux" else Fate.MODULE)
 
-    def __init__(self, target: TargetKernel, batch: Sequence[ModuleFacts]) -> None:
+
+_MISSING = _provider("", False, "", None)  # not looked up yet
+_Plain = tuple[_Provider, int | None, str | None, bool]  # see Checker.plain
+_NOT_PLAIN: _Plain = (_MISSING, None, None, False)  # not looked up yet
+
+
+#: What a module of the batch exports to the others: (its name, whether it
+#: is proprietary, its exports).
+BatchExports = tuple[str, bool, tuple[ExportFact, ...]]
+
+
+def batch_exports(f: ModuleFacts) -> BatchExports | None:
+    if f.error is not None:
+        return None
+    return f.name, not is_gpl_compatible(f.license or "unspecified"), tuple(f.exports)
+
+
+class Checker:
+    """What the checks need of the target, computed once for many modules;
+    :meth:`check` judges one."""
+
+    def __init__(self, target: TargetKernel, batch: Iterable[BatchExports | None]) -> None:
         self.target = target
         cfg = target.config
         self.config_known = cfg is not None
@@ -164,30 +238,48 @@ class _Context:
         self.machine = EM.X86_64 if cfg is not None and cfg.enabled("X86_64") else None
         self.vermagic = expected_vermagic(target.version, cfg, target.kernel_dir)
         self.klp_width = klp_sym_name_max(target.version)
-        layout = target.symvers.get("module_layout")
+        # One dict lookup a name (Symvers.get may cost more, per name)
+        self.exports: dict[str, Export] = target.symvers.exports
+        layout = self.exports.get("module_layout")
         self.module_layout = layout if layout is not None and layout.from_vmlinux else None
         self._providers: dict[str, _Provider | None] = {}
+        self._plain: dict[str, _Plain | None] = {}
         # Exports of the modules checked together: they would be loaded.
         self.batch: dict[str, _Provider] = {}
-        for f in batch:
-            if f.error is not None:
+        for item in batch:
+            if item is None:
                 continue
-            proprietary = not is_gpl_compatible(f.license or "unspecified")
-            for e in f.exports:
-                self.batch.setdefault(e.name, _Provider(f.name, e.gpl_only, e.namespace, e.crc,
-                                                        proprietary))
+            module, proprietary, exports = item
+            for e in exports:
+                if e.name not in self.batch:
+                    self.batch[e.name] = _provider(module, e.gpl_only, e.namespace, e.crc,
+                                                   proprietary)
+
+    def check(self, f: ModuleFacts) -> ModuleVerdict:
+        return check_one(f, self)
 
     def provider(self, name: str) -> _Provider | None:
         """find_symbol(): vmlinux first, then the modules (this batch's
         before the target's own, which the batch may replace)."""
-        try:
-            return self._providers[name]
-        except KeyError:
+        found = self._providers.get(name, _MISSING)
+        if found is _MISSING:
             found = self._providers[name] = self._find(name)
-            return found
+        return found
+
+    def plain(self, name: str) -> _Plain | None:
+        """For a symbol exported by vmlinux or a non-proprietary module in no
+        namespace (resolve_symbol()'s common case): (provider, its CRC, the
+        module to load first or None, GPL-only); else None."""
+        found = self._plain.get(name, _NOT_PLAIN)
+        if found is _NOT_PLAIN:
+            p = self.provider(name)
+            found = None if p is None or p.proprietary or p.namespace else (
+                p, p.crc, None if p.fate == Fate.VMLINUX else p.module, p.gpl_only)
+            self._plain[name] = found
+        return found
 
     def _find(self, name: str) -> _Provider | None:
-        e = self.target.symvers.get(name)
+        e = self.exports.get(name)
         if e is not None and e.from_vmlinux:
             return _from_export(e)
         if name in self.batch:
@@ -202,19 +294,19 @@ class _Context:
 
 def _from_export(e: Export) -> _Provider:
     owner = "vmlinux" if e.from_vmlinux else e.module.rsplit("/", 1)[-1].replace("-", "_")
-    return _Provider(owner, e.gpl_only, e.namespace, e.crc)
+    return _provider(owner, e.gpl_only, e.namespace, e.crc)
 
 
 def check_modules(facts: Sequence[ModuleFacts], target: TargetKernel) -> list[ModuleVerdict]:
     """The verdict on each module, in the order given; modules checked
     together may use each other's exports."""
-    ctx = _Context(target, facts)
+    ctx = Checker(target, map(batch_exports, facts))
     verdicts = [check_one(f, ctx) for f in facts]
-    _propagate_dependencies(verdicts)
+    propagate_dependencies(verdicts)
     return verdicts
 
 
-def check_one(f: ModuleFacts, ctx: _Context) -> ModuleVerdict:
+def check_one(f: ModuleFacts, ctx: Checker) -> ModuleVerdict:
     if f.error is not None:
         return ModuleVerdict(str(f.path), f.path.name, Verdict.ERROR,
                              [Problem(Stage.ELF, f.error)])
@@ -234,7 +326,7 @@ def check_one(f: ModuleFacts, ctx: _Context) -> ModuleVerdict:
 # ---------------------------------------------------------------- the steps
 
 
-def _signature(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _signature(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     if f.signed:
         v.notes.append("signed: klpsym does not verify signatures; the kernel rejects one that "
                        "does not verify, and with CONFIG_MODULE_SIG_FORCE one by an unknown key")
@@ -253,7 +345,7 @@ def _signature(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
              "tainting kernel",), fatal=False))
 
 
-def _elf(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _elf(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     if ctx.machine is not None and f.machine != ctx.machine:
         # kernel/module/main.c elf_validity_check()
         v.problems.append(Problem(
@@ -270,7 +362,7 @@ def _elf(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
             (f"{label}: No module found in object",)))
 
 
-def _module_layout(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _module_layout(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     layout = ctx.module_layout
     if layout is None or layout.crc is None:
         return
@@ -283,7 +375,7 @@ def _module_layout(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
             "refused (insmod: Invalid module format); rebuild it with the kernel's headers"))
 
 
-def _modinfo(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _modinfo(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     # check_modinfo()
     if f.vermagic is None:
         if not _force(f, ctx, v, "bad vermagic", "no vermagic in .modinfo"):
@@ -337,7 +429,7 @@ def _release(vermagic: str) -> str:
     return vermagic.split(" ", 1)[0]
 
 
-def _symbols(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     # simplify_symbols(): every symbol is tried, each failure logged.
     if f.common:
         v.problems.append(Problem(
@@ -345,10 +437,28 @@ def _symbols(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
             (f"{f.name}: please compile with -fno-common",)))
     gplok = is_gpl_compatible(f.license or "unspecified")
     using_gplonly = False
+    versions, has_crcs, depends, rows = f.versions, f.has_crcs, v.depends, v._symbols
+    looked_up = ctx._plain
     for name, weak in f.undefined:
+        plain = looked_up.get(name, _NOT_PLAIN)
+        if plain is _NOT_PLAIN:
+            plain = ctx.plain(name)
+        if plain is not None:
+            # The common case, as _resolve() would find it: an export of a
+            # non-proprietary module or vmlinux, in no namespace, visible to
+            # this module, whose CRC (if it has one) the module has.
+            p, pcrc, first, gpl_only = plain
+            crc = versions.get(name)
+            if (gplok or not gpl_only) and (pcrc is None or has_crcs and crc == pcrc):
+                rows.append((name, p, crc))
+                if gpl_only:
+                    using_gplonly = True
+                if first is not None and first not in depends:
+                    depends.append(first)
+                continue
         check, err, stage, lines = _resolve(f, ctx, v, name, gplok, using_gplonly)
         using_gplonly = using_gplonly or (check.ok and check.gpl_only)
-        v.symbols.append(check)
+        rows.append(check)
         if check.ok:
             if check.fate == Fate.MODULE and check.provider and check.provider not in v.depends:
                 v.depends.append(check.provider)
@@ -369,7 +479,7 @@ def _ignored(f: ModuleFacts, name: str) -> bool:
     return f.machine == EM.X86_64 and name == "_GLOBAL_OFFSET_TABLE_"
 
 
-def _resolve(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, name: str, gplok: bool,
+def _resolve(f: ModuleFacts, ctx: Checker, v: ModuleVerdict, name: str, gplok: bool,
              using_gplonly: bool) -> tuple[SymbolCheck, int, Stage, tuple[str, ...]]:
     """resolve_symbol(): the symbol's check, the error it returns (0: not
     found, NULL), the stage that failed and the lines the kernel logs
@@ -380,8 +490,7 @@ def _resolve(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, name: str, gplok: 
         check = _unexported(ctx, name)
         check.crc = crc
         return check, 0, Stage.SYMBOL, ()
-    fate = Fate.VMLINUX if p.module == "vmlinux" else Fate.MODULE
-    check = SymbolCheck(name, fate, False, provider=p.module, gpl_only=p.gpl_only,
+    check = SymbolCheck(name, p.fate, False, provider=p.module, gpl_only=p.gpl_only,
                         namespace=p.namespace, crc=crc, exporter_crc=p.crc)
     if p.gpl_only and not gplok:
         # find_exported_symbol_in_section(): !gplok skips GPL_ONLY
@@ -431,7 +540,7 @@ def _resolve(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, name: str, gplok: 
     return check, 0, Stage.SYMBOL, ()
 
 
-def _unexported(ctx: _Context, name: str) -> SymbolCheck:
+def _unexported(ctx: Checker, name: str) -> SymbolCheck:
     cands = ctx.kallsyms_candidates(name)
     if cands is None:
         return SymbolCheck(name, Fate.UNRESOLVED, False,
@@ -449,7 +558,7 @@ def _unexported(ctx: _Context, name: str) -> SymbolCheck:
                               f"`klpsym convert --sympos {name}=N` resolves it")
 
 
-def _check_version(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, name: str,
+def _check_version(f: ModuleFacts, ctx: Checker, v: ModuleVerdict, name: str,
                    exporter_crc: int) -> tuple[bool, Problem | None]:
     """kernel/module/version.c check_version(): (passes, the failure)."""
     if not f.has_crcs:
@@ -470,7 +579,7 @@ def _check_version(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, name: str,
         (f"{f.name}: disagrees about version of symbol {name}",), symbol=name)
 
 
-def _force(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, reason: str, what: str) -> bool:
+def _force(f: ModuleFacts, ctx: Checker, v: ModuleVerdict, reason: str, what: str) -> bool:
     """try_to_force_load(): taints (F) with CONFIG_MODULE_FORCE_LOAD, else fails."""
     if not ctx.force_load:
         return False
@@ -482,7 +591,7 @@ def _force(f: ModuleFacts, ctx: _Context, v: ModuleVerdict, reason: str, what: s
     return True
 
 
-def _relocations(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     for sec, rtype in f.bad_relocations:
         # arch/x86/kernel/module.c __write_relocate_add()
         v.problems.append(Problem(Stage.RELOCATION, f"{sec}: relocation type {rtype} is not "
@@ -517,7 +626,7 @@ def _relocations(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
             return  # klp_resolve_symbols() stops at the first failure
 
 
-def _klp_resolve(ctx: _Context, use: KlpUse) -> Problem | None:
+def _klp_resolve(ctx: Checker, use: KlpUse) -> Problem | None:
     # kernel/livepatch/core.c klp_resolve_symbols(), klp_find_object_symbol() (6.1)
     if use.objname is None or len(use.name) > ctx.klp_width:
         return Problem(Stage.KLP, f"{use.symbol}: not .klp.sym.OBJ.NAME,POS (NAME at most "
@@ -547,7 +656,7 @@ def _klp_resolve(ctx: _Context, use: KlpUse) -> Problem | None:
     return None
 
 
-def _exports(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
+def _exports(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     if f.exports and ctx.modversions and not f.exports_crcs:
         # check_export_symbol_versions()
         if not _force(f, ctx, v, "no versions for exported symbols",
@@ -555,7 +664,7 @@ def _exports(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
             v.problems.append(Problem(Stage.EXPORTS, "exports symbols without CRCs, and the "
                                       "kernel has modversions but no CONFIG_MODULE_FORCE_LOAD"))
     for e in f.exports:
-        owner = ctx.target.symvers.get(e.name)
+        owner = ctx.exports.get(e.name)
         if owner is not None and owner.from_vmlinux:
             # verify_exported_symbols()
             v.problems.append(Problem(
@@ -564,16 +673,19 @@ def _exports(f: ModuleFacts, ctx: _Context, v: ModuleVerdict) -> None:
                 symbol=e.name))
 
 
-_Step = Callable[[ModuleFacts, _Context, ModuleVerdict], None]
+_Step = Callable[[ModuleFacts, Checker, ModuleVerdict], None]
 # load_module()'s order; it stops after the first step that fails.
 _STEPS: tuple[_Step, ...] = (_signature, _elf, _module_layout, _modinfo, _symbols,
                              _relocations, _exports)
 
 
-def _propagate_dependencies(verdicts: Iterable[ModuleVerdict]) -> None:
+def propagate_dependencies(verdicts: Iterable[ModuleVerdict],
+                           ) -> list[tuple[ModuleVerdict, list[str]]]:
     """A module that needs a module of the same check which would not load
-    would not load either."""
+    would not load either.  Returns each module failed here with the
+    modules it needed (see :func:`fail_for_dependencies`)."""
     by_name = {v.name: v for v in verdicts if v.verdict != Verdict.ERROR}
+    failed: list[tuple[ModuleVerdict, list[str]]] = []
     changed = True
     while changed:
         changed = False
@@ -582,10 +694,15 @@ def _propagate_dependencies(verdicts: Iterable[ModuleVerdict]) -> None:
                 continue
             bad = [d for d in v.depends if d in by_name and by_name[d].verdict == Verdict.FAILS]
             if bad:
-                v.problems.append(Problem(
-                    Stage.DEPENDENCY, f"needs {', '.join(bad)}, which would not load"))
-                v.verdict = Verdict.FAILS
+                fail_for_dependencies(v, bad)
+                failed.append((v, bad))
                 changed = True
+    return failed
+
+
+def fail_for_dependencies(v: ModuleVerdict, bad: list[str]) -> None:
+    v.problems.append(Problem(Stage.DEPENDENCY, f"needs {', '.join(bad)}, which would not load"))
+    v.verdict = Verdict.FAILS
 
 
 def summary_reason(v: ModuleVerdict) -> str:
