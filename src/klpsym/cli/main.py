@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
 
 from klpsym import __version__
 from klpsym.errors import KlpsymError
@@ -81,5 +84,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def entry() -> NoReturn:
+    """The ``klpsym`` program: :func:`main`, then exit.
+
+    Once main() has returned, every output is complete or absent; an
+    interrupt that lands after that, while the interpreter shuts down, would
+    only make Python print a KeyboardInterrupt traceback from its threading
+    module (seen in tests/unit/test_interrupt.py).  So SIGINT raises only
+    while main() runs, and is ignored from the moment it returns."""
+    working = True
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if working:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        code = main()
+        working = False
+    except KeyboardInterrupt:  # after main()'s own handler, before the line above
+        working = False
+        code = 130
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
