@@ -230,6 +230,26 @@ def _extra_symbols(make_args: Sequence[str], files: Sequence[Path],
     return args, {"KBUILD_EXTRA_SYMBOLS": " ".join([*mine, add])}
 
 
+def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
+            ) -> tuple[Path, Path, list[str], Path | None]:
+    """What every kbuild run of ``directory`` for ``target`` starts with: the
+    module dir (resolved) and the kernel's kbuild dir, both checked; the make
+    arguments checked, with MO= turned into the output dir (or None)."""
+    directory = directory.resolve()
+    if not directory.is_dir():
+        raise KbuildError(f"{directory}: no such directory")
+    if not ((directory / "Kbuild").is_file() or (directory / "Makefile").is_file()):
+        raise KbuildError(f"{directory}: has neither a Kbuild nor a Makefile "
+                          "(expected 'obj-m := NAME.o')")
+    kdir = target.kernel_dir
+    if kdir is None or not (kdir / "Makefile").is_file():
+        raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
+                          "kernel's build/headers dir with --kernel-dir")
+    check_make_args(make_args, target)
+    args, output = output_dir(make_args, directory, target)
+    return directory, kdir, args, output
+
+
 def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
           make_args: Sequence[str] = (), extra_symvers: Sequence[Path] = (), *,
           guard: bool = True, signer: Signer | None = None,
@@ -242,18 +262,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     runs make (default: on this machine; a ChrootRunner for a chroot with the
     target's compiler, where ``target.kernel_dir`` must be)."""
     runner = runner or HostRunner()
-    directory = directory.resolve()
-    if not directory.is_dir():
-        raise KbuildError(f"{directory}: no such directory")
-    if not ((directory / "Kbuild").is_file() or (directory / "Makefile").is_file()):
-        raise KbuildError(f"{directory}: has neither a Kbuild nor a Makefile "
-                          "(expected 'obj-m := NAME.o')")
-    kdir = target.kernel_dir
-    if kdir is None or not (kdir / "Makefile").is_file():
-        raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
-                          "kernel's build/headers dir with --kernel-dir")
-    check_make_args(make_args, target)
-    make_args, output = output_dir(make_args, directory, target)
+    directory, kdir, make_args, output = prepare(directory, target, make_args)
     objdir = output or directory
 
     # Stage 1: the objects and modules.order, no modpost.

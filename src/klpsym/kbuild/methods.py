@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.errors import KbuildError
-from klpsym.kbuild.build import BuildResult, _make, build, check_make_args, output_dir
+from klpsym.kbuild.build import BuildResult, _make, build, prepare
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.sign import Signer
@@ -100,15 +100,9 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
         if sympos:
             raise KbuildError(f"--sympos is for the klp method; with {method.label}, declare the "
                               "POS in the module (KLPSYM_FUNC_POS) or pass it to klpsym insmod")
-        directory = directory.resolve()
-        kdir = target.kernel_dir
-        if kdir is None or not (kdir / "Makefile").is_file():
-            raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
-                              "kernel's build/headers dir with --kernel-dir")
-        check_make_args(make_args, target)
-        make_args, output = output_dir(make_args, directory, target)
+        directory, kdir, args, output = prepare(directory, target, make_args)
         runner = runner or HostRunner()
-        rc = _make(kdir, directory, make_args, "modules", runner=runner, output=output)
+        rc = _make(kdir, directory, args, "modules", runner=runner, output=output)
     if rc != 0:
         raise KbuildError(f"kbuild failed in {directory} (make exit {rc}); see its messages "
                           f"above (with the {method.label} method, use klpsym(NAME) for every "
