@@ -45,21 +45,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from childrun import compile_klpsym, run_child  # benchmarks/
+
 
 def measure(cmd: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds (user+sys, with its children) and exit
-    status of one run of ``cmd``, stdout to /dev/null (the environment is
-    this process's)."""
-    # A fresh interpreter per measurement, so the rusage is this command's alone.
-    probe = (
-        "import resource,subprocess,sys,time;"
-        "t=time.perf_counter();r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
-        "w=time.perf_counter()-t;u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-        "print(w, u.ru_utime+u.ru_stime, r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True,
-                         check=True).stdout.split()
-    return float(out[0]), float(out[1]), int(out[2])
+    """Wall seconds, CPU seconds and exit status of one run of ``cmd`` (check
+    exits 1 when a module would not load: a result, not a failure)."""
+    wall, cpu, _, status = run_child(cmd)
+    return wall, cpu, status
 
 
 def lab_tree() -> tuple[Path, str, Path, Path | None]:
@@ -112,10 +105,7 @@ def main() -> int:
                   sys.executable, "-c", "import klpsym.cli.main, klpsym.cli.check, "
                   "klpsym.load.batch, klpsym.kernel.target"]}
 
-    import klpsym
-
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(klpsym.__file__).parent)],
-                   check=True)
+    compile_klpsym()
     os.environ["KLPSYM_SYMCACHE"] = tempfile.mkdtemp(prefix="klpsym-bench-symcache-")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the klpsym command sets it
     # Warm-up: page cache, symbol cache; and the verdicts, for the record.

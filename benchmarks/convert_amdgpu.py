@@ -25,27 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import klpsym
+from childrun import compile_klpsym, measure  # benchmarks/
+
 from klpsym.lab.provision import provision
 from klpsym.lab.qemu import capture_kallsyms
 from klpsym.module.ko import read_module
-
-
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds (user + system) and peak RSS (bytes) of one
-    child process."""
-    # A fresh interpreter per measurement, so ru_maxrss is this child's alone.
-    probe = (
-        "import resource,subprocess,sys,time;"
-        "t=time.perf_counter();r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
-        "w=time.perf_counter()-t;u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-        "print(w, u.ru_utime+u.ru_stime, u.ru_maxrss*1024, r.returncode)"
-    )
-    out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True,
-                         check=True, env=env).stdout.split()
-    if out[3] != "0":
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}")
-    return float(out[0]), float(out[1]), int(out[2])
 
 
 def summary(runs: list[tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -127,10 +111,7 @@ def main() -> int:
             return 0
         obj_cmd = ["objcopy", str(ko), str(t / "objcopy.ko")]
 
-        # As installed: bytecode compiled (pip does it; this environment may
-        # set PYTHONDONTWRITEBYTECODE, which would make every run compile).
-        subprocess.run([sys.executable, "-m", "compileall", "-q",
-                        str(Path(klpsym.__file__).parent)], check=True)
+        compile_klpsym()
         env = dict(os.environ)
         measure(klp_cmd, env)  # fills the symbol cache
         warm = summary([measure(klp_cmd, env) for _ in range(args.runs)])

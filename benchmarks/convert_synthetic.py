@@ -23,7 +23,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,26 +31,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from childrun import measure  # noqa: E402  (benchmarks/)
+
 from bigobject import big_module, big_module_names, write_target  # noqa: E402
 
 SIZES = (10_000, 100_000, 300_000, 1_000_000)
-PROBE = (
-    "import resource,subprocess,sys,time;"
-    "t=time.perf_counter();r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
-    "w=time.perf_counter()-t;u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-    "print(w, u.ru_utime+u.ru_stime, u.ru_maxrss*1024, r.returncode)"
-)
-
-
-def measure(cmd: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and peak RSS of one child process."""
-    out = subprocess.run([sys.executable, "-c", PROBE, *cmd], capture_output=True, text=True,
-                         check=True).stdout.split()
-    if out[3] != "0":
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}")
-    return float(out[0]), float(out[1]), int(out[2])
-
-
 def fs_type(path: Path) -> str:
     best, kind = "", "?"
     for line in Path("/proc/mounts").read_text().splitlines():
