@@ -191,6 +191,29 @@ class CaseResult:
         )
 
 
+def assert_steps_ok(steps: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    """Every host step before the boot (builds, conversions) succeeded."""
+    for what, proc in steps.items():
+        assert proc.returncode == 0, f"{what}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+
+
+def finished_case(cases: dict[str, CaseResult], error: BootError | None, name: str,
+                  detail: str = "") -> CaseResult:
+    """The guest's result for case ``name``; fails the test if the boot did
+    not finish or the guest sent nothing for it (``detail`` says more)."""
+    if error is not None:
+        pytest.fail(f"the guest did not finish: {error}\n{error.console_tail()}")
+    assert name in cases, f"guest sent nothing for {name!r}{detail}"
+    return cases[name]
+
+
+def sole_address(kallsyms: dict[str, list[int]], name: str) -> int:
+    """``name``'s address in the boot's kallsyms; it must have exactly one entry."""
+    addrs = kallsyms.get(name, [])
+    assert len(addrs) == 1, f"{name}: expected one vmlinux kallsyms entry, got {addrs}"
+    return addrs[0]
+
+
 @dataclass(repr=False)
 class GuestRun:
     boot: BootResult | None
@@ -200,15 +223,10 @@ class GuestRun:
     script: str
 
     def case(self, name: str) -> CaseResult:
-        if self.error is not None:
-            pytest.fail(f"the guest did not finish: {self.error}\n{self.error.console_tail()}")
-        assert name in self.cases, f"guest sent nothing for {name!r}:\n{self.raw()}"
-        return self.cases[name]
+        return finished_case(self.cases, self.error, name, f":\n{self.raw()}")
 
     def address(self, name: str) -> int:
-        addrs = self.kallsyms.get(name, [])
-        assert len(addrs) == 1, f"{name}: expected one vmlinux kallsyms entry, got {addrs}"
-        return addrs[0]
+        return sole_address(self.kallsyms, name)
 
     def check_addr(self, printed: str, name: str) -> None:
         """The module printed (%px) the address /proc/kallsyms gives ``name`` in this boot."""

@@ -25,9 +25,12 @@ from e2e_support import (
     BOOT_TIMEOUT,
     GUEST_HELPERS,
     CaseResult,
+    assert_steps_ok,
+    finished_case,
     hex_addr,
     parse_output,
     restricted,
+    sole_address,
 )
 
 from klpsym.kbuild import ChrootRunner
@@ -57,17 +60,11 @@ class Run:
     mo_dirs: tuple[Path, Path]  # its source dir and OUTDIR
 
     def case(self, name: str) -> CaseResult:
-        for what, proc in self.built.items():
-            assert proc.returncode == 0, f"{what}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-        if self.error is not None:
-            pytest.fail(f"the guest did not finish: {self.error}\n{self.error.console_tail()}")
-        assert name in self.cases, f"guest sent nothing for {name!r}"
-        return self.cases[name]
+        assert_steps_ok(self.built)
+        return finished_case(self.cases, self.error, name)
 
     def addr(self, name: str) -> int:
-        addrs = self.kallsyms.get(name, [])
-        assert len(addrs) == 1, (name, addrs)
-        return addrs[0]
+        return sole_address(self.kallsyms, name)
 
 
 def has_mo(kernel: Kernel) -> bool:

@@ -44,9 +44,12 @@ from e2e_support import (
     GUEST_HELPERS,
     REPO,
     CaseResult,
+    assert_steps_ok,
+    finished_case,
     hex_addr,
     klpsym,
     parse_output,
+    sole_address,
 )
 
 from klpsym.elf import ElfFile
@@ -79,20 +82,14 @@ class SuiteRun:
     kallsyms: dict[str, list[int]] = field(default_factory=dict)
 
     def check_steps(self) -> None:
-        for what, proc in self.steps.items():
-            assert proc.returncode == 0, f"{what}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        assert_steps_ok(self.steps)
 
     def case(self, name: str) -> CaseResult:
         self.check_steps()
-        if self.error is not None:
-            pytest.fail(f"the guest did not finish: {self.error}\n{self.error.console_tail()}")
-        assert name in self.cases, f"guest sent nothing for {name!r}"
-        return self.cases[name]
+        return finished_case(self.cases, self.error, name)
 
     def addr(self, name: str) -> int:
-        addrs = self.kallsyms.get(name, [])
-        assert len(addrs) == 1, (name, addrs)
-        return addrs[0]
+        return sole_address(self.kallsyms, name)
 
 
 def make_key(directory: Path) -> tuple[Path, Path]:
