@@ -118,10 +118,11 @@ def test_check_every_bookworm_module(bookworm: Kernel) -> None:
 
 @pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
 def test_fast_reader_equals_general_reader(suite: str, bookworm: Kernel) -> None:
-    """check reads modules through load.facts' fast path: on Debian's own
-    modules (.ko; .ko.xz with extended modversions and __kflagstab on sid)
-    it must read every one, and read what the general ELF reader reads."""
-    from klpsym.load.facts import fast_facts, module_facts
+    """check reads modules through load.facts' fast path (the compiled
+    reader, the Python one where it is not built): on Debian's own modules
+    (.ko; .ko.xz with extended modversions and __kflagstab on sid) both must
+    read every one, and read what the general ELF reader reads."""
+    from klpsym.load.facts import compiled_fast_facts, module_facts, python_fast_facts
     from klpsym.module.compression import decompress
 
     root = bookworm.home / "root" if suite == "bookworm" else _cached(suite)
@@ -130,7 +131,10 @@ def test_fast_reader_equals_general_reader(suite: str, bookworm: Kernel) -> None
     mods = _modules(root / "lib" / "modules")
     for p in mods[::1 if suite == "bookworm" else 4]:
         data, compression = decompress(p.read_bytes(), str(p))
-        assert fast_facts(data, p, compression.value) is not None, p
+        # both fast readers read it, and read the same
+        compiled = compiled_fast_facts(data, p, compression.value)
+        assert compiled is not None, p
+        assert compiled == python_fast_facts(data, p, compression.value), p
         assert module_facts(p) == module_facts(p, fast=False), p
 
 

@@ -22,7 +22,7 @@ from klpsym.kernel.version import KernelVersion
 from klpsym.klp.convert import convert_file
 from klpsym.load.batch import collect_modules, gather_facts
 from klpsym.load.check import Fate, ModuleVerdict, Stage, Verdict, check_modules
-from klpsym.load.facts import module_facts
+from klpsym.load.facts import ModuleFacts, module_facts
 
 RELEASE = "6.1.0-56-amd64"
 VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
@@ -357,14 +357,63 @@ def _variants() -> dict[str, bytes]:
     }
 
 
+def _fast_readers(data: bytes, p: Path) -> ModuleFacts | None:
+    """What both fast readers read of ``data`` (they must agree: the same
+    facts, or both None)."""
+    from klpsym.load.facts import compiled_fast_facts, python_fast_facts
+
+    compiled = compiled_fast_facts(data, p, "none")
+    assert compiled == python_fast_facts(data, p, "none"), data.hex()
+    return compiled
+
+
+def test_compiled_reader_is_built() -> None:
+    """scripts/bootstrap installs a compiler and Python's headers, so the
+    compiled reader (setup.py) is built wherever the tests run; its export
+    tables are the Python ones."""
+    from klpsym.load import _cfacts
+    from klpsym.module.exports import GPL_ONLY, KSYMTAB_SECTIONS, crc_section
+
+    assert _cfacts.KSYMTABS == {name: (kind in GPL_ONLY, crc_section(name))
+                                for name, kind in KSYMTAB_SECTIONS.items()}
+
+
 @pytest.mark.parametrize("variant", list(_variants()))
 def test_fast_reader_equals_general_reader(tmp_path: Path, variant: str) -> None:
-    from klpsym.load.facts import fast_facts
-
     p = tmp_path / "m.ko"
     p.write_bytes(_variants()[variant])
-    assert fast_facts(p.read_bytes(), p, "none") is not None  # the fast path read it
+    assert _fast_readers(p.read_bytes(), p) is not None  # the fast path read it
     assert module_facts(p) == module_facts(p, fast=False)
+
+
+def test_compiled_reader_gives_files_it_cannot_read_back(tmp_path: Path) -> None:
+    """The compiled reader reads uncompressed module files itself; anything
+    else (missing, a directory, empty, short, compressed, not ELF) is left
+    to the Python path, which says what is wrong."""
+    from klpsym.load import _cfacts
+    from klpsym.load.facts import _HANDLED_BYTES
+
+    good = kmod().build()
+    files = {"missing": None, "dir": "dir", "empty": b"", "short": good[:40],
+             "xz": lzma.compress(good), "text": b"not a module at all" * 10}
+    for name, content in files.items():
+        p = tmp_path / f"{name}.ko"
+        if content == "dir":
+            p.mkdir()
+        elif isinstance(content, bytes):
+            p.write_bytes(content)
+        assert _cfacts.scan_path(p, _HANDLED_BYTES) is None, name
+        facts = module_facts(p)
+        if name == "xz":  # read by the Python path, decompressed
+            assert facts.error is None and facts.compression == "xz"
+        else:
+            assert facts.error, name
+    p = tmp_path / "good.ko"
+    p.write_bytes(good)
+    assert _cfacts.scan_path(p, _HANDLED_BYTES) == _cfacts.scan(good, _HANDLED_BYTES) is not None
+    assert module_facts(p) == module_facts(p, fast=False)
+    with pytest.raises(ValueError, match="256 flags"):
+        _cfacts.scan(good, b"")
 
 
 def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
@@ -373,7 +422,6 @@ def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
     import random
 
     from klpsym.elf import ElfFile
-    from klpsym.load.facts import fast_facts
     from klpsym.module.signature import split_signature
 
     rng = random.Random(7)
@@ -392,7 +440,7 @@ def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
                 data[rng.randrange(start, end)] = rng.choice((0, 1, 0xFF, rng.randrange(256)))
             p = tmp_path / "m.ko"
             p.write_bytes(bytes(data))
-            fast_read += fast_facts(bytes(data), p, "none") is not None
+            fast_read += _fast_readers(bytes(data), p) is not None
             assert module_facts(p) == module_facts(p, fast=False), (variant, data.hex())
     assert fast_read > 100  # most single-byte changes leave a module the fast path reads
 

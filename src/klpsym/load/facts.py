@@ -12,7 +12,8 @@ import operator
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,12 @@ from klpsym.module.exports import GPL_ONLY, KSYM_FLAG_GPL_ONLY, KSYMTAB_SECTIONS
 from klpsym.module.ko import Module, module_from_bytes
 from klpsym.module.signature import MODULE_SIG_STRING
 from klpsym.module.versions import VersionsFormat, read_versions
+
+_cfacts: ModuleType | None
+try:  # the compiled reader (setup.py); optional: the Python one reads the same
+    from klpsym.load import _cfacts
+except ImportError:  # pragma: no cover -- built wherever scripts/bootstrap ran
+    _cfacts = None
 
 #: include/linux/module.h: struct module { enum module_state state;
 #: struct list_head list; char name[MODULE_NAME_LEN]; ... } -- the name is at
@@ -90,7 +97,12 @@ class ModuleFacts:
 def module_facts(path: Path, *, fast: bool = True) -> ModuleFacts:
     """The facts of one module file; bad input is recorded, not raised.
     ``fast=False`` reads it through the general ELF model only (the
-    reference the fast path is tested against)."""
+    reference the fast paths are tested against)."""
+    if fast and _cfacts is not None:
+        # The compiled reader reads the file itself (an uncompressed module).
+        scanned = _cfacts.scan_path(path, _HANDLED_BYTES)
+        if scanned is not None:
+            return _from_compiled(scanned, path, "none")
     try:
         with open(path, "rb", buffering=0) as fd:
             raw = fd.read()
@@ -245,6 +257,10 @@ _VERSIONS_DTYPE = np.dtype([("crc", "<u4"), ("crc_high", "<u4"),
 _KSYMTABS = {name.encode(): t in GPL_ONLY for name, t in KSYMTAB_SECTIONS.items()}
 _HANDLED_X86_64 = np.zeros(256, dtype=bool)
 _HANDLED_X86_64[sorted(X86_64_HANDLED)] = True
+_HANDLED_BYTES = _HANDLED_X86_64.tobytes()  # the same, for the compiled reader
+# _cfacts.c's versions formats
+_VERSIONS_FORMATS = (VersionsFormat.NONE.value, VersionsFormat.BASIC.value,
+                     VersionsFormat.EXTENDED.value)
 _POWERS_OF_TWO = frozenset({0} | {1 << k for k in range(64)})
 _FALLBACK_SHN = frozenset({int(SHN.XINDEX), int(SHN.COMMON), int(SHN.LIVEPATCH)})
 # x86_64 kernel_symbol fields: R_X86_64_PC32 (4.19+ place-relative), R_X86_64_64
@@ -269,11 +285,50 @@ class _Unusual(Exception):
 
 def fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts | None:
     """The facts of a decompressed module file, or None where only the
-    general reader (:func:`facts_of`) can tell them."""
+    general reader (:func:`facts_of`) can tell them: through the compiled
+    reader when it is built, else the Python one."""
+    if _cfacts is not None:
+        found = _cfacts.scan(data, _HANDLED_BYTES)
+        if found is not None:
+            return _from_compiled(found, path, compression)
+    return python_fast_facts(data, path, compression)
+
+
+def python_fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts | None:
+    """:func:`fast_facts` through the Python reader (the compiled one's
+    specification, and what runs where it is not built)."""
     try:
         return _Reader(data, path).facts(compression)
     except (_Unusual, KlpsymError):
         return None
+
+
+def compiled_fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts | None:
+    """:func:`fast_facts` through the compiled reader only (for tests);
+    None also where it is not built."""
+    if _cfacts is None:
+        return None
+    found = _cfacts.scan(data, _HANDLED_BYTES)
+    return None if found is None else _from_compiled(found, path, compression)
+
+
+def _from_compiled(found: tuple[Any, ...], path: Path, compression: str) -> ModuleFacts:
+    """ModuleFacts from the tuple klpsym.load._cfacts returns (its
+    facts() in _cfacts.c lists the fields)."""
+    (machine, signed, modinfo_name, vermagic, license_, import_ns, intree, staging, livepatch,
+     has_this_module, struct_name, versions_format, versions, has_symtab, undefined,
+     exports) = found
+    exports = list(map(ExportFact._make, exports))
+    return ModuleFacts(
+        path, compression=compression, machine=machine,
+        name=struct_name or modinfo_name or path.name.split(".")[0].replace("-", "_"),
+        modinfo_name=modinfo_name, has_symtab=has_symtab, has_this_module=has_this_module,
+        vermagic=vermagic, license=license_, import_ns=import_ns, intree=intree,
+        staging=staging, livepatch=livepatch, signed=signed,
+        versions_format=_VERSIONS_FORMATS[versions_format], versions=versions,
+        undefined=undefined, exports=exports,
+        exports_crcs=all(e.crc is not None for e in exports),
+        has_crcs=versions_format != 0)
 
 
 def _decode_all(parts: list[bytes], errors: str) -> list[str]:
