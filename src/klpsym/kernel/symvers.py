@@ -130,6 +130,11 @@ def module_name_matches(patterns: str, module_name: str) -> bool:
     return False
 
 
+#: An export without its name and origin (Symvers.fields): module,
+#: export_type, namespace, crc -- as in :class:`Export`.
+ExportFields = tuple[str, str, str, int | None]
+
+
 class Symvers:
     """The exports of one or more Module.symvers files, by name.
 
@@ -142,6 +147,7 @@ class Symvers:
                  sources: Iterable[str] = (), layouts: Iterable[str] = ()) -> None:
         self._exports: dict[str, Export] | None = dict(exports or {})
         self._cols: _Columns | None = None
+        self._fields: dict[str, ExportFields] | None = None
         self.sources: tuple[str, ...] = tuple(sources)
         self.layouts: frozenset[str] = frozenset(layouts)
 
@@ -218,6 +224,19 @@ class Symvers:
         if self._exports is None and self._cols is not None:
             return self._cols.get(name)
         return self.exports.get(name)
+
+    def fields(self) -> dict[str, ExportFields]:
+        """Every export as (module, export_type, namespace, crc), by name:
+        what :attr:`exports` holds, without an :class:`Export` object each
+        (made in ~5 ms from the symbol cache, against ~30 ms for
+        ``exports``: for `klpsym check` of many modules).  Made once."""
+        if self._fields is None:
+            if self._exports is None and self._cols is not None:
+                self._fields = self._cols.fields()
+            else:
+                self._fields = {n: (e.module, e.export_type, e.namespace, e.crc)
+                                for n, e in self.exports.items()}
+        return self._fields
 
     def has_vmlinux_exports(self) -> bool:
         if self._exports is None and self._cols is not None:
@@ -316,6 +335,13 @@ class _Columns:
 
     def has_module(self, module: str) -> bool:
         return module in self.modules
+
+    def fields(self) -> dict[str, ExportFields]:
+        modules, types, namespaces = self.modules, self.types, self.namespaces
+        return dict(zip(self.index.names(), zip(
+            [modules[i] for i in self.module.tolist()], [types[i] for i in self.type.tolist()],
+            [namespaces[i] for i in self.namespace.tolist()],
+            [c or None for c in self.crc.tolist()], strict=True), strict=True))
 
     def materialize(self) -> dict[str, Export]:
         names = self.index.names()

@@ -135,7 +135,7 @@ def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = 
     jobs = jobs or default_jobs()
     # What every process needs of the target, made once before they fork
     # (the kallsyms are read only if a check needs them).
-    _ = target.symvers.exports, target.config
+    _ = target.symvers.fields(), target.config
     with _gc_paused():
         if jobs <= 1 or len(paths) < PARALLEL_MIN:
             facts = gather_facts(paths, 1, progress)
@@ -201,8 +201,12 @@ def _worker(conn: Connection, paths: Sequence[Path], target: TargetKernel, share
             symbols: bool, render: Callable[[ModuleVerdict], Any] | None) -> None:
     try:
         facts = shared.read(paths)
-        conn.send(("exports", [(i, batch_exports(f)) for i, f in facts.items()]))
-        batch: list[BatchExports | None] = conn.recv()
+        mine = [(i, batch_exports(f)) for i, f in facts.items()]
+        conn.send(("exports", mine))
+        # the others' exports (the parent's and other workers'), then all in order
+        batch: list[BatchExports | None] = [None] * len(paths)
+        for i, e in [*mine, *conn.recv()]:
+            batch[i] = e
         checker = Checker(target, batch)
         conn.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
                                 for i, f in facts.items()]))
@@ -241,14 +245,14 @@ def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: b
             there.close()
             workers.append((proc, here))
         mine = shared.read(paths, progress)
+        parts = [[(i, batch_exports(f)) for i, f in mine.items()]]
+        parts += [_receive(conn, "exports") for _, conn in workers]
+        for w, (_, conn) in enumerate(workers, 1):  # each what it has not got
+            conn.send([x for k, part in enumerate(parts) if k != w for x in part])
         exports: list[BatchExports | None] = [None] * len(paths)
-        for i, f in mine.items():
-            exports[i] = batch_exports(f)
-        for _, conn in workers:
-            for i, e in _receive(conn, "exports"):
+        for part in parts:
+            for i, e in part:
                 exports[i] = e
-        for _, conn in workers:
-            conn.send(exports)
         checker = Checker(target, exports)
         results: list[tuple[ModuleVerdict, Any] | None] = [None] * len(paths)
         for i, f in mine.items():

@@ -45,12 +45,17 @@ from typing import Any, NamedTuple
 
 from klpsym.elf.constants import EM
 from klpsym.kernel.kallsyms import Candidate
-from klpsym.kernel.symvers import MODULE_NS_PREFIX, Export, module_name_matches
+from klpsym.kernel.symvers import (
+    GPL_ONLY_TYPES,
+    MODULE_NS_PREFIX,
+    ExportFields,
+    module_name_matches,
+)
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.vermagic import expected_vermagic, same_magic
 from klpsym.kernel.version import klp_sym_name_max, supports_klp_for_plain_modules
 from klpsym.klp.names import VMLINUX
-from klpsym.load.facts import ExportFact, KlpUse, ModuleFacts
+from klpsym.load.facts import KlpUse, ModuleFacts
 from klpsym.module.license import is_gpl_compatible
 
 ENOENT = -errno.ENOENT  # -2
@@ -210,14 +215,16 @@ _NOT_PLAIN: _Plain = (_MISSING, None, None, False)  # not looked up yet
 
 
 #: What a module of the batch exports to the others: (its name, whether it
-#: is proprietary, its exports).
-BatchExports = tuple[str, bool, tuple[ExportFact, ...]]
+#: is proprietary, its exports as (name, gpl_only, namespace, crc) -- plain
+#: tuples, the fields of ExportFact: cheaper to send between processes).
+BatchExports = tuple[str, bool, tuple[tuple[str, bool, str, int | None], ...]]
 
 
 def batch_exports(f: ModuleFacts) -> BatchExports | None:
     if f.error is not None:
         return None
-    return f.name, not is_gpl_compatible(f.license or "unspecified"), tuple(f.exports)
+    return f.name, not is_gpl_compatible(f.license or "unspecified"), \
+        tuple((e.name, e.gpl_only, e.namespace, e.crc) for e in f.exports)
 
 
 class Checker:
@@ -238,22 +245,20 @@ class Checker:
         self.machine = EM.X86_64 if cfg is not None and cfg.enabled("X86_64") else None
         self.vermagic = expected_vermagic(target.version, cfg, target.kernel_dir)
         self.klp_width = klp_sym_name_max(target.version)
-        # One dict lookup a name (Symvers.get may cost more, per name)
-        self.exports: dict[str, Export] = target.symvers.exports
+        # One dict lookup a name (Symvers.get may cost more, per name), and
+        # no Export object made for the ~25,000 names a kernel exports
+        self.exports: dict[str, ExportFields] = target.symvers.fields()
         layout = self.exports.get("module_layout")
-        self.module_layout = layout if layout is not None and layout.from_vmlinux else None
+        self.module_layout = _from_fields(layout) if layout is not None \
+            and layout[0] == VMLINUX else None
         self._providers: dict[str, _Provider | None] = {}
         self._plain: dict[str, _Plain | None] = {}
-        # Exports of the modules checked together: they would be loaded.
-        self.batch: dict[str, _Provider] = {}
-        for item in batch:
-            if item is None:
-                continue
-            module, proprietary, exports = item
-            for e in exports:
-                if e.name not in self.batch:
-                    self.batch[e.name] = _provider(module, e.gpl_only, e.namespace, e.crc,
-                                                   proprietary)
+        # Exports of the modules checked together (they would be loaded),
+        # the first module's where two export a name; a provider is made
+        # when a name is looked up.
+        self._batch: dict[str, tuple[str, bool, tuple[str, bool, str, int | None]]] = {
+            e[0]: (item[0], item[1], e)
+            for item in reversed([b for b in batch if b is not None]) for e in item[2]}
 
     def check(self, f: ModuleFacts) -> ModuleVerdict:
         return check_one(f, self)
@@ -280,11 +285,13 @@ class Checker:
 
     def _find(self, name: str) -> _Provider | None:
         e = self.exports.get(name)
-        if e is not None and e.from_vmlinux:
-            return _from_export(e)
-        if name in self.batch:
-            return self.batch[name]
-        return _from_export(e) if e is not None else None
+        if e is not None and e[0] == VMLINUX:
+            return _from_fields(e)
+        exporter = self._batch.get(name)
+        if exporter is not None:
+            module, proprietary, (_, gpl_only, namespace, crc) = exporter
+            return _provider(module, gpl_only, namespace, crc, proprietary)
+        return _from_fields(e) if e is not None else None
 
     def kallsyms_candidates(self, name: str) -> list[Candidate] | None:
         if not self.target.has_kallsyms:
@@ -292,9 +299,10 @@ class Checker:
         return self.target.kallsyms.candidates(name)
 
 
-def _from_export(e: Export) -> _Provider:
-    owner = "vmlinux" if e.from_vmlinux else e.module.rsplit("/", 1)[-1].replace("-", "_")
-    return _provider(owner, e.gpl_only, e.namespace, e.crc)
+def _from_fields(e: ExportFields) -> _Provider:
+    module, export_type, namespace, crc = e
+    owner = VMLINUX if module == VMLINUX else module.rsplit("/", 1)[-1].replace("-", "_")
+    return _provider(owner, export_type in GPL_ONLY_TYPES, namespace, crc)
 
 
 def check_modules(facts: Sequence[ModuleFacts], target: TargetKernel) -> list[ModuleVerdict]:
@@ -665,7 +673,7 @@ def _exports(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
                                       "kernel has modversions but no CONFIG_MODULE_FORCE_LOAD"))
     for e in f.exports:
         owner = ctx.exports.get(e.name)
-        if owner is not None and owner.from_vmlinux:
+        if owner is not None and owner[0] == VMLINUX:
             # verify_exported_symbols()
             v.problems.append(Problem(
                 Stage.EXPORTS, f"exports {e.name}, which vmlinux already exports",
