@@ -6,8 +6,10 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -482,6 +484,51 @@ def test_parallel_check_equals_serial(tmp_path: Path) -> None:
                 b.symbols, b.symbols_listed = [], False
                 assert a == b
                 b.symbols_listed = True
+
+
+def test_parallel_check_progress_and_more_processes(tmp_path: Path) -> None:
+    """Three processes share the chunks (the queue pipe); progress counts
+    every module read, in any process; no worker is left behind."""
+    from klpsym.load import batch
+
+    paths = _batch(tmp_path) * 4  # 80 modules: several chunks each
+    seen: list[int] = []
+    got = batch.check_paths(paths, target(), 3, progress=seen.append)
+    assert seen and seen[-1] == len(paths) and seen == sorted(seen)
+    assert got.verdicts == check_modules([module_facts(p) for p in paths], target())
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # no child left
+
+
+def test_parallel_check_worker_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that fails sends its traceback, one that dies is noticed;
+    either way the parent raises (the CLI's internal-error path) and reaps
+    it, and nothing hangs."""
+    from klpsym.load import batch
+
+    paths = _batch(tmp_path) * 3  # more than one chunk: a worker is forked
+    parent = os.getpid()
+    real_checker = batch.Checker
+
+    def failing(*args: Any) -> Any:  # every worker makes one, whatever it read
+        if os.getpid() != parent:
+            raise ValueError("judging went wrong")
+        return real_checker(*args)
+
+    monkeypatch.setattr(batch, "Checker", failing)
+    with pytest.raises(RuntimeError, match="worker failed:(.|\n)*judging went wrong"):
+        batch.check_paths(paths, target(), 2)
+
+    def dying(*args: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(3)
+        return real_checker(*args)
+
+    monkeypatch.setattr(batch, "Checker", dying)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        batch.check_paths(paths, target(), 2)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_plain_report_for_a_pipe(tmp_path: Path, capsys: pytest.CaptureFixture[str],

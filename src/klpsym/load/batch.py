@@ -4,24 +4,27 @@ The target kernel is read once, in the parent, before the workers are
 forked (so they start without importing or parsing anything again).  A
 module's verdict depends on the exports of every other module of the batch,
 so :func:`check_paths` works in two rounds in the same processes: each
-reads modules (chunks taken from a shared counter, so a process slowed by
-the machine's load takes fewer) and sends only their exports; then each
+reads modules (chunks taken from a queue, so a process slowed by the
+machine's load takes fewer) and sends only their exports; then each
 judges the modules it read against all the exports and sends back the
 verdicts -- without their symbol lists where the caller does not show them,
 and with whatever the caller renders of each (its JSON), made in parallel.
-The parent is one of the workers.
+The parent is one of the workers.  The processes are plain forks talking
+through pipes: the multiprocessing package would cost more to import
+(~10 ms) than the exchange itself.
 """
 
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
+import pickle
+import signal
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,8 @@ def gather_facts(paths: Sequence[Path], jobs: int | None = None,
             if progress is not None:
                 progress(i)
         return out
+    import multiprocessing
+
     ctx = multiprocessing.get_context("fork")
     chunk = max(1, min(64, len(paths) // (jobs * 8)))
     results: list[ModuleFacts] = []
@@ -158,33 +163,93 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-class _Shared:
-    """The chunk counter and the count of modules read, shared by the
-    processes."""
+class _Queue:
+    """The chunks of the module list, taken by every process until none is
+    left: their numbers in a pipe, written before the processes fork (a
+    read of 4 bytes from a pipe is atomic, and end-of-file says none is
+    left), so a process slowed by the machine's load takes fewer.  Modules
+    read are counted in a second pipe, for the progress report."""
 
-    def __init__(self, ctx: Any, total: int) -> None:
-        self.next = ctx.Value("q", 0)
-        self.done = ctx.Value("q", 0, lock=False)
+    def __init__(self, total: int) -> None:
+        # a pipe holds 64 KiB: at most 16,384 chunk numbers
+        self.chunk = max(CHUNK, -(-total // 16384))
         self.total = total
+        self.todo_r, todo_w = os.pipe()
+        self.done_r, self.done_w = os.pipe()
+        os.set_blocking(self.done_r, False)
+        count = -(-total // self.chunk)
+        try:
+            os.write(todo_w, b"".join(k.to_bytes(4, "little") for k in range(count)))
+        finally:
+            os.close(todo_w)
+        self.done = 0
 
     def read(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None,
              ) -> dict[int, ModuleFacts]:
         """Take chunks until none is left; the facts read, by index."""
         mine: dict[int, ModuleFacts] = {}
         while True:
-            with self.next.get_lock():
-                start = self.next.value
-                self.next.value = start + CHUNK
-            if start >= self.total:
+            raw = os.read(self.todo_r, 4)
+            if not raw:
                 return mine
-            end = min(start + CHUNK, self.total)
+            start = int.from_bytes(raw, "little") * self.chunk
+            end = min(start + self.chunk, self.total)
             for i in range(start, end):
                 mine[i] = module_facts(paths[i])
-            with self.next.get_lock():
-                self.done.value += end - start
-                done = self.done.value
-            if progress is not None:
-                progress(done)
+            if progress is None:  # a worker: say how many it read
+                os.write(self.done_w, (end - start).to_bytes(4, "little"))
+            else:
+                self.done += end - start
+                self.drain()
+                progress(self.done)
+
+    def drain(self) -> None:
+        """Count what the workers said they read."""
+        try:
+            while raw := os.read(self.done_r, 4096):
+                self.done += sum(int.from_bytes(raw[k:k + 4], "little")
+                                 for k in range(0, len(raw), 4))
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self.todo_r, self.done_r, self.done_w):
+            os.close(fd)
+
+
+class _Channel:
+    """Pickled messages over a pair of pipes between the parent and one
+    worker, each a 8-byte length and the pickle."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.r, self.w = read_fd, write_fd
+
+    def send(self, obj: Any) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(len(data).to_bytes(8, "little") + data)
+        while view:
+            view = view[os.write(self.w, view):]
+
+    def recv(self) -> Any:
+        size = int.from_bytes(self._exactly(8), "little")
+        return pickle.loads(self._exactly(size))
+
+    def _exactly(self, n: int) -> bytes:
+        parts, left = [], n
+        while left:
+            chunk = os.read(self.r, min(left, 1 << 20))
+            if not chunk:
+                raise EOFError
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
@@ -197,31 +262,29 @@ def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
     return v, rendered
 
 
-def _worker(conn: Connection, paths: Sequence[Path], target: TargetKernel, shared: _Shared,
+def _worker(chan: _Channel, paths: Sequence[Path], target: TargetKernel, queue: _Queue,
             symbols: bool, render: Callable[[ModuleVerdict], Any] | None) -> None:
     try:
-        facts = shared.read(paths)
+        facts = queue.read(paths)
         mine = [(i, batch_exports(f)) for i, f in facts.items()]
-        conn.send(("exports", mine))
+        chan.send(("exports", mine))
         # the others' exports (the parent's and other workers'), then all in order
         batch: list[BatchExports | None] = [None] * len(paths)
-        for i, e in [*mine, *conn.recv()]:
+        for i, e in [*mine, *chan.recv()]:
             batch[i] = e
         checker = Checker(target, batch)
-        conn.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
+        chan.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
                                 for i, f in facts.items()]))
     except BaseException:  # noqa: BLE001 -- reported to the parent, which raises
         try:
-            conn.send(("error", traceback.format_exc()))
+            chan.send(("error", traceback.format_exc()))
         except OSError:
             pass
-    finally:
-        conn.close()
 
 
-def _receive(conn: Connection, what: str) -> Any:
+def _receive(chan: _Channel, what: str) -> Any:
     try:
-        kind, payload = conn.recv()
+        kind, payload = chan.recv()
     except EOFError:
         raise RuntimeError("a klpsym check worker exited unexpectedly") from None
     if kind == "error":
@@ -230,25 +293,55 @@ def _receive(conn: Connection, what: str) -> Any:
     return payload
 
 
+def _fork_worker(queue: _Queue, run: Callable[[_Channel], None]) -> tuple[int, _Channel]:
+    """A worker process running ``run`` with its end of a channel to the
+    parent; it exits without the interpreter's clean-up (the parent's
+    buffered output must not be written twice)."""
+    to_worker_r, to_worker_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        status = 1
+        try:
+            os.close(to_worker_w)
+            os.close(to_parent_r)
+            run(_Channel(to_worker_r, to_parent_w))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(to_worker_r)
+    os.close(to_parent_w)
+    return pid, _Channel(to_parent_r, to_worker_w)
+
+
+def _reap(pid: int, finished: bool) -> None:
+    """Wait for a worker: one that sent its verdicts exits at once; another
+    exits when it finds its pipes closed, and is killed if it has not after
+    5 s."""
+    if not finished:
+        for _ in range(5000):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.001)
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
 def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: bool,
               render: Callable[[ModuleVerdict], Any] | None,
               progress: Callable[[int], None] | None) -> Checked:
-    ctx = multiprocessing.get_context("fork")
-    shared = _Shared(ctx, len(paths))
-    workers = []
+    queue = _Queue(len(paths))
+    workers: list[tuple[int, _Channel]] = []
+    finished = False
     try:
-        for _ in range(min(jobs, len(paths) // CHUNK + 1) - 1):
-            here, there = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(there, paths, target, shared, symbols, render),
-                               daemon=True)
-            proc.start()
-            there.close()
-            workers.append((proc, here))
-        mine = shared.read(paths, progress)
+        for _ in range(min(jobs, len(paths) // queue.chunk + 1) - 1):
+            workers.append(_fork_worker(queue, lambda chan: _worker(
+                chan, paths, target, queue, symbols, render)))
+        mine = queue.read(paths, progress)
         parts = [[(i, batch_exports(f)) for i, f in mine.items()]]
-        parts += [_receive(conn, "exports") for _, conn in workers]
-        for w, (_, conn) in enumerate(workers, 1):  # each what it has not got
-            conn.send([x for k, part in enumerate(parts) if k != w for x in part])
+        parts += [_receive(chan, "exports") for _, chan in workers]
+        for w, (_, chan) in enumerate(workers, 1):  # each what it has not got
+            chan.send([x for k, part in enumerate(parts) if k != w for x in part])
         exports: list[BatchExports | None] = [None] * len(paths)
         for part in parts:
             for i, e in part:
@@ -258,16 +351,18 @@ def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: b
         for i, f in mine.items():
             results[i] = _judge(checker, f, symbols, render)
         del mine
-        for _, conn in workers:
-            for i, v, rendered in _receive(conn, "verdicts"):
+        for _, chan in workers:
+            for i, v, rendered in _receive(chan, "verdicts"):
                 results[i] = (v, rendered)
+        if progress is not None:
+            queue.drain()
+            progress(queue.done)
+        finished = True
     finally:
-        for proc, conn in workers:
-            conn.close()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+        for pid, chan in workers:
+            chan.close()
+            _reap(pid, finished)
+        queue.close()
     verdicts = [r[0] for r in results if r is not None]
     if len(verdicts) != len(paths):
         raise RuntimeError("klpsym check: a worker left modules unchecked")
