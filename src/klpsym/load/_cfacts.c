@@ -235,6 +235,63 @@ static inline PyObject *str_of(const uint8_t *p, uint64_t n, const char *errors)
     return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, errors);
 }
 
+/* Symbol names, shared: the same few thousand names come back in module
+ * after module (_printk, __fentry__, ...).  One str object per ASCII name,
+ * kept for the process's life, is cheaper to hand out than a new one, and
+ * its hash, once computed, serves every dict lookup of the check.  The
+ * table stops growing at NAMES_MAX entries (a fuzzer's random names). */
+#define NAMES_MAX (1 << 18)
+static PyObject **names;
+static size_t names_cap, names_used;
+
+static PyObject *name_of(const uint8_t *p, uint64_t n, const char *errors)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    uint8_t high = 0;
+    for (uint64_t k = 0; k < n; k++) {
+        high |= p[k];
+        h = (h ^ p[k]) * 0x100000001b3ULL;
+    }
+    if (high & 0x80 || n > 1024)
+        return str_of(p, n, errors); /* not ASCII (or absurd): not shared */
+    if (names_used * 2 >= names_cap) {
+        if (names_used >= NAMES_MAX)
+            return str_of(p, n, errors);
+        size_t cap = names_cap ? names_cap * 2 : 4096;
+        PyObject **grown = PyMem_Calloc(cap, sizeof(PyObject *));
+        if (grown == NULL)
+            return PyErr_NoMemory();
+        for (size_t k = 0; k < names_cap; k++) {
+            PyObject *s = names[k];
+            if (s == NULL)
+                continue;
+            const uint8_t *d = PyUnicode_DATA(s);
+            uint64_t g = 0xcbf29ce484222325ULL;
+            for (Py_ssize_t j = 0; j < PyUnicode_GET_LENGTH(s); j++)
+                g = (g ^ d[j]) * 0x100000001b3ULL;
+            size_t slot = (size_t)g & (cap - 1);
+            while (grown[slot] != NULL)
+                slot = (slot + 1) & (cap - 1);
+            grown[slot] = s;
+        }
+        PyMem_Free(names);
+        names = grown;
+        names_cap = cap;
+    }
+    size_t slot = (size_t)h & (names_cap - 1);
+    for (PyObject *s; (s = names[slot]) != NULL; slot = (slot + 1) & (names_cap - 1)) {
+        /* ASCII strs are compact: one byte a character at PyUnicode_DATA */
+        if ((uint64_t)PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_DATA(s), p, n) == 0)
+            return Py_NewRef(s);
+    }
+    PyObject *s = PyUnicode_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (s == NULL)
+        return NULL;
+    names[slot] = Py_NewRef(s);
+    names_used++;
+    return s;
+}
+
 /* ---- .modinfo (facts.py _Reader._modinfo): "key=value" entries, each after
  * a NUL; the section is read as if a NUL came before it. */
 
@@ -296,7 +353,7 @@ static int read_versions(const Reader *r, int *format, PyObject **out)
         const uint8_t *p = n;
         for (uint64_t k = 0; k < count; k++) {
             const uint8_t *nul = memchr(p, 0, nlen - (uint64_t)(p - n));
-            PyObject *name = str_of(p, (uint64_t)(nul - p), "replace");
+            PyObject *name = name_of(p, (uint64_t)(nul - p), "replace");
             PyObject *crc = name ? PyLong_FromUnsignedLong(rd32(c + 4 * k)) : NULL;
             int bad = crc == NULL || PyDict_SetItem(versions, name, crc) < 0;
             Py_XDECREF(name);
@@ -321,7 +378,7 @@ static int read_versions(const Reader *r, int *format, PyObject **out)
         uint64_t nlen = MODULE_NAME_LEN;
         while (nlen > 0 && v[k + 8 + nlen - 1] == 0)
             nlen--;
-        PyObject *name = str_of(v + k + 8, nlen, "replace");
+        PyObject *name = name_of(v + k + 8, nlen, "replace");
         PyObject *crc = name ? PyLong_FromUnsignedLong(rd32(v + k)) : NULL;
         int bad = crc == NULL || PyDict_SetItem(versions, name, crc) < 0;
         Py_XDECREF(name);
@@ -378,7 +435,7 @@ static int read_undefined(const Reader *r, const uint8_t *strtab, PyObject **out
         size_t n = strlen((const char *)name); /* the table ends with a NUL */
         if (n == 0)
             continue; /* an empty name is no symbol to resolve */
-        PyObject *str = str_of(name, n, "surrogateescape");
+        PyObject *str = name_of(name, n, "surrogateescape");
         if (str == NULL)
             return -2;
         PyObject *item = PyTuple_Pack(2, str, (sym[4] >> 4) == STB_WEAK ? Py_True : Py_False);
