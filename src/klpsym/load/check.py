@@ -320,11 +320,16 @@ def check_one(f: ModuleFacts, ctx: Checker) -> ModuleVerdict:
                              [Problem(Stage.ELF, f.error)])
     v = ModuleVerdict(str(f.path), f.name, Verdict.LOADS, vermagic=f.vermagic,
                       expected_vermagic=ctx.vermagic)
+    problems = v.problems
+    fatal = False
     for step in _STEPS:
+        seen = len(problems)
         step(f, ctx, v)
-        if v.fatal:
+        # a step that added no problem cannot have made the module fail
+        if len(problems) > seen and any(p.fatal for p in problems[seen:]):
+            fatal = True
             break
-    if v.fatal:
+    if fatal:
         v.verdict = Verdict.FAILS
     elif v.depends:
         v.verdict = Verdict.LOADS_AFTER
