@@ -9,6 +9,7 @@ the parent against one target kernel.
 from __future__ import annotations
 
 import operator
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ _cfacts: ModuleType | None
 try:  # the compiled reader (setup.py); optional: the Python one reads the same
     from klpsym.load import _cfacts
 except ImportError:  # pragma: no cover -- built wherever scripts/bootstrap ran
+    _cfacts = None
+if os.environ.get("KLPSYM_PYTHON_READER"):  # the Python reader only (benchmarks/check_all.py)
     _cfacts = None
 
 #: include/linux/module.h: struct module { enum module_state state;
