@@ -68,6 +68,10 @@ class AtomicOutput:
         self._fd = -1
         self._named: Path | None = None  # the temp file's name, when it has one
         self.committed = False
+        # The fsync started by sync_in_background(): its thread and the error
+        # it met, if any; and whether anything was written since it started.
+        self._sync: tuple[threading.Thread, list[OSError]] | None = None
+        self._written_since_sync = False
 
     # -- opening ---------------------------------------------------------------
 
@@ -107,6 +111,7 @@ class AtomicOutput:
 
     def write(self, data: bytes | bytearray | memoryview | object) -> None:
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
+        self._written_since_sync = True
         try:
             while len(view):
                 n = os.write(self._fd, view)
@@ -121,11 +126,49 @@ class AtomicOutput:
             return b""
         return mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
 
+    def sync_in_background(self) -> None:
+        """Start the fsync of what was written so far in a thread, so that it
+        overlaps what the caller does next (checking the output through
+        :meth:`map`).  :meth:`commit` waits for it, and fsyncs again if more
+        was written since, before the file is given its name; a file that is
+        discarded is never named, whether or not this fsync has finished."""
+        if self._sync is not None:
+            return
+        fd = os.dup(self._fd)  # the thread's own: discard() may close ours meanwhile
+        errors: list[OSError] = []
+
+        def run() -> None:
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                errors.append(e)
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=run, name="klpsym-fsync", daemon=True)
+        thread.start()
+        self._sync = (thread, errors)
+        self._written_since_sync = False
+
+    def _wait_for_sync(self) -> None:
+        """fsync the file: wait for the background fsync, or do it now."""
+        if self._sync is None:
+            os.fsync(self._fd)
+            return
+        thread, errors = self._sync
+        self._sync = None
+        thread.join()
+        if errors:
+            raise errors[0]
+        if self._written_since_sync:
+            os.fsync(self._fd)
+
     # -- publishing ------------------------------------------------------------
 
     def commit(self) -> None:
-        """fsync the file, give it its mode, put it at ``dest`` (atomically),
-        fsync the directory.  SIGINT/SIGTERM wait until this is done."""
+        """fsync the file (or wait for :meth:`sync_in_background`), give it
+        its mode, put it at ``dest`` (atomically), fsync the directory.
+        SIGINT/SIGTERM wait until this is done."""
         mode = 0o644
         if self.mode_from is not None:
             try:
@@ -137,7 +180,7 @@ class AtomicOutput:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if main else None
         try:
             try:
-                os.fsync(self._fd)
+                self._wait_for_sync()
                 os.fchmod(self._fd, mode)
                 if self._named is None:
                     try:

@@ -112,6 +112,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     # is at ``dest`` until it has passed the checks (and is signed, if asked).
     with AtomicOutput(dest, mode_from=path) as out:
         elf.write_to(out)
+        out.sync_in_background()  # overlaps the check; commit() waits for it
         check_output(module, out.map(), plan, guard_plan)
         if signer is not None:
             elf_bytes = bytes(out.map())
