@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import signal
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -35,17 +36,48 @@ def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
     """The whole of a file, or one ``error`` line naming the file, its role
     (``what``: "kernel module", "Module.symvers") and, for a missing file,
     the ``fix``."""
-    hint = f"; {fix}" if fix else ""
     try:
         return path.read_bytes()
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, expected the {what} file") from None
-    except PermissionError:
-        raise error(f"{path}: permission denied reading the {what} file{hint}") from None
     except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise error(f"{path}: no such file ({what}){hint}") from None
-        raise error(f"{path}: cannot read the {what} file: {e.strerror}") from None
+        raise _read_error(e, path, what, error, fix) from None
+
+
+def map_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
+             fix: str = "") -> mmap.mmap | bytes:
+    """The whole of a file, mapped read-only instead of read where it can be
+    (a non-empty regular file): a 20 MB module costs ~10 ms to read into
+    memory, and its mapping ~1 ms, paid only for the pages used.  Errors as
+    :func:`read_file`'s.  The file must not be truncated while the map is in
+    use (a write that replaces it by rename, as klpsym's own, is fine)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _read_error(e, path, what, error, fix) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            try:
+                return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                pass  # a file system that cannot map it: read it
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise _read_error(e, path, what, error, fix) from None
+    finally:
+        os.close(fd)
+
+
+def _read_error(e: OSError, path: Path, what: str, error: type[KlpsymError],
+                fix: str) -> KlpsymError:
+    hint = f"; {fix}" if fix else ""
+    if isinstance(e, IsADirectoryError):
+        return error(f"{path}: is a directory, expected the {what} file")
+    if isinstance(e, PermissionError):
+        return error(f"{path}: permission denied reading the {what} file{hint}")
+    if e.errno == errno.ENOENT:
+        return error(f"{path}: no such file ({what}){hint}")
+    return error(f"{path}: cannot read the {what} file: {e.strerror}")
 
 
 def _temp_name(dest: Path) -> Path:
@@ -264,7 +296,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def atomic_write(dest: Path, data: bytes | bytearray | memoryview,
+def atomic_write(dest: Path, data: bytes | bytearray | memoryview | mmap.mmap,
                  mode_from: Path | None = None) -> None:
     """Replace ``dest`` with ``data`` atomically (see the module docstring)."""
     with AtomicOutput(dest, mode_from) as out:

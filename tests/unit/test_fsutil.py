@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -183,3 +185,21 @@ def test_background_fsync_error_is_reported(tmp_path: Path,
         out.sync_in_background()
         out.commit()
     assert not dest.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_map_file_maps_regular_files_and_reads_the_rest(tmp_path: Path) -> None:
+    f = tmp_path / "m.ko"
+    f.write_bytes(b"\x7fELF" + bytes(100))
+    mapped = fsutil.map_file(f, "kernel module")
+    assert isinstance(mapped, mmap.mmap) and bytes(mapped) == f.read_bytes()
+    empty = tmp_path / "empty.ko"
+    empty.write_bytes(b"")
+    assert fsutil.map_file(empty, "kernel module") == b""
+    proc = fsutil.map_file(Path("/proc/self/status"), "status")  # size 0, not mappable
+    assert isinstance(proc, bytes) and b"Name:" in proc
+    for path, message in ((tmp_path / "none.ko", "no such file (kernel module); fix it"),
+                          (tmp_path, "is a directory, expected the kernel module file")):
+        with pytest.raises(KlpsymError, match=re.escape(f"{path}: {message}")):
+            fsutil.map_file(path, "kernel module", fix="fix it")
+        with pytest.raises(KlpsymError, match=re.escape(f"{path}: {message}")):
+            fsutil.read_file(path, "kernel module", fix="fix it")

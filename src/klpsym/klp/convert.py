@@ -60,7 +60,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     if output is not None and output.suffix in COMPRESSED_SUFFIXES:
         raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
                            f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
-    module = read_module(path)
+    module = read_module(path, mapped=True)
     if in_place and module.compressed and not dry_run:
         raise ConvertError(
             f"{path}: is {module.compression.value}-compressed, and klpsym writes uncompressed "
