@@ -11,9 +11,6 @@ dependency of klpsym).
 
 from __future__ import annotations
 
-import gzip
-import lzma
-import zlib
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, overload
 
@@ -60,6 +57,10 @@ def decompress(data: Buffer, name: str) -> tuple[Buffer, Compression]:
     kind = detect(bytes(data[:8]))
     if kind == Compression.NONE:
         return data, kind
+    import gzip  # here: most modules are read uncompressed
+    import lzma
+    import zlib
+
     packed = bytes(data)
     try:
         if kind == Compression.XZ:
