@@ -21,6 +21,7 @@ import errno
 import mmap
 import os
 import signal
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -35,17 +36,48 @@ def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
     """The whole of a file, or one ``error`` line naming the file, its role
     (``what``: "kernel module", "Module.symvers") and, for a missing file,
     the ``fix``."""
-    hint = f"; {fix}" if fix else ""
     try:
         return path.read_bytes()
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, expected the {what} file") from None
-    except PermissionError:
-        raise error(f"{path}: permission denied reading the {what} file{hint}") from None
     except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise error(f"{path}: no such file ({what}){hint}") from None
-        raise error(f"{path}: cannot read the {what} file: {e.strerror}") from None
+        raise _read_error(e, path, what, error, fix) from None
+
+
+def map_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
+             fix: str = "") -> mmap.mmap | bytes:
+    """The whole of a file, mapped read-only instead of read where it can be
+    (a non-empty regular file): a 20 MB module costs ~10 ms to read into
+    memory, and its mapping ~1 ms, paid only for the pages used.  Errors as
+    :func:`read_file`'s.  The file must not be truncated while the map is in
+    use (a write that replaces it by rename, as klpsym's own, is fine)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _read_error(e, path, what, error, fix) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            try:
+                return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                pass  # a file system that cannot map it: read it
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise _read_error(e, path, what, error, fix) from None
+    finally:
+        os.close(fd)
+
+
+def _read_error(e: OSError, path: Path, what: str, error: type[KlpsymError],
+                fix: str) -> KlpsymError:
+    hint = f"; {fix}" if fix else ""
+    if isinstance(e, IsADirectoryError):
+        return error(f"{path}: is a directory, expected the {what} file")
+    if isinstance(e, PermissionError):
+        return error(f"{path}: permission denied reading the {what} file{hint}")
+    if e.errno == errno.ENOENT:
+        return error(f"{path}: no such file ({what}){hint}")
+    return error(f"{path}: cannot read the {what} file: {e.strerror}")
 
 
 def _temp_name(dest: Path) -> Path:
@@ -68,6 +100,10 @@ class AtomicOutput:
         self._fd = -1
         self._named: Path | None = None  # the temp file's name, when it has one
         self.committed = False
+        # The fsync started by sync_in_background(): its thread and the error
+        # it met, if any; and whether anything was written since it started.
+        self._sync: tuple[threading.Thread, list[OSError]] | None = None
+        self._written_since_sync = False
 
     # -- opening ---------------------------------------------------------------
 
@@ -107,6 +143,7 @@ class AtomicOutput:
 
     def write(self, data: bytes | bytearray | memoryview | object) -> None:
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
+        self._written_since_sync = True
         try:
             while len(view):
                 n = os.write(self._fd, view)
@@ -121,11 +158,49 @@ class AtomicOutput:
             return b""
         return mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
 
+    def sync_in_background(self) -> None:
+        """Start the fsync of what was written so far in a thread, so that it
+        overlaps what the caller does next (checking the output through
+        :meth:`map`).  :meth:`commit` waits for it, and fsyncs again if more
+        was written since, before the file is given its name; a file that is
+        discarded is never named, whether or not this fsync has finished."""
+        if self._sync is not None:
+            return
+        fd = os.dup(self._fd)  # the thread's own: discard() may close ours meanwhile
+        errors: list[OSError] = []
+
+        def run() -> None:
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                errors.append(e)
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=run, name="klpsym-fsync", daemon=True)
+        thread.start()
+        self._sync = (thread, errors)
+        self._written_since_sync = False
+
+    def _wait_for_sync(self) -> None:
+        """fsync the file: wait for the background fsync, or do it now."""
+        if self._sync is None:
+            os.fsync(self._fd)
+            return
+        thread, errors = self._sync
+        self._sync = None
+        thread.join()
+        if errors:
+            raise errors[0]
+        if self._written_since_sync:
+            os.fsync(self._fd)
+
     # -- publishing ------------------------------------------------------------
 
     def commit(self) -> None:
-        """fsync the file, give it its mode, put it at ``dest`` (atomically),
-        fsync the directory.  SIGINT/SIGTERM wait until this is done."""
+        """fsync the file (or wait for :meth:`sync_in_background`), give it
+        its mode, put it at ``dest`` (atomically), fsync the directory.
+        SIGINT/SIGTERM wait until this is done."""
         mode = 0o644
         if self.mode_from is not None:
             try:
@@ -137,7 +212,7 @@ class AtomicOutput:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if main else None
         try:
             try:
-                os.fsync(self._fd)
+                self._wait_for_sync()
                 os.fchmod(self._fd, mode)
                 if self._named is None:
                     try:
@@ -221,7 +296,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def atomic_write(dest: Path, data: bytes | bytearray | memoryview,
+def atomic_write(dest: Path, data: bytes | bytearray | memoryview | mmap.mmap,
                  mode_from: Path | None = None) -> None:
     """Replace ``dest`` with ``data`` atomically (see the module docstring)."""
     with AtomicOutput(dest, mode_from) as out:

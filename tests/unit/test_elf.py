@@ -17,6 +17,7 @@ from elfbuilder import (
     SHT_NOBITS,
     SHT_PROGBITS,
     STB_LOCAL,
+    STB_WEAK,
     STT_FUNC,
     STT_OBJECT,
     STT_SECTION,
@@ -207,3 +208,29 @@ def test_machine_and_byteorder_are_per_file() -> None:
     assert be.layout.sym.fields["st_value"][0].byteorder == ">"
     assert le.machine == be.machine == EM_X86_64
     assert np.array_equal(le.symtab.array["st_value"], be.symtab.array["st_value"])
+
+
+def test_symbols_found_by_name_through_string_offsets() -> None:
+    """SymbolTable.named() finds a name where it is its own string and where
+    it is the tail of a longer one (as linkers share strings), and agrees
+    with decoding every name."""
+    b = ElfBuilder()
+    text = b.text()
+    b.symbol("xklp_enable_patch")
+    b.symbol("klp_enable_patch", bind=STB_WEAK)
+    b.symbol("shared_tail")
+    b.symbol("defined", text, value=8)
+    elf = ElfFile.from_bytes(b.build())
+    st = elf.symtab
+    names = [st.strings.get(int(o)) for o in st.array["st_name"]]  # (names() caches)
+    tail = names.index("shared_tail")
+    st.array["st_name"][tail] = st.array["st_name"][names.index("xklp_enable_patch")] + 1
+    assert st.name(tail) == "klp_enable_patch"
+    for name in ("klp_enable_patch", "xklp_enable_patch", "defined", "", "nope", "patch"):
+        want = [i for i in range(len(st)) if st.name(i) == name]
+        assert st.named(name).tolist() == want, name
+        undefined = st.undefined()
+        assert st.named(name, undefined).tolist() == [i for i in want if i in undefined]
+    st.rename(tail, "renamed")
+    assert st.named("renamed").tolist() == [tail]
+    assert st.named("klp_enable_patch").tolist() == [names.index("klp_enable_patch")]

@@ -74,6 +74,18 @@ class StringTable:
         pos = self._data.find(needle)
         return None if pos < 0 else pos
 
+    def offsets_of(self, text: str) -> list[int]:
+        """Every offset at which the string ``text`` is read (its own entry,
+        or the tail of a longer one)."""
+        needle = text.encode("utf-8", errors="surrogateescape") + b"\0"
+        data = self._data
+        found = []
+        pos = data.find(needle)
+        while pos >= 0:
+            found.append(pos)
+            pos = data.find(needle, pos + 1)
+        return found
+
     def append(self, text: str) -> int:
         """Append ``text`` (once per table; no search in the old strings)."""
         if text in self._added:
@@ -170,6 +182,14 @@ class SymbolTable:
         if self._names is None:
             self._names = [self.strings.get(int(o)) for o in self.array["st_name"]]
         return list(self._names)
+
+    def named(self, name: str, among: np.ndarray | None = None) -> np.ndarray:
+        """Indexes of the symbols called ``name`` (of ``among``, if given),
+        found by their string table offsets rather than by decoding names."""
+        idx = np.arange(len(self.array)) if among is None else among
+        offsets = np.array(self.strings.offsets_of(name), dtype=np.int64)
+        found: np.ndarray = idx[np.isin(self.array["st_name"][idx], offsets)]
+        return found
 
     def rename(self, index: int, new_name: str) -> None:
         self.array["st_name"][index] = self.strings.append(new_name)

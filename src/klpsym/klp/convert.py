@@ -60,7 +60,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     if output is not None and output.suffix in COMPRESSED_SUFFIXES:
         raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
                            f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
-    module = read_module(path)
+    module = read_module(path, mapped=True)
     if in_place and module.compressed and not dry_run:
         raise ConvertError(
             f"{path}: is {module.compression.value}-compressed, and klpsym writes uncompressed "
@@ -112,6 +112,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     # is at ``dest`` until it has passed the checks (and is signed, if asked).
     with AtomicOutput(dest, mode_from=path) as out:
         elf.write_to(out)
+        out.sync_in_background()  # overlaps the check; commit() waits for it
         check_output(module, out.map(), plan, guard_plan)
         if signer is not None:
             elf_bytes = bytes(out.map())

@@ -79,8 +79,8 @@ def guard_index(elf: ElfFile, name: str = GUARD_SYMBOL) -> int | None:
     """Index of the non-weak undefined symbol ``name``, if any."""
     st = elf.symtab
     binds = st.binds
-    for i in st.undefined().tolist():
-        if binds[i] != STB.WEAK and st.name(i) == name:
+    for i in st.named(name, st.undefined()).tolist():
+        if binds[i] != STB.WEAK:
             return int(i)
     return None
 
@@ -102,8 +102,7 @@ def plan_guard(module: Module, target: TargetKernel, has_livepatch: bool,
     if not enabled:
         return GuardPlan(GuardAction.OFF)
     where = str(module.path)
-    weak = [i for i in elf.symtab.undefined().tolist() if elf.symtab.name(i) == GUARD_SYMBOL]
-    if weak:
+    if len(elf.symtab.named(GUARD_SYMBOL, elf.symtab.undefined())):  # weak ones, then
         raise ConvertError(
             f"{where}: references {GUARD_SYMBOL} weakly, which the loader lets go unresolved, "
             "so the load-time guard cannot be added; make the reference non-weak, or pass "

@@ -136,11 +136,12 @@ def classify_symbols(module: Module, target: TargetKernel,
         parsed = parse_symbol_name(name, name_width)
         symbols.append(SymbolPlan(i, parsed.name if parsed else name, Fate.LIVEPATCH,
                                   pos=parsed.pos if parsed else None, relocations=users[i]))
+    trusted = _letters_trusted(target)  # once, not per symbol
+    weak = (binds == STB.WEAK).tolist()
     for i, name in names.items():
         if not name:
             continue
-        symbols.append(_classify(i, name, bool(binds[i] == STB.WEAK), module, target, sympos,
-                                 users[i]))
+        symbols.append(_classify(i, name, weak[i], module, target, sympos, users[i], trusted))
     return symbols
 
 
@@ -188,7 +189,8 @@ def _target_version(module: Module, target: TargetKernel) -> KernelVersion:
 
 
 def _classify(index: int, name: str, weak: bool, module: Module, target: TargetKernel,
-              sympos: Mapping[str, int], relocations: dict[str, int]) -> SymbolPlan:
+              sympos: Mapping[str, int], relocations: dict[str, int],
+              letters_trusted: bool) -> SymbolPlan:
     export = target.symvers.get(name)
     if export is not None and export.visible_to(module.name):
         fate = Fate.EXPORTED if export.module == "vmlinux" else Fate.MODULE_EXPORT
@@ -210,7 +212,7 @@ def _classify(index: int, name: str, weak: bool, module: Module, target: TargetK
                 f"{target.kallsyms.source} ({listing}); pick one with --sympos {name}=N"
             )
         plan.pos, plan.candidate = 0, candidates[0]
-        plan.kind = _kind(target, candidates[0])
+        plan.kind = target.kallsyms.kind(candidates[0], letters_tell_data=letters_trusted)
         return plan
     if not 1 <= wanted <= len(candidates) and not (wanted == 0 and len(candidates) == 1):
         raise ConvertError(
@@ -219,17 +221,17 @@ def _classify(index: int, name: str, weak: bool, module: Module, target: TargetK
         )
     plan.pos = wanted
     plan.candidate = candidates[max(wanted, 1) - 1]
-    plan.kind = _kind(target, plan.candidate)
+    plan.kind = target.kallsyms.kind(plan.candidate, letters_tell_data=letters_trusted)
     return plan
 
 
-def _kind(target: TargetKernel, candidate: Candidate) -> str:
-    """Data or text, following the target: letters of a /proc/kallsyms are
-    trusted only where kallsyms_letters_tell_data() says so (not 7.x); klpsym's
-    own System.map and vmlinux readers give nm's letters for every version."""
-    trusted = (kallsyms_letters_tell_data(target.version)
-               or target.kallsyms_source.startswith(("System.map ", "vmlinux ")))
-    return target.kallsyms.kind(candidate, letters_tell_data=trusted)
+def _letters_trusted(target: TargetKernel) -> bool:
+    """Whether the target's kallsyms letters tell data from text (for
+    KallsymsTable.kind()): letters of a /proc/kallsyms are trusted only where
+    kallsyms_letters_tell_data() says so (not 7.x); klpsym's own System.map
+    and vmlinux readers give nm's letters for every version."""
+    return (kallsyms_letters_tell_data(target.version)
+            or target.kallsyms_source.startswith(("System.map ", "vmlinux ")))
 
 
 def _describe(c: Candidate) -> str:

@@ -11,13 +11,13 @@ dependency of klpsym).
 
 from __future__ import annotations
 
-import gzip
-import lzma
-import zlib
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from klpsym.errors import ModuleError
+
+if TYPE_CHECKING:
+    from klpsym.elf.file import Buffer
 
 
 class Compression(StrEnum):
@@ -47,17 +47,27 @@ def detect(data: bytes) -> Compression:
     return Compression.NONE
 
 
-def decompress(data: bytes, name: str) -> tuple[bytes, Compression]:
-    """The module bytes inside ``data`` and the format they were in."""
-    kind = detect(data)
+@overload
+def decompress(data: bytes, name: str) -> tuple[bytes, Compression]: ...
+@overload
+def decompress(data: Buffer, name: str) -> tuple[Buffer, Compression]: ...
+def decompress(data: Buffer, name: str) -> tuple[Buffer, Compression]:
+    """The module bytes inside ``data`` and the format they were in
+    (``data`` itself when it is not compressed)."""
+    kind = detect(bytes(data[:8]))
+    if kind == Compression.NONE:
+        return data, kind
+    import gzip  # here: most modules are read uncompressed
+    import lzma
+    import zlib
+
+    packed = bytes(data)
     try:
-        if kind == Compression.NONE:
-            return data, kind
         if kind == Compression.XZ:
-            return lzma.decompress(data, format=lzma.FORMAT_XZ), kind
+            return lzma.decompress(packed, format=lzma.FORMAT_XZ), kind
         if kind == Compression.GZIP:
-            return gzip.decompress(data), kind
-        return _zstd_decompress(data), kind
+            return gzip.decompress(packed), kind
+        return _zstd_decompress(packed), kind
     except (lzma.LZMAError, OSError, EOFError, zlib.error) as e:
         raise ModuleError(f"{name}: corrupt {kind.value} data ({e}); the compressed module is "
                           "truncated or damaged") from None

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from klpsym.elf import ElfFile
+from klpsym.elf.file import Buffer
 from klpsym.errors import ModuleError
-from klpsym.fsutil import read_file
+from klpsym.fsutil import map_file, read_file
 from klpsym.module.compression import Compression, decompress
 from klpsym.module.modinfo import ModInfo, read_modinfo
 from klpsym.module.signature import Signature, split_signature
@@ -21,7 +22,7 @@ from klpsym.module.signature import Signature, split_signature
 @dataclass
 class Module:
     path: Path
-    data: bytes  # the whole module (decompressed), signature included
+    data: Buffer  # the whole module (decompressed), signature included; maybe mapped
     elf: ElfFile  # parsed from the ELF part (without the signature)
     signature: Signature | None
     modinfo: ModInfo
@@ -32,7 +33,7 @@ class Module:
         return self.compression != Compression.NONE
 
     @property
-    def elf_bytes(self) -> bytes | memoryview:
+    def elf_bytes(self) -> Buffer:
         """The ELF part of the file (a view, not a copy, when signed)."""
         if self.signature is None:
             return self.data
@@ -49,13 +50,16 @@ class Module:
         return stem.replace("-", "_")
 
 
-def read_module(path: Path | str) -> Module:
+def read_module(path: Path | str, *, mapped: bool = False) -> Module:
+    """The module at ``path``.  ``mapped``: map the file instead of reading
+    it (see :func:`klpsym.fsutil.map_file`; for a large module read once,
+    and not truncated while in use)."""
     path = Path(path)
-    raw = read_file(path, "kernel module", ModuleError)
+    raw = (map_file if mapped else read_file)(path, "kernel module", ModuleError)
     return module_from_bytes(raw, path)
 
 
-def module_from_bytes(raw: bytes, path: Path) -> Module:
+def module_from_bytes(raw: Buffer, path: Path) -> Module:
     """A module from the bytes of its file (compressed or not)."""
     data, compression = decompress(raw, str(path))
     elf_part, sig = split_signature(data, str(path))

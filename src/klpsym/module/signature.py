@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from klpsym.errors import ModuleError
+
+if TYPE_CHECKING:
+    from klpsym.elf.file import Buffer
 
 MODULE_SIG_STRING = b"~Module signature appended~\n"
 _SIG_INFO_SIZE = 12
@@ -34,22 +38,23 @@ class Signature:
         return len(self.trailer)
 
 
-def split_signature(data: bytes, name: str) -> tuple[bytes | memoryview, Signature | None]:
+def split_signature(data: Buffer, name: str) -> tuple[Buffer, Signature | None]:
     """Split a module file into its ELF part (a view of ``data``, not a
     copy) and its appended signature."""
-    if not data.endswith(MODULE_SIG_STRING):
+    if len(data) < len(MODULE_SIG_STRING) or \
+            bytes(data[len(data) - len(MODULE_SIG_STRING):]) != MODULE_SIG_STRING:
         return data, None
     end = len(data) - len(MODULE_SIG_STRING)
     if end < _SIG_INFO_SIZE:
         raise ModuleError(f"{name}: truncated module signature")
-    info = data[end - _SIG_INFO_SIZE: end]
+    info = bytes(data[end - _SIG_INFO_SIZE: end])
     sig_len = int.from_bytes(info[8:12], "big")
     start = end - _SIG_INFO_SIZE - sig_len
     if sig_len == 0 or start < 0:
         raise ModuleError(
             f"{name}: corrupt module signature (length {sig_len} in a {len(data)}-byte file)"
         )
-    sig = Signature(id_type=info[2], sig_len=sig_len, trailer=data[start:])
+    sig = Signature(id_type=info[2], sig_len=sig_len, trailer=bytes(data[start:]))
     return memoryview(data)[:start], sig
 
 
