@@ -388,6 +388,27 @@ def test_fast_reader_equals_general_reader(tmp_path: Path, variant: str) -> None
     assert module_facts(p) == module_facts(p, fast=False)
 
 
+def test_fast_readers_refuse_overlapping_relocation_tables(tmp_path: Path) -> None:
+    """Relocation tables that together are bigger than the file overlap:
+    reading them one by one could be made to take any time (65,535 tables
+    over the same megabytes), so both fast readers give such a file up."""
+    from klpsym.elf import ElfFile
+
+    good = kmod(("_printk", "ktime_get"), exports=("a_fn",)).build()
+    elf = ElfFile.from_bytes(good)
+    shoff = int(elf.header["e_shoff"])
+    data = bytearray(good)
+    relas = [i for i, sec in enumerate(elf.sections) if sec.type == 4]  # SHT_RELA
+    assert len(relas) >= 2
+    span = (shoff - 64) // 24 * 24
+    for i in relas:  # sh_offset, sh_size: every table over the whole file
+        struct.pack_into("<QQ", data, shoff + 64 * i + 24, 64, span)
+    p = tmp_path / "m.ko"
+    p.write_bytes(bytes(data))
+    assert _fast_readers(bytes(data), p) is None
+    module_facts(p)  # the general reader's facts or error; no hang
+
+
 def test_compiled_reader_gives_files_it_cannot_read_back(tmp_path: Path) -> None:
     """The compiled reader reads uncompressed module files itself; anything
     else (missing, a directory, empty, short, compressed, not ELF) is left

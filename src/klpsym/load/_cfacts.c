@@ -189,6 +189,7 @@ static int reader_init(Reader *r, const uint8_t *data, uint64_t size)
     if (r->sh == NULL)
         return -2;
     int symtabs = 0;
+    uint64_t rela_bytes = 0;
     for (unsigned i = 0; i < shnum; i++) {
         const uint8_t *p = data + shoff + 64 * (uint64_t)i;
         Shdr *s = &r->sh[i];
@@ -210,6 +211,10 @@ static int reader_init(Reader *r, const uint8_t *data, uint64_t size)
             return -1;
         if (s->type != SHT_NOBITS && s->type != SHT_NULL &&
             (s->offset > size || s->size > size - s->offset))
+            return -1;
+        /* relocation tables that overlap (more of them than the file holds)
+         * would be read over and over: not a linked module */
+        if (s->type == SHT_RELA && (rela_bytes += s->size) > size)
             return -1;
     }
     r->shstr = content(r, shstrndx, &r->shstr_len);

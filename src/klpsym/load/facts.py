@@ -377,6 +377,10 @@ class _Reader:
                 if t != _NOBITS and t != _NULL):
             raise _Unusual
         self.relas = [i for i, t in enumerate(types) if t == _RELA]
+        if sum(self.sizes[i] for i in self.relas) > size:
+            # relocation tables that overlap (more of them than the file
+            # holds) would be read over and over: not a linked module
+            raise _Unusual
         shstr = self.shstr = self.content(shstrndx)
         if not shstr.endswith(b"\0") or max(names[1:], default=0) >= len(shstr):
             raise _Unusual
