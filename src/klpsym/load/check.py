@@ -698,18 +698,20 @@ def propagate_dependencies(verdicts: Iterable[ModuleVerdict],
     would not load either.  Returns each module failed here with the
     modules it needed (see :func:`fail_for_dependencies`)."""
     by_name = {v.name: v for v in verdicts if v.verdict != Verdict.ERROR}
+    # the names of the modules that would not load, as they become so
+    failing = {name for name, v in by_name.items() if v.verdict == Verdict.FAILS}
     failed: list[tuple[ModuleVerdict, list[str]]] = []
-    changed = True
+    changed = bool(failing)
     while changed:
         changed = False
         for v in by_name.values():
-            if v.verdict != Verdict.LOADS_AFTER:
+            if v.verdict != Verdict.LOADS_AFTER or failing.isdisjoint(v.depends):
                 continue
-            bad = [d for d in v.depends if d in by_name and by_name[d].verdict == Verdict.FAILS]
-            if bad:
-                fail_for_dependencies(v, bad)
-                failed.append((v, bad))
-                changed = True
+            bad = [d for d in v.depends if d in failing]
+            fail_for_dependencies(v, bad)
+            failing.add(v.name)
+            failed.append((v, bad))
+            changed = True
     return failed
 
 
