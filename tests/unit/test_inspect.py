@@ -76,3 +76,38 @@ def test_convert_of_a_compressed_module(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(ConvertError, match="writes uncompressed modules"):
         convert_file(xz, target(), {}, output=tmp_path / "out.ko.xz")
     assert xz.read_bytes() == before and not (tmp_path / "out.ko.xz").exists()
+
+
+def _strict_stdout_run(argv: list[str], tty: bool = False) -> tuple[int, str]:
+    """main(argv) with a standard output that, like a terminal's or a pipe's,
+    takes UTF-8 strictly (a lone surrogate fails)."""
+    import contextlib
+    import io
+
+    class Out(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return tty
+
+    raw = io.BytesIO()
+    out = Out(raw, encoding="utf-8", errors="strict")
+    with contextlib.redirect_stdout(out):
+        rc = main(argv)
+        out.flush()
+    return rc, raw.getvalue().decode()
+
+
+def test_names_from_the_file_are_printed_escaped(tmp_path: Path) -> None:
+    """A symbol name with a newline and an undecodable byte (fuzz findings:
+    UnicodeEncodeError on stdout, or a name split over two lines) is printed
+    escaped, on one line, by every view; JSON keeps it."""
+    p = tmp_path / "m.ko"
+    p.write_bytes(simple_module(unexported=("kallsyms_lookup_name",)).build()
+                  .replace(b"kallsyms_lookup_name", b"kallsyms_lookup\n\xffame"))
+    for view in ([], ["--symbols"], ["--relocs"], ["--strings", ".strtab"]):
+        rc, out = _strict_stdout_run(["inspect", str(p), *view])
+        assert rc == 0, view
+        assert all(line.replace("\t", " ").isprintable() for line in out.split("\n")), out
+        assert "kallsyms_lookup\\x0a" in out, view
+    symbols = klpsym_json("inspect", p, "--symbols")["symbols"]
+    assert any(s["name"].startswith("kallsyms_lookup\n") for s in symbols)  # type: ignore[attr-defined]
+
