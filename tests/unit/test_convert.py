@@ -384,3 +384,16 @@ def test_cli_bad_sympos_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_every_error_derives_from_the_package_base() -> None:
     assert issubclass(ConvertError, KlpsymError)
+
+
+def test_unhandled_relocation_type_is_refused(tmp_path: Path) -> None:
+    """A relocation type the x86_64 loader does not handle (fuzz finding:
+    moved into a .klp.rela section, it failed convert's own check of the
+    output as an "internal error")."""
+    b = simple_module()
+    b.rela(b.sections[0], 8, b.symbols[-1], 1119, 0)  # kallsyms_lookup_name, type 1119
+    with pytest.raises(ConvertError, match=r"x86_64 module loader does not handle "
+                                           r"\(\.rela\.text: types \[1119\]\)"):
+        convert_file(write(tmp_path, b), target(), {}, output=tmp_path / "out.ko")
+    assert not (tmp_path / "out.ko").exists()
+

@@ -108,6 +108,27 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
     return problems
 
 
+def unhandled_relocations(elf: ElfFile) -> list[str]:
+    """x86_64: the relocation sections of allocated sections with types
+    apply_relocate_add() does not handle, as "SECTION: types [...]".  The
+    loader fails the whole load on one ("Unknown rela relocation: %llu");
+    relocations of sections that are not SHF_ALLOC are never applied
+    (apply_relocations(), kernel/module/main.c, v5.8 .. v7.x)."""
+    if elf.machine != EM.X86_64:
+        return []
+    handled = np.array(sorted(X86_64_HANDLED))
+    out = []
+    for sec in elf.rela_sections():
+        target = sec.info_section
+        if target is None or not target.flags & SHF.ALLOC:
+            continue
+        types = elf.layout.r_type(elf.rela(sec)["r_info"])
+        known = np.isin(types, handled)
+        if not known.all():
+            out.append(f"{sec.name}: types {sorted(set(types[~known].tolist()))}")
+    return out
+
+
 def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object) -> list[str]:
     from klpsym.elf import Section
 
