@@ -397,3 +397,20 @@ def test_unhandled_relocation_type_is_refused(tmp_path: Path) -> None:
         convert_file(write(tmp_path, b), target(), {}, output=tmp_path / "out.ko")
     assert not (tmp_path / "out.ko").exists()
 
+
+def test_symbol_table_info_off_in_the_input(tmp_path: Path) -> None:
+    """A symbol table whose sh_info is below its last local (the loader does
+    not read it): converted, guard appended, not an "internal error"."""
+    import struct
+
+    data = bytearray(simple_module().build())
+    elf = ElfFile.from_bytes(bytes(data))
+    shoff = int(elf.header["e_shoff"])
+    index = next(i for i, s in enumerate(elf.sections) if s is elf.symtab.section)
+    struct.pack_into("<I", data, shoff + 64 * index + 44, 1)  # sh_info: 2 -> 1
+    src = tmp_path / "m.ko"
+    src.write_bytes(bytes(data))
+    convert_file(src, target(), {}, output=tmp_path / "out.ko")
+    out = ElfFile.from_bytes((tmp_path / "out.ko").read_bytes())
+    assert out.symtab.names()[-1] == "klp_enable_patch"
+
