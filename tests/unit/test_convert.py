@@ -414,3 +414,19 @@ def test_symbol_table_info_off_in_the_input(tmp_path: Path) -> None:
     out = ElfFile.from_bytes((tmp_path / "out.ko").read_bytes())
     assert out.symtab.names()[-1] == "klp_enable_patch"
 
+
+def test_big_endian_module_converted_twice(tmp_path: Path) -> None:
+    """Converted for a kernel that exports one of its symbols, then for one
+    that does not: the second conversion appends to the .klp.rela section
+    of a big-endian file (fuzz finding: np.concatenate made the table
+    native, the output's symbol indexes byte-swapped)."""
+    b = simple_module(("kallsyms_lookup_name", "dmesg_restrict"), big_endian=True)
+    first = convert_file(write(tmp_path, b), target(exports={
+        "_printk": "vmlinux", "klp_enable_patch": "vmlinux", "dmesg_restrict": "vmlinux"}),
+        {}, output=tmp_path / "once.ko")
+    assert [s.name for s in first.plan.to_convert] == ["kallsyms_lookup_name"]
+    second = convert_file(tmp_path / "once.ko", target(), {}, output=tmp_path / "twice.ko")
+    assert [s.name for s in second.plan.to_convert] == ["dmesg_restrict"]
+    out = ElfFile.from_bytes((tmp_path / "twice.ko").read_bytes())
+    assert not loader_problems(out, 511)
+    assert ".klp.sym.vmlinux.dmesg_restrict,0" in out.symtab.names()

@@ -207,3 +207,18 @@ def test_machine_and_byteorder_are_per_file() -> None:
     assert be.layout.sym.fields["st_value"][0].byteorder == ">"
     assert le.machine == be.machine == EM_X86_64
     assert np.array_equal(le.symtab.array["st_value"], be.symtab.array["st_value"])
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_appended_symbol_keeps_the_byte_order(big_endian: bool) -> None:
+    """A symbol appended to a big-endian table is written big-endian, and
+    the symbols before it stay as they were (fuzz finding: np.concatenate
+    made the table native, the written file unreadable)."""
+    from klpsym.elf.constants import STB
+
+    elf = ElfFile.from_bytes(simple_module(big_endian=big_endian).build())
+    before = elf.symtab.names()
+    i = elf.symtab.append_undefined("klp_enable_patch", int(STB.GLOBAL))
+    again = ElfFile.from_bytes(elf.to_bytes())
+    assert again.symtab.names() == [*before, "klp_enable_patch"]
+    assert again.symtab.undefined().tolist()[-1] == i

@@ -114,7 +114,9 @@ def apply_conversions(elf: ElfFile, conversions: Sequence[Conversion]) -> dict[s
         else:
             # A module converted before, now with more symbols: one klp
             # section per target, as the loader expects.
-            klp.table = np.concatenate([elf.rela(klp), rela[mask]])
+            # dtype=: concatenate would give native byte order (a
+            # big-endian module's table written little-endian)
+            klp.table = np.concatenate([elf.rela(klp), rela[mask]], dtype=elf.layout.rela)
         sec.table = rela[~mask].copy()
         moved[target.name] = moved.get(target.name, 0) + int(mask.sum())
     return moved
