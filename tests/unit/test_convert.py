@@ -391,7 +391,8 @@ def test_unhandled_relocation_type_is_refused(tmp_path: Path) -> None:
     moved into a .klp.rela section, it failed convert's own check of the
     output as an "internal error")."""
     b = simple_module()
-    b.rela(b.sections[0], 8, b.symbols[-1], 1119, 0)  # kallsyms_lookup_name, type 1119
+    sym = next(s for s in b.symbols if s.name == "kallsyms_lookup_name")
+    b.rela(b.sections[0], 8, sym, 1119, 0)
     with pytest.raises(ConvertError, match=r"x86_64 module loader does not handle "
                                            r"\(\.rela\.text: types \[1119\]\)"):
         convert_file(write(tmp_path, b), target(), {}, output=tmp_path / "out.ko")
@@ -430,3 +431,21 @@ def test_big_endian_module_converted_twice(tmp_path: Path) -> None:
     out = ElfFile.from_bytes((tmp_path / "twice.ko").read_bytes())
     assert not loader_problems(out, 511)
     assert ".klp.sym.vmlinux.dmesg_restrict,0" in out.symtab.names()
+
+
+@pytest.mark.parametrize("offset", [8, 60])
+def test_relocation_of_a_symbol_to_convert_breaking_the_loader_rules(tmp_path: Path,
+                                                                     offset: int) -> None:
+    """A relocation of a symbol to convert at nonzero bytes, or past the end
+    of its section: the x86_64 loader refuses it where it is and would in a
+    .klp.rela section (fuzz findings: convert's own output check failed as
+    an "internal error")."""
+    b = simple_module()
+    text = b.sections[0]
+    text.data = text.data[:8] + b"\x01\x02\x03\x04" + text.data[12:]
+    sym = next(s for s in b.symbols if s.name == "kallsyms_lookup_name")
+    b.rela(text, offset, sym, 2, 0)  # R_X86_64_PC32
+    with pytest.raises(ConvertError, match="breaks the x86_64 module loader's rules: "
+                       r"\.rela\.text: (target bytes at \.text\+0x8 are nonzero|"
+                       r"relocation offset outside \.text)"):
+        convert_file(write(tmp_path, b), target(), {}, output=tmp_path / "out.ko")

@@ -25,6 +25,7 @@ from klpsym.klp.plan import Fate, Plan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import (
     loader_problems,
+    moved_relocation_problems,
     relocation_changes,
     symbol_changes,
     unhandled_relocations,
@@ -85,6 +86,12 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         # where they are, the loader refuses the module anyway.
         raise ConvertError(f"{path}: has relocations the x86_64 module loader does not handle "
                            f"({'; '.join(unknown[:3])}); it would not load, converted or not")
+    moved = moved_relocation_problems(module.elf, [s.index for s in plan.to_convert])
+    if moved:
+        more = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""
+        raise ConvertError(f"{path}: a relocation of a symbol to convert breaks the x86_64 "
+                           f"module loader's rules: {moved[0]}{more}; it would not load, "
+                           "converted or not")
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:

@@ -129,6 +129,30 @@ def unhandled_relocations(elf: ElfFile) -> list[str]:
     return out
 
 
+def moved_relocation_problems(elf: ElfFile, symbols: Sequence[int]) -> list[str]:
+    """What :func:`loader_problems` would say of the relocations that use
+    ``symbols`` once they are in .klp.rela sections (x86_64: their types,
+    offsets, and zero target bytes).  The loader holds them to the same
+    rules where they are now, so a module that breaks one would not load
+    converted or not."""
+    if elf.machine != EM.X86_64 or not len(symbols) or not elf.has_symtab:
+        return []
+    chosen = np.zeros(len(elf.symtab), dtype=bool)
+    chosen[np.asarray(symbols, dtype=np.int64)] = True
+    problems: list[str] = []
+    for sec in elf.rela_sections():
+        if sec.flags & SHF.RELA_LIVEPATCH or sec.info_section is None:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        if len(syms) and int(syms.max()) >= len(chosen):
+            continue  # convert refuses it with its own message
+        mask = chosen[syms]
+        if mask.any():
+            problems += _x86_64_targets(elf, sec.name, rela[mask], sec.info_section)
+    return problems
+
+
 def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object) -> list[str]:
     from klpsym.elf import Section
 
