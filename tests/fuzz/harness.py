@@ -1,23 +1,37 @@
-"""A mutational fuzzer for klpsym's module reader and ``klpsym convert``.
+"""A mutational fuzzer for klpsym's module reader and its commands.
 
 Inputs are seeds (small real Debian modules from the lab cache when it has
-them, and synthetic objects from ``tests/elfbuilder.py``) changed by 1-4
-mutations: bit flips, interesting integers at random places and in ELF
-fields (header, section headers, symbols, relocations), truncation,
-insertion, splicing, a fake signature trailer.  Structure-aware mutations
-reach the code behind the header checks, which random bytes rarely do.
+them, synthetic objects from ``tests/elfbuilder.py``, and some of both
+converted once) changed by 1-4 mutations: bit flips, interesting integers
+at random places and in ELF fields (header, section headers, symbols,
+relocations), truncation, insertion, splicing, a fake signature trailer;
+now and then the result is compressed (gzip, xz, zstd), sometimes then
+damaged.  Structure-aware mutations reach the code behind the header
+checks, which random bytes rarely do.
 
-Every input goes to every target (an entry point; add one to ``TARGETS``):
+Every input goes to every target (an entry point; add one to ``TARGETS``),
+each in this process with a time limit:
 
 * ``reader``: parse the ELF part and every table, read .modinfo, write it
   back; the written bytes must read again.
-* ``convert``: ``klpsym.cli.main.main(["convert", ...])`` in this process
-  against a small made-up target kernel (its own Module.symvers, kallsyms,
+* ``convert``: ``klpsym convert`` through ``klpsym.cli.main.main()`` against
+  a small made-up target kernel (its own Module.symvers, kallsyms,
   .config), with ``-o`` or ``--in-place``.  It must return 0 or 2; on 2,
-  stderr is one ``klpsym: error:`` line and nothing was written; on 0 the
-  output re-reads, passes the loader rules and has the input's relocations
-  and symbols (klpsym's validators, run again here); the input is unchanged
-  unless converted in place; no temporary file is left.
+  stderr is one ``klpsym: error:`` line (not klpsym's "internal error")
+  and nothing was written; on 0 the output re-reads, passes the loader
+  rules, has the input's relocations and symbols (klpsym's validators,
+  run again here) and the load-time guard where it has livepatch symbols;
+  the input is unchanged unless converted in place; no temporary file.
+* ``inspect``: ``klpsym inspect`` (summary, every view, one view alone;
+  text or --json): exit 0 or 2, one error line naming the file, JSON
+  that parses, text without unprintable characters.
+* ``check``: ``klpsym check FILE`` (and now and then ``check DIR``) against
+  a made-up kernel with the seeds' CRCs: exit 0, 1 or 2 as the verdicts
+  say, one verdict per file, an error verdict naming the file.
+* ``facts``: ``klpsym.load.facts.module_facts`` with ``fast=True`` (check's
+  reader, whichever is active) and ``fast=False`` (the general ELF
+  reader): both return, agree on whether the file reads, and give equal
+  facts where both read it.
 
 Anything else (an exception that is not a KlpsymError turned into exit 2, a
 run over the time limit, a bad output) is a finding.  Runs are
