@@ -58,7 +58,9 @@ def main() -> int:
         fz.close()
     elapsed = time.monotonic() - start
     print(json.dumps({"inputs": fz.count, "seconds": round(elapsed), "seed": args.seed,
-                      "distinct_findings": len(seen), "findings": seen}), flush=True)
+                      "inputs_per_second": round(fz.count / elapsed, 1),
+                      "distinct_findings": len(seen), "findings": seen,
+                      "outcomes": dict(sorted(fz.outcomes.items()))}), flush=True)
     return 1 if seen else 0
 
 

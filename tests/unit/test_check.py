@@ -603,3 +603,33 @@ def test_json_lines_are_json_dumps_of_the_report(tmp_path: Path) -> None:
                      Fate.LIVEPATCH}
     for v in verdicts:
         assert json_module(v) == json.dumps(module_json(v))
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_names_from_the_file_are_printed_escaped(tmp_path: Path, tty: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An undefined symbol whose name has a newline and an undecodable byte
+    (fuzz finding: UnicodeEncodeError on a strict UTF-8 stdout): the
+    report, plain or through rich on a terminal, shows it escaped on one line."""
+    import contextlib
+    import io
+
+    import klpsym.cli.check as cli_check
+
+    class Out(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return tty
+
+    monkeypatch.setattr(cli_check, "target_for_check", lambda args: target())
+    monkeypatch.setenv("TERM", "dumb")  # rich: no escape sequences
+    p = tmp_path / "m.ko"
+    p.write_bytes(kmod(("_printk", "nothing_here")).build()
+                  .replace(b"nothing_here", b"nothing\n\xffere"))
+    raw = io.BytesIO()
+    out = Out(raw, encoding="utf-8", errors="strict")
+    with contextlib.redirect_stdout(out):
+        assert main(["check", str(p), "-v"]) == 1
+        out.flush()
+    text = raw.getvalue().decode()
+    assert "nothing\\x0a" in text
+    assert all(line.isprintable() for line in text.split("\n")), text

@@ -234,3 +234,18 @@ def test_symbols_found_by_name_through_string_offsets() -> None:
     st.rename(tail, "renamed")
     assert st.named("renamed").tolist() == [tail]
     assert st.named("klp_enable_patch").tolist() == [names.index("klp_enable_patch")]
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_appended_symbol_keeps_the_byte_order(big_endian: bool) -> None:
+    """A symbol appended to a big-endian table is written big-endian, and
+    the symbols before it stay as they were (fuzz finding: np.concatenate
+    made the table native, the written file unreadable)."""
+    from klpsym.elf.constants import STB
+
+    elf = ElfFile.from_bytes(simple_module(big_endian=big_endian).build())
+    before = elf.symtab.names()
+    i = elf.symtab.append_undefined("klp_enable_patch", int(STB.GLOBAL))
+    again = ElfFile.from_bytes(elf.to_bytes())
+    assert again.symtab.names() == [*before, "klp_enable_patch"]
+    assert again.symtab.undefined().tolist()[-1] == i

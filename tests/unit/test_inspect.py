@@ -76,3 +76,66 @@ def test_convert_of_a_compressed_module(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(ConvertError, match="writes uncompressed modules"):
         convert_file(xz, target(), {}, output=tmp_path / "out.ko.xz")
     assert xz.read_bytes() == before and not (tmp_path / "out.ko.xz").exists()
+
+
+def _strict_stdout_run(argv: list[str], tty: bool = False) -> tuple[int, str]:
+    """main(argv) with a standard output that, like a terminal's or a pipe's,
+    takes UTF-8 strictly (a lone surrogate fails)."""
+    import contextlib
+    import io
+
+    class Out(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return tty
+
+    raw = io.BytesIO()
+    out = Out(raw, encoding="utf-8", errors="strict")
+    with contextlib.redirect_stdout(out):
+        rc = main(argv)
+        out.flush()
+    return rc, raw.getvalue().decode()
+
+
+def test_names_from_the_file_are_printed_escaped(tmp_path: Path) -> None:
+    """A symbol name with a newline and an undecodable byte (fuzz findings:
+    UnicodeEncodeError on stdout, or a name split over two lines) is printed
+    escaped, on one line, by every view; JSON keeps it."""
+    p = tmp_path / "m.ko"
+    p.write_bytes(simple_module(unexported=("kallsyms_lookup_name",)).build()
+                  .replace(b"kallsyms_lookup_name", b"kallsyms_lookup\n\xffame"))
+    for view in ([], ["--symbols"], ["--relocs"], ["--strings", ".strtab"]):
+        rc, out = _strict_stdout_run(["inspect", str(p), *view])
+        assert rc == 0, view
+        assert all(line.replace("\t", " ").isprintable() for line in out.split("\n")), out
+        assert "kallsyms_lookup\\x0a" in out, view
+    symbols = klpsym_json("inspect", p, "--symbols")["symbols"]
+    assert any(s["name"].startswith("kallsyms_lookup\n") for s in symbols)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("with_digest", [True, False])
+def test_signature_without_encrypted_digest(tmp_path: Path, with_digest: bool) -> None:
+    """A PKCS#7 SignerInfo without its encryptedDigest OCTET STRING (fuzz
+    finding: StopIteration out of the parser) is reported as unparsable."""
+    import struct
+
+    from klpsym.module.signature import MODULE_SIG_STRING
+
+    def tlv(tag: int, content: bytes) -> bytes:
+        return bytes([tag, len(content)]) + content
+
+    signed_data = tlv(0x06, bytes.fromhex("2a864886f70d010702"))
+    sha256 = tlv(0x30, tlv(0x06, bytes.fromhex("608648016503040201")))
+    info = tlv(0x30, tlv(0x02, b"\x01") + tlv(0x80, b"\x12\x34") + sha256 + tlv(0x30, b"")
+               + (tlv(0x04, b"\xab\xcd") if with_digest else b""))
+    signed = tlv(0x30, tlv(0x02, b"\x01") + tlv(0x31, b"") + tlv(0x30, signed_data)
+                 + tlv(0x31, info))
+    blob = tlv(0x30, signed_data + tlv(0xA0, signed))
+    p = tmp_path / "m.ko"
+    p.write_bytes(_module(tmp_path).read_bytes() + blob + bytes([0, 0, 2, 0, 0, 0, 0, 0])
+                  + struct.pack(">I", len(blob)) + MODULE_SIG_STRING)
+    sig = klpsym_json("inspect", p, "--signature")["signature"]
+    assert isinstance(sig, dict)
+    if with_digest:
+        assert sig["signature"] == "AB:CD" and sig["sig_key"] == "12:34"
+    else:
+        assert sig["error"] == "the PKCS#7 signature could not be parsed"

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags
 
 _json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
@@ -159,25 +160,32 @@ def _counts(verdicts: list[ModuleVerdict]) -> str:
     return ", ".join(f"{n} {verdict.value}" for verdict, n in sorted(counts.items()))
 
 
+def _markup(text: str) -> str:
+    """``text`` from a module file for rich: control characters and
+    undecodable bytes escaped (:func:`printable`), then markup."""
+    from rich.markup import escape
+
+    return escape(printable(text))
+
+
 def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool) -> None:
     """The report on a terminal, through rich."""
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     from klpsym.load.check import summary_reason
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(f"target {escape(target.describe())}")
+    console.print(f"target {_markup(target.describe())}")
     for note in target.notes:
-        console.print(f"note: {escape(note)}")
+        console.print(f"note: {_markup(note)}")
     if len(verdicts) > 1:
         table = Table()
         for col in SUMMARY_COLUMNS:
             table.add_column(col, no_wrap=col != "why / needs")
         for v in verdicts:
-            table.add_row(escape(v.path), f"[{_STYLE[v.verdict.value]}]{v.verdict.value}[/]",
-                          escape(summary_reason(v)))
+            table.add_row(_markup(v.path), f"[{_STYLE[v.verdict.value]}]{v.verdict.value}[/]",
+                          _markup(summary_reason(v)))
         console.print(table)
     for v in verdicts:
         if verbose or not v.would_load:
@@ -186,20 +194,19 @@ def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose:
 
 
 def _print_details(console: Any, v: ModuleVerdict) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     from klpsym.load.check import Verdict, summary_reason
 
     path, name, verdict = _heading(v)
-    console.print(f"\n[bold]{escape(path)}[/] ({escape(name)}): "
-                  f"[{_STYLE[v.verdict.value]}]{escape(verdict)}[/]")
+    console.print(f"\n[bold]{_markup(path)}[/] ({_markup(name)}): "
+                  f"[{_STYLE[v.verdict.value]}]{_markup(verdict)}[/]")
     if v.verdict == Verdict.ERROR:
-        console.print(f"  {escape(summary_reason(v))}")
+        console.print(f"  {_markup(summary_reason(v))}")
         return
     if v.vermagic is not None:
-        console.print(f"  vermagic {escape(v.vermagic.strip())!s}"
-                      + (f" (kernel: {escape(v.expected_vermagic[0].strip())})"
+        console.print(f"  vermagic {_markup(v.vermagic.strip())!s}"
+                      + (f" (kernel: {_markup(v.expected_vermagic[0].strip())})"
                          if v.expected_vermagic else ""))
     if v.symbols:
         table = Table(title=None)
@@ -207,18 +214,18 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
             table.add_column(col, no_wrap=col not in ("why",))
         for s in v.symbols:
             sym, fate, provider, flags, ok, why = _symbol_row(s)
-            table.add_row(escape(sym), fate, escape(provider), escape(flags),
-                          "yes" if ok else "[red]no[/]", escape(why))
+            table.add_row(_markup(sym), fate, _markup(provider), _markup(flags),
+                          "yes" if ok else "[red]no[/]", _markup(why))
         console.print(table)
     for p in v.problems:
         mark = "[red]error[/]" if p.fatal else "warning"
-        console.print(f"  {mark} [{p.stage.value}] {escape(p.message)}")
+        console.print(f"  {mark} [{p.stage.value}] {_markup(p.message)}")
         for line in p.kernel:
-            console.print(f"      kernel: {escape(line)}")
+            console.print(f"      kernel: {_markup(line)}")
     if v.taints:
         console.print(f"  taints: {''.join(v.taints)}")
     for note in v.notes:
-        console.print(f"  note: {escape(note)}")
+        console.print(f"  note: {_markup(note)}")
 
 
 def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool,
@@ -236,7 +243,8 @@ def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bo
         if verbose or not v.would_load:
             lines += _plain_details(v)
     lines.append(_counts(verdicts))
-    out.write("\n".join(lines) + "\n")
+    # names, messages and vermagic come from the files as they are
+    out.write("\n".join(map(printable, lines)) + "\n")
 
 
 def _plain_details(v: ModuleVerdict) -> list[str]:
@@ -264,6 +272,7 @@ def _plain_details(v: ModuleVerdict) -> list[str]:
 
 def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Rows as left-aligned columns two spaces apart (the last one ragged)."""
+    rows = [tuple(map(printable, row)) for row in rows]  # widths as printed
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
     return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
                       + [row[-1]]).rstrip() for row in rows]

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klpsym.cli.main import printable
+
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.module.ko import Module
 
@@ -111,6 +113,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _line(text: str = "") -> None:
+    """Print one line of a view: names, strings and values come from the
+    file as they are, so control characters and undecodable bytes are
+    escaped (a terminal or a pipe gets them as text, the line stays one)."""
+    print(printable(text))
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     counts, sizes = s["counts"], s["sizes"]
     comp = f" ({s['compression']})" if s["compression"] != "none" else ""
@@ -139,17 +148,17 @@ def _print_summary(s: dict[str, Any]) -> None:
                  f"{sig.get('signer', '?')} (not verified)"))
     for key, value in rows:
         if value is not None:
-            print(f"{key + ':':<13}{value}")
+            _line(f"{key + ':':<13}{value}")
     if s["undefined"]:
         shown = s["undefined"][:40]
         more = f" ... and {len(s['undefined']) - 40} more" if len(s["undefined"]) > 40 else ""
-        print(f"{'undefined:':<13}{' '.join(shown)}{more}")
+        _line(f"{'undefined:':<13}{' '.join(shown)}{more}")
     for p in s["klp_problems"]:
-        print(f"klp problem: {p}")
+        _line(f"klp problem: {p}")
 
 
 def _print_header(h: dict[str, Any]) -> None:
-    print("ELF Header:")
+    _line("ELF Header:")
     rows = [
         ("Magic:", f"  {h['magic']} "),
         ("Class:", h["class"]), ("Data:", h["data"]),
@@ -168,18 +177,18 @@ def _print_header(h: dict[str, Any]) -> None:
     ]
     for key, value in rows:
         if key == "Magic:":
-            print(f"  {key}{value}")
+            _line(f"  {key}{value}")
         else:
-            print(f"  {key:<35}{value}")
+            _line(f"  {key:<35}{value}")
 
 
 def _print_sections(rows: list[dict[str, Any]], shoff: int) -> None:
     print(f"There are {len(rows)} section headers, starting at offset {shoff:#x}:\n\n"
           "Section Headers:")
-    print("  [Nr] Name              Type            Address          Off    Size   ES Flg "
+    _line("  [Nr] Name              Type            Address          Off    Size   ES Flg "
           "Lk Inf Al")
     for r in rows:
-        print(f"  [{r['index']:>2}] {r['name']:<17} {r['type']:<15} {r['address']:016x} "
+        _line(f"  [{r['index']:>2}] {r['name']:<17} {r['type']:<15} {r['address']:016x} "
               f"{r['offset']:06x} {r['size']:06x} {r['entsize']:02x} {r['flags']:>3} "
               f"{r['link']:>2} {r['info']:>3} {r['align']:>2}")
     print("Key to Flags:\n  W (write), A (alloc), X (execute), M (merge), S (strings), "
@@ -190,90 +199,90 @@ def _print_sections(rows: list[dict[str, Any]], shoff: int) -> None:
 
 
 def _print_symbols(rows: list[dict[str, Any]]) -> None:
-    print(f"Symbol table '.symtab' contains {len(rows)} entries:")
-    print("   Num:    Value          Size Type    Bind   Vis      Ndx Name")
+    _line(f"Symbol table '.symtab' contains {len(rows)} entries:")
+    _line("   Num:    Value          Size Type    Bind   Vis      Ndx Name")
     for r in rows:
-        print(f"{r['num']:>6}: {r['value']:016x} {r['size']:>5} {r['type']:<7} {r['bind']:<6} "
+        _line(f"{r['num']:>6}: {r['value']:016x} {r['size']:>5} {r['type']:<7} {r['bind']:<6} "
               f"{r['visibility']:<8} {r['ndx']:>3} {r['name']}")
 
 
 def _print_relocs(secs: list[dict[str, Any]]) -> None:
     for i, s in enumerate(secs):
         if i:
-            print()
+            _line()
         n = len(s["entries"])
-        print(f"Relocation section '{s['section']}' at offset {s['offset']:#x} contains {n} "
+        _line(f"Relocation section '{s['section']}' at offset {s['offset']:#x} contains {n} "
               f"entr{'y' if n == 1 else 'ies'}:")
-        print("    Offset             Info             Type               Symbol's Value  "
+        _line("    Offset             Info             Type               Symbol's Value  "
               "Symbol's Name + Addend")
         for e in s["entries"]:
             a = e["addend"]
             sign = "-" if a < 0 else "+"
-            print(f"{e['offset']:016x}  {e['info']:016x} {e['type']:<22} "
+            _line(f"{e['offset']:016x}  {e['info']:016x} {e['type']:<22} "
                   f"{e['symbol_value']:016x} {e['symbol']} {sign} {abs(a):x}")
 
 
 def _print_strings(v: dict[str, Any]) -> None:
-    print(f"String dump of section '{v['section']}':")
+    _line(f"String dump of section '{v['section']}':")
     for off, s in v["strings"]:
-        print(f"  [{off:>6x}]  {s}")
+        _line(f"  [{off:>6x}]  {s}")
 
 
 def _print_modinfo(m: Module, entries: list[tuple[str, str]]) -> None:
-    print(f"{'filename:':<16}{m.path}")
+    _line(f"{'filename:':<16}{m.path}")
     for k, v in entries:
-        print(f"{k + ':':<16}{v}")
+        _line(f"{k + ':':<16}{v}")
 
 
 def _print_exports(v: dict[str, Any]) -> None:
     n = len(v["entries"])
     if not n:
-        print("no exports")
+        _line("no exports")
         return
-    print(f"{n} export{'s' * (n != 1)} ({v['layout']}):")
-    print(f"  {'CRC':<10} {'type':<18} {'namespace':<20} {'name':<32} symbol")
+    _line(f"{n} export{'s' * (n != 1)} ({v['layout']}):")
+    _line(f"  {'CRC':<10} {'type':<18} {'namespace':<20} {'name':<32} symbol")
     for e in v["entries"]:
         crc = f"{e['crc']:#010x}" if e["crc"] is not None else "-"
         where = e["symbol"] or f"{e['section']}+{e['offset']:#x}"
-        print(f"  {crc:<10} {e['type']:<18} {e['namespace'] or '-':<20} {e['name']:<32} {where}")
+        _line(f"  {crc:<10} {e['type']:<18} {e['namespace'] or '-':<20} {e['name']:<32} {where}")
 
 
 def _print_versions(v: dict[str, Any]) -> None:
     if not v["entries"]:
-        print("no symbol versions (built without CONFIG_MODVERSIONS)")
+        _line("no symbol versions (built without CONFIG_MODVERSIONS)")
         return
-    print(f"{len(v['entries'])} symbol versions ({v['format']}):")
+    _line(f"{len(v['entries'])} symbol versions ({v['format']}):")
     for e in v["entries"]:
-        print(f"{e['crc']:#010x}\t{e['name']}")
+        print(f"{e['crc']:#010x}\t{printable(e['name'])}")
 
 
 def _print_klp(v: dict[str, Any]) -> None:
     if not v["symbols"] and not v["sections"]:
-        print("no livepatch symbols or sections")
+        _line("no livepatch symbols or sections")
         return
-    print(f"livepatch symbols ({len(v['symbols'])}):")
+    _line(f"livepatch symbols ({len(v['symbols'])}):")
     for s in v["symbols"]:
         pos = "" if s["pos"] is None else s["pos"]
-        print(f"  [{s['num']:>5}] {s['symbol']:<48} object={s['object']} name={s['name']} "
+        _line(f"  [{s['num']:>5}] {s['symbol']:<48} object={s['object']} name={s['name']} "
               f"pos={pos}")
-    print(f"livepatch relocation sections ({len(v['sections'])}):")
+    _line(f"livepatch relocation sections ({len(v['sections'])}):")
     for s in v["sections"]:
-        print(f"  {s['section']:<40} -> {s['applies_to']}  {s['relocations']} relocations, "
+        _line(f"  {s['section']:<40} -> {s['applies_to']}  {s['relocations']} relocations, "
               f"flags {s['flags']}")
     if v["problems"]:
-        print("the loader would reject or skip:")
+        _line("the loader would reject or skip:")
         for p in v["problems"]:
-            print(f"  {p}")
+            _line(f"  {p}")
     else:
-        print("all follow the loader's rules")
+        _line("all follow the loader's rules")
 
 
 def _print_signature(sig: dict[str, Any] | None) -> None:
     if sig is None:
-        print("not signed")
+        _line("not signed")
         return
-    print(f"{'sig_id:':<16}{sig['id_type']}")
+    _line(f"{'sig_id:':<16}{sig['id_type']}")
     for key in ("signer", "sig_key", "sig_hashalgo", "signature"):
         if key in sig:
-            print(f"{key + ':':<16}{sig[key]}")
-    print("(klpsym shows the signature; it does not verify it)")
+            _line(f"{key + ':':<16}{sig[key]}")
+    _line("(klpsym shows the signature; it does not verify it)")

@@ -213,7 +213,9 @@ class SymbolTable:
         rec = np.zeros(1, dtype=self.array.dtype)
         rec["st_name"] = self.strings.append(name)
         rec["st_info"] = (bind << 4) | (type & 0xF)
-        self.array = np.concatenate([self.array, rec])
+        # dtype=: concatenate would give native byte order (a big-endian
+        # table written little-endian)
+        self.array = np.concatenate([self.array, rec], dtype=self.array.dtype)
         self.section_ref = np.append(self.section_ref, 0)
         self._orig_ref = np.append(self._orig_ref, 0)
         self._orig_shndx = np.append(self._orig_shndx, np.zeros(1, self._orig_shndx.dtype))

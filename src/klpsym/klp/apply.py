@@ -114,7 +114,13 @@ def apply_conversions(elf: ElfFile, conversions: Sequence[Conversion]) -> dict[s
         else:
             # A module converted before, now with more symbols: one klp
             # section per target, as the loader expects.
-            klp.table = np.concatenate([elf.rela(klp), rela[mask]])
+            if klp.info_section is not target:
+                applies = klp.info_section.name if klp.info_section is not None else "nothing"
+                raise ConvertError(f"{elf.name}: {klp_name} applies to {applies} (sh_info), "
+                                   f"not {target.name}; the module is corrupt")
+            # dtype=: concatenate would give native byte order (a
+            # big-endian module's table written little-endian)
+            klp.table = np.concatenate([elf.rela(klp), rela[mask]], dtype=elf.layout.rela)
         sec.table = rela[~mask].copy()
         moved[target.name] = moved.get(target.name, 0) + int(mask.sum())
     return moved

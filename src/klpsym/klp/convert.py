@@ -23,7 +23,13 @@ from klpsym.klp.guard import (
 )
 from klpsym.klp.plan import Fate, Plan, make_plan
 from klpsym.klp.sign import Signer
-from klpsym.klp.validate import loader_problems, relocation_changes, symbol_changes
+from klpsym.klp.validate import (
+    loader_problems,
+    moved_relocation_problems,
+    relocation_changes,
+    symbol_changes,
+    unhandled_relocations,
+)
 from klpsym.module.compression import COMPRESSED_SUFFIXES
 from klpsym.module.ko import Module, read_module
 
@@ -74,6 +80,18 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
         raise ConvertError(f"{path}: the module already breaks the kernel module loader's "
                            f"livepatch rules: {broken[0]}{more}; it would not load")
+    unknown = unhandled_relocations(module.elf)
+    if unknown:
+        # Moved into a .klp.rela section they would fail the output's check;
+        # where they are, the loader refuses the module anyway.
+        raise ConvertError(f"{path}: has relocations the x86_64 module loader does not handle "
+                           f"({'; '.join(unknown[:3])}); it would not load, converted or not")
+    moved = moved_relocation_problems(module.elf, [s.index for s in plan.to_convert])
+    if moved:
+        more = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""
+        raise ConvertError(f"{path}: a relocation of a symbol to convert breaks the x86_64 "
+                           f"module loader's rules: {moved[0]}{more}; it would not load, "
+                           "converted or not")
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:

@@ -147,6 +147,14 @@ def apply_guard(elf: ElfFile, guard: GuardPlan) -> int | None:
     return index
 
 
+def _local_after_info(elf: ElfFile) -> bool:
+    """A local symbol at or past the symbol table's sh_info (the first
+    non-local one).  The loader does not read sh_info, so an input where
+    it is off still loads; appending must only not make it so."""
+    st = elf.symtab
+    return bool(len(st) and np.any(st.binds[int(st.section.info):] == STB.LOCAL))
+
+
 def guard_problems(before: ElfFile, after: ElfFile, guard: GuardPlan) -> list[str]:
     """The guard as the loader will see it: one GLOBAL undefined symbol
     appended after the input's symbols, and in every version table the input's
@@ -164,7 +172,7 @@ def guard_problems(before: ElfFile, after: ElfFile, guard: GuardPlan) -> list[st
     elif not (st.binds[idx] == STB.GLOBAL and int(st.array["st_value"][idx]) == 0
               and int(st.array["st_size"][idx]) == 0):
         problems.append(f"the guard symbol {GUARD_SYMBOL} is not a plain GLOBAL undefined symbol")
-    if len(st) and np.any(st.binds[int(st.section.info):] == STB.LOCAL):
+    if _local_after_info(after) and not _local_after_info(before):
         problems.append("a local symbol follows the first non-local one (symtab sh_info)")
     old = {t.format: t.entries for t in read_version_tables(before)}
     new = {t.format: t.entries for t in read_version_tables(after)}

@@ -108,6 +108,51 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
     return problems
 
 
+def unhandled_relocations(elf: ElfFile) -> list[str]:
+    """x86_64: the relocation sections of allocated sections with types
+    apply_relocate_add() does not handle, as "SECTION: types [...]".  The
+    loader fails the whole load on one ("Unknown rela relocation: %llu");
+    relocations of sections that are not SHF_ALLOC are never applied
+    (apply_relocations(), kernel/module/main.c, v5.8 .. v7.x)."""
+    if elf.machine != EM.X86_64:
+        return []
+    handled = np.array(sorted(X86_64_HANDLED))
+    out = []
+    for sec in elf.rela_sections():
+        target = sec.info_section
+        if target is None or not target.flags & SHF.ALLOC:
+            continue
+        types = elf.layout.r_type(elf.rela(sec)["r_info"])
+        known = np.isin(types, handled)
+        if not known.all():
+            out.append(f"{sec.name}: types {sorted(set(types[~known].tolist()))}")
+    return out
+
+
+def moved_relocation_problems(elf: ElfFile, symbols: Sequence[int]) -> list[str]:
+    """What :func:`loader_problems` would say of the relocations that use
+    ``symbols`` once they are in .klp.rela sections (x86_64: their types,
+    offsets, and zero target bytes).  The loader holds them to the same
+    rules where they are now, so a module that breaks one would not load
+    converted or not."""
+    if elf.machine != EM.X86_64 or not len(symbols) or not elf.has_symtab:
+        return []
+    chosen = np.zeros(len(elf.symtab), dtype=bool)
+    chosen[np.asarray(symbols, dtype=np.int64)] = True
+    problems: list[str] = []
+    for sec in elf.rela_sections():
+        if sec.flags & SHF.RELA_LIVEPATCH or sec.info_section is None:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        if len(syms) and int(syms.max()) >= len(chosen):
+            continue  # convert refuses it with its own message
+        mask = chosen[syms]
+        if mask.any():
+            problems += _x86_64_targets(elf, sec.name, rela[mask], sec.info_section)
+    return problems
+
+
 def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object) -> list[str]:
     from klpsym.elf import Section
 

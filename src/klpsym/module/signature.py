@@ -149,7 +149,9 @@ def _pkcs7(data: bytes) -> dict[str, object]:
     #                encryptedDigest OCTET STRING, ... }
     fields = _children(data, first[1], first[2])
     sid, digest_alg = fields[1], fields[2]
-    encrypted = next(f for f in fields[3:] if f[0] == 0x04)
+    encrypted = next((f for f in fields[3:] if f[0] == 0x04), None)
+    if encrypted is None:
+        raise ValueError("no encryptedDigest in the SignerInfo")
     out: dict[str, object] = {}
     if sid[0] == 0x30:  # issuerAndSerialNumber
         issuer, serial = _children(data, sid[1], sid[2])[:2]

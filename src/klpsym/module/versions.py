@@ -115,6 +115,9 @@ def read_version_tables(elf: ElfFile) -> list[Versions]:
 
 
 def _read_basic(elf: ElfFile, sec: Section) -> Versions:
+    if sec.type == SHT.NULL:  # no contents (the writer keeps none)
+        raise ModuleError(f"{elf.name}: {VERSIONS_SECTION} has section type SHT_NULL; the "
+                          "module is corrupt")
     if sec.type == SHT.NOBITS or sec.size % ENTRY_SIZE:
         raise ModuleError(f"{elf.name}: {VERSIONS_SECTION} is {sec.size} bytes, not a whole "
                           f"number of {ENTRY_SIZE}-byte entries; the module is corrupt")
