@@ -517,6 +517,7 @@ def test_parallel_check_progress_and_more_processes(tmp_path: Path) -> None:
     got = batch.check_paths(paths, target(), 3, progress=seen.append)
     assert seen and seen[-1] == len(paths) and seen == sorted(seen)
     assert got.verdicts == check_modules([module_facts(p) for p in paths], target())
+    batch.wait_for_workers()
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # no child left
 
@@ -548,6 +549,7 @@ def test_parallel_check_worker_failures(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(batch, "Checker", dying)
     with pytest.raises(RuntimeError, match="exited unexpectedly"):
         batch.check_paths(paths, target(), 2)
+    batch.wait_for_workers()
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
 

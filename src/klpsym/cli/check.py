@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -106,7 +107,13 @@ def _run(args: argparse.Namespace) -> int:
         print_verdicts(checked.verdicts, target, verbose=verbose)
     else:
         print_plain(checked.verdicts, target, verbose=verbose, out=sys.stdout)
+    # Kept until the next run: freeing a whole kernel's verdicts one by one
+    # costs ~5 ms, and the program ends without freeing them (cli.main.entry).
+    _last_report[:] = [checked]
     return exit_code(checked.verdicts)
+
+
+_last_report: list[object] = []
 
 
 def exit_code(verdicts: list[ModuleVerdict]) -> int:
@@ -244,7 +251,9 @@ def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bo
             lines += _plain_details(v)
     lines.append(_counts(verdicts))
     # names, messages and vermagic come from the files as they are
-    out.write("\n".join(map(printable, lines)) + "\n")
+    if not all(map(str.isprintable, lines)):
+        lines = list(map(printable, lines))
+    out.write("\n".join(lines) + "\n")
 
 
 def _plain_details(v: ModuleVerdict) -> list[str]:
@@ -272,7 +281,8 @@ def _plain_details(v: ModuleVerdict) -> list[str]:
 
 def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Rows as left-aligned columns two spaces apart (the last one ragged)."""
-    rows = [tuple(map(printable, row)) for row in rows]  # widths as printed
+    if not "".join(chain.from_iterable(rows)).isprintable():  # one pass, mostly
+        rows = [tuple(map(printable, row)) for row in rows]  # widths as printed
     widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
     return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
                       + [row[-1]]).rstrip() for row in rows]
