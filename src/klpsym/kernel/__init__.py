@@ -2,6 +2,8 @@
 vmlinux .symtab), .config and the kernel version; :func:`discover` bundles
 them as a :class:`TargetKernel`."""
 
+from typing import TYPE_CHECKING
+
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import (
     AmbiguousSymbolError,
@@ -31,7 +33,19 @@ from klpsym.kernel.version import (
     read_kernel_version,
     supports_klp_for_plain_modules,
 )
-from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
+
+if TYPE_CHECKING:
+    from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
+
+
+def __getattr__(name: str) -> object:
+    # imported when asked for: vmlinux reads ELF files (klpsym.elf), which
+    # `klpsym check` of a directory of modules never does
+    if name == "kallsyms_from_vmlinux":
+        from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
+
+        return kallsyms_from_vmlinux
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AmbiguousSymbolError",

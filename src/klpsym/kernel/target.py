@@ -45,7 +45,6 @@ from klpsym.kernel.version import (
     read_kernel_version,
     supports_klp_for_plain_modules,
 )
-from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, open_vmlinux
 
 
 @dataclass
@@ -304,11 +303,15 @@ def _symbol_source(flag: str, path: Path, cfg: KernelConfig | None, version: Ker
             reject_debian_stub(f.read(1024).decode("utf-8", "replace"), str(path))
         return (f"System.map {path}",
                 lambda: read_system_map(path, config=cfg, version=version))
+    from klpsym.kernel.vmlinux import kallsyms_from_vmlinux  # reads ELF: klpsym.elf
+
     _check_vmlinux_release(path, version)
     return f"vmlinux {path}", lambda: kallsyms_from_vmlinux(path, cfg, version)
 
 
 def _check_vmlinux_release(path: Path, version: KernelVersion) -> None:
+    from klpsym.kernel.vmlinux import banner_version, open_vmlinux
+
     found = banner_version(open_vmlinux(path))
     if found is not None and found.release != version.release:
         raise KernelSourceError(

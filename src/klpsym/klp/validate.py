@@ -11,21 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from klpsym.elf import ElfFile
-from klpsym.elf.constants import EM, R_X86_64, SHF, SHN, SHT, STB
+from klpsym.elf.constants import EM, SHF, SHN, SHT, STB
 from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
-
-# Relocation types arch/x86/kernel/module.c: __write_relocate_add() handles
-# (v6.1); anything else fails the load with "Unknown rela relocation".
-_X86_64_SIZES = {
-    R_X86_64.NONE: 0,
-    R_X86_64.R64: 8,
-    R_X86_64.R32: 4,
-    R_X86_64.R32S: 4,
-    R_X86_64.PC32: 4,
-    R_X86_64.PLT32: 4,
-    R_X86_64.PC64: 8,
-}
-X86_64_HANDLED = frozenset(int(t) for t in _X86_64_SIZES)
+from klpsym.klp.x86 import X86_64_HANDLED, X86_64_SIZES
 
 
 def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
@@ -159,7 +147,7 @@ def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object
     assert isinstance(target, Section)
     problems: list[str] = []
     types = elf.layout.r_type(rela["r_info"])
-    known = np.isin(types, np.array([int(t) for t in _X86_64_SIZES]))
+    known = np.isin(types, np.array([int(t) for t in X86_64_SIZES]))
     if not known.all():
         unknown = sorted(set(types[~known].tolist()))
         problems.append(f"{secname}: relocation types {unknown} are not handled by the x86_64 "
@@ -168,7 +156,7 @@ def _x86_64_targets(elf: ElfFile, secname: str, rela: np.ndarray, target: object
         return problems
     data = np.frombuffer(target.content(), dtype=np.uint8)
     offsets = rela["r_offset"].astype(np.int64)
-    for t, size in _X86_64_SIZES.items():
+    for t, size in X86_64_SIZES.items():
         if not size:
             continue
         sel = offsets[types == int(t)]

@@ -255,9 +255,16 @@ class _Channel:
 
 def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
            render: Callable[[ModuleVerdict], Any] | None) -> tuple[ModuleVerdict, Any]:
+    """The verdict on ``f`` (and its rendering, made from every symbol):
+    with its symbols listed unless ``symbols`` is False and the module
+    would load."""
+    listed = checker.list_plain = symbols or render is not None
     v = checker.check(f)
+    if not v.would_load and not listed:  # a failing module's symbols are shown
+        checker.list_plain = True
+        v = checker.check(f)
     rendered = render(v) if render is not None else None
-    if not symbols and v.would_load and v._symbols:
+    if not symbols and v.would_load and f.undefined:  # one row a symbol, when listed
         v.symbols = []
         v.symbols_listed = False
     return v, rendered
@@ -397,6 +404,7 @@ def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: b
         for v, bad in failed:
             i = where[id(v)]
             if not v.symbols_listed:
+                checker.list_plain = True
                 v = verdicts[i] = checker.check(module_facts(paths[i]))
                 fail_for_dependencies(v, bad)
             if rendered is not None and render is not None:

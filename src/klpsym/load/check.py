@@ -260,6 +260,11 @@ class Checker:
             e[0]: (item[0], item[1], e)
             for item in reversed([b for b in batch if b is not None]) for e in item[2]}
 
+    #: False: the symbols an export resolves plainly are not listed in the
+    #: verdicts (load.batch, for modules that load and whose symbols are
+    #: not shown: a tuple each, made and thrown away, for ~185,000 symbols)
+    list_plain = True
+
     def check(self, f: ModuleFacts) -> ModuleVerdict:
         return check_one(f, self)
 
@@ -452,6 +457,7 @@ def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     using_gplonly = False
     versions, has_crcs, depends, rows = f.versions, f.has_crcs, v.depends, v._symbols
     looked_up = ctx._plain
+    listing = ctx.list_plain
     for name, weak in f.undefined:
         plain = looked_up.get(name, _NOT_PLAIN)
         if plain is _NOT_PLAIN:
@@ -463,7 +469,8 @@ def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
             p, pcrc, first, gpl_only = plain
             crc = versions.get(name)
             if (gplok or not gpl_only) and (pcrc is None or has_crcs and crc == pcrc):
-                rows.append((name, p, crc))
+                if listing:
+                    rows.append((name, p, crc))
                 if gpl_only:
                     using_gplonly = True
                 if first is not None and first not in depends:

@@ -14,19 +14,21 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from klpsym.elf.constants import EM, ET, SHF, SHN, SHT, STB
 from klpsym.errors import KlpsymError
 from klpsym.klp.names import parse_symbol_name
-from klpsym.klp.validate import X86_64_HANDLED, loader_problems
+from klpsym.klp.x86 import X86_64_HANDLED
 from klpsym.module.compression import decompress
 from klpsym.module.exports import GPL_ONLY, KSYM_FLAG_GPL_ONLY, KSYMTAB_SECTIONS, read_exports
-from klpsym.module.ko import Module, module_from_bytes
 from klpsym.module.signature import MODULE_SIG_STRING
 from klpsym.module.versions import VersionsFormat, read_versions
+
+if TYPE_CHECKING:
+    from klpsym.module.ko import Module
 
 _cfacts: ModuleType | None
 try:  # the compiled reader (setup.py); optional: the Python one reads the same
@@ -119,6 +121,8 @@ def module_facts(path: Path, *, fast: bool = True) -> ModuleFacts:
             found = fast_facts(data, path, compression.value)
             if found is not None:
                 return found
+        from klpsym.module.ko import module_from_bytes  # the general reader: the ELF model
+
         return facts_of(module_from_bytes(raw, path))
     except KlpsymError as e:
         return ModuleFacts(path, error=str(e))
@@ -165,6 +169,8 @@ def facts_of(module: Module) -> ModuleFacts:
     f.has_klp = bool(len(symtab.special(SHN.LIVEPATCH))) or any(
         s.flags & _SHF_RELA_LIVEPATCH for s in elf.sections)
     if f.has_klp:
+        from klpsym.klp.validate import loader_problems
+
         f.klp_static = loader_problems(elf, _KLP_NAME_WIDTH)
         f.klp_uses = _klp_uses(module)
     if elf.machine == EM.X86_64:

@@ -39,13 +39,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, SHN, SHT, STT
-from klpsym.elf.file import Section
 from klpsym.errors import ModuleError
+
+if TYPE_CHECKING:  # the ELF model is the caller's; annotations only
+    from klpsym.elf import ElfFile
+    from klpsym.elf.file import Section
 
 #: ksymtab section -> the export macro modpost reports for its entries.
 KSYMTAB_SECTIONS = {

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHT
-from klpsym.elf.file import Section
 from klpsym.errors import ModuleError
+
+if TYPE_CHECKING:  # the ELF model is the caller's; annotations only
+    from klpsym.elf import ElfFile
+    from klpsym.elf.file import Section
 
 VERSIONS_SECTION = "__versions"
 EXT_CRCS_SECTION = "__version_ext_crcs"
