@@ -249,3 +249,24 @@ def test_appended_symbol_keeps_the_byte_order(big_endian: bool) -> None:
     again = ElfFile.from_bytes(elf.to_bytes())
     assert again.symtab.names() == [*before, "klp_enable_patch"]
     assert again.symtab.undefined().tolist()[-1] == i
+
+
+def test_section_without_bytes_stays_in_the_file() -> None:
+    """A zero-size section whose alignment (64 KiB) would place it past the
+    end once the sections before it grew is written at the end of the file,
+    not past it (fuzz finding: convert's output failed its own re-read; the
+    kernel refuses sh_offset > len for any section but NOBITS)."""
+    b = ElfBuilder()
+    text = b.text()
+    b.section(".note.GNU-stack", flags=0)
+    b.symbol("f", text, value=0)
+    elf = ElfFile.from_bytes(b.build())
+    text_sec, stack = elf.section_by_name(".text"), elf.section_by_name(".note.GNU-stack")
+    assert text_sec is not None and stack is not None
+    stack.addralign = 1 << 16  # as a corrupt input may say
+    text_sec.data = bytes(4096)  # grows: everything after it has to move
+    out = elf.to_bytes()
+    again = ElfFile.from_bytes(out)
+    stack = again.section_by_name(".note.GNU-stack")
+    assert stack is not None and stack.size == 0
+    assert stack.orig_offset is not None and stack.orig_offset <= len(out)

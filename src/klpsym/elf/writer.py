@@ -288,6 +288,14 @@ def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
             cursor = place + size
     if preserving and len(raw) > cursor:
         chunks.append((cursor, covered.padding(raw, cursor, len(raw))))
+    # A section without bytes, placed where its alignment or its old offset
+    # said, may lie past the end of what is written: it only has to lie in
+    # the file (kernel/module/main.c elf_validity_check() refuses sh_offset
+    # > len for any section but SHT_NOBITS), so it goes to the end.
+    end = max(cursor, len(raw)) if preserving else cursor
+    for s in secs[1:]:
+        if s.type != SHT.NOBITS and offsets[s.uid] > end:
+            offsets[s.uid] = end
 
     # headers
     hdr = elf.header.copy()
