@@ -270,3 +270,23 @@ def test_section_without_bytes_stays_in_the_file() -> None:
     stack = again.section_by_name(".note.GNU-stack")
     assert stack is not None and stack.size == 0
     assert stack.orig_offset is not None and stack.orig_offset <= len(out)
+
+
+def test_dangling_section_index_stays_dangling() -> None:
+    """A relocation section whose sh_info names no section (past the count:
+    the loader skips it) still names none once sections are added (fuzz
+    finding: it came to apply to .shstrtab)."""
+    b = ElfBuilder()
+    text = b.text()
+    f = b.symbol("f", text, value=0)
+    b.rela(text, 0, f)
+    elf = ElfFile.from_bytes(b.build())
+    n = len(elf.sections)
+    rela = next(s for s in elf.sections if s.type == 4)  # SHT_RELA
+    rela.info_section, rela.info = None, n  # one past the last section
+    assert ElfFile.from_bytes(elf.to_bytes()).sections[elf.index_of(rela)].info == n
+    for k in range(3):
+        elf.insert_section(elf.new_section(f".added{k}", 1))
+    again = ElfFile.from_bytes(elf.to_bytes())
+    moved = again.sections[elf.index_of(rela)]
+    assert moved.info_section is None and moved.info >= len(again.sections) == n + 3

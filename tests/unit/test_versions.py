@@ -116,3 +116,23 @@ def test_matches_modprobe_dump_modversions(bookworm: Kernel) -> None:
         theirs = [(int(c, 16), n) for c, n in (line.split("\t") for line in out.splitlines())]
         ours = [(e.crc, e.name) for e in read_versions(read_module(path).elf).entries]
         assert theirs and ours == theirs, path
+
+
+@pytest.mark.parametrize("name", ["__versions", "__version_ext_crcs", "__version_ext_names"])
+def test_version_table_of_another_type_is_corrupt(name: str) -> None:
+    """modpost writes the tables as SHT_PROGBITS; typed as relocations the
+    ELF layer reads them as 24-byte records, and an entry appended to one
+    made convert's output unreadable (fuzz finding)."""
+    b = ElfBuilder()
+    b.text()
+    b.section("__versions", data=_entry(1, "printk") * 3)  # 192 bytes: 8 x 24 too
+    b.section("__version_ext_crcs", data=struct.pack("<6I", *range(6)), align=4)
+    b.section("__version_ext_names", data=b"a\0b\0c\0d\0e\0f\0" + b"\0" * 12)
+    elf = ElfFile.from_bytes(b.build())
+    sec = elf.section_by_name(name)
+    assert sec is not None
+    sec.type = 4  # SHT_RELA
+    with pytest.raises(ModuleError, match=f"{name} has section type SHT_RELA, not SHT_PROGBITS"):
+        read_version_tables(elf)
+    with pytest.raises(ModuleError, match="not SHT_PROGBITS"):
+        append_version(elf, SymbolVersion("klp_enable_patch", 1))

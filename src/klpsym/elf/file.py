@@ -404,6 +404,12 @@ _SHT_NOBITS, _SHT_NULL = int(SHT.NOBITS), int(SHT.NULL)
 _SHF_INFO_LINK = int(SHF.INFO_LINK)
 
 
+def info_is_index(sec: Section) -> bool:
+    """Whether ``sec``'s sh_info holds a section index (gABI: relocation
+    sections, and any section with SHF_INFO_LINK)."""
+    return sec.type in _INFO_IS_INDEX_TYPES or bool(sec.flags & _SHF_INFO_LINK)
+
+
 def _fail(name: str, what: str) -> ElfError:
     return ElfError(f"{name}: {what}")
 
@@ -497,8 +503,7 @@ def _read(data: Buffer, name: str, relocatable_only: bool) -> ElfFile:
             sec.link = sections[link]
         else:
             sec.link_raw = link
-        info_is_index = sec.type in _INFO_IS_INDEX_TYPES or bool(sec.flags & _SHF_INFO_LINK)
-        if info_is_index and 0 < info < shnum:
+        if info_is_index(sec) and 0 < info < shnum:
             sec.info_section = sections[info]
         else:
             sec.info = info

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from klpsym.elf.constants import ET, SHN, SHT
-from klpsym.elf.file import ElfFile, Section, SymbolTable
+from klpsym.elf.file import ElfFile, Section, SymbolTable, info_is_index
 from klpsym.errors import ElfError
 
 
@@ -213,6 +213,16 @@ class _Covered:
         return bytes(chunk)
 
 
+def _still_dangling(raw: int, orig_count: int, count: int) -> int:
+    """A raw section index that named no section of the input (past its
+    count: the loader skips such relocations, apply_relocations()) must not
+    come to name one because sections were added: it moves past the end by
+    as many (fuzz finding: a relocation section came to apply to .shstrtab)."""
+    if orig_count <= raw < count:
+        return raw + (count - orig_count)
+    return raw
+
+
 _SHDR = object()  # marker for the section header table in the layout sequence
 # Alignment padding larger than this is refused: a module's sections are
 # aligned to a page at most; a corrupt sh_addralign must not make a 4 GB file.
@@ -315,8 +325,10 @@ def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
         rec["sh_addr"] = s.addr
         rec["sh_offset"] = offsets[s.uid]
         rec["sh_size"] = s.size
-        rec["sh_link"] = index[s.link.uid] if s.link is not None else s.link_raw
-        rec["sh_info"] = index[s.info_section.uid] if s.info_section is not None else s.info
+        rec["sh_link"] = index[s.link.uid] if s.link is not None else \
+            _still_dangling(s.link_raw, orig_shnum, n)
+        rec["sh_info"] = index[s.info_section.uid] if s.info_section is not None else \
+            _still_dangling(s.info, orig_shnum, n) if info_is_index(s) else s.info
         rec["sh_addralign"] = s.addralign
         rec["sh_entsize"] = s.entsize
         if s.link is not None and s.link.uid not in index:

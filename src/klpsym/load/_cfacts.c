@@ -36,6 +36,7 @@
 #define ET_REL 1
 #define EM_X86_64 62
 #define SHT_NULL 0
+#define SHT_PROGBITS 1
 #define SHT_SYMTAB 2
 #define SHT_STRTAB 3
 #define SHT_RELA 4
@@ -345,7 +346,8 @@ static int read_versions(const Reader *r, int *format, PyObject **out)
     *out = versions;
     int crcs = r->first[W_VERSION_EXT_CRCS], names = r->first[W_VERSION_EXT_NAMES];
     if (crcs >= 0 || names >= 0) { /* 6.14+: extended versions */
-        if (crcs < 0 || names < 0 || r->sh[crcs].size % 4)
+        if (crcs < 0 || names < 0 || r->sh[crcs].size % 4 ||
+            r->sh[crcs].type != SHT_PROGBITS || r->sh[names].type != SHT_PROGBITS)
             return -1;
         uint64_t clen, nlen;
         const uint8_t *c = content(r, (unsigned)crcs, &clen), *n = content(r, (unsigned)names, &nlen);
@@ -375,7 +377,7 @@ static int read_versions(const Reader *r, int *format, PyObject **out)
         return 0;
     uint64_t len;
     const uint8_t *v = content(r, (unsigned)vi, &len);
-    if (r->sh[vi].type == SHT_NOBITS || len % 64)
+    if (r->sh[vi].type != SHT_PROGBITS || len % 64)
         return -1;
     /* struct modversion_info { unsigned long crc; char name[MODULE_NAME_LEN]; };
      * the name without its trailing NULs (as numpy's S56 gives it) */

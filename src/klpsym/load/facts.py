@@ -282,9 +282,9 @@ _WANTED_NAMES = frozenset({
 _WANTED_PREFIXES = (b".modinfo\0", b".gnu.linkonce.this_module\0", b"__k", b"__version")
 assert all(n.startswith(_WANTED_PREFIXES) or n + b"\0" in _WANTED_PREFIXES
            for n in _WANTED_NAMES)
-_NULL, _SYMTAB, _STRTAB, _RELA, _NOBITS, _SYMTAB_SHNDX = (
-    int(SHT.NULL), int(SHT.SYMTAB), int(SHT.STRTAB), int(SHT.RELA), int(SHT.NOBITS),
-    int(SHT.SYMTAB_SHNDX))
+_NULL, _PROGBITS, _SYMTAB, _STRTAB, _RELA, _NOBITS, _SYMTAB_SHNDX = (
+    int(SHT.NULL), int(SHT.PROGBITS), int(SHT.SYMTAB), int(SHT.STRTAB), int(SHT.RELA),
+    int(SHT.NOBITS), int(SHT.SYMTAB_SHNDX))
 _ET_REL, _EM_X86_64, _SHN_LORESERVE = int(ET.REL), int(EM.X86_64), int(SHN.LORESERVE)
 
 
@@ -497,7 +497,8 @@ class _Reader:
         ext_crcs = self.section(b"__version_ext_crcs")
         ext_names = self.section(b"__version_ext_names")
         if ext_crcs is not None or ext_names is not None:
-            if ext_crcs is None or ext_names is None or self.sizes[ext_crcs] % 4:
+            if (ext_crcs is None or ext_names is None or self.sizes[ext_crcs] % 4
+                    or self.types[ext_crcs] != _PROGBITS or self.types[ext_names] != _PROGBITS):
                 raise _Unusual
             values = np.frombuffer(self.content(ext_crcs), dtype="<u4").tolist()
             raw = self.content(ext_names)
@@ -512,7 +513,7 @@ class _Reader:
         if vi is None:
             return
         raw = self.content(vi)
-        if self.types[vi] == _NOBITS or len(raw) % 64:
+        if self.types[vi] != _PROGBITS or len(raw) % 64:
             raise _Unusual
         arr = np.frombuffer(raw, dtype=_VERSIONS_DTYPE)
         names = _decode_all(arr["name"].tolist(), "replace")

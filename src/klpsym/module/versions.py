@@ -117,11 +117,27 @@ def read_version_tables(elf: ElfFile) -> list[Versions]:
     return tables
 
 
+def _require_progbits(elf: ElfFile, sec: Section) -> None:
+    """modpost writes the version tables as plain data (SHT_PROGBITS); one
+    of another type is corrupt: SHT_NULL has no contents (the writer keeps
+    none), a relocation or symbol table type makes the ELF layer read it as
+    24-byte records (fuzz findings: entries appended to such a table made
+    convert's output unreadable)."""
+    if sec.type != SHT.PROGBITS:
+        raise ModuleError(f"{elf.name}: {sec.name} has section type "
+                          f"{_type_name(sec.type)}, not SHT_PROGBITS; the module is corrupt")
+
+
+def _type_name(t: int) -> str:
+    try:
+        return f"SHT_{SHT(t).name}"
+    except ValueError:
+        return hex(t)
+
+
 def _read_basic(elf: ElfFile, sec: Section) -> Versions:
-    if sec.type == SHT.NULL:  # no contents (the writer keeps none)
-        raise ModuleError(f"{elf.name}: {VERSIONS_SECTION} has section type SHT_NULL; the "
-                          "module is corrupt")
-    if sec.type == SHT.NOBITS or sec.size % ENTRY_SIZE:
+    _require_progbits(elf, sec)
+    if sec.size % ENTRY_SIZE:
         raise ModuleError(f"{elf.name}: {VERSIONS_SECTION} is {sec.size} bytes, not a whole "
                           f"number of {ENTRY_SIZE}-byte entries; the module is corrupt")
     arr = np.frombuffer(sec.content(), dtype=basic_dtype(elf))
@@ -135,6 +151,8 @@ def _read_extended(elf: ElfFile, crcs_sec: Section | None,
     if crcs_sec is None or names_sec is None:
         raise ModuleError(f"{elf.name}: has only one of {EXT_CRCS_SECTION} and "
                           f"{EXT_NAMES_SECTION}; the module is corrupt")
+    _require_progbits(elf, crcs_sec)
+    _require_progbits(elf, names_sec)
     if crcs_sec.size % 4:
         raise ModuleError(f"{elf.name}: {EXT_CRCS_SECTION} is {crcs_sec.size} bytes, not a "
                           "whole number of 4-byte CRCs; the module is corrupt")
