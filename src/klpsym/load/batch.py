@@ -106,17 +106,13 @@ def gather_facts(paths: Sequence[Path], jobs: int | None = None,
             if progress is not None:
                 progress(i)
         return out
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    chunk = max(1, min(64, len(paths) // (jobs * 8)))
-    results: list[ModuleFacts] = []
-    with ctx.Pool(jobs) as pool:
-        for i, f in enumerate(pool.imap(module_facts, paths, chunksize=chunk), 1):
-            results.append(f)
-            if progress is not None:
-                progress(i)
-    return results
+    with _forked(len(paths), jobs, lambda chan, queue: chan.send(
+            ("facts", list(queue.read(paths, queue.tell).items())))) as (queue, chans):
+        found = queue.read(paths, queue.reporter(progress))
+        for chan in chans:
+            found.update(_receive(chan, "facts"))
+        queue.report_all(progress)
+    return [found[i] for i in range(len(paths))]
 
 
 @dataclass
@@ -185,9 +181,11 @@ class _Queue:
             os.close(todo_w)
         self.done = 0
 
-    def read(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None,
+    def read(self, paths: Sequence[Path], on_chunk: Callable[[int], None] | None = None,
              ) -> dict[int, ModuleFacts]:
-        """Take chunks until none is left; the facts read, by index."""
+        """Take chunks until none is left; the facts read, by index.
+        ``on_chunk`` is called with the number of modules of each chunk
+        read (a worker's :meth:`tell`, the parent's :meth:`reporter`)."""
         mine: dict[int, ModuleFacts] = {}
         while True:
             raw = os.read(self.todo_r, 4)
@@ -197,12 +195,31 @@ class _Queue:
             end = min(start + self.chunk, self.total)
             for i in range(start, end):
                 mine[i] = module_facts(paths[i])
-            if progress is None:  # a worker: say how many it read
-                os.write(self.done_w, (end - start).to_bytes(4, "little"))
-            else:
-                self.done += end - start
-                self.drain()
-                progress(self.done)
+            if on_chunk is not None:
+                on_chunk(end - start)
+
+    def tell(self, n: int) -> None:
+        """In a worker: say that ``n`` more modules were read."""
+        os.write(self.done_w, n.to_bytes(4, "little"))
+
+    def reporter(self, progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
+        """In the parent: what to call after each of its chunks, so that
+        ``progress`` hears the modules read by every process so far."""
+        if progress is None:
+            return None
+        report = progress
+
+        def on_chunk(n: int) -> None:
+            self.done += n
+            self.drain()
+            report(self.done)
+        return on_chunk
+
+    def report_all(self, progress: Callable[[int], None] | None) -> None:
+        """In the parent, once every worker is done: the final count."""
+        if progress is not None:
+            self.drain()
+            progress(self.done)
 
     def drain(self) -> None:
         """Count what the workers said they read."""
@@ -270,24 +287,18 @@ def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
     return v, rendered
 
 
-def _worker(chan: _Channel, paths: Sequence[Path], target: TargetKernel, queue: _Queue,
+def _worker(chan: _Channel, queue: _Queue, paths: Sequence[Path], target: TargetKernel,
             symbols: bool, render: Callable[[ModuleVerdict], Any] | None) -> None:
-    try:
-        facts = queue.read(paths)
-        mine = [(i, batch_exports(f)) for i, f in facts.items()]
-        chan.send(("exports", mine))
-        # the others' exports (the parent's and other workers'), then all in order
-        batch: list[BatchExports | None] = [None] * len(paths)
-        for i, e in [*mine, *chan.recv()]:
-            batch[i] = e
-        checker = Checker(target, batch)
-        chan.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
-                                for i, f in facts.items()]))
-    except BaseException:  # noqa: BLE001 -- reported to the parent, which raises
-        try:
-            chan.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
+    facts = queue.read(paths, queue.tell)
+    mine = [(i, batch_exports(f)) for i, f in facts.items()]
+    chan.send(("exports", mine))
+    # the others' exports (the parent's and other workers'), then all in order
+    batch: list[BatchExports | None] = [None] * len(paths)
+    for i, e in [*mine, *chan.recv()]:
+        batch[i] = e
+    checker = Checker(target, batch)
+    chan.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
+                            for i, f in facts.items()]))
 
 
 def _receive(chan: _Channel, what: str) -> Any:
@@ -301,25 +312,52 @@ def _receive(chan: _Channel, what: str) -> Any:
     return payload
 
 
-def _fork_worker(queue: _Queue, run: Callable[[_Channel], None]) -> tuple[int, _Channel]:
+def _fork_worker(run: Callable[[_Channel], None]) -> tuple[int, _Channel]:
     """A worker process running ``run`` with its end of a channel to the
-    parent; it exits without the interpreter's clean-up (the parent's
-    buffered output must not be written twice)."""
+    parent, which gets ``("error", traceback)`` if it fails; it exits
+    without the interpreter's clean-up (the parent's buffered output must
+    not be written twice)."""
     to_worker_r, to_worker_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the worker
-        status = 1
         try:
             os.close(to_worker_w)
             os.close(to_parent_r)
-            run(_Channel(to_worker_r, to_parent_w))
-            status = 0
+            chan = _Channel(to_worker_r, to_parent_w)
+            try:
+                run(chan)
+            except BaseException:  # noqa: BLE001 -- reported to the parent, which raises
+                try:
+                    chan.send(("error", traceback.format_exc()))
+                except OSError:
+                    pass
         finally:
-            os._exit(status)
+            os._exit(0)
     os.close(to_worker_r)
     os.close(to_parent_w)
     return pid, _Channel(to_parent_r, to_worker_w)
+
+
+@contextmanager
+def _forked(total: int, jobs: int, run: Callable[[_Channel, _Queue], None],
+            ) -> Iterator[tuple[_Queue, list[_Channel]]]:
+    """A queue of ``total`` modules and up to ``jobs - 1`` workers running
+    ``run`` on it (the parent is the last of the ``jobs``), with their
+    channels; on leaving, the channels closed and the workers reaped."""
+    queue = _Queue(total)
+    workers: list[tuple[int, _Channel]] = []
+    finished = False
+    try:
+        for _ in range(min(jobs, total // queue.chunk + 1) - 1):
+            workers.append(_fork_worker(lambda chan: run(chan, queue)))
+        yield queue, [chan for _, chan in workers]
+        finished = True
+    finally:
+        for pid, chan in workers:
+            chan.close()
+            _reap(pid, finished)
+        queue.close()
 
 
 _reapers: list[threading.Thread] = []
@@ -355,17 +393,12 @@ def wait_for_workers() -> None:
 def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: bool,
               render: Callable[[ModuleVerdict], Any] | None,
               progress: Callable[[int], None] | None) -> Checked:
-    queue = _Queue(len(paths))
-    workers: list[tuple[int, _Channel]] = []
-    finished = False
-    try:
-        for _ in range(min(jobs, len(paths) // queue.chunk + 1) - 1):
-            workers.append(_fork_worker(queue, lambda chan: _worker(
-                chan, paths, target, queue, symbols, render)))
-        mine = queue.read(paths, progress)
+    with _forked(len(paths), jobs, lambda chan, queue: _worker(
+            chan, queue, paths, target, symbols, render)) as (queue, chans):
+        mine = queue.read(paths, queue.reporter(progress))
         parts = [[(i, batch_exports(f)) for i, f in mine.items()]]
-        parts += [_receive(chan, "exports") for _, chan in workers]
-        for w, (_, chan) in enumerate(workers, 1):  # each what it has not got
+        parts += [_receive(chan, "exports") for chan in chans]
+        for w, chan in enumerate(chans, 1):  # each what it has not got
             chan.send([x for k, part in enumerate(parts) if k != w for x in part])
         exports: list[BatchExports | None] = [None] * len(paths)
         for part in parts:
@@ -379,19 +412,10 @@ def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: b
         # waits): kept until the next batch, and the program ends without
         # freeing it (cli.main.entry).
         _kept[:] = [mine]
-        del mine
-        for _, chan in workers:
+        for chan in chans:
             for i, v, rendered in _receive(chan, "verdicts"):
                 results[i] = (v, rendered)
-        if progress is not None:
-            queue.drain()
-            progress(queue.done)
-        finished = True
-    finally:
-        for pid, chan in workers:
-            chan.close()
-            _reap(pid, finished)
-        queue.close()
+        queue.report_all(progress)
     verdicts = [r[0] for r in results if r is not None]
     if len(verdicts) != len(paths):
         raise RuntimeError("klpsym check: a worker left modules unchecked")
