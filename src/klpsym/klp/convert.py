@@ -28,8 +28,8 @@ from klpsym.klp.validate import (
     moved_relocation_problems,
     relocation_changes,
     symbol_changes,
-    unhandled_relocations,
 )
+from klpsym.klp.x86 import unhandled_relocation_types
 from klpsym.module.compression import COMPRESSED_SUFFIXES
 from klpsym.module.ko import Module, read_module
 
@@ -80,12 +80,13 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
         raise ConvertError(f"{path}: the module already breaks the kernel module loader's "
                            f"livepatch rules: {broken[0]}{more}; it would not load")
-    unknown = unhandled_relocations(module.elf)
+    unknown = unhandled_relocation_types(module.elf)
     if unknown:
         # Moved into a .klp.rela section they would fail the output's check;
         # where they are, the loader refuses the module anyway.
+        listed = "; ".join(f"{name}: types {types}" for name, types in unknown[:3])
         raise ConvertError(f"{path}: has relocations the x86_64 module loader does not handle "
-                           f"({'; '.join(unknown[:3])}); it would not load, converted or not")
+                           f"({listed}); it would not load, converted or not")
     moved = moved_relocation_problems(module.elf, [s.index for s in plan.to_convert])
     if moved:
         more = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""

@@ -13,7 +13,7 @@ import numpy as np
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, SHF, SHN, SHT, STB
 from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
-from klpsym.klp.x86 import X86_64_HANDLED, X86_64_SIZES
+from klpsym.klp.x86 import X86_64_SIZES
 
 
 def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
@@ -94,27 +94,6 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
         if elf.machine == EM.X86_64:
             problems += _x86_64_targets(elf, sec.name, rela, target)
     return problems
-
-
-def unhandled_relocations(elf: ElfFile) -> list[str]:
-    """x86_64: the relocation sections of allocated sections with types
-    apply_relocate_add() does not handle, as "SECTION: types [...]".  The
-    loader fails the whole load on one ("Unknown rela relocation: %llu");
-    relocations of sections that are not SHF_ALLOC are never applied
-    (apply_relocations(), kernel/module/main.c, v5.8 .. v7.x)."""
-    if elf.machine != EM.X86_64:
-        return []
-    handled = np.array(sorted(X86_64_HANDLED))
-    out = []
-    for sec in elf.rela_sections():
-        target = sec.info_section
-        if target is None or not target.flags & SHF.ALLOC:
-            continue
-        types = elf.layout.r_type(elf.rela(sec)["r_info"])
-        known = np.isin(types, handled)
-        if not known.all():
-            out.append(f"{sec.name}: types {sorted(set(types[~known].tolist()))}")
-    return out
 
 
 def moved_relocation_problems(elf: ElfFile, symbols: Sequence[int]) -> list[str]:

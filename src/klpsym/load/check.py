@@ -214,10 +214,12 @@ _Plain = tuple[_Provider, int | None, str | None, bool]  # see Checker.plain
 _NOT_PLAIN: _Plain = (_MISSING, None, None, False)  # not looked up yet
 
 
+#: An export of a module of the batch: (name, gpl_only, namespace, crc), the
+#: fields of ExportFact as a plain tuple (cheaper to send between processes).
+_ExportTuple = tuple[str, bool, str, int | None]
 #: What a module of the batch exports to the others: (its name, whether it
-#: is proprietary, its exports as (name, gpl_only, namespace, crc) -- plain
-#: tuples, the fields of ExportFact: cheaper to send between processes).
-BatchExports = tuple[str, bool, tuple[tuple[str, bool, str, int | None], ...]]
+#: is proprietary, its exports).
+BatchExports = tuple[str, bool, tuple[_ExportTuple, ...]]
 
 
 def batch_exports(f: ModuleFacts) -> BatchExports | None:
@@ -256,7 +258,7 @@ class Checker:
         # Exports of the modules checked together (they would be loaded),
         # the first module's where two export a name; a provider is made
         # when a name is looked up.
-        self._batch: dict[str, tuple[str, bool, tuple[str, bool, str, int | None]]] = {
+        self._batch: dict[str, tuple[str, bool, _ExportTuple]] = {
             e[0]: (item[0], item[1], e)
             for item in reversed([b for b in batch if b is not None]) for e in item[2]}
 

@@ -21,7 +21,7 @@ import numpy as np
 from klpsym.elf.constants import EM, ET, SHF, SHN, SHT, STB
 from klpsym.errors import KlpsymError
 from klpsym.klp.names import parse_symbol_name
-from klpsym.klp.x86 import X86_64_HANDLED
+from klpsym.klp.x86 import X86_64_HANDLED, unhandled_relocation_types
 from klpsym.module.compression import decompress
 from klpsym.module.exports import GPL_ONLY, KSYM_FLAG_GPL_ONLY, KSYMTAB_SECTIONS, read_exports
 from klpsym.module.signature import MODULE_SIG_STRING
@@ -173,8 +173,8 @@ def facts_of(module: Module) -> ModuleFacts:
 
         f.klp_static = loader_problems(elf, _KLP_NAME_WIDTH)
         f.klp_uses = _klp_uses(module)
-    if elf.machine == EM.X86_64:
-        f.bad_relocations = unknown_relocation_types(module, X86_64_HANDLED)
+    f.bad_relocations = [(name, t) for name, types in unhandled_relocation_types(elf)
+                         for t in types]
     exports = read_exports(elf)
     f.exports = [ExportFact(e.name, e.gpl_only, e.namespace, e.crc) for e in exports]
     f.exports_crcs = all(e.crc is not None for e in exports)
@@ -204,32 +204,6 @@ def _klp_uses(module: Module) -> list[KlpUse]:
             else:
                 uses.append(KlpUse(sec.name, name, parsed.objname, parsed.name, parsed.pos))
     return uses
-
-
-def unknown_relocation_types(module: Module, handled: frozenset[int]) -> list[tuple[str, int]]:
-    """(section, type) of relocations of ALLOC sections with a type not in
-    ``handled`` (apply_relocations() skips the others)."""
-    elf = module.elf
-    known = np.zeros(max(handled) + 2, dtype=bool)
-    known[sorted(handled)] = True
-    out = []
-    for sec in elf.sections:
-        if sec.type != _SHT_RELA or sec.info_section is None:
-            continue
-        if not sec.info_section.flags & _SHF_ALLOC:
-            continue
-        if sec.table is not None:
-            info = sec.table["r_info"]
-        else:  # a view, no copy: only read here
-            usable = len(sec.data) - len(sec.data) % elf.layout.rela.itemsize
-            info = np.frombuffer(sec.data, dtype=elf.layout.rela, count=usable //
-                                 elf.layout.rela.itemsize)["r_info"]
-        types = np.minimum(elf.layout.r_type(info), len(known) - 1)
-        if not known[types].all():
-            raw = elf.layout.r_type(info)
-            bad = np.unique(raw[~known[types]])
-            out += [(sec.name, int(t)) for t in bad.tolist()]
-    return out
 
 
 _SHT_RELA = int(SHT.RELA)
@@ -296,11 +270,8 @@ def fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts | None:
     """The facts of a decompressed module file, or None where only the
     general reader (:func:`facts_of`) can tell them: through the compiled
     reader when it is built, else the Python one."""
-    if _cfacts is not None:
-        found = _cfacts.scan(data, _HANDLED_BYTES)
-        if found is not None:
-            return _from_compiled(found, path, compression)
-    return python_fast_facts(data, path, compression)
+    found = compiled_fast_facts(data, path, compression)
+    return found if found is not None else python_fast_facts(data, path, compression)
 
 
 def python_fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts | None:
@@ -313,8 +284,8 @@ def python_fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts 
 
 
 def compiled_fast_facts(data: bytes, path: Path, compression: str) -> ModuleFacts | None:
-    """:func:`fast_facts` through the compiled reader only (for tests);
-    None also where it is not built."""
+    """:func:`fast_facts` through the compiled reader only; None also
+    where it is not built."""
     if _cfacts is None:
         return None
     found = _cfacts.scan(data, _HANDLED_BYTES)
@@ -566,7 +537,7 @@ class _Reader:
         f.undefined = list(zip(names, weak, strict=True))
 
     def _relocation_types(self) -> None:
-        """unknown_relocation_types(): any type apply_relocate_add() does
+        """klp.x86.unhandled_relocation_types(): any type apply_relocate_add() does
         not handle sends the module to facts_of(), which lists them.  One
         strided view per run of adjacent tables."""
         runs: list[list[int]] = []  # [start, end]
