@@ -337,6 +337,19 @@ static PyObject *modinfo_get(const uint8_t *text, uint64_t len, const char *key)
 }
 
 /* ---- symbol versions (facts.py _Reader._versions) ---- */
+
+/* versions[name] = crc (a later entry of a name wins, as in a dict); -2 on
+ * memory errors. */
+static int set_version(PyObject *versions, const uint8_t *name, uint64_t len, uint32_t crc)
+{
+    PyObject *key = name_of(name, len, "replace");
+    PyObject *value = key ? PyLong_FromUnsignedLong(crc) : NULL;
+    int bad = value == NULL || PyDict_SetItem(versions, key, value) < 0;
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return bad ? -2 : 0;
+}
+
 static int read_versions(const Reader *r, int *format, PyObject **out)
 {
     *format = VERSIONS_NONE;
@@ -360,12 +373,7 @@ static int read_versions(const Reader *r, int *format, PyObject **out)
         const uint8_t *p = n;
         for (uint64_t k = 0; k < count; k++) {
             const uint8_t *nul = memchr(p, 0, nlen - (uint64_t)(p - n));
-            PyObject *name = name_of(p, (uint64_t)(nul - p), "replace");
-            PyObject *crc = name ? PyLong_FromUnsignedLong(rd32(c + 4 * k)) : NULL;
-            int bad = crc == NULL || PyDict_SetItem(versions, name, crc) < 0;
-            Py_XDECREF(name);
-            Py_XDECREF(crc);
-            if (bad)
+            if (set_version(versions, p, (uint64_t)(nul - p), rd32(c + 4 * k)) < 0)
                 return -2;
             p = nul + 1;
         }
@@ -385,12 +393,7 @@ static int read_versions(const Reader *r, int *format, PyObject **out)
         uint64_t nlen = MODULE_NAME_LEN;
         while (nlen > 0 && v[k + 8 + nlen - 1] == 0)
             nlen--;
-        PyObject *name = name_of(v + k + 8, nlen, "replace");
-        PyObject *crc = name ? PyLong_FromUnsignedLong(rd32(v + k)) : NULL;
-        int bad = crc == NULL || PyDict_SetItem(versions, name, crc) < 0;
-        Py_XDECREF(name);
-        Py_XDECREF(crc);
-        if (bad)
+        if (set_version(versions, v + k + 8, nlen, rd32(v + k)) < 0)
             return -2;
     }
     *format = VERSIONS_BASIC;
