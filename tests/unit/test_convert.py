@@ -433,6 +433,27 @@ def test_big_endian_module_converted_twice(tmp_path: Path) -> None:
     assert ".klp.sym.vmlinux.dmesg_restrict,0" in out.symtab.names()
 
 
+def test_klp_section_that_applies_elsewhere_is_not_extended(tmp_path: Path) -> None:
+    """Converted once, then for a kernel exporting less: the new relocations
+    of .text belong in .klp.rela.vmlinux..text, but that section's sh_info
+    names .data; appended there they would apply to .data (fuzz finding,
+    corpus convert-klp-section-applies-elsewhere.ko).  Refused as corrupt,
+    nothing written."""
+    b = simple_module(("kallsyms_lookup_name", "dmesg_restrict"))
+    convert_file(write(tmp_path, b), target(exports={
+        "_printk": "vmlinux", "klp_enable_patch": "vmlinux", "dmesg_restrict": "vmlinux"}),
+        {}, output=tmp_path / "once.ko")
+    elf = ElfFile.from_bytes((tmp_path / "once.ko").read_bytes())
+    klp, data = elf.section_by_name(".klp.rela.vmlinux..text"), elf.section_by_name(".data")
+    assert klp is not None and data is not None and klp.info_section is not data
+    klp.info_section = data
+    (tmp_path / "elsewhere.ko").write_bytes(elf.to_bytes())
+    with pytest.raises(ConvertError, match=r"\.klp\.rela\.vmlinux\.\.text applies to \.data "
+                                           r"\(sh_info\), not \.text; the module is corrupt"):
+        convert_file(tmp_path / "elsewhere.ko", target(), {}, output=tmp_path / "twice.ko")
+    assert not (tmp_path / "twice.ko").exists()
+
+
 @pytest.mark.parametrize("offset", [8, 60])
 def test_relocation_of_a_symbol_to_convert_breaking_the_loader_rules(tmp_path: Path,
                                                                      offset: int) -> None:

@@ -118,11 +118,15 @@ def test_matches_modprobe_dump_modversions(bookworm: Kernel) -> None:
         assert theirs and ours == theirs, path
 
 
+@pytest.mark.parametrize(("sh_type", "type_name"), [(4, "SHT_RELA"), (0, "SHT_NULL")])
 @pytest.mark.parametrize("name", ["__versions", "__version_ext_crcs", "__version_ext_names"])
-def test_version_table_of_another_type_is_corrupt(name: str) -> None:
-    """modpost writes the tables as SHT_PROGBITS; typed as relocations the
+def test_version_table_of_another_type_is_corrupt(name: str, sh_type: int,
+                                                  type_name: str) -> None:
+    """modpost writes the tables as SHT_PROGBITS.  Typed as relocations the
     ELF layer reads them as 24-byte records, and an entry appended to one
-    made convert's output unreadable (fuzz finding)."""
+    made convert's output unreadable; typed SHT_NULL they have no contents
+    (the writer keeps none), and the guard's entry appended to one was lost
+    (fuzz findings; corpus convert-versions-section-type-*.ko)."""
     b = ElfBuilder()
     b.text()
     b.section("__versions", data=_entry(1, "printk") * 3)  # 192 bytes: 8 x 24 too
@@ -131,8 +135,8 @@ def test_version_table_of_another_type_is_corrupt(name: str) -> None:
     elf = ElfFile.from_bytes(b.build())
     sec = elf.section_by_name(name)
     assert sec is not None
-    sec.type = 4  # SHT_RELA
-    with pytest.raises(ModuleError, match=f"{name} has section type SHT_RELA, not SHT_PROGBITS"):
+    sec.type = sh_type
+    with pytest.raises(ModuleError, match=f"{name} has section type {type_name}, not SHT_PROGBITS"):
         read_version_tables(elf)
     with pytest.raises(ModuleError, match="not SHT_PROGBITS"):
         append_version(elf, SymbolVersion("klp_enable_patch", 1))
