@@ -112,6 +112,24 @@ def test_names_from_the_file_are_printed_escaped(tmp_path: Path) -> None:
     assert any(s["name"].startswith("kallsyms_lookup\n") for s in symbols)  # type: ignore[attr-defined]
 
 
+def test_escaped_names_keep_their_columns(tmp_path: Path) -> None:
+    """A name padded to a column is escaped before it is padded: the rows of
+    the section table stay as wide as each other, and the modinfo values
+    start in one column."""
+    p = tmp_path / "m.ko"
+    p.write_bytes(simple_module().build().replace(b".data\0", b".d\nta\0")
+                  .replace(b"license=", b"lic\x01nse="))
+    rc, out = _strict_stdout_run(["inspect", str(p), "--sections"])
+    assert rc == 0
+    rows = [line for line in out.split("\n") if line.startswith("  [") and "[Nr]" not in line]
+    assert any(".d\\x0ata " in row for row in rows), out
+    assert len({len(row) for row in rows}) == 1, out
+    rc, out = _strict_stdout_run(["inspect", str(p), "--modinfo"])
+    assert rc == 0
+    starts = {len(line) - len(line[16:].lstrip()) for line in out.split("\n") if line}
+    assert "lic\\x01nse:" in out and starts == {16}, out
+
+
 @pytest.mark.parametrize("with_digest", [True, False])
 def test_signature_without_encrypted_digest(tmp_path: Path, with_digest: bool) -> None:
     """A PKCS#7 SignerInfo without its encryptedDigest OCTET STRING (fuzz

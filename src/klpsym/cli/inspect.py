@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
 def _line(text: str = "") -> None:
     """Print one line of a view: names, strings and values come from the
     file as they are, so control characters and undecodable bytes are
-    escaped (a terminal or a pipe gets them as text, the line stays one)."""
+    escaped (a terminal or a pipe gets them as text, the line stays one).
+    A value padded to a column is escaped before it is padded (printable()
+    leaves text escaped before as it is), so its column keeps its width."""
     print(printable(text))
 
 
@@ -188,9 +190,9 @@ def _print_sections(rows: list[dict[str, Any]], shoff: int) -> None:
     _line("  [Nr] Name              Type            Address          Off    Size   ES Flg "
           "Lk Inf Al")
     for r in rows:
-        _line(f"  [{r['index']:>2}] {r['name']:<17} {r['type']:<15} {r['address']:016x} "
-              f"{r['offset']:06x} {r['size']:06x} {r['entsize']:02x} {r['flags']:>3} "
-              f"{r['link']:>2} {r['info']:>3} {r['align']:>2}")
+        _line(f"  [{r['index']:>2}] {printable(r['name']):<17} {r['type']:<15} "
+              f"{r['address']:016x} {r['offset']:06x} {r['size']:06x} {r['entsize']:02x} "
+              f"{r['flags']:>3} {r['link']:>2} {r['info']:>3} {r['align']:>2}")
     print("Key to Flags:\n  W (write), A (alloc), X (execute), M (merge), S (strings), "
           "I (info),\n  L (link order), O (extra OS processing required), G (group), T (TLS),"
           "\n  C (compressed), x (unknown), o (OS specific), E (exclude),"
@@ -231,7 +233,7 @@ def _print_strings(v: dict[str, Any]) -> None:
 def _print_modinfo(m: Module, entries: list[tuple[str, str]]) -> None:
     _line(f"{'filename:':<16}{m.path}")
     for k, v in entries:
-        _line(f"{k + ':':<16}{v}")
+        _line(f"{printable(k) + ':':<16}{v}")
 
 
 def _print_exports(v: dict[str, Any]) -> None:
@@ -244,7 +246,8 @@ def _print_exports(v: dict[str, Any]) -> None:
     for e in v["entries"]:
         crc = f"{e['crc']:#010x}" if e["crc"] is not None else "-"
         where = e["symbol"] or f"{e['section']}+{e['offset']:#x}"
-        _line(f"  {crc:<10} {e['type']:<18} {e['namespace'] or '-':<20} {e['name']:<32} {where}")
+        _line(f"  {crc:<10} {printable(e['type']):<18} {printable(e['namespace'] or '-'):<20} "
+              f"{printable(e['name']):<32} {where}")
 
 
 def _print_versions(v: dict[str, Any]) -> None:
@@ -263,12 +266,12 @@ def _print_klp(v: dict[str, Any]) -> None:
     _line(f"livepatch symbols ({len(v['symbols'])}):")
     for s in v["symbols"]:
         pos = "" if s["pos"] is None else s["pos"]
-        _line(f"  [{s['num']:>5}] {s['symbol']:<48} object={s['object']} name={s['name']} "
-              f"pos={pos}")
+        _line(f"  [{s['num']:>5}] {printable(s['symbol']):<48} object={s['object']} "
+              f"name={s['name']} pos={pos}")
     _line(f"livepatch relocation sections ({len(v['sections'])}):")
     for s in v["sections"]:
-        _line(f"  {s['section']:<40} -> {s['applies_to']}  {s['relocations']} relocations, "
-              f"flags {s['flags']}")
+        _line(f"  {printable(s['section']):<40} -> {s['applies_to']}  {s['relocations']} "
+              f"relocations, flags {s['flags']}")
     if v["problems"]:
         _line("the loader would reject or skip:")
         for p in v["problems"]:
