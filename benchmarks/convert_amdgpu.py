@@ -33,7 +33,6 @@ from klpsym.lab.provision import provision
 from klpsym.lab.qemu import capture_kallsyms
 from klpsym.module.ko import read_module
 
-
 COPY = ("import sys\n"
         "if sys.argv[3:] != ['--no-numpy']: import numpy\n"
         "from pathlib import Path\n"
@@ -77,8 +76,8 @@ def main() -> int:
         symvers = t / "Module.symvers"
         with (kernel.kernel_dir / "Module.symvers").open() as src, symvers.open("w") as dst:
             for line in src:
-                f = line.split("\t")
-                if len(f) > 1 and f[1] in imported:
+                cols = line.split("\t")
+                if len(cols) > 1 and cols[1] in imported:
                     continue
                 dst.write(line)
         # ... and a kallsyms that has every one of them in vmlinux.
@@ -93,11 +92,11 @@ def main() -> int:
         # Names vmlinux has more than once (e.g. kern_path, a function and a
         # static variable): the user would pick one; the benchmark takes the first.
         sympos = [f"--sympos={n}=1" for n in imported if counts.get(n, 0) > 1]
-        with ks.open("w") as f:
-            f.write(text)
+        with ks.open("w") as out_ks:
+            out_ks.write(text)
             for i, name in enumerate(imported):
                 if name not in present:  # module exports (drm_*, ttm_*): pretend vmlinux
-                    f.write(f"ffffffff9{i:07x} T {name}\n")
+                    out_ks.write(f"ffffffff9{i:07x} T {name}\n")
         kdir = t / "kdir"
         kdir.mkdir()
         for entry in kernel.kernel_dir.iterdir():
@@ -147,12 +146,12 @@ def main() -> int:
     print(f"input {ko.name}: {size / 1e6:.1f} MB, {relocs} relocations; converted "
           f"{doc['converted']} symbols, moved {doc['relocations_moved']} relocations; "
           f"median of {args.runs} runs")
-    rows = [("klpsym convert", warm), ("  --no-cache", cold), ("objcopy", obj),
-            ("python -c 'import numpy'", floor),
-            ("numpy + atomic copy", copy_floor), ("python + atomic copy", copy_bare)]
-    for name, (w, c, r) in rows:
+    table = [("klpsym convert", warm), ("  --no-cache", cold), ("objcopy", obj),
+             ("python -c 'import numpy'", floor),
+             ("numpy + atomic copy", copy_floor), ("python + atomic copy", copy_bare)]
+    for name, (w, c, rss) in table:
         print(f"{name:<26} {w:6.3f} s wall ({w / obj[0]:5.1f}x objcopy)  {c:6.3f} s CPU  "
-              f"peak RSS {r / 1e6:4.0f} MB")
+              f"peak RSS {rss / 1e6:4.0f} MB")
     print(f"target wall <= 3x objcopy: {warm[0] / obj[0]:.1f}x "
           f"({'met' if warm[0] <= 3 * obj[0] else 'missed'}); the interpreter and numpy alone "
           f"are {floor[0] / obj[0]:.1f}x; with an atomic copy of the input (no "
