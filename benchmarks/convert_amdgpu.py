@@ -8,7 +8,8 @@ all, so all ~950 undefined symbols and their relocations convert.  Reference:
 Floors beside them: `import numpy` alone, and an atomic copy of the input
 (klpsym's own writer, the bytes unchanged) with and without numpy imported.
 
-Targets (issue 7): wall time <= 3x objcopy's; peak RSS <= 2x file size + 60 MB.
+Targets (issue 7): wall time <= 3x objcopy's; peak RSS <= 2x file size + 60 MB
+(with the symbol cache warm, and on the first run against a kernel, which fills it).
 
 Usage: python benchmarks/convert_amdgpu.py [--runs N]
 (provisions bookworm's kernel into the klpsym cache on first use)
@@ -124,6 +125,8 @@ def main() -> int:
         measure(klp_cmd, env)  # fills the symbol cache
         warm = summary([measure(klp_cmd, env) for _ in range(args.runs)])
         cold = summary([measure(klp_cmd + ["--no-cache"], env) for _ in range(args.runs)])
+        first = summary([measure(klp_cmd, dict(env, KLPSYM_SYMCACHE=str(t / f"symcache-{i}")))
+                         for i in range(args.runs)])  # the first run on a kernel: cache empty
         obj = summary([measure(obj_cmd) for _ in range(args.runs)])
         floor = summary([measure([sys.executable, "-c", "import numpy"],
                                  dict(env, OPENBLAS_NUM_THREADS="1")) for _ in range(args.runs)])
@@ -146,7 +149,8 @@ def main() -> int:
     print(f"input {ko.name}: {size / 1e6:.1f} MB, {relocs} relocations; converted "
           f"{doc['converted']} symbols, moved {doc['relocations_moved']} relocations; "
           f"median of {args.runs} runs")
-    table = [("klpsym convert", warm), ("  --no-cache", cold), ("objcopy", obj),
+    table = [("klpsym convert", warm), ("  first run (cache empty)", first),
+             ("  --no-cache", cold), ("objcopy", obj),
              ("python -c 'import numpy'", floor),
              ("numpy + atomic copy", copy_floor), ("python + atomic copy", copy_bare)]
     for name, (w, c, rss) in table:
@@ -157,9 +161,10 @@ def main() -> int:
           f"are {floor[0] / obj[0]:.1f}x; with an atomic copy of the input (no "
           f"transform) {copy_floor[0] / obj[0]:.1f}x, and {copy_bare[0] / obj[0]:.1f}x "
           "without numpy")
+    rss = max(warm[2], first[2])
     print(f"target peak RSS <= 2 x {size / 1e6:.1f} MB + 60 MB = {budget / 1e6:.0f} MB: "
-          f"{warm[2] / 1e6:.0f} MB ({'met' if warm[2] <= budget else 'missed'})")
-    return 0 if warm[0] <= 3 * obj[0] and warm[2] <= budget else 1
+          f"{rss / 1e6:.0f} MB, cache warm or empty ({'met' if rss <= budget else 'missed'})")
+    return 0 if warm[0] <= 3 * obj[0] and rss <= budget else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,8 @@ from klpsym.kernel.kallsyms import (
     KallsymsTable,
     SymbolLookupError,
     SymbolNotFoundError,
+    _parse_lines,
+    _read_canonical,
     is_data,
     is_text,
     parse_proc_kallsyms,
@@ -137,6 +140,65 @@ def test_hidden_addresses_keep_order() -> None:
 def test_proc_malformed(text: str, line: int, what: str) -> None:
     with pytest.raises(KernelSourceError, match=rf"^bad:{line}: {what}"):
         parse_proc_kallsyms(text, "bad")
+
+
+def same_tables(a: KallsymsTable, b: KallsymsTable) -> None:
+    assert list(a.names) == list(b.names) and list(a.types) == list(b.types)
+    assert a.addresses.tolist() == b.addresses.tolist()
+    assert (a.has_addresses, a.notes, a.source) == (b.has_addresses, b.notes, b.source)
+    for name in set(b.names):
+        assert a.candidates(name) == b.candidates(name), name
+
+
+HIDDEN = "\n".join("0" * 16 + line[16:] for line in PROC.splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("text", [
+    PROC,
+    PROC.rstrip("\n"),  # no newline at the end
+    HIDDEN,
+    PROC.replace("ffffffff8100", "FFFFFFFF8100"),
+    "ffffffff81000000 T a\n",
+    "ffffffffc0000000 t m\t[]\nffffffff81000000 t x~!{}\n",  # an empty tag; odd names
+])
+def test_canonical_reader_equals_the_line_parser(text: str) -> None:
+    """/proc/kallsyms as the kernel prints it is read from the bytes with
+    numpy (no Python string per line); the result is the line parser's."""
+    fast = _read_canonical(text.encode(), "k")
+    assert fast is not None and fast._nidx is not None
+    same_tables(fast, _parse_lines(text, "k"))
+    same_tables(parse_proc_kallsyms(text, "k"), fast)
+    same_tables(parse_proc_kallsyms(text.encode(), "k"), fast)
+
+
+@pytest.mark.parametrize("text", [
+    PROC.replace("\n", "\r\n"),
+    "ffffffff T a\n",  # a 32-bit kernel's addresses
+    "ffffffff81000000  T a\n",
+    "ffffffff81000000 T a \n",
+    "ffffffff81000000 T a\n\nffffffff81000001 T b\n",
+    "ffffffff81000000 T caf\xe9\n",
+    "ffffffff81000000 T a\x01b\n",
+    "ffffffff81000000 T a\tjunk\n",
+    "ffffffff81000000 T a\t[m]\t[n]\n",
+    "ffffffff81000000 T a\t[mod\n",
+    "ffffffff8100000g T a\n",
+    "0xffffffff810000 T a\n",
+    "ffffffffc0000000 t m\t[mod]\n",  # no vmlinux line
+    "",
+])
+def test_canonical_reader_leaves_other_texts_to_the_line_parser(text: str) -> None:
+    """Anything else (other whitespace, widths, bytes; errors) goes to the
+    line parser, which reads it or names the bad line as before."""
+    raw = text.encode("utf-8", errors="surrogateescape")
+    assert _read_canonical(raw, "k") is None
+    try:
+        slow = _parse_lines(text, "k")
+    except KernelSourceError as e:
+        with pytest.raises(KernelSourceError, match=re.escape(str(e))):
+            parse_proc_kallsyms(raw, "k")
+    else:
+        same_tables(parse_proc_kallsyms(raw, "k"), slow)
 
 
 def test_proc_empty_and_missing(tmp_path: Path) -> None:

@@ -16,11 +16,16 @@ def read_text(path: Path | str, what: str, fix: str = "") -> str:
     UTF-8 are kept as surrogate escapes (symbol names are ASCII; a stray byte
     must not crash the reader, the line parser reports it).
     """
+    return read_text_bytes(path, what, fix).decode("utf-8", errors="surrogateescape")
+
+
+def read_text_bytes(path: Path | str, what: str, fix: str = "") -> bytes:
+    """:func:`read_text` undecoded, for readers that work on the bytes."""
     p = Path(path)
     raw = read_file(p, what, KernelSourceError, fix)
     if b"\0" in raw[:65536]:
         raise KernelSourceError(f"{p}: is a binary file, not a {what} text file")
-    return raw.decode("utf-8", errors="surrogateescape")
+    return raw
 
 
 def line_error(path: Path | str, lineno: int, what: str, line: str) -> KernelSourceError:

@@ -43,7 +43,7 @@ import numpy as np
 
 from klpsym.errors import KernelSourceError
 from klpsym.kernel import symcache
-from klpsym.kernel._io import line_error, read_text
+from klpsym.kernel._io import line_error, read_text, read_text_bytes
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.symcache import NameIndex
 from klpsym.kernel.version import (
@@ -173,6 +173,16 @@ class KallsymsTable:
         addresses, codes = arrays["addresses"], arrays["types"]
         if len(addresses) != len(index) or len(codes) != len(index):
             raise ValueError("symbol cache entry with columns of different lengths")
+        notes = meta["notes"]
+        return cls.compact(addresses, codes, index, source,
+                           has_addresses=bool(meta["has_addresses"]),
+                           notes=tuple(str(n) for n in notes) if isinstance(notes, list) else ())
+
+    @classmethod
+    def compact(cls, addresses: np.ndarray, codes: np.ndarray, index: NameIndex, source: str,
+                *, has_addresses: bool, notes: Sequence[str] = ()) -> KallsymsTable:
+        """A table whose names stay in ``index`` and whose type letters stay
+        bytes (``codes``, uint8); ``types``/``names`` are made when asked."""
         table = cls.__new__(cls)
         table.addresses = addresses.astype(np.uint64, copy=False)
         table._types = None
@@ -180,9 +190,8 @@ class KallsymsTable:
         table._names = None
         table._nidx = index
         table.source = source
-        table.has_addresses = bool(meta["has_addresses"])
-        notes = meta["notes"]
-        table.notes = tuple(str(n) for n in notes) if isinstance(notes, list) else ()
+        table.has_addresses = has_addresses
+        table.notes = tuple(notes)
         table._first, table._dups = None, {}
         table._text_ranges = None
         return table
@@ -360,12 +369,12 @@ def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) 
     source = str(path)
 
     def parse() -> KallsymsTable:
-        text = read_text(
+        raw = read_text_bytes(
             p, "kallsyms",
             "pass --kallsyms with a copy of the target's /proc/kallsyms, or "
             "--system-map/--vmlinux",
         )
-        return parse_proc_kallsyms(text, source)
+        return parse_proc_kallsyms(raw, source)
 
     def from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> KallsymsTable:
         return KallsymsTable.from_arrays(arrays, meta, source)
@@ -375,7 +384,18 @@ def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) 
                            to_arrays=KallsymsTable.to_arrays, from_arrays=from_arrays)
 
 
-def parse_proc_kallsyms(text: str, source: str = PROC_KALLSYMS) -> KallsymsTable:
+def parse_proc_kallsyms(text: str | bytes, source: str = PROC_KALLSYMS) -> KallsymsTable:
+    """The vmlinux lines of a /proc/kallsyms text (module lines dropped)."""
+    table = _read_canonical(text if isinstance(text, bytes)
+                            else text.encode("utf-8", errors="surrogateescape"), source)
+    if table is not None:
+        return table
+    return _parse_lines(text.decode("utf-8", errors="surrogateescape")
+                        if isinstance(text, bytes) else text, source)
+
+
+def _parse_lines(text: str, source: str) -> KallsymsTable:
+    """:func:`parse_proc_kallsyms` line by line, for any text."""
     # One pass that keeps only the three fields of vmlinux lines (a list of
     # every line's fields would hold ~10 Python objects per line at once).
     addrs: list[str] = []
@@ -402,6 +422,82 @@ def parse_proc_kallsyms(text: str, source: str = PROC_KALLSYMS) -> KallsymsTable
     if not table.has_addresses:
         table.notes += (_HIDDEN_NOTE,)
     return table
+
+
+_HEX_DIGIT = np.full(256, 0xFF, dtype=np.uint8)
+_HEX_DIGIT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX_DIGIT[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _read_canonical(raw: bytes, source: str) -> KallsymsTable | None:
+    """The vmlinux lines of a /proc/kallsyms as the kernel prints it
+    (s_show(): ``%px %c %s``, and ``\\t[%s]`` after it for modules), read with numpy
+    from the bytes: no Python object per line, so the first read of a
+    kernel's 100k+ lines neither holds ~45 MB of small strings at its peak
+    nor leaves the allocator's arenas fragmented.  The table comes out in
+    the compact form the symbol cache gives.
+
+    None when the text strays from that layout anywhere (other address
+    widths, other whitespace, empty lines, non-ASCII bytes): the
+    line-by-line parser reads it then, with the same result for what it
+    accepts and its error naming the line for what it does not.  Every line
+    here is 16 hex digits, a space, a printable type letter, a space and a
+    printable name, then for a module line a tab and ``[MODULE]``."""
+    if raw and not raw.endswith(b"\n"):
+        raw += b"\n"
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if not len(ends):
+        return None
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    if int((ends - starts).min()) < 20:  # 16 + 1 + 1 + 1 + a name of one byte
+        return None
+    # Every byte that is not printable ASCII (a space, a tab, the newlines,
+    # ...), by position: two spaces a line at fixed places, and a tab on
+    # module lines.  (Positions, not a running count over the whole text:
+    # that would take 8 bytes per byte of text.)
+    odd = np.flatnonzero((buf < 0x21) | (buf > 0x7E))
+    odd = odd[buf[odd] != 10]
+    line = np.searchsorted(ends, odd)
+    count = np.bincount(line, minlength=len(ends))
+    vmlinux, module = count == 2, count == 3
+    if not bool(np.all(vmlinux | module)):
+        return None
+    col = odd - starts[line]
+    space = buf[odd] == 32
+    tab = buf[odd] == 9
+    if not bool(np.all((space & ((col == 16) | (col == 18))) | (tab & module[line]))):
+        return None
+    tabs, tab_line = odd[tab], line[tab]
+    if len(tabs) != int(module.sum()) or not (
+            bool(np.all(tabs - starts[tab_line] >= 20))
+            and bool(np.all(ends[tab_line] - tabs >= 3))
+            and bool(np.all(buf[tabs + 1] == ord("[")))
+            and bool(np.all(buf[ends[tab_line] - 1] == ord("]")))):
+        return None  # (spaces at 16 and 18 and one tab: the tab is past the name)
+    first, last = starts[vmlinux], ends[vmlinux]
+    if not len(first):
+        return None
+    addresses = np.zeros(len(first), dtype=np.uint64)
+    for k in range(16):  # a column of digits at a time: no 16-wide index matrix
+        digit = _HEX_DIGIT[buf[first + k]]
+        if bool(np.any(digit == 0xFF)):
+            return None
+        addresses <<= np.uint64(4)
+        addresses |= digit
+    codes = buf[first + 17].copy()
+    # The names with their newlines are the byte ranges [first + 19, last].
+    edge = np.zeros(len(buf) + 1, dtype=np.int8)
+    edge[first + 19] = 1
+    edge[last + 1] = -1
+    blob = buf[np.cumsum(edge[:-1], dtype=np.int8).view(np.bool_)]
+    name_starts = np.zeros(len(first) + 1, dtype=np.int64)
+    np.cumsum(last - first - 18, out=name_starts[1:])
+    has_addresses = bool(np.any(addresses))
+    return KallsymsTable.compact(addresses, codes, NameIndex.from_blob(blob, name_starts), source,
+                                 has_addresses=has_addresses,
+                                 notes=() if has_addresses else (_HIDDEN_NOTE,))
 
 
 def _lines(text: str, chunk: int = 1 << 20) -> Iterator[str]:

@@ -94,7 +94,11 @@ class NameIndex:
 
     @classmethod
     def build(cls, names: Sequence[str]) -> NameIndex:
-        blob, starts = encode_names(names)
+        return cls.from_blob(*encode_names(names))
+
+    @classmethod
+    def from_blob(cls, blob: np.ndarray, starts: np.ndarray) -> NameIndex:
+        """The index of names already in a blob (as :func:`encode_names` makes)."""
         h = name_hashes(blob, starts[:-1], np.diff(starts) - 1)
         order = np.argsort(h, kind="stable").astype(np.uint32)
         return cls(blob, starts, h[order], order)
