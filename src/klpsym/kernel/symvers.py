@@ -163,6 +163,8 @@ class Symvers:
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
         """The exports as columns and metadata (for the symbol cache; one
         source only)."""
+        if self._exports is None and self._cols is not None:
+            return self._cols.arrays, {**self._cols.meta, "layouts": sorted(self.layouts)}
         exports = list(self.exports.values())
         codes: dict[str, dict[str, int]] = {"modules": {}, "types": {}, "namespaces": {}}
 
@@ -316,6 +318,9 @@ class _Columns:
                 raise ValueError(f"symbol cache entry with a bad {key} table")
             lists.append([str(v) for v in values])
         self.modules, self.types, self.namespaces = lists
+        self.arrays = arrays
+        self.meta: dict[str, object] = {"modules": self.modules, "types": self.types,
+                                        "namespaces": self.namespaces}
         self.source = source
         self._made: dict[int, Export] = {}
 
@@ -385,7 +390,19 @@ def read_symvers_files(paths: Iterable[Path | str], *, cache: bool = True) -> Sy
 
 
 def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
-    exports: dict[str, Export] = {}
+    """One Module.symvers, straight into columns (as the symbol cache keeps
+    them): no :class:`Export` per line, which for a kernel's ~25k exports
+    held ~10 MB of small objects through a first convert."""
+    names: list[str] = []
+    crcs: list[int] = []
+    modules: list[int] = []
+    types: list[int] = []
+    namespaces: list[int] = []
+    lines: list[int] = []
+    row_of: dict[str, int] = {}
+    codes: dict[str, dict[str, int]] = {"modules": {}, "types": {}, "namespaces": {}}
+    module_codes, type_codes, ns_codes = codes["modules"], codes["types"], codes["namespaces"]
+    module_names: list[str] = []
     layouts: set[str] = set()
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.rstrip("\r")
@@ -394,20 +411,42 @@ def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
         fields = line.split("\t")
         if len(fields) == 1:  # hand-made file with spaces instead of tabs
             fields = line.split()
-        e, layout = _parse_line(fields, source, lineno, line)
-        prev = exports.get(e.name)
-        if prev is not None and prev.module != e.module:
-            raise line_error(
-                source, lineno,
-                f"{e.name} exported again (first by {prev.module} at {prev.origin})", line,
-            )
-        exports[e.name] = e
+        name, crc, module, export, namespace, layout = _parse_line(fields, source, lineno, line)
+        m = module_codes.get(module)
+        if m is None:
+            m = module_codes[module] = len(module_names)
+            module_names.append(module)
+        t = type_codes.setdefault(export, len(type_codes))
+        ns = ns_codes.setdefault(namespace, len(ns_codes))
+        row = row_of.get(name)
+        if row is None:
+            row_of[name] = len(names)
+            names.append(name)
+            crcs.append(crc)
+            modules.append(m)
+            types.append(t)
+            namespaces.append(ns)
+            lines.append(lineno)
+        else:  # read again: the later line counts, in the first one's place
+            if modules[row] != m:
+                raise line_error(source, lineno, f"{name} exported again (first by "
+                                 f"{module_names[modules[row]]} at {source}:{lines[row]})",
+                                 line)
+            crcs[row], types[row], namespaces[row], lines[row] = crc, t, ns, lineno
         layouts.add(layout)
-    return Symvers(exports, [source], layouts)
+    arrays = {
+        "crc": np.array(crcs, dtype="<u8"), "module": np.array(modules, dtype="<u4"),
+        "type": np.array(types, dtype="|u1"), "namespace": np.array(namespaces, dtype="<u4"),
+        "line": np.array(lines, dtype="<u4"), **NameIndex.build(names).arrays("names_"),
+    }
+    meta: dict[str, object] = {k: list(v) for k, v in codes.items()}
+    meta["layouts"] = sorted(layouts)
+    return Symvers.from_arrays(arrays, meta, source)
 
 
 def _parse_line(fields: list[str], source: str, lineno: int,
-                line: str) -> tuple[Export, str]:
+                line: str) -> tuple[str, int, str, str, str, str]:
+    """(name, crc, module, export type, namespace, layout) of one line."""
     n = len(fields)
     if n == 5 and fields[3] in EXPORT_TYPES:
         crc_s, name, module, export, namespace = fields
@@ -431,5 +470,4 @@ def _parse_line(fields: list[str], source: str, lineno: int,
         raise line_error(source, lineno, f"CRC {crc_s!r} is not hexadecimal", line) from None
     if not name or not module or _SPACE.search(name):
         raise line_error(source, lineno, "empty or malformed symbol or module name", line)
-    return Export(name, crc or None, module, export, namespace.strip(),
-                  f"{source}:{lineno}"), layout
+    return name, crc, module, export, namespace.strip(), layout
