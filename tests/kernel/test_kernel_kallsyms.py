@@ -449,3 +449,39 @@ def test_letters_are_trusted_up_to_612() -> None:
     assert kallsyms_letters_tell_data(KernelVersion.parse("6.1.0-56-amd64"))
     assert kallsyms_letters_tell_data(KernelVersion.parse("6.12.117+deb13-amd64"))
     assert not kallsyms_letters_tell_data(KernelVersion.parse("7.2.13+deb14-amd64"))
+
+
+def test_canonical_reader_differential_on_mutated_texts() -> None:
+    """Mutated kallsyms texts (bytes flipped, whitespace and newlines put
+    in, lines cut): whenever the bytes reader takes a text, its table is the
+    line parser's; whatever it declines, the line parser reads or refuses
+    as before (parse_proc_kallsyms falls back to it)."""
+    import random
+
+    base = (PROC + HIDDEN.replace("_stext", "hidden_stext")).encode()
+    rng = random.Random(20261122)
+    alphabet = b" \t\n\r[]0fF:xT~\x7f\x80\x00"
+    taken = 0
+    for _ in range(3000):
+        raw = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(raw))
+            op = rng.randrange(4)
+            if op == 0:
+                raw[i] = rng.choice(alphabet)
+            elif op == 1:
+                raw.insert(i, rng.choice(alphabet))
+            elif op == 2:
+                del raw[i]
+            else:
+                raw[i] = rng.randrange(0x21, 0x7F)
+        fast = _read_canonical(bytes(raw), "m")
+        try:
+            slow = _parse_lines(bytes(raw).decode("utf-8", errors="surrogateescape"), "m")
+        except KernelSourceError:
+            assert fast is None, bytes(raw)
+            continue
+        if fast is not None:
+            taken += 1
+            same_tables(fast, slow)
+    assert taken > 300  # most single printable changes keep the layout
