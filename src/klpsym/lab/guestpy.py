@@ -9,7 +9,7 @@ a self-contained CPython from the interpreter running it:
   need (DT_NEEDED, resolved by ``ldd``), and the dynamic loader itself;
 * ``lib/pythonX.Y``: the standard library without what klpsym never imports
   (:data:`STDLIB_SKIP`, :data:`DYNLOAD_SKIP`);
-* ``lib/pythonX.Y/site-packages``: klpsym's runtime dependencies from the
+* ``deps``: klpsym's runtime dependencies from the
   venv (:data:`PACKAGES`: numpy with numpy.libs, rich, zstandard's C backend),
   without their tests;
 * beside it, a second tree with the klpsym package (``src/klpsym``, the
@@ -51,9 +51,11 @@ from klpsym.errors import KlpsymError, LabError
 from klpsym.lab._run import run as _run
 from klpsym.lab.provision import default_cache_dir
 
-_FORMAT = 2  # bump when the trees' layout or selection changes
 GUEST_ROOT = "/lab/py"
 GUEST_SITE = f"{GUEST_ROOT}/site"
+# On PYTHONPATH, not in lib/pythonX.Y/site-packages: Debian's python looks
+# for site packages in lib/python3/dist-packages instead.
+GUEST_DEPS = f"{GUEST_ROOT}/deps"
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
 LOADER = "ld-linux-x86-64.so.2"
 
@@ -75,7 +77,7 @@ DYNLOAD_SKIP = re.compile(
     r"|_elementtree|pyexpat|_codecs_\w+|_multibytecodec|_lsprof|_crypt|_hashlib)\.")
 # The venv's packages the guest needs: import name -> files within it to leave out.
 PACKAGES: dict[str, re.Pattern[str]] = {
-    "numpy": re.compile(r"(^|/)tests/|^(f2py|distutils|typing|_pyinstaller|testing/_private"
+    "numpy": re.compile(r"(^|/)tests/|^(f2py|distutils|typing|_pyinstaller|testing/"
                         r"|_core/include|_core/lib/|random/lib/)|\.pyi$|\.pxd$|\.h$"
                         r"|^_core/_(multiarray_tests|operand_flag_tests|rational_tests"
                         r"|struct_ufunc_tests|umath_tests|simd)\."),
@@ -86,7 +88,8 @@ PACKAGES: dict[str, re.Pattern[str]] = {
 }
 # In klpsym's own tree: the C source of _cfacts and build leftovers.
 _PACKAGE_SKIP = re.compile(r"(^|/)__pycache__/|\.(c|o|pyc)$")
-ASSEMBLE_TIMEOUT = 300.0
+# Part of both cache keys: a change to the selection or layout here is a new tree.
+_RECIPE = hashlib.sha256(Path(__file__).read_bytes()).digest()
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ class GuestPython:
 GUEST_SETUP = f"""\
 cat > /bin/klpsym <<'EOF'
 #!/bin/sh
-PYTHONHOME={GUEST_ROOT} PYTHONPATH={GUEST_SITE} PYTHONDONTWRITEBYTECODE=1 \\
+PYTHONHOME={GUEST_ROOT} PYTHONPATH={GUEST_SITE}:{GUEST_DEPS} PYTHONDONTWRITEBYTECODE=1 \\
 exec {GUEST_ROOT}/lib/{LOADER} --library-path {GUEST_ROOT}/lib \\
     {GUEST_ROOT}/bin/python{PYVER} -m klpsym.cli.main "$@"
 EOF
@@ -237,7 +240,7 @@ def _compile(tree: Path) -> None:
 
 
 def _stat_key(paths: Iterable[Path]) -> str:
-    h = hashlib.sha256(b"%d %s" % (_FORMAT, sys.version.encode()))
+    h = hashlib.sha256(_RECIPE + sys.version.encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
@@ -273,16 +276,17 @@ def _assemble_base(dest: Path, executable: Path, stdlib: Path,
     _copy(executable, tmp / "bin" / f"python{PYVER}")
     for rel in stdlib_files(stdlib):
         _copy(stdlib / rel, lib / rel)
-    site = lib / "site-packages"
+    site = tmp / "deps"
     for name, src in packages.items():
         for rel in package_files(src, PACKAGES[name]):
             _copy(src / rel, site / name / rel)
     objects = [executable, *(p for p in tmp.rglob("*.so") if p.is_file()),
                *(p for p in (site / "numpy.libs").glob("*") if p.is_file())]
-    # ldd the copies' originals: the copies' RUNPATHs ($ORIGIN/../numpy.libs) resolve alike
+    # the copies' RUNPATH ($ORIGIN/../../numpy.libs) finds the copied numpy.libs
     for name, path in needed_libraries(objects, provided=[site]).items():
         _copy(path, tmp / "lib" / name)
     _compile(lib)
+    _compile(site)
     _publish(tmp, dest)
 
 
@@ -299,9 +303,9 @@ def _validate(gp: GuestPython) -> None:
     code = ("import pkgutil, importlib, numpy, rich.console, rich.progress, zstandard, klpsym\n"
             "for m in pkgutil.walk_packages(klpsym.__path__, 'klpsym.'):\n"
             "    importlib.import_module(m.name)\n"
-            "import klpsym.load.facts as f; print(klpsym.__file__, numpy.__version__)\n")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONHOME": str(gp.base), "PYTHONPATH": str(gp.site),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+            "print(klpsym.__file__, numpy.__version__)\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONHOME": str(gp.base),
+           "PYTHONPATH": f"{gp.site}:{gp.base / 'deps'}", "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [str(gp.base / "lib" / LOADER), "--library-path", str(gp.base / "lib"),
            str(gp.base / "bin" / f"python{PYVER}"), "-c", code]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120,
@@ -323,7 +327,7 @@ def guest_python(cache_dir: Path | None = None) -> GuestPython:
     inputs += [packages[name] for name in PACKAGES if "." in name]
     base = root / f"base-{_stat_key(inputs)}"
     package = Path(klpsym.__file__).parent
-    h = hashlib.sha256(b"%d" % _FORMAT)
+    h = hashlib.sha256(_RECIPE)
     for rel in package_files(package, _PACKAGE_SKIP):
         h.update(rel.as_posix().encode() + b"\0" + (package / rel).read_bytes())
     site = root / f"klpsym-{h.hexdigest()[:16]}"
