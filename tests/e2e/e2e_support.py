@@ -22,6 +22,7 @@ against /proc/kallsyms of the same boot, sysctls as user space saw them.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from klpsym.lab.build import build_modules
+from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, BootResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,3 +337,49 @@ def guest_script(present: set[str], sympos_positions: list[int] = [],  # noqa: B
     parts.append(f"grep -E ' ({names})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n")
     parts.append("begin final\nkv tainted $(cat /proc/sys/kernel/tainted)\nend final\n")
     return "".join(parts)
+
+
+# ------------------------------------------------------------ klpsym.h's methods
+# (tests/e2e/test_methods_qemu.py, test_guest_python_qemu.py)
+
+METHOD_SOURCES = REPO / "tests/modules/methods"
+MAP_COUNT = 123457  # written to /proc/sys/vm/max_map_count before each load
+
+
+def build_method(kernel: Kernel, method: str, root: Path) -> list[Path]:
+    """The test modules built with ``klpsym cflags --method METHOD``'s flags."""
+    proc = klpsym("cflags", "--method", method)
+    assert proc.returncode == 0, proc.stderr
+    flags = proc.stdout.split()
+    assert flags[0].startswith("-I") and len(flags) == 2, flags
+    header = Path(flags[0][2:]) / "klpsym.h"
+    assert header.is_file(), f"klpsym cflags points at {header}, which is missing"
+    moddir = root / method
+    shutil.copytree(METHOD_SOURCES, moddir)
+    (moddir / "include").mkdir()
+    shutil.copy(header, moddir / "include")
+    return build_modules(kernel, moddir, None, [
+        f"KLPSYM_TEST_METHOD={method}",
+        f"KLPSYM_CFLAGS=-I$(src)/include {flags[1]}",
+    ])
+
+
+def check_loaded_method(result: CaseResult, kallsyms: dict[str, list[int]],
+                        method: str) -> None:
+    """tests/modules/methods' klpsym_METHOD.ko loaded, called its function,
+    wrote the variable (user space saw it) and printed the addresses this
+    boot's kallsyms gives (POS 2 of c_start, except kprobe)."""
+    tag = f"klpsym_{method}"
+    assert result.kv.get("insmod_rc") == "0", result.log()
+    fn = result.record(tag, "fn", "pid_tgid")
+    assert fn["match"] == "1", result.log()
+    assert hex_addr(fn["fn"]) == kallsyms["bpf_get_current_pid_tgid"][0]
+    var = result.record(tag, "var")
+    assert hex_addr(var["var"]) == kallsyms["sysctl_max_map_count"][0]
+    assert var["old"] == str(MAP_COUNT), result.log()
+    assert var["new"] == str(MAP_COUNT + 1)
+    assert result.kv["map_count_after"] == str(MAP_COUNT + 1), "user space saw no write"
+    if method != "kprobe":
+        c_start = result.record(tag, "c_start2")
+        assert len(kallsyms["c_start"]) >= 2
+        assert hex_addr(c_start["c_start2"]) == kallsyms["c_start"][1], "not POS 2"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +43,10 @@ import pytest
 from e2e_support import (
     BOOT_TIMEOUT,
     GUEST_HELPERS,
-    REPO,
+    MAP_COUNT,
     CaseResult,
+    build_method,
+    check_loaded_method,
     hex_addr,
     klpsym,
     parse_output,
@@ -53,7 +54,6 @@ from e2e_support import (
 
 from klpsym.elf import ElfFile
 from klpsym.kernel.config import KernelConfig
-from klpsym.lab.build import build_modules
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, boot, capture_kallsyms
 
@@ -61,8 +61,6 @@ pytestmark = pytest.mark.e2e
 
 SUITES = ["bookworm", "trixie", "sid"]
 METHODS = ["klp", "kallsyms", "kprobe"]
-SOURCES = REPO / "tests/modules/methods"
-MAP_COUNT = 123457  # written to /proc/sys/vm/max_map_count before each load
 # gen_endbr_poison() (arch/x86/include/asm/ibt.h): 6.1 .. 6.12, then 7.x
 ENDBR_POISONS = {"001f0f66", "d6401f0f"}
 NAMES = ["bpf_get_current_pid_tgid", "sysctl_max_map_count", "c_start",
@@ -95,24 +93,6 @@ def sealed_addresses(vmlinux: Path) -> set[int]:
 def kallsyms_of(path: Path, name: str) -> list[int]:
     return [int(ln.split()[0], 16) for ln in path.read_text().splitlines()
             if ln.split()[2:] == [name]]
-
-
-def build_method(kernel: Kernel, method: str, root: Path) -> list[Path]:
-    """The test modules built with ``klpsym cflags --method METHOD``'s flags."""
-    proc = klpsym("cflags", "--method", method)
-    assert proc.returncode == 0, proc.stderr
-    flags = proc.stdout.split()
-    assert flags[0].startswith("-I") and len(flags) == 2, flags
-    header = Path(flags[0][2:]) / "klpsym.h"
-    assert header.is_file(), f"klpsym cflags points at {header}, which is missing"
-    moddir = root / method
-    shutil.copytree(SOURCES, moddir)
-    (moddir / "include").mkdir()
-    shutil.copy(header, moddir / "include")
-    return build_modules(kernel, moddir, None, [
-        f"KLPSYM_TEST_METHOD={method}",
-        f"KLPSYM_CFLAGS=-I$(src)/include {flags[1]}",
-    ])
 
 
 def guest_script(run: MethodsRun, *, kaslr: bool) -> str:
@@ -185,24 +165,6 @@ def case(boot: tuple[dict[str, CaseResult], dict[str, list[int]]] | None,
     assert boot is not None
     assert name in boot[0], f"guest sent nothing for {name}: {sorted(boot[0])}"
     return boot[0][name]
-
-
-def check_loaded_method(result: CaseResult, kallsyms: dict[str, list[int]],
-                        method: str) -> None:
-    tag = f"klpsym_{method}"
-    assert result.kv.get("insmod_rc") == "0", result.log()
-    fn = result.record(tag, "fn", "pid_tgid")
-    assert fn["match"] == "1", result.log()
-    assert hex_addr(fn["fn"]) == kallsyms["bpf_get_current_pid_tgid"][0]
-    var = result.record(tag, "var")
-    assert hex_addr(var["var"]) == kallsyms["sysctl_max_map_count"][0]
-    assert var["old"] == str(MAP_COUNT), result.log()
-    assert var["new"] == str(MAP_COUNT + 1)
-    assert result.kv["map_count_after"] == str(MAP_COUNT + 1), "user space saw no write"
-    if method != "kprobe":
-        c_start = result.record(tag, "c_start2")
-        assert len(kallsyms["c_start"]) >= 2
-        assert hex_addr(c_start["c_start2"]) == kallsyms["c_start"][1], "not POS 2"
 
 
 @pytest.mark.parametrize("method", METHODS)
