@@ -59,7 +59,6 @@ CONVERTED = "/tmp/klpsym_klp.ko"
 def guest_script() -> str:
     names = "|".join(re.escape(n) for n in NAMES)
     return GUEST_SETUP + GUEST_HELPERS + f"""
-now() {{ kv "$1" "$(cut -d' ' -f1 /proc/uptime)"; }}
 # ttyS1 is a terminal, where klpsym check draws rich tables: read plain text
 run() {{ "$@" >/tmp/out 2>&1; kv rc $?; cat /tmp/out; }}
 release=$(uname -r)
@@ -76,14 +75,11 @@ run klpsym check /lab/klpsym_klp.ko
 end check_unconverted
 
 begin convert
-now start
 run klpsym convert /lab/klpsym_klp.ko -o {CONVERTED} --sympos c_start=2
-now done
 end convert
 
 begin check
 run klpsym check {CONVERTED}
-now done
 end check
 
 begin klp
@@ -94,9 +90,7 @@ end klp
 
 begin kallsyms
 echo {MAP_COUNT} > /proc/sys/vm/max_map_count
-now start
 run klpsym insmod /lab/klpsym_kallsyms.ko
-now done
 kv map_count_after $(cat /proc/sys/vm/max_map_count)
 kv loaded $(grep -c '^klpsym_kallsyms ' /proc/modules)
 end kallsyms
@@ -229,15 +223,3 @@ def test_klpsym_insmod_passes_this_boots_addresses(guest: GuestRun) -> None:
         for name, pos in (("bpf_get_current_pid_tgid", 0), ("sysctl_max_map_count", 0),
                           ("c_start", 1)):
             assert int(args[name], 16) == b.kallsyms[name][pos], cmd
-
-
-def test_timings(guest: GuestRun) -> None:
-    """What the guest's Python costs under TCG (-s shows it); both boots ran."""
-    for which, b in guest.boots.items():
-        assert b.result is not None, b.error
-        conv, ins, chk = b.case("convert"), b.case("kallsyms"), b.case("check")
-        print(f"\n{guest.kernel.suite} {which}: boot {b.result.seconds:.1f} s, convert "
-              f"{float(conv.kv['done']) - float(conv.kv['start']):.1f} s, check "
-              f"{float(chk.kv['done']) - float(conv.kv['done']):.1f} s, insmod "
-              f"{float(ins.kv['done']) - float(ins.kv['start']):.1f} s; guest Python "
-              f"{guest.python.size() / 1e6:.0f} MB")
