@@ -3,6 +3,7 @@ atomically."""
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,12 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     with AtomicOutput(dest, mode_from=path) as out:
         elf.write_to(out)
         out.sync_in_background()  # overlaps the check; commit() waits for it
+        if isinstance(module.data, mmap.mmap):
+            # Writing touched every page of the mapped input; the check below
+            # reads only its tables back.  Dropped from this process (the page
+            # cache keeps them), the rest no longer counts in its memory:
+            # ~10 MB less at the peak for amdgpu.ko.
+            module.data.madvise(mmap.MADV_DONTNEED)
         check_output(module, out.map(), plan, guard_plan)
         if signer is not None:
             elf_bytes = bytes(out.map())
