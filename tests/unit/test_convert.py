@@ -242,6 +242,20 @@ def test_output_is_required(tmp_path: Path) -> None:
         convert_file(src, target(), {})
 
 
+@pytest.mark.parametrize(("flags", "said"), [
+    ([], "say where to write the result: -o OUTPUT.ko, or --in-place"),
+    (["-o", "x.ko.xz"], "klpsym writes uncompressed modules"),
+])
+def test_cli_destination_mistakes_are_said_before_the_kernel_is_looked_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], said: str) -> None:
+    """A missing or wrong -o is the user's first mistake to hear about, not
+    the missing headers of a kernel that was not even needed yet."""
+    src = write(tmp_path, simple_module())
+    rc = main(["convert", str(src), *flags, "--kernel-dir", str(tmp_path / "no-such-kdir")])
+    err = capsys.readouterr().err
+    assert rc == 2 and said in err and "no-such-kdir" not in err, err
+
+
 # -- validation catches what the loader would reject ---------------------------
 
 

@@ -57,10 +57,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from klpsym.klp.convert import convert_file
+    from klpsym.klp.convert import check_destination, convert_file
     from klpsym.klp.plan import parse_sympos
 
     sympos = parse_sympos(args.sympos)
+    check_destination(args.module, args.output, args.in_place, args.dry_run)
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
     result = convert_file(args.module, target, sympos, output=args.output,

@@ -59,14 +59,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     output has livepatch symbols.  ``signer``: sign the output
     (:mod:`klpsym.klp.sign`); an input signed before keeps its signature only
     when its bytes are written unchanged."""
-    if in_place and output is not None:
-        raise ConvertError("give either -o OUTPUT or --in-place, not both")
-    if not dry_run and output is None and not in_place:
-        raise ConvertError(f"{path}: say where to write the result: -o OUTPUT.ko, or --in-place "
-                           "to replace the module")
-    if output is not None and output.suffix in COMPRESSED_SUFFIXES:
-        raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
-                           f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
+    check_destination(path, output, in_place, dry_run)
     module = read_module(path, mapped=True)
     if in_place and module.compressed and not dry_run:
         raise ConvertError(
@@ -148,6 +141,20 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         out.commit()
     result.written = True
     return result
+
+
+def check_destination(path: Path, output: Path | None, in_place: bool, dry_run: bool) -> None:
+    """Refuse a missing, doubled or compressed destination: the mistakes in
+    the arguments themselves, said before anything is read (the CLI calls
+    this before it looks for the target kernel)."""
+    if in_place and output is not None:
+        raise ConvertError("give either -o OUTPUT or --in-place, not both")
+    if not dry_run and output is None and not in_place:
+        raise ConvertError(f"{path}: say where to write the result: -o OUTPUT.ko, or --in-place "
+                           "to replace the module")
+    if output is not None and output.suffix in COMPRESSED_SUFFIXES:
+        raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
+                           f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
 
 
 def check_output(module: Module, data: Buffer, plan: Plan,
