@@ -242,16 +242,22 @@ def test_output_is_required(tmp_path: Path) -> None:
         convert_file(src, target(), {})
 
 
-@pytest.mark.parametrize(("flags", "said"), [
-    ([], "say where to write the result: -o OUTPUT.ko, or --in-place"),
-    (["-o", "x.ko.xz"], "klpsym writes uncompressed modules"),
+@pytest.mark.parametrize(("module", "flags", "said"), [
+    ("m.ko", [], "say where to write the result: -o OUTPUT.ko, or --in-place"),
+    ("m.ko", ["-o", "x.ko.xz"], "klpsym writes uncompressed modules"),
+    ("missing.ko", ["-o", "x.ko"], "missing.ko: no such file"),
+    ("text.ko", ["-o", "x.ko"], "not an ELF file"),
 ])
-def test_cli_destination_mistakes_are_said_before_the_kernel_is_looked_for(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], said: str) -> None:
-    """A missing or wrong -o is the user's first mistake to hear about, not
-    the missing headers of a kernel that was not even needed yet."""
-    src = write(tmp_path, simple_module())
-    rc = main(["convert", str(src), *flags, "--kernel-dir", str(tmp_path / "no-such-kdir")])
+def test_cli_own_mistakes_are_said_before_the_kernel_is_looked_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], module: str, flags: list[str],
+        said: str) -> None:
+    """A missing -o, a wrong output name, a missing or non-module input are
+    the user's first mistakes to hear about, not the missing headers of a
+    kernel that was not even needed yet."""
+    write(tmp_path, simple_module())
+    (tmp_path / "text.ko").write_text("hello\n")
+    rc = main(["convert", str(tmp_path / module), *flags,
+               "--kernel-dir", str(tmp_path / "no-such-kdir")])
     err = capsys.readouterr().err
     assert rc == 2 and said in err and "no-such-kdir" not in err, err
 

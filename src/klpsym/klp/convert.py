@@ -52,15 +52,17 @@ class ConvertResult:
 def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                  output: Path | None = None, in_place: bool = False,
                  dry_run: bool = False, guard: bool = True,
-                 signer: Signer | None = None) -> ConvertResult:
+                 signer: Signer | None = None, module: Module | None = None) -> ConvertResult:
     """Convert ``path`` for ``target`` and write it to ``output`` (or in place).
 
     ``guard``: add the load-time guard (:mod:`klpsym.klp.guard`) when the
     output has livepatch symbols.  ``signer``: sign the output
     (:mod:`klpsym.klp.sign`); an input signed before keeps its signature only
-    when its bytes are written unchanged."""
+    when its bytes are written unchanged.  ``module``: ``path`` already read
+    (:func:`read_module` with ``mapped=True``)."""
     check_destination(path, output, in_place, dry_run)
-    module = read_module(path, mapped=True)
+    if module is None:
+        module = read_module(path, mapped=True)
     if in_place and module.compressed and not dry_run:
         raise ConvertError(
             f"{path}: is {module.compression.value}-compressed, and klpsym writes uncompressed "
