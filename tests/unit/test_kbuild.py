@@ -213,3 +213,21 @@ def test_cli_build_method_choices_match_the_library() -> None:
     from klpsym.methods.header import METHODS
 
     assert cli_build.AUTO == AUTO and cli_build.METHODS == METHODS
+
+
+@pytest.mark.parametrize(("make", "said"), [
+    (None, "no such directory"),
+    ("", "has neither a Kbuild nor a Makefile"),
+])
+def test_cli_build_module_dir_is_checked_before_the_kernel(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], make: str | None, said: str) -> None:
+    """A wrong module dir is said first, not the missing headers of a kernel
+    that was not even needed yet."""
+    from klpsym.cli.main import main
+
+    mod = tmp_path / "mod"
+    if make is not None:
+        mod.mkdir()
+    rc = main(["build", str(mod), "--kernel-dir", str(tmp_path / "no-such-kdir")])
+    err = capsys.readouterr().err
+    assert rc == 2 and said in err and "no-such-kdir" not in err, err

@@ -102,10 +102,12 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 def run(args: argparse.Namespace) -> int:
     from klpsym.kbuild import ChrootRunner, HostRunner, Runner
+    from klpsym.kbuild.build import check_module_dir
     from klpsym.kbuild.methods import build_with_method
     from klpsym.klp.plan import parse_sympos
 
     sympos = parse_sympos(args.sympos)
+    check_module_dir(args.directory)  # the user's own mistake first, then the target
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
     runner: Runner = HostRunner()

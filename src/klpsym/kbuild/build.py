@@ -230,17 +230,24 @@ def _extra_symbols(make_args: Sequence[str], files: Sequence[Path],
     return args, {"KBUILD_EXTRA_SYMBOLS": " ".join([*mine, add])}
 
 
-def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
-            ) -> tuple[Path, Path, list[str], Path | None]:
-    """What every kbuild run of ``directory`` for ``target`` starts with: the
-    module dir (resolved) and the kernel's kbuild dir, both checked; the make
-    arguments checked, with MO= turned into the output dir (or None)."""
+def check_module_dir(directory: Path) -> Path:
+    """``directory`` resolved, if it is a module dir kbuild can build (the
+    CLI checks it before it looks for the target kernel)."""
     directory = directory.resolve()
     if not directory.is_dir():
         raise KbuildError(f"{directory}: no such directory")
     if not ((directory / "Kbuild").is_file() or (directory / "Makefile").is_file()):
         raise KbuildError(f"{directory}: has neither a Kbuild nor a Makefile "
                           "(expected 'obj-m := NAME.o')")
+    return directory
+
+
+def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
+            ) -> tuple[Path, Path, list[str], Path | None]:
+    """What every kbuild run of ``directory`` for ``target`` starts with: the
+    module dir (resolved) and the kernel's kbuild dir, both checked; the make
+    arguments checked, with MO= turned into the output dir (or None)."""
+    directory = check_module_dir(directory)
     kdir = target.kernel_dir
     if kdir is None or not (kdir / "Makefile").is_file():
         raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
