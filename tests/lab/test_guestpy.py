@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from klpsym.lab.guestpy import (
     guest_python,
     package_files,
     parse_ldd,
+    prune,
     stdlib_files,
 )
 
@@ -109,3 +111,21 @@ def test_assembled_for_this_interpreter(tmp_path: Path) -> None:
     assert pycs and all(p.read_bytes()[4:8] == b"\x01\0\0\0" for p in pycs)  # unchecked hash
     assert 30e6 < gp.size() < 150e6
     assert guest_python(tmp_path) == gp
+
+
+def test_prune_keeps_the_newest_trees_of_each_kind(tmp_path: Path) -> None:
+    """Old trees go (a ~2 MB site tree per klpsym change, ~85 MB per base),
+    the newest few stay (another run may be booting with one), and so do
+    the ones in use and other processes' temporary trees."""
+    for i in range(12):
+        for kind in ("klpsym", "base"):
+            d = tmp_path / f"{kind}-{i:016x}"
+            d.mkdir()
+            os.utime(d, (1000 + i, 1000 + i))
+    (tmp_path / "klpsym-ffff.abc123").mkdir()  # being assembled by another process
+    in_use = {tmp_path / f"klpsym-{0:016x}", tmp_path / f"base-{0:016x}"}
+    removed = prune(tmp_path, keep=in_use)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f"klpsym-{i:016x}" for i in (0, 5, 6, 7, 8, 9, 10, 11)]
+                          + [f"base-{i:016x}" for i in (0, 11)] + ["klpsym-ffff.abc123"])
+    assert len(removed) == 24 - 10

@@ -346,8 +346,30 @@ def guest_python(cache_dir: Path | None = None) -> GuestPython:
             for tree in fresh:
                 shutil.rmtree(tree, ignore_errors=True)  # our own, just made
             raise
+        prune(root, keep={base, site})
     return gp
 
 
+# How many trees of each kind stay in the cache: every klpsym source change
+# makes a new ~2 MB site tree, every interpreter or numpy change an ~85 MB
+# base.  A few are kept, not one: another test run (another worktree) may be
+# booting with an older one right now.
+KEEP = {"klpsym-": 8, "base-": 2}
+
+
+def prune(root: Path, keep: set[Path]) -> list[Path]:
+    """Remove all but the newest trees of each kind (:data:`KEEP`) under
+    ``root``, never those in ``keep``; the removed ones."""
+    removed = []
+    for prefix, n in KEEP.items():
+        trees = sorted((p for p in root.glob(f"{prefix}*") if p.is_dir() and p not in keep
+                        and "." not in p.name),  # not another process's temporary tree
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in trees[max(n - 1, 0):]:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
 __all__ = ["GUEST_ROOT", "GUEST_SETUP", "GuestPython", "guest_python", "needed_libraries",
-           "package_files", "parse_ldd", "stdlib_files"]
+           "package_files", "parse_ldd", "prune", "stdlib_files"]
