@@ -186,9 +186,13 @@ def test_unconverted_module_is_refused(guest: GuestRun) -> None:
 def test_convert_with_the_running_kernels_defaults(guest: GuestRun) -> None:
     """``klpsym convert`` without --kernel-dir or --kallsyms finds the running
     kernel's headers and /proc/kallsyms, and the output loads and works."""
+    release = guest.kernel.release
     for b in guest.boots.values():
         conv = b.case("convert")
         assert conv.kv["rc"] == "0", conv.log()
+        assert (f"target {release}, headers /lib/modules/{release}/build, exports from "
+                f"/lib/modules/{release}/build/Module.symvers, symbols from /proc/kallsyms"
+                in conv.other), conv.log()
         assert f"/lab/klpsym_klp.ko -> {CONVERTED}: converted 3 symbols (bpf_get_current_" \
             "pid_tgid, c_start,2, sysctl_max_map_count), moved 7 relocations into 1 " \
             ".klp.rela.vmlinux section" in conv.other, conv.log()

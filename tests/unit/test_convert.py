@@ -396,6 +396,22 @@ def test_cli_dry_run_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert doc["written"] is False and doc["relocations_to_move"] == 4
 
 
+def test_cli_says_which_kernel_it_converted_for(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target (by default the running kernel) and its sources are named,
+    converted or not: the first thing to look at when the module will not load."""
+    monkeypatch.setattr("klpsym.cli.convert.target_from_args", lambda args: target())
+    src = write(tmp_path, simple_module())
+    assert main(["convert", str(src), "-o", str(tmp_path / "out.ko")]) == 0
+    assert main(["convert", str(tmp_path / "out.ko"), "-o", str(tmp_path / "again.ko")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    said = f"target {RELEASE}, exports from test Module.symvers, symbols from test kallsyms"
+    assert lines[0].endswith("moved 2 relocations into 2 .klp.rela.vmlinux sections")
+    assert lines[1] == said, lines
+    assert "nothing to convert, already converted" in lines[-2] and lines[-1] == said, lines
+
+
 def test_cli_bad_sympos_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = write(tmp_path, simple_module())
     assert main(["convert", str(src), "--dry-run", "--sympos", "show_state"]) == 2

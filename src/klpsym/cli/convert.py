@@ -144,6 +144,9 @@ def print_result(result: ConvertResult) -> None:
 
 
 def _print_finish(result: ConvertResult) -> None:
+    # Which kernel the symbols were classified for (by default the running
+    # one): the first thing to look at when a module will not load.
+    print(printable(f"target {result.plan.target.describe()}"))
     if result.guard.adds:
         print(printable(result.guard.describe()))
     if result.signed_with is not None:
