@@ -17,22 +17,21 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
-    BOOT_TIMEOUT,
     EXTRA_CONVERT_ARGS,
     MODULE_SOURCES,
     SUITES,
     SYMPOS_NAME,
     Converted,
     GuestRun,
+    boot_guest,
     convert,
     guest_script,
-    parse_output,
     restricted_names,
 )
 
 from klpsym.lab.build import build_modules
 from klpsym.lab.provision import Kernel
-from klpsym.lab.qemu import BootError, boot, capture_kallsyms
+from klpsym.lab.qemu import capture_kallsyms
 
 
 @pytest.fixture(scope="session", params=SUITES)
@@ -127,13 +126,4 @@ def guest(
         if conv.ok:
             files[f"klp/{conv.output.name}"] = conv.output
             positions.append(pos)
-    script = guest_script(present, positions, unconverted)
-    try:
-        result = boot(
-            kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=True
-        )
-    except BootError as exc:
-        yield GuestRun(None, exc, {}, {}, script)
-        return
-    cases, kallsyms = parse_output(result.output)
-    yield GuestRun(result, None, cases, kallsyms, script)
+    yield boot_guest(kernel, files, guest_script(present, positions, unconverted))

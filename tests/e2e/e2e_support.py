@@ -28,12 +28,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from klpsym.lab.build import build_modules
 from klpsym.lab.provision import Kernel
-from klpsym.lab.qemu import BootError, BootResult
+from klpsym.lab.qemu import BootError, BootResult, boot
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_SOURCES = {
@@ -241,6 +242,19 @@ class GuestRun:
 
     def raw(self) -> str:
         return self.boot.output[-3000:] if self.boot else "(no boot)"
+
+
+def boot_guest(kernel: Kernel, files: dict[str, Path], script: str, *, kaslr: bool = True,
+               **options: Any) -> GuestRun:
+    """Boot ``kernel`` with ``script`` (and ``boot()``'s other ``options``)
+    and parse what the guest sent; a boot that did not finish is kept as the
+    run's error, for each test to report."""
+    try:
+        result = boot(kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=kaslr, **options)
+    except BootError as exc:
+        return GuestRun(None, exc, {}, {}, script)
+    cases, kallsyms = parse_output(result.output)
+    return GuestRun(result, None, cases, kallsyms, script)
 
 
 def parse_output(text: str) -> tuple[dict[str, CaseResult], dict[str, list[int]]]:

@@ -31,19 +31,17 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
-    BOOT_TIMEOUT,
     GUEST_HELPERS,
     MAP_COUNT,
-    CaseResult,
+    GuestRun,
+    boot_guest,
     build_method,
     check_loaded_method,
-    finished_case,
-    parse_output,
 )
 
 from klpsym.lab.guestpy import GUEST_SETUP, GuestPython, guest_python
 from klpsym.lab.provision import Kernel
-from klpsym.lab.qemu import BootError, BootResult, boot, capture_kallsyms
+from klpsym.lab.qemu import capture_kallsyms
 
 pytestmark = pytest.mark.e2e
 
@@ -99,23 +97,11 @@ grep -E ' ({names})$' /proc/kallsyms | sed 's/^/@@kallsyms /'
 
 
 @dataclass
-class GuestBoot:
-    result: BootResult | None
-    error: BootError | None
-    cases: dict[str, CaseResult]
-    kallsyms: dict[str, list[int]]
-
-    def case(self, name: str) -> CaseResult:
-        return finished_case(self.cases, self.error, name,
-                             f":\n{self.result.output[-3000:] if self.result else ''}")
-
-
-@dataclass
-class GuestRun:
+class InGuest:
     kernel: Kernel
     python: GuestPython
     captured_stext: list[int]  # _stext in the captured (PVH) kallsyms
-    boots: dict[str, GuestBoot]  # "pvh" (bookworm only), "kaslr"
+    boots: dict[str, GuestRun]  # "pvh" (bookworm only), "kaslr"
 
 
 # Every suite gets the KASLR boot; the PVH one (link-time addresses, as the
@@ -123,18 +109,13 @@ class GuestRun:
 PVH_SUITES = {"bookworm"}
 
 
-def do_boot(kernel: Kernel, files: dict[str, Path], *, kaslr: bool) -> GuestBoot:
-    try:
-        result = boot(kernel, files, guest_script(), timeout=BOOT_TIMEOUT, kaslr=kaslr,
-                      memory_mb=MEMORY_MB, qemu_args=["-cpu", "max"])
-    except BootError as exc:
-        return GuestBoot(None, exc, {}, {})
-    cases, kallsyms = parse_output(result.output)
-    return GuestBoot(result, None, cases, kallsyms)
+def do_boot(kernel: Kernel, files: dict[str, Path], *, kaslr: bool) -> GuestRun:
+    return boot_guest(kernel, files, guest_script(), kaslr=kaslr, memory_mb=MEMORY_MB,
+                      qemu_args=["-cpu", "max"])
 
 
 @pytest.fixture(scope="module", params=SUITES)
-def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
+def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> InGuest:
     """Build klpsym_klp.ko and klpsym_kallsyms.ko (neither converted), boot
     with the guest Python and the kernel's header files (KASLR, and PVH)."""
     kernel: Kernel = request.getfixturevalue(request.param)
@@ -156,10 +137,10 @@ def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     boots = {"kaslr": do_boot(kernel, files, kaslr=True)}
     if kernel.suite in PVH_SUITES:
         boots["pvh"] = do_boot(kernel, files, kaslr=False)
-    return GuestRun(kernel, python, stext, boots)
+    return InGuest(kernel, python, stext, boots)
 
 
-def test_kaslr_boot_moved_the_kernel(guest: GuestRun) -> None:
+def test_kaslr_boot_moved_the_kernel(guest: InGuest) -> None:
     """The KASLR boot runs elsewhere than the captured kallsyms say (and the
     PVH boot where they say): only that boot's kallsyms gives right answers."""
     kaslr = guest.boots["kaslr"]
@@ -172,7 +153,7 @@ def test_kaslr_boot_moved_the_kernel(guest: GuestRun) -> None:
         pytest.skip("KASLR chose the link-time address this time (about 1 boot in 500)")
 
 
-def test_unconverted_module_is_refused(guest: GuestRun) -> None:
+def test_unconverted_module_is_refused(guest: InGuest) -> None:
     """Without klpsym, the klp-method module cannot load: its symbols are unexported."""
     for b in guest.boots.values():
         result = b.case("unconverted")
@@ -183,7 +164,7 @@ def test_unconverted_module_is_refused(guest: GuestRun) -> None:
         assert any(ln.endswith("(klpsym_klp): fails") for ln in check.other), check.log()
 
 
-def test_convert_with_the_running_kernels_defaults(guest: GuestRun) -> None:
+def test_convert_with_the_running_kernels_defaults(guest: InGuest) -> None:
     """``klpsym convert`` without --kernel-dir or --kallsyms finds the running
     kernel's headers and /proc/kallsyms, and the output loads and works."""
     release = guest.kernel.release
@@ -199,7 +180,7 @@ def test_convert_with_the_running_kernels_defaults(guest: GuestRun) -> None:
         check_loaded_method(b.case("klp"), b.kallsyms, "klp")
 
 
-def test_check_says_the_converted_module_loads(guest: GuestRun) -> None:
+def test_check_says_the_converted_module_loads(guest: InGuest) -> None:
     """``klpsym check`` with the defaults: the running kernel's headers and kallsyms."""
     release = guest.kernel.release
     for b in guest.boots.values():
@@ -214,7 +195,7 @@ def test_check_says_the_converted_module_loads(guest: GuestRun) -> None:
         assert ["c_start", "livepatch", "vmlinux", "POS=2", "yes"] in rows, check.log()
 
 
-def test_klpsym_insmod_passes_this_boots_addresses(guest: GuestRun) -> None:
+def test_klpsym_insmod_passes_this_boots_addresses(guest: InGuest) -> None:
     """``klpsym insmod`` runs busybox's insmod with NAME=0xADDR from this
     boot's /proc/kallsyms; the module checks each, then uses them."""
     for b in guest.boots.values():
