@@ -164,7 +164,9 @@ class Symvers:
         """The exports as columns and metadata (for the symbol cache; one
         source only)."""
         if self._exports is None and self._cols is not None:
-            return self._cols.arrays, {**self._cols.meta, "layouts": sorted(self.layouts)}
+            cols = self._cols
+            return cols.arrays, {"modules": cols.modules, "types": cols.types,
+                                 "namespaces": cols.namespaces, "layouts": sorted(self.layouts)}
         exports = list(self.exports.values())
         codes: dict[str, dict[str, int]] = {"modules": {}, "types": {}, "namespaces": {}}
 
@@ -319,8 +321,6 @@ class _Columns:
             lists.append([str(v) for v in values])
         self.modules, self.types, self.namespaces = lists
         self.arrays = arrays
-        self.meta: dict[str, object] = {"modules": self.modules, "types": self.types,
-                                        "namespaces": self.namespaces}
         self.source = source
         self._made: dict[int, Export] = {}
 
@@ -402,7 +402,6 @@ def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
     row_of: dict[str, int] = {}
     codes: dict[str, dict[str, int]] = {"modules": {}, "types": {}, "namespaces": {}}
     module_codes, type_codes, ns_codes = codes["modules"], codes["types"], codes["namespaces"]
-    module_names: list[str] = []
     layouts: set[str] = set()
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.rstrip("\r")
@@ -412,10 +411,7 @@ def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
         if len(fields) == 1:  # hand-made file with spaces instead of tabs
             fields = line.split()
         name, crc, module, export, namespace, layout = _parse_line(fields, source, lineno, line)
-        m = module_codes.get(module)
-        if m is None:
-            m = module_codes[module] = len(module_names)
-            module_names.append(module)
+        m = module_codes.setdefault(module, len(module_codes))
         t = type_codes.setdefault(export, len(type_codes))
         ns = ns_codes.setdefault(namespace, len(ns_codes))
         row = row_of.get(name)
@@ -429,9 +425,9 @@ def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
             lines.append(lineno)
         else:  # read again: the later line counts, in the first one's place
             if modules[row] != m:
+                first = list(module_codes)[modules[row]]  # codes count up in insertion order
                 raise line_error(source, lineno, f"{name} exported again (first by "
-                                 f"{module_names[modules[row]]} at {source}:{lines[row]})",
-                                 line)
+                                 f"{first} at {source}:{lines[row]})", line)
             crcs[row], types[row], namespaces[row], lines[row] = crc, t, ns, lineno
         layouts.add(layout)
     arrays = {
