@@ -237,6 +237,16 @@ class GuestRun:
         got, want = hex_addr(printed), self.address(name)
         assert got == want, f"{name}: module printed {got:#x}, /proc/kallsyms says {want:#x}"
 
+    def assert_clean(self) -> None:
+        """The boot finished, its script exited 0, and the kernel said nothing
+        of a bug, an oops or a warning."""
+        if self.error is not None:
+            pytest.fail(f"the guest did not finish: {self.error}\n{self.error.console_tail()}")
+        assert self.boot is not None
+        assert self.boot.exit_status == 0, self.raw()
+        for bad in ("BUG:", "Oops", "general protection", "Call Trace", "WARNING:"):
+            assert bad not in self.boot.console, self.boot.console[-3000:]
+
     def __repr__(self) -> str:
         return f"<GuestRun cases={sorted(self.cases)} error={self.error}>"
 

@@ -22,15 +22,13 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
-    BOOT_TIMEOUT,
     GUEST_HELPERS,
     CaseResult,
+    GuestRun,
     assert_steps_ok,
-    finished_case,
+    boot_guest,
     hex_addr,
-    parse_output,
     restricted,
-    sole_address,
 )
 
 from klpsym.kbuild import ChrootRunner
@@ -38,7 +36,6 @@ from klpsym.kbuild.build import MO_SINCE
 from klpsym.kernel.version import KernelVersion
 from klpsym.lab.build import runner
 from klpsym.lab.provision import Kernel
-from klpsym.lab.qemu import BootError, BootResult, boot
 
 pytestmark = pytest.mark.e2e
 
@@ -51,20 +48,21 @@ TWO_FILES = REPO / "tests/modules/two_files"
 
 @dataclass
 class Run:
-    boot: BootResult | None
-    error: BootError | None
-    cases: dict[str, CaseResult]
-    kallsyms: dict[str, list[int]]
     built: dict[str, subprocess.CompletedProcess[str]]
     mo: subprocess.CompletedProcess[str]  # the MO= build (refused before 6.13)
     mo_dirs: tuple[Path, Path]  # its source dir and OUTDIR
+    guest: GuestRun | None = None  # None: a build failed, nothing was booted
+
+    def booted(self) -> GuestRun:
+        assert_steps_ok(self.built)
+        assert self.guest is not None
+        return self.guest
 
     def case(self, name: str) -> CaseResult:
-        assert_steps_ok(self.built)
-        return finished_case(self.cases, self.error, name)
+        return self.booted().case(name)
 
     def addr(self, name: str) -> int:
-        return sole_address(self.kallsyms, name)
+        return self.booted().address(name)
 
 
 def has_mo(kernel: Kernel) -> bool:
@@ -113,7 +111,7 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
     if has_mo(kernel):
         built["klpsym build two_files -- MO="] = mo
     if any(p.returncode for p in built.values()):
-        yield Run(None, None, {}, {}, built, mo, (mo_src, mo_out))
+        yield Run(built, mo, (mo_src, mo_out))
         return
     files = {"tm_provider.ko": two / "tm_provider.ko", "tm_user.ko": two / "tm_user.ko",
              "snippet.ko": snip / "snippet.ko", "module_ns.ko": ns / "module_ns.ko"}
@@ -132,13 +130,7 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
         script += ("begin two_files\nload /lab/two_files.ko\n"
                    "kv sysctl_kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\n"
                    "end two_files\n")
-    try:
-        result = boot(kernel, files, script, timeout=BOOT_TIMEOUT, kaslr=True)
-    except BootError as exc:
-        yield Run(None, exc, {}, {}, built, mo, (mo_src, mo_out))
-        return
-    cases, kallsyms = parse_output(result.output)
-    yield Run(result, None, cases, kallsyms, built, mo, (mo_src, mo_out))
+    yield Run(built, mo, (mo_src, mo_out), boot_guest(kernel, files, script))
 
 
 def test_klpsym_build_two_modules(run: Run) -> None:
@@ -212,6 +204,4 @@ def test_separate_output_dir(kernel: Kernel, run: Run) -> None:
 
 def test_boot_is_clean(run: Run) -> None:
     run.case("snippet")
-    assert run.boot is not None and run.boot.exit_status == 0
-    for bad in ("BUG:", "Oops", "general protection", "Call Trace", "WARNING:"):
-        assert bad not in run.boot.console, run.boot.console[-3000:]
+    run.booted().assert_clean()

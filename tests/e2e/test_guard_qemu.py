@@ -35,21 +35,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from e2e_support import (
-    BOOT_TIMEOUT,
     GUEST_HELPERS,
     REPO,
     CaseResult,
+    GuestRun,
     assert_steps_ok,
-    finished_case,
+    boot_guest,
     hex_addr,
     klpsym,
-    parse_output,
-    sole_address,
 )
 
 from klpsym.elf import ElfFile
@@ -57,7 +55,7 @@ from klpsym.kbuild import ChrootRunner
 from klpsym.kernel.symvers import read_symvers
 from klpsym.lab.build import build_modules, runner
 from klpsym.lab.provision import Kernel
-from klpsym.lab.qemu import BootError, BootResult, boot, capture_kallsyms
+from klpsym.lab.qemu import capture_kallsyms
 from klpsym.module.ko import read_module
 from klpsym.module.signature import MODULE_SIG_STRING, PkeyIdType, split_signature
 from klpsym.module.versions import read_versions
@@ -76,20 +74,21 @@ class SuiteRun:
     kernel: Kernel
     files: dict[str, Path]
     steps: dict[str, subprocess.CompletedProcess[str]]
-    boot: BootResult | None = None
-    error: BootError | None = None
-    cases: dict[str, CaseResult] = field(default_factory=dict)
-    kallsyms: dict[str, list[int]] = field(default_factory=dict)
+    guest: GuestRun | None = None  # None: a step failed, nothing was booted
 
     def check_steps(self) -> None:
         assert_steps_ok(self.steps)
 
-    def case(self, name: str) -> CaseResult:
+    def booted(self) -> GuestRun:
         self.check_steps()
-        return finished_case(self.cases, self.error, name)
+        assert self.guest is not None
+        return self.guest
+
+    def case(self, name: str) -> CaseResult:
+        return self.booted().case(name)
 
     def addr(self, name: str) -> int:
-        return sole_address(self.kallsyms, name)
+        return self.booted().address(name)
 
 
 def make_key(directory: Path) -> tuple[Path, Path]:
@@ -173,14 +172,7 @@ def run(request: pytest.FixtureRequest,
     files["swapped"].write_bytes(replace_once(
         files["guarded"].read_bytes(), GUARD.encode() + b"\0", SWAPPED.encode() + b"\0",
         versions))
-    try:
-        result.boot = boot(kernel, {f"{n}.ko": p for n, p in files.items()},
-                           guest_script(), timeout=BOOT_TIMEOUT, kaslr=True)
-    except BootError as exc:
-        result.error = exc
-        yield result
-        return
-    result.cases, result.kallsyms = parse_output(result.boot.output)
+    result.guest = boot_guest(kernel, {f"{n}.ko": p for n, p in files.items()}, guest_script())
     yield result
 
 
@@ -273,6 +265,4 @@ def test_enforcing_kernel_names_why(run: SuiteRun) -> None:
 
 def test_boot_is_clean(run: SuiteRun) -> None:
     run.case("enforce")
-    assert run.boot is not None and run.boot.exit_status == 0
-    for bad in ("BUG:", "Oops", "general protection", "Call Trace", "WARNING:"):
-        assert bad not in run.boot.console, run.boot.console[-3000:]
+    run.booted().assert_clean()
