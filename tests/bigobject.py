@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from elfbuilder import SYNTH_RELEASE
+
 R_X86_64_64, R_X86_64_PLT32 = 1, 4
 
 
-def big_module(n: int, symbols: int = 1000, release: str = "6.1.0-56-amd64") -> bytes:
+def big_module(n: int, symbols: int = 1000, release: str = SYNTH_RELEASE) -> bytes:
     n_text = n - n // 4
     n_data = n - n_text
     names = [f"big_sym_{i}" for i in range(symbols)]
@@ -96,7 +98,7 @@ def big_module_names(symbols: int = 1000) -> list[str]:
     return [f"big_sym_{i}" for i in range(symbols)]
 
 
-def write_target(where: Path, names: list[str], release: str = "6.1.0-56-amd64",
+def write_target(where: Path, names: list[str], release: str = SYNTH_RELEASE,
                  exported_every: int = 2) -> tuple[Path, Path]:
     """A kernel dir (release, .config with LIVEPATCH, Module.symvers that
     exports every ``exported_every``-th of ``names``) and a kallsyms file

@@ -8,9 +8,18 @@ use it are marked ``real`` or ``e2e``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from klpsym.lab.provision import Kernel, provision
+
+#: ``kernel_of("trixie")``: a suite's kernel by name, for tests parametrised
+#: over suites.  It goes through the suite's session fixture, so the kernel is
+#: provisioned when first asked for, in whatever order pytest runs the tests
+#: (never skipped because another test had not provisioned it yet).
+KernelOf = Callable[[str], Kernel]
+SUITES = ("bookworm", "trixie", "sid")
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +38,17 @@ def trixie() -> Kernel:
 def sid() -> Kernel:
     """The current Debian sid (7.x) kernel, with its build chroot (gcc-16)."""
     return provision("sid")
+
+
+@pytest.fixture(scope="session")
+def kernel_of(request: pytest.FixtureRequest) -> KernelOf:
+    def get(suite: str) -> Kernel:
+        if suite not in SUITES:
+            raise ValueError(f"no fixture for suite {suite!r}; the suites are {SUITES}")
+        kernel: Kernel = request.getfixturevalue(suite)
+        return kernel
+
+    return get
 
 
 def pytest_configure(config: pytest.Config) -> None:

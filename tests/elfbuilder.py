@@ -18,6 +18,13 @@ SHN_UNDEF, SHN_ABS, SHN_XINDEX, SHN_LORESERVE = 0, 0xFFF1, 0xFFFF, 0xFF00
 R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32 = 1, 2, 4
 EM_X86_64, EM_AARCH64 = 62, 183
 
+#: The kernel release synthetic modules and made-up kernels carry.  It is no
+#: Debian kernel's (Debian's are ``6.1.0-NN-amd64``), so a test on a real,
+#: provisioned kernel that forgets to pass that kernel's own release fails at
+#: once, not only when Debian's archive moves to the next ABI.  Same length as
+#: bookworm's releases, so the fuzzer's corpus could take it in place.
+SYNTH_RELEASE = "6.1.0-99-synth"
+
 
 @dataclass
 class Sec:
@@ -92,7 +99,20 @@ class ElfBuilder:
         blob = b"".join(f"{k}={v}".encode() + b"\0" for k, v in entries.items())
         return self.section(".modinfo", SHT_PROGBITS, SHF_ALLOC, blob, 1)
 
-    def module(self, license: str = "GPL", release: str = "6.1.0-56-amd64",
+    def versions(self, crcs: dict[str, int]) -> Sec:
+        """``__versions`` as modpost writes it: a CRC and a 56-byte name each."""
+        return self.section("__versions", data=b"".join(
+            struct.pack(self.e + "Q", c) + n.encode().ljust(56, b"\0") for n, c in crcs.items()),
+            align=32)
+
+    def this_module(self, name: str) -> Sec:
+        """``.gnu.linkonce.this_module`` (struct module) with the name at offset 24."""
+        this = bytearray(1024)
+        this[24:24 + len(name)] = name.encode()
+        return self.section(".gnu.linkonce.this_module", data=bytes(this),
+                            flags=SHF_ALLOC | SHF_WRITE, align=64)
+
+    def module(self, license: str = "GPL", release: str = SYNTH_RELEASE,
                name: str = "synthetic") -> None:
         """The .modinfo a kbuild module carries."""
         self.modinfo(license=license, name=name,
@@ -199,7 +219,7 @@ class ElfBuilder:
 
 def simple_module(unexported: tuple[str, ...] = ("kallsyms_lookup_name",),
                   exported: tuple[str, ...] = ("_printk",), license: str = "GPL",
-                  release: str = "6.1.0-56-amd64", big_endian: bool = False,
+                  release: str = SYNTH_RELEASE, big_endian: bool = False,
                   machine: int = EM_X86_64) -> ElfBuilder:
     """A module-shaped object: .text calling each symbol, .data pointing at
     each, .modinfo with license and vermagic."""

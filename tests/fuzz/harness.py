@@ -72,6 +72,7 @@ from elfbuilder import (  # noqa: E402
     STB_WEAK,
     STT_FUNC,
     STT_SECTION,
+    SYNTH_RELEASE,
     ElfBuilder,
     simple_module,
 )
@@ -83,7 +84,9 @@ from klpsym.module.modinfo import read_modinfo  # noqa: E402
 from klpsym.module.signature import MODULE_SIG_STRING, split_signature  # noqa: E402
 from klpsym.module.versions import read_versions  # noqa: E402
 
-RELEASE = "6.1.0-56-amd64"
+# The made-up kernels' release: a synthetic one (the corpus's modules carry it
+# too), so that nothing here depends on which Debian kernel the lab has.
+RELEASE = SYNTH_RELEASE
 CORPUS = HERE / "corpus"
 NAME_WIDTH = 511  # KSYM_NAME_LEN - 1 of 6.1
 # klpsym's errors for what it checks of its own work ("internal error, the
@@ -116,18 +119,53 @@ class Finding:
 
 
 def real_seeds(limit: int = 40, max_size: int = 24_000) -> list[bytes]:
-    """Small modules of the Debian kernel in the lab cache (none if the
-    cache has none; nothing is downloaded)."""
+    """Small modules of the newest bookworm kernel in the lab cache, whatever its
+    release (none if the cache has none; nothing is downloaded), their vermagic
+    made the made-up kernels' (``with_release``), so that they reach as deep."""
     root = Path(os.environ.get("KLPSYM_CACHE") or Path.home() / ".cache" / "klpsym")
+    homes = sorted((h for h in root.glob("kernels-v*/bookworm/*") if (h / "complete").is_file()),
+                   key=lambda h: (h / "complete").stat().st_mtime, reverse=True)
     found: list[Path] = []
-    for kdir in sorted(root.glob(f"kernels*/bookworm/*/root/lib/modules/{RELEASE}/kernel")):
-        found = sorted((p for p in kdir.rglob("*.ko") if p.stat().st_size <= max_size),
+    for home in homes:
+        found = sorted((p for p in home.glob("root/lib/modules/*/kernel/**/*.ko")
+                        if p.stat().st_size <= max_size),
                        key=lambda p: (p.stat().st_size, p.name))
         if found:
             break
     # every k-th, so sizes and kinds vary
     step = max(1, len(found) // limit) if found else 1
-    return [p.read_bytes() for p in found[::step][:limit]]
+    seeds = (with_release(p.read_bytes(), RELEASE) for p in found[::step][:limit])
+    return [s for s in seeds if s is not None]
+
+
+def with_release(data: bytes, release: str) -> bytes | None:
+    """``data`` with the release in its vermagic replaced by ``release`` in place
+    (NUL-padded when shorter; .modinfo readers skip NULs between entries), or
+    None where it would not fit or there is no vermagic."""
+    start = data.find(b"\0vermagic=")
+    if start < 0:
+        return None
+    start += len(b"\0vermagic=")
+    end = data.find(b"\0", start)
+    old = data[start:end]
+    old_release, sep, rest = old.partition(b" ")
+    new = release.encode() + sep + rest
+    if end < 0 or len(new) > len(old):
+        return None
+    return data[:start] + new + bytes(len(old) - len(new)) + data[end:]
+
+
+def modpost_seed(unexported: tuple[str, ...], exported: tuple[str, ...], name: str) -> bytes:
+    """A seed as modpost links a module: __versions (each exported name, CRCs
+    made up here and given to the check kernel through ``seed_crcs``; the
+    corpus's real CRCs of module_layout and _printk are the check kernel's, so
+    the seeds name neither: a missing entry only warns, kernel/module/version.c)
+    and .gnu.linkonce.this_module, so that ``check`` can find it loadable
+    without the lab's real modules."""
+    b = simple_module(unexported, exported)
+    b.versions({n: 0x1000 + i for i, n in enumerate(exported)})
+    b.this_module(name)
+    return b.build()
 
 
 def synthetic_seeds() -> list[bytes]:
@@ -156,6 +194,8 @@ def synthetic_seeds() -> list[bytes]:
     b.rela(text, 1, s)  # two relocations at one offset
     b.section(".text.unlikely", 1, SHF_ALLOC | SHF_EXECINSTR, bytes(32), 16)
     out.append(b.build())
+    out += [modpost_seed((), ("fuzz_exported",), "fuzz_plain"),
+            modpost_seed(("kallsyms_lookup_name",), ("fuzz_exported",), "fuzz_klp")]
     signed = simple_module().build()
     sig = b"\x30" * 40
     info = bytes([0, 0, 2, 0, 0, 0, 0, 0]) + struct.pack(">I", len(sig))
@@ -819,20 +859,26 @@ TARGETS: dict[str, Target] = {"reader": target_reader, "convert": target_convert
 
 class Fuzzer:
     def __init__(self, work: Path, *, seed: int = 0, timeout: float = 20.0,
-                 seeds: list[bytes] | None = None, targets: list[str] | None = None) -> None:
+                 seeds: list[bytes] | None = None, targets: list[str] | None = None,
+                 real: bool = True) -> None:
+        """``real``: add the lab cache's small bookworm modules to the seeds, when
+        there are any (the long runs; pytest's runs keep to synthetic seeds, so
+        they do not depend on what the cache holds)."""
         self.work = work / "run"
         self.work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("KLPSYM_SYMCACHE", str(work / "symcache"))  # not the user's
         self.rng = random.Random(seed)
         self.timeout = timeout
-        self.seeds = seeds if seeds is not None else synthetic_seeds() + real_seeds()
+        made = seeds is None
+        self.seeds = seeds if seeds is not None else (
+            synthetic_seeds() + (real_seeds() if real else []))
         # The corpus's names too: its inputs meet the same kernels whether
         # or not the lab's cache gave real seeds
         corpus = [p.read_bytes() for p in sorted(CORPUS.glob("*.ko"))]
         names = undefined_names(self.seeds + corpus)
         self.kdir, self.kallsyms = make_target(work, names)
         self.check_kdir = make_check_target(work, names, seed_crcs(self.seeds + corpus))
-        if seeds is None:
+        if made:
             synthetic = synthetic_seeds()
             self.seeds += converted_seeds(work, synthetic + self.seeds[len(synthetic)::8],
                                           self.kallsyms)

@@ -15,7 +15,8 @@ REPLAYS = 12
 
 @pytest.fixture(scope="module")
 def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Fuzzer:
-    fz = Fuzzer(tmp_path_factory.mktemp("fuzz"), seed=int(os.environ.get("KLPSYM_FUZZ_SEED", "0")))
+    fz = Fuzzer(tmp_path_factory.mktemp("fuzz"), seed=int(os.environ.get("KLPSYM_FUZZ_SEED", "0")),
+                real=False)
     return fz
 
 

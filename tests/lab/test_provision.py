@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import time
@@ -106,15 +107,23 @@ def test_failed_provision_leaves_nothing_and_retries(
     # function provision, which shadows the submodule of the same name)
     prov = importlib.import_module("klpsym.lab.provision")
 
+    # Exactly this kernel's packages (its manifest names them), whatever other
+    # suites or older kernels the shared debs dir holds; its flavour's headers
+    # are the one corrupted.
     real_debs = bookworm.home.parent.parent.parent / "debs"
     debs = tmp_path / "debs"
     debs.mkdir()
-    for deb in real_debs.glob("*.deb"):
-        if "linux-headers" in deb.name and deb.name.endswith("_amd64.deb"):
-            (debs / deb.name).write_bytes(b"truncated")  # must be noticed and re-fetched
+    manifest = json.loads((bookworm.home / "kernel.json").read_text())
+    corrupt = None
+    for pkg in manifest["packages"]:
+        version = pkg["version"].split(":")[-1]  # pool file names drop the epoch
+        (deb,) = real_debs.glob(f"{pkg['package']}_{version}_*.deb")
+        if pkg["package"] == f"linux-headers-{bookworm.release}":
             corrupt = debs / deb.name
+            corrupt.write_bytes(b"truncated")  # must be noticed and re-fetched
         else:
             (debs / deb.name).symlink_to(deb)
+    assert corrupt is not None, manifest
 
     def boom(vmlinuz: Path, dest: Path) -> Path:
         raise LabError("injected failure")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -72,19 +73,9 @@ def _modinfo(p: Path, *args: str) -> str:
                           check=True).stdout
 
 
-def _cached(suite: str) -> Path | None:
-    base = Path.home() / ".cache" / "klpsym" / "kernels" / suite
-    for home in sorted(base.glob("*")):
-        if (home / "complete").exists():
-            return home / "root"
-    return None
-
-
 @pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
-def test_exports_equal_module_symvers(suite: str, bookworm: Kernel) -> None:
-    root = bookworm.home / "root" if suite == "bookworm" else _cached(suite)
-    if root is None:
-        pytest.skip(f"{suite} is not in the lab's cache")
+def test_exports_equal_module_symvers(suite: str, kernel_of: Callable[[str], Kernel]) -> None:
+    root = kernel_of(suite).root
     (symvers_path,) = root.glob("usr/src/linux-headers-*-amd64/Module.symvers")
     symvers = read_symvers(symvers_path)
     by_module: dict[str, dict[str, tuple[str, str, int | None]]] = {}
@@ -117,7 +108,7 @@ def test_check_every_bookworm_module(bookworm: Kernel) -> None:
 
 
 @pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
-def test_fast_reader_equals_general_reader(suite: str, bookworm: Kernel) -> None:
+def test_fast_reader_equals_general_reader(suite: str, kernel_of: Callable[[str], Kernel]) -> None:
     """check reads modules through load.facts' fast path (the compiled
     reader, the Python one where it is not built): on Debian's own modules
     (.ko; .ko.xz with extended modversions and __kflagstab on sid) both must
@@ -125,9 +116,7 @@ def test_fast_reader_equals_general_reader(suite: str, bookworm: Kernel) -> None
     from klpsym.load.facts import compiled_fast_facts, module_facts, python_fast_facts
     from klpsym.module.compression import decompress
 
-    root = bookworm.home / "root" if suite == "bookworm" else _cached(suite)
-    if root is None:
-        pytest.skip(f"{suite} is not in the lab's cache")
+    root = kernel_of(suite).root
     mods = _modules(root / "lib" / "modules")
     for p in mods[::1 if suite == "bookworm" else 4]:
         data, compression = decompress(p.read_bytes(), str(p))

@@ -91,7 +91,7 @@ def check_signed(path: Path, unsigned: bytes) -> None:
 def test_convert_signs_the_output(tmp_path: Path, target: TargetKernel,
                                   keypair: tuple[Path, Path]) -> None:
     src = tmp_path / "m.ko"
-    src.write_bytes(simple_module().build())
+    src.write_bytes(simple_module(release=target.version.release).build())
     plain = convert_file(src, target, {}, output=tmp_path / "plain.ko")
     assert plain.signed_with is None  # Debian's headers have no key of their own
     signer, notes = resolve_signer(target, *keypair)
@@ -106,7 +106,7 @@ def test_convert_signs_the_output(tmp_path: Path, target: TargetKernel,
 def test_module_with_nothing_to_convert_is_signed_as_is(tmp_path: Path, target: TargetKernel,
                                                       keypair: tuple[Path, Path]) -> None:
     src = tmp_path / "m.ko"
-    src.write_bytes(simple_module((), ("_printk",)).build())
+    src.write_bytes(simple_module((), ("_printk",), release=target.version.release).build())
     signer, _ = resolve_signer(target, *keypair)
     res = convert_file(src, target, {}, output=tmp_path / "out.ko", signer=signer)
     assert not res.plan.to_convert and not res.guard.adds and res.signed_with is signer
@@ -119,7 +119,8 @@ def test_signed_input_is_signed_again(tmp_path: Path, target: TargetKernel,
     signer_other, _ = resolve_signer(target, *other_key)
     assert signer_other is not None
     src = tmp_path / "m.ko"
-    src.write_bytes(signer_other.sign(simple_module().build(), "m.ko"))
+    unsigned = simple_module(release=target.version.release).build()
+    src.write_bytes(signer_other.sign(unsigned, "m.ko"))
     assert modinfo(src)["signer"] == "someone else"
     signer, _ = resolve_signer(target, *keypair)
     res = convert_file(src, target, {}, in_place=True, signer=signer)
@@ -157,7 +158,7 @@ def test_der_certificate_and_the_build_dir_key(tmp_path: Path, bookworm: Kernel,
     assert signer is not None and notes == []
     assert signer.key == str(key) and "CONFIG_MODULE_SIG_KEY" in signer.origin
     src = tmp_path / "m.ko"
-    src.write_bytes(simple_module().build())
+    src.write_bytes(simple_module(release=bookworm.release).build())
     proc = subprocess.run([*KLPSYM, "convert", str(src), "-o", str(tmp_path / "out.ko"),
                            "--kernel-dir", str(kdir), "--kallsyms", str(kallsyms)],
                           capture_output=True, text=True, check=False)
@@ -182,7 +183,7 @@ def test_cli_signing_errors_are_one_line(tmp_path: Path, bookworm: Kernel, kalls
     (tmp_path / "BAD").write_text("not a key\n")
     subst = {"KEY": str(keypair[0]), "CERT": str(keypair[1]), "BAD": str(tmp_path / "BAD")}
     src = tmp_path / "m.ko"
-    src.write_bytes(simple_module().build())
+    src.write_bytes(simple_module(release=bookworm.release).build())
     proc = subprocess.run([*KLPSYM, "convert", str(src), "-o", str(tmp_path / "out.ko"),
                            "--kernel-dir", str(bookworm.kernel_dir), "--kallsyms", str(kallsyms),
                            *(subst.get(f, f) for f in flags)],

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import zstandard
 
-from elfbuilder import SHF_ALLOC, STB_LOCAL, STB_WEAK, STT_FUNC, ElfBuilder, simple_module
+from elfbuilder import (
+    SHF_ALLOC,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_FUNC,
+    SYNTH_RELEASE,
+    ElfBuilder,
+    simple_module,
+)
 from klpsym.cli.main import main
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
@@ -26,7 +34,7 @@ from klpsym.load.batch import collect_modules, gather_facts
 from klpsym.load.check import Fate, ModuleVerdict, Stage, Verdict, check_modules
 from klpsym.load.facts import ModuleFacts, module_facts
 
-RELEASE = "6.1.0-56-amd64"
+RELEASE = SYNTH_RELEASE
 VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
 CONFIG = """CONFIG_X86_64=y
 CONFIG_SMP=y
@@ -564,7 +572,7 @@ def test_plain_report_for_a_pipe(tmp_path: Path, capsys: pytest.CaptureFixture[s
     paths = _batch(tmp_path)
     assert main(["check", str(tmp_path), "-j", "2"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("target 6.1.0-56-amd64")
+    assert out[0].startswith(f"target {RELEASE}")
     header = out.index(next(line for line in out if line.startswith("module ")))
     rows = [line.split() for line in out[header + 1: header + 21]]
     assert [r[0] for r in rows] == [str(p) for p in paths]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from elfbuilder import EM_AARCH64, ElfBuilder, simple_module
+from elfbuilder import EM_AARCH64, SYNTH_RELEASE, ElfBuilder, simple_module
 from klpsym.cli.main import main
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHF, SHN
@@ -25,7 +25,7 @@ from klpsym.klp.convert import convert_file
 from klpsym.klp.validate import loader_problems, relocation_changes
 from klpsym.module.signature import MODULE_SIG_STRING
 
-RELEASE = "6.1.0-56-amd64"
+RELEASE = SYNTH_RELEASE
 KALLSYMS = [
     (0xFFFFFFFF81000000, "T", "_stext"),
     (0xFFFFFFFF81100000, "T", "_printk"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from elfbuilder import simple_module
+from elfbuilder import SYNTH_RELEASE, simple_module
 from klpsym.cli.main import main
 from klpsym.errors import KernelSourceError, MethodError
 from klpsym.kernel.kallsyms import KallsymsTable, SymbolLookupError
@@ -27,7 +27,7 @@ from klpsym.kernel.symbols import (
 from klpsym.methods import cflags, include_dir, plan_insmod, run_insmod
 from klpsym.methods.header import Method
 
-RELEASE = "6.1.0-56-amd64"
+RELEASE = SYNTH_RELEASE
 ROWS = [
     (0xFFFFFFFF81000000, "T", "_stext"),
     (0xFFFFFFFF81100000, "t", "c_start"),
@@ -259,7 +259,7 @@ def test_run_insmod_passes_the_parameters(ksyms: Path, tmp_path: Path) -> None:
     proc = run_insmod(plan, running_release=RELEASE, insmod=str(fake))
     assert proc.returncode == 3
     assert shlex.split(proc.stdout) == [str(ko), "x=1", "kallsyms_lookup_name=0xffffffff81172300"]
-    with pytest.raises(MethodError, match="built for 6.1.0-56-amd64, but this machine runs 9.9"):
+    with pytest.raises(MethodError, match=f"built for {RELEASE}, but this machine runs 9.9"):
         run_insmod(plan, running_release="9.9.9", insmod=str(fake))
     with pytest.raises(MethodError, match="not found"):
         run_insmod(plan, running_release=RELEASE, insmod=str(tmp_path / "no-insmod"))
@@ -297,11 +297,11 @@ def test_header_is_package_data() -> None:
 
 
 @pytest.mark.parametrize("release, config, method, why", [
-    ("6.1.0-56-amd64", "CONFIG_LIVEPATCH=y\nCONFIG_KPROBES=y\n", "klp", ">= 5.8 with CONFIG_LIVE"),
-    ("6.1.0-56-amd64", "CONFIG_KPROBES=y\n", "kprobe", "has no CONFIG_LIVEPATCH; CONFIG_KPROBES=y"),
+    (RELEASE, "CONFIG_LIVEPATCH=y\nCONFIG_KPROBES=y\n", "klp", ">= 5.8 with CONFIG_LIVE"),
+    (RELEASE, "CONFIG_KPROBES=y\n", "kprobe", "has no CONFIG_LIVEPATCH; CONFIG_KPROBES=y"),
     ("5.4.0-1-amd64", "CONFIG_LIVEPATCH=y\nCONFIG_KPROBES=y\n", "kprobe", "older than 5.8"),
     ("5.4.0-1-amd64", "CONFIG_LIVEPATCH=y\n", "kallsyms", "and no CONFIG_KPROBES"),
-    ("6.1.0-56-amd64", None, "kallsyms", "no .config"),
+    (RELEASE, None, "kallsyms", "no .config"),
 ])
 def test_auto_method(release: str, config: str | None, method: str, why: str) -> None:
     from klpsym.kbuild.methods import choose_method
