@@ -225,7 +225,7 @@ class AtomicOutput:
                 raise KlpsymError(f"{self.dest}: cannot write: {e.strerror}") from None
             self._named = None
             self.committed = True
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         finally:
             if old is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -283,7 +283,8 @@ class AtomicOutput:
         self.discard()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory, so that a rename or a new name in it is durable (best effort)."""
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,38 @@ def register(sub: Any) -> None:
                     "Idempotent: a second run only checks apt for a newer kernel.",
         epilog=SUITES_HELP + """
 
+Debian's archive keeps only the current kernel of each suite and moves every
+few weeks.  When the kernel chosen is new to the cache, a line on stderr says
+so and names the older ones the cache holds ('klpsym lab prune' removes them).
+With $KLPSYM_LAB_STRICT=1 (as CI runs), a failure to ask apt is an error,
+never a fall-back to a cached kernel the archive may no longer serve.
+
 examples:
   klpsym lab provision bookworm
+  klpsym lab provision trixie --refresh    # fetch the apt lists first, whatever their age
   klpsym lab provision sid --json | jq -r .kernel_dir      # KDIR for klpsym convert""",
         formatter_class=fmt)
     _suite(p)
     p.add_argument("--json", action="store_true", help="print the kernel's paths as JSON")
+    p.add_argument("--refresh", action="store_true",
+                   help="fetch the suite's apt lists first (the host's suite: apt-get update, "
+                        "as root); by default a private suite's lists are refetched daily")
     p.set_defaults(run=run_provision)
+
+    p = labsub.add_parser(
+        "prune", help="remove kernels and chroots the archive no longer serves from the cache",
+        description="For each SUITE (default: every suite in the cache) keep the archive's "
+                    "current kernel and the build chroot it uses, and remove the rest: older "
+                    "kernels, trees of older cache layouts, unused chroots, and the .deb files "
+                    "no kept kernel needs.  When apt cannot answer, the newest cached kernel "
+                    "is kept.",
+        epilog="""examples:
+  klpsym lab prune --dry-run               # what would go, and how much
+  klpsym lab prune bookworm""",
+        formatter_class=fmt)
+    p.add_argument("suites", metavar="SUITE", nargs="*", help="Debian suites (default: all)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="say what would be removed")
+    p.set_defaults(run=run_prune)
 
     p = labsub.add_parser(
         "kallsyms", help="boot the suite's kernel once and keep its /proc/kallsyms",
@@ -174,10 +200,49 @@ the boot failed.""",
 # ------------------------------------------------------------------ commands
 
 
+def _say(line: str) -> None:
+    print(f"klpsym lab: {line}", file=sys.stderr, flush=True)
+
+
 def _kernel(args: argparse.Namespace) -> Any:
     from klpsym.lab.provision import provision
 
-    return provision(args.suite, args.cache)
+    return provision(args.suite, args.cache, refresh=getattr(args, "refresh", False), say=_say)
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    seen: set[int] = set()
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_ino not in seen:  # hard links (a chroot's copy of the headers) once
+                seen.add(st.st_ino)
+                total += st.st_size
+    return total
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from klpsym.lab.provision import prune
+
+    pruned = prune(args.suites or None, args.cache, dry_run=args.dry_run)
+    for kernel in pruned.kept:
+        print(f"kept     {kernel.suite} {kernel.label}  {kernel.home}")
+    verb = "would remove" if args.dry_run else "removed"
+    total = 0
+    for path in pruned.removed:
+        size = _size(path) if args.dry_run else 0
+        total += size
+        print(f"{verb}  {path}" + (f"  ({size / 2**20:.0f} MiB)" if args.dry_run else ""))
+    for note in pruned.notes:
+        print(f"note: {note}")
+    if not pruned.removed:
+        print("nothing to remove")
+    elif args.dry_run:
+        print(f"{len(pruned.removed)} paths, {total / 2**20:.0f} MiB")
+    return 0
 
 
 def run_provision(args: argparse.Namespace) -> int:

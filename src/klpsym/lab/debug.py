@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from klpsym.errors import LabError
-from klpsym.lab.provision import Kernel, _apt_show, _deb, _download
+from klpsym.lab.apt import apt_show, deb_from, download
+from klpsym.lab.provision import Kernel
 
 EXTRACT_TIMEOUT = 900.0
 
@@ -34,15 +35,15 @@ def debug_files(kernel: Kernel) -> DebugFiles:
     if files.vmlinux.is_file() and files.system_map.is_file():
         return files
     package = f"linux-image-{kernel.release}-dbg"
-    shown = _apt_show([f"{package}={kernel.package_version}"])
+    shown = apt_show([f"{package}={kernel.package_version}"])
     if package not in shown:
         raise LabError(f"apt has no {package} version {kernel.package_version}; "
                        "run 'apt-get update'")
-    deb = _deb(shown[package])
+    deb = deb_from(shown[package])
     members = {f"./usr/lib/debug/boot/vmlinux-{kernel.release}": files.vmlinux,
                f"./usr/lib/debug/boot/System.map-{kernel.release}": files.system_map}
     with tempfile.TemporaryDirectory(prefix=".dbg-", dir=kernel.home) as tmp:
-        _download([deb], Path(tmp))
+        download([deb], Path(tmp))
         dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb.path(Path(tmp)))],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert dpkg.stdout is not None
