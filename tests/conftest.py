@@ -1,4 +1,16 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the tiers.
+
+The tests are tiered by where they can run, one folder each, and each test
+gets its folder's marker (so ``-m "not vm"`` works anywhere):
+
+- ``tests/unit``: synthetic inputs only; no network, no root, no lab cache
+  (a bare ``pytest`` runs this tier: pyproject.toml's testpaths);
+- ``tests/real``: Debian's real kernel files, provisioned by klpsym.lab into
+  its cache (downloads on first use; trixie and sid need root for their
+  debootstrap build chroots), and the kallsyms the lab captures from one
+  boot of each kernel (cached with it);
+- ``tests/vm``: boots those kernels in QEMU to load modules and see them work;
+- ``tests/host``: changes the host as root (dkms, /lib/modules).
 
 ``bookworm``, ``trixie`` and ``sid`` provision the current kernel of that Debian
 suite once per session (trixie and sid with a debootstrap build chroot)
@@ -9,6 +21,7 @@ use it are marked ``real`` or ``e2e``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +62,27 @@ def kernel_of(request: pytest.FixtureRequest) -> KernelOf:
         return kernel
 
     return get
+
+
+TIERS = ("unit", "real", "vm", "host")
+LAB_FIXTURES = {"bookworm", "trixie", "sid", "kernel_of", "kernel"}
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            tier = item.path.resolve().relative_to(_TESTS).parts[0]
+        except ValueError:
+            continue
+        if tier not in TIERS:
+            folders = ", ".join(f"tests/{t}/" for t in TIERS)
+            raise pytest.UsageError(f"{item.nodeid}: a test belongs in one of {folders}")
+        lab = sorted(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if tier == "unit" and lab:
+            raise pytest.UsageError(f"{item.nodeid}: uses the lab's {', '.join(lab)}; a test on "
+                                    "real kernels belongs in tests/real/ or tests/vm/")
+        item.add_marker(tier)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -149,22 +149,22 @@ class ElfBuilder:
         strtab_data = bytearray(b"\0")
         symdata = bytearray()
         xdata = bytearray()
-        for i, s in enumerate(syms):
-            s.index = i
+        for i, sym in enumerate(syms):
+            sym.index = i
             name_off = 0
-            if s.name:
+            if sym.name:
                 name_off = len(strtab_data)
-                strtab_data += s.name.encode() + b"\0"
-            if isinstance(s.section, Sec):
-                idx = s.section.index
+                strtab_data += sym.name.encode() + b"\0"
+            if isinstance(sym.section, Sec):
+                idx = sym.section.index
                 shndx, xval = (SHN_XINDEX, idx) if idx >= SHN_LORESERVE else (idx, 0)
             else:
-                shndx, xval = s.section, 0
-            symdata += struct.pack(e + "IBBHQQ", name_off, (s.bind << 4) | s.type, 0, shndx,
-                                   s.value, s.size)
+                shndx, xval = sym.section, 0
+            symdata += struct.pack(e + "IBBHQQ", name_off, (sym.bind << 4) | sym.type, 0, shndx,
+                                   sym.value, sym.size)
             xdata += struct.pack(e + "I", xval)
         symtab.data = bytes(symdata)
-        symtab.info = sum(1 for s in syms if s.bind == STB_LOCAL)
+        symtab.info = sum(1 for sym in syms if sym.bind == STB_LOCAL)
         strtab.data = bytes(strtab_data)
         if xsec is not None:
             xsec.data = bytes(xdata)

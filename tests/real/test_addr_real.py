@@ -13,8 +13,6 @@ from klpsym.lab.debug import debug_files
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
 
-pytestmark = pytest.mark.e2e  # boots the kernel (once, cached) for its kallsyms
-
 
 def test_addr_vmlinux_gives_pos_unit_and_source(bookworm: Kernel,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHT
@@ -34,8 +33,6 @@ from klpsym.klp.plan import make_plan
 from klpsym.klp.validate import loader_problems, relocation_changes, symbol_changes
 from klpsym.lab.provision import Kernel
 from klpsym.module.ko import read_module
-
-pytestmark = pytest.mark.real
 
 CONFIG = KernelConfig.from_text("CONFIG_LIVEPATCH=y\nCONFIG_KALLSYMS_ALL=y\n")
 

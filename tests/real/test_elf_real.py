@@ -5,13 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from klpsym.elf import ElfFile
 from klpsym.lab.provision import Kernel
 from klpsym.module.ko import read_module
-
-pytestmark = pytest.mark.real
 
 
 def _modules(kernel: Kernel) -> list[Path]:

@@ -23,8 +23,6 @@ from klpsym.load.check import Verdict, check_modules
 from klpsym.module.exports import read_exports
 from klpsym.module.ko import read_module
 
-pytestmark = pytest.mark.real
-
 
 def _modules(root: Path) -> list[Path]:
     mods = sorted(p for pat in ("*.ko", "*.ko.xz", "*.ko.zst") for p in root.rglob(pat))

@@ -27,8 +27,6 @@ from klpsym.lab.qemu import capture_kallsyms
 from klpsym.module.ko import read_module
 from klpsym.module.signature import MODULE_SIG_STRING, PkeyIdType, split_signature
 
-pytestmark = pytest.mark.real
-
 KLPSYM = [sys.executable, "-m", "klpsym.cli.main"]
 SIGNER = "klpsym test signing key"
 

@@ -20,8 +20,6 @@ from klpsym.lab.debug import debug_files
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
 
-pytestmark = pytest.mark.e2e  # boots the kernel (once, cached) for its kallsyms
-
 
 def _same(rebuilt: KallsymsTable, booted: KallsymsTable) -> None:
     assert list(rebuilt.names) == list(booted.names)

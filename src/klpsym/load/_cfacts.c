@@ -19,7 +19,7 @@
  * before use; arithmetic on file values is done so that it cannot wrap.
  * tests/unit/test_check.py and tests/real compare this reader with both
  * Python readers on every module of three Debian kernels and on corrupted
- * copies; the fuzzer (tests/fuzz) feeds it mutated modules through check.
+ * copies; the fuzzer (tests/unit/fuzz) feeds it mutated modules through check.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
