@@ -23,7 +23,7 @@ from pathlib import Path
 #: The last commit before the commit-subject rule (2026-12-04).
 RULES_BASE = "67625ba"
 SUBJECT_MAX = 72
-SUBJECT = re.compile(r"^[a-z0-9][\w./,+-]*(?: [\w./,+-]+)?: \S")
+SUBJECT = re.compile(r"^\w[\w./,+-]*(?: [\w./,+-]+)?: \S")
 # Debian's kernel ABI names: 6.1.0-57-amd64 (and -cloud-amd64, -rt-amd64, ...),
 # 6.12.118+deb13-amd64, 7.2.13+deb14-amd64, the packages' 6.1.192-3 is left
 # alone (it is not unique to Debian's kernels).

@@ -43,6 +43,7 @@ def test_commit_subjects(tmp_path: Path) -> None:
     base = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.strip()
     for subject in ("lab: prune old kernels", "tests/real: take the release from the kernel",
+                    "README: the tiers",
                     "kallsyms, symvers: one reader"):
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty",
             "-m", subject)
