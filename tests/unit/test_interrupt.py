@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,12 +99,19 @@ def test_interrupted_convert_leaves_old_or_new_file(setup: dict[str, Path | byte
     src, out = work / "big.ko", work / "out.ko"
     original = (d / "big.ko").read_bytes()
     converted = setup["ref"]
-    assert "Traceback" not in stderr
+    # A SIGINT during the interpreter's own start-up (under load, 0.1 s can be
+    # before `python -m` has imported runpy and klpsym's packages) is CPython's
+    # traceback, before klpsym's first line ran; the files must still be intact.
+    klpsym_frames = re.findall(r'File "[^"]*/klpsym/([^"]*)", line \d+, in (\S+)', stderr)
+    before_klpsym = "KeyboardInterrupt" in stderr and all(
+        where == "<module>" and path in ("__init__.py", "cli/__init__.py")
+        for path, where in klpsym_frames)
+    assert before_klpsym or "Traceback" not in stderr
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL or (code == 0 and moment != "writing")
     else:
         # -SIGINT: it came before the interpreter set up its handler
-        assert code in (130, 0, -signal.SIGINT), stderr
+        assert code in (130, 0, -signal.SIGINT) or before_klpsym and code == 1, stderr
         if code == 130:
             assert stderr.strip() == "klpsym: interrupted; no file was left half-written"
     if in_place:

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
-import functools
-import gc
-import os
 import signal
 import sys
-from collections.abc import Sequence
-from types import FrameType
-from typing import NoReturn
 
-from klpsym import __version__
-from klpsym.errors import KlpsymError
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    # Ctrl-C while the modules below are imported: nothing is open yet.
+    # entry() replaces this handler before main() runs.
+    sys.stderr.write("klpsym: interrupted; no file was left half-written\n")
+    sys.exit(130)
+
+
+# Only when this is the klpsym program (the console script, `python -m`), not a
+# module another program imports.
+if __name__ == "__main__" or sys.argv[0].endswith(("/klpsym", "/klpsym/__main__.py")):
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import gc  # noqa: E402
+import os  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from types import FrameType  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from klpsym import __version__  # noqa: E402
+from klpsym.errors import KlpsymError  # noqa: E402
 
 # klpsym does no linear algebra: without this, numpy's OpenBLAS starts a
 # thread per core when it is imported, a third of a small run's time.  Set
