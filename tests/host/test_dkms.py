@@ -157,8 +157,8 @@ def run(bookworm: Kernel, host_lock: None) -> Iterator[Run]:
 
 def test_unresolved_build_names_the_dbg_package(run: Run) -> None:
     if run.unresolved is None:
-        pytest.skip(f"a symbol file of {run.kernel.release} is installed on this host, so "
-                    "klpsym finds it; the error case cannot happen here")
+        pytest.skip(f"host fact: a symbol file of {run.kernel.release} is installed on this "
+                    "host, so klpsym finds it; the error case cannot happen here")
     release = run.kernel.release
     assert run.unresolved.returncode != 0, run.unresolved.stdout
     errors = [ln for ln in run.unresolved_log.splitlines() if ln.startswith("klpsym: error:")]

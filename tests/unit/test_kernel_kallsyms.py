@@ -229,7 +229,8 @@ def test_proc_large(tmp_path: Path) -> None:
 
 
 
-@pytest.mark.skipif(not host_kallsyms_readable(), reason="no /proc/kallsyms with addresses")
+@pytest.mark.skipif(not host_kallsyms_readable(),
+                    reason="host fact: no /proc/kallsyms with addresses")
 def test_host_proc_kallsyms_root_and_nobody(tmp_path: Path) -> None:
     """The running kernel's kallsyms, as root and as user nobody (addresses
     hidden): same names in the same order, so every POS is the same."""

@@ -280,12 +280,12 @@ def test_proc_kallsyms_is_keyed_on_the_boot(cache: Path, monkeypatch: pytest.Mon
     proc = Path("/proc/kallsyms")
     key = symcache.proc_kallsyms_key(proc)
     if key is None or not proc.is_file():
-        pytest.skip("no /proc/kallsyms")
+        pytest.skip("host fact: no /proc/kallsyms")
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert key[:2] == ["boot", boot] and isinstance(key[2], bool)
     fresh = read_proc_kallsyms()
     if not len(_entries(cache)):
-        pytest.skip("/proc/kallsyms not cacheable here")
+        pytest.skip("host fact: /proc/kallsyms not cacheable here")
     monkeypatch.setattr(kallsyms, "parse_proc_kallsyms", _no_parse)
     again = read_proc_kallsyms()  # from the cache
     assert again.source == "/proc/kallsyms" and len(again) == len(fresh)

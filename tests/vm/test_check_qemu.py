@@ -150,7 +150,7 @@ def test_check_agrees_with_insmod(name: str, modules: dict[str, Path],
                                   insmod: dict[str, tuple[int, list[str]]]) -> None:
     has_versions = "plain_crc.ko" in modules
     if name not in expected(has_versions):
-        pytest.skip(f"{name}: the kernel has no CONFIG_MODVERSIONS")
+        pytest.skip(f"kernel fact: {name}: the kernel has no CONFIG_MODVERSIONS")
     loads, symbols = expected(has_versions)[name]
     v = verdicts[name]
     rc, dmesg = insmod[name]

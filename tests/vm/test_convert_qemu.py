@@ -209,7 +209,7 @@ def test_kaslr_moved_the_kernel(guest: GuestRun, kallsyms_file: Path) -> None:
         if len(f) == 3 and f[2] in guest.kallsyms:
             captured.setdefault(f[2], []).append(int(f[0], 16))
     if guest.address("_stext") == captured["_stext"][0]:
-        pytest.skip("KASLR picked the link-time address this boot (about 1 boot in 500)")
+        pytest.skip("boot fact: KASLR picked the link-time address this boot (about 1 boot in 500)")
     offset = guest.address("_stext") - captured["_stext"][0]
     assert offset % 0x200000 == 0, f"{offset:#x} is not a 2 MiB-aligned KASLR offset"
     # every symbol the tests check moved by that offset
@@ -230,7 +230,7 @@ def test_module_only_export_is_refused_unconverted(kernel: Kernel, guest: GuestR
     """7.x: the loader refuses an export for named modules to any other module
     (verify_namespace_is_imported()), so module_ns.ko as built cannot load."""
     if not restricted(kernel.kernel_dir, "cr4_read_shadow", "module_ns"):
-        pytest.skip(f"{kernel.release} exports cr4_read_shadow to every module")
+        pytest.skip(f"kernel fact: {kernel.release} exports cr4_read_shadow to every module")
     case = guest.case("unconverted_module_ns")
     assert case.kv.get("insmod_rc") not in (None, "0"), case.log()
     assert case.kv.get("loaded") == "0", case.log()

@@ -148,7 +148,7 @@ def test_kaslr_boot_moved_the_kernel(guest: InGuest) -> None:
         assert pvh.case("kallsyms") and pvh.kallsyms["_stext"] == guest.captured_stext
     assert len(kaslr.kallsyms["_stext"]) == 1
     if kaslr.kallsyms["_stext"] == guest.captured_stext:
-        pytest.skip("KASLR chose the link-time address this time (about 1 boot in 500)")
+        pytest.skip("boot fact: KASLR chose the link-time address this time (about 1 boot in 500)")
 
 
 def test_unconverted_module_is_refused(guest: InGuest) -> None:

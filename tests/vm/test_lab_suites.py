@@ -77,5 +77,5 @@ def test_kaslr_boot_moves_the_kernel(kernel: Kernel) -> None:
     assert result.exit_status == 0, result.output
     address = int(result.output.split()[0], 16)
     if address == 0xFFFFFFFF81000000:
-        pytest.skip("KASLR picked the link-time address this boot (about 1 boot in 500)")
+        pytest.skip("boot fact: KASLR picked the link-time address this boot (about 1 boot in 500)")
     assert (address - 0xFFFFFFFF81000000) % 0x200000 == 0, f"{address:#x}: not a KASLR slot"

@@ -194,7 +194,7 @@ def test_kallsyms_method_refuses_missing_parameters(methods: MethodsRun) -> None
 def test_kallsyms_method_refuses_stale_addresses_after_kaslr(methods: MethodsRun) -> None:
     """The PVH boot's addresses, given to a KASLR boot: refused, not used."""
     if not methods.kaslr_moved:
-        pytest.skip("KASLR chose the link-time address this time (about 1 boot in 500)")
+        pytest.skip("boot fact: KASLR chose the link-time address this time (about 1 boot in 500)")
     result = case(methods.kaslr, "kallsyms_stale")
     assert result.kv["insmod_rc"] != "0" and result.kv["loaded"] == "0", result.log()
     assert any("stale address from another boot?" in ln for ln in result.dmesg), result.log()
