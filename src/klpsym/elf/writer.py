@@ -25,7 +25,7 @@ import numpy as np
 
 from klpsym.elf.constants import ET, SHN, SHT
 from klpsym.elf.file import ElfFile, Section, SymbolTable, info_is_index
-from klpsym.errors import ElfError
+from klpsym.errors import ElfError, InternalError
 
 
 def _align(value: int, alignment: int) -> int:
@@ -60,7 +60,7 @@ def write_to(elf: ElfFile, sink: Sink) -> int:
         if not len(c):
             continue
         if off < cursor:
-            raise ElfError(f"{elf.name}: internal error, overlapping output at {off:#x}")
+            raise InternalError(f"{elf.name}: the writer laid out overlapping output at {off:#x}")
         if off > cursor:
             sink.write(bytes(off - cursor))
         sink.write(c)

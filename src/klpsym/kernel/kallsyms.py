@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError
+from klpsym.errors import KernelSourceError, arg
 from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text, read_text_bytes
 from klpsym.kernel.config import KernelConfig
@@ -74,7 +74,7 @@ class AmbiguousSymbolError(SymbolLookupError):
         listed = ", ".join(c.describe() for c in self.candidates)
         super().__init__(message or (
             f"symbol {name} is ambiguous: {len(self.candidates)} entries in {source} "
-            f"({listed}); choose one with --sympos {name}=POS"
+            f"({listed}); choose one with {arg('sympos')} {name}=POS"
         ))
 
 
@@ -332,7 +332,7 @@ class KallsymsTable:
                 "exported nor resolvable by livepatch on this kernel"
             )
         if sympos is not None and sympos < 0:
-            raise SymbolLookupError(f"--sympos {name}={sympos}: POS must be 0 or more")
+            raise SymbolLookupError(f"{arg('sympos')} {name}={sympos}: POS must be 0 or more")
         if not sympos:
             if len(cands) > 1:
                 raise AmbiguousSymbolError(name, cands, self.source)
@@ -341,7 +341,7 @@ class KallsymsTable:
             if sympos > len(cands):
                 only = "once" if len(cands) == 1 else f"{len(cands)} times"
                 raise SymbolNotFoundError(
-                    f"--sympos {name}={sympos}: {name} occurs only {only} in {self.source} "
+                    f"{arg('sympos')} {name}={sympos}: {name} occurs only {only} in {self.source} "
                     f"({', '.join(c.describe() for c in cands)})"
                 )
             pos, chosen = sympos, cands[sympos - 1]
@@ -371,8 +371,8 @@ def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) 
     def parse() -> KallsymsTable:
         raw = read_text_bytes(
             p, "kallsyms",
-            "pass --kallsyms with a copy of the target's /proc/kallsyms, or "
-            "--system-map/--vmlinux",
+            f"pass {arg('kallsyms')} with a copy of the target's /proc/kallsyms, or "
+            f"{arg('system_map')}/{arg('vmlinux')}",
         )
         return parse_proc_kallsyms(raw, source)
 
@@ -580,9 +580,9 @@ def reject_debian_stub(head: str, source: str) -> None:
     if is_debian_stub(head):
         raise KernelSourceError(
             f"{source}: is Debian's placeholder ('The real System.map is in the "
-            "linux-image-<version>-dbg package'), not a symbol map; use --kallsyms with the "
-            "target's /proc/kallsyms, the System.map from linux-image-<release>-dbg, or "
-            "--vmlinux /usr/lib/debug/boot/vmlinux-<release> from that package"
+            f"linux-image-<version>-dbg package'), not a symbol map; use {arg('kallsyms')} with "
+            "the target's /proc/kallsyms, the System.map from linux-image-<release>-dbg, or "
+            f"{arg('vmlinux')} /usr/lib/debug/boot/vmlinux-<release> from that package"
         )
 
 
@@ -597,7 +597,8 @@ def read_system_map(path: Path | str, *, config: KernelConfig | None = None,
     """
     text = read_text(
         path, "System.map",
-        "pass the System.map of the target kernel's build (or --kallsyms/--vmlinux)",
+        f"pass the System.map of the target kernel's build (or {arg('kallsyms')}/"
+        f"{arg('vmlinux')})",
     )
     source = str(path)
     reject_debian_stub(text[:1024], source)

@@ -30,7 +30,7 @@ import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHF, SHN, SHT, STB, STT
-from klpsym.errors import ElfError, KernelSourceError
+from klpsym.errors import ElfError, KernelSourceError, arg
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable, kallsyms_from_nm
 from klpsym.kernel.version import KernelVersion, kallsyms_input_is_mksysmap
@@ -68,12 +68,13 @@ def open_vmlinux(path: Path | str) -> ElfFile:
     try:
         elf = ElfFile.from_path(path, relocatable_only=False)
     except ElfError as e:
-        raise KernelSourceError(f"{e} (--vmlinux needs an uncompressed vmlinux ELF)") from None
+        raise KernelSourceError(
+            f"{e} ({arg('vmlinux')} needs an uncompressed vmlinux ELF)") from None
     if not elf.has_symtab:
         raise KernelSourceError(
             f"{path}: vmlinux has no .symtab (stripped, e.g. cut out of vmlinuz); use the one "
             "from linux-image-<release>-dbg (/usr/lib/debug/boot/vmlinux-<release>) or the "
-            "kernel build tree, or pass --kallsyms"
+            f"kernel build tree, or pass {arg('kallsyms')}"
         )
     return elf
 

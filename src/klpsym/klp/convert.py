@@ -10,7 +10,7 @@ from pathlib import Path
 
 from klpsym.elf import ElfFile
 from klpsym.elf.file import Buffer
-from klpsym.errors import ConvertError, KlpsymError
+from klpsym.errors import ConvertError, InternalError, KlpsymError
 from klpsym.fsutil import AtomicOutput, atomic_write
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.apply import apply_conversions
@@ -174,8 +174,8 @@ def check_output(module: Module, data: Buffer, plan: Plan,
     except KlpsymError as e:
         problems = [f"the output cannot be re-read: {e}"]
     if problems:
-        raise ConvertError(
-            f"{module.path}: internal error, the converted module failed validation "
+        raise InternalError(
+            f"{module.path}: the converted module failed validation "
             f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}); "
-            "nothing was written; please report this"
+            "nothing was written"
         )

@@ -130,7 +130,7 @@ def plan_insmod(module_path: Path | str, source: SymbolSource,
         try:
             (found,) = lookup(table, [Query(d.name, pos)])
         except SymbolLookupError as e:
-            raise MethodError(str(e)) from None
+            raise MethodError(*e.args) from None
         alias = first_name_at(table, found)
         if alias != d.name:
             raise MethodError(
