@@ -19,14 +19,16 @@ from klpsym.kernel.kallsyms import (
     KallsymsTable,
     SymbolLookupError,
     SymbolNotFoundError,
-    _parse_lines,
-    _read_canonical,
     is_data,
     is_text,
+)
+from klpsym.kernel.proc_kallsyms import (
+    _parse_lines,
+    _read_canonical,
     parse_proc_kallsyms,
     read_proc_kallsyms,
-    read_system_map,
 )
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.version import KernelVersion
 from vmlinux_builder import (
     SAMPLE_KALLSYMS_ALL,

@@ -15,7 +15,7 @@ from klpsym.cli.main import message
 from klpsym.elf import ElfFile
 from klpsym.errors import KernelSourceError
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import read_system_map
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.version import KernelVersion
 from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, nm_symbols
 from vmlinux_builder import (

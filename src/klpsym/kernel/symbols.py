@@ -28,15 +28,9 @@ import numpy as np
 from klpsym.elf.constants import STB, STT
 from klpsym.errors import KernelSourceError, arg
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    PROC_KALLSYMS,
-    AmbiguousSymbolError,
-    KallsymsTable,
-    SymbolNotFoundError,
-    is_text,
-    read_proc_kallsyms,
-    read_system_map,
-)
+from klpsym.kernel.kallsyms import AmbiguousSymbolError, KallsymsTable, SymbolNotFoundError, is_text
+from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.version import KernelVersion, read_kernel_version
 from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, open_vmlinux
 

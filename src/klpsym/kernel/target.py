@@ -30,15 +30,10 @@ from pathlib import Path
 
 from klpsym.errors import KernelSourceError, arg
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    PROC_KALLSYMS,
-    KallsymsTable,
-    is_debian_stub,
-    read_proc_kallsyms,
-    read_system_map,
-    reject_debian_stub,
-)
+from klpsym.kernel.kallsyms import KallsymsTable
+from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
 from klpsym.kernel.symvers import Symvers, read_symvers
+from klpsym.kernel.system_map import is_debian_stub, read_system_map, reject_debian_stub
 from klpsym.kernel.version import (
     KernelVersion,
     ksym_name_len,

@@ -14,7 +14,7 @@ reproduces the three steps:
    ``.L``, ``__crc_``, ``__kstrtab_``, ``__kstrtabns_`` and the name ``L0``.
    Before ~v6.1 kallsyms read nm's output directly; then only the filters
    scripts/kallsyms itself had apply (see version.kallsyms_input_is_mksysmap).
-3. scripts/kallsyms: :func:`klpsym.kernel.kallsyms.kallsyms_from_nm`.
+3. scripts/kallsyms: :func:`klpsym.kernel.scripts_kallsyms.kallsyms_from_nm`.
 
 A vmlinux with a .symtab is the one in Debian's ``linux-image-<release>-dbg``
 (``/usr/lib/debug/boot/vmlinux-<release>``) or a kernel build tree; the
@@ -32,7 +32,8 @@ from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHF, SHN, SHT, STB, STT
 from klpsym.errors import ElfError, KernelSourceError, arg
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import KallsymsTable, kallsyms_from_nm
+from klpsym.kernel.kallsyms import KallsymsTable
+from klpsym.kernel.scripts_kallsyms import kallsyms_from_nm
 from klpsym.kernel.version import KernelVersion, kallsyms_input_is_mksysmap
 
 STT_GNU_IFUNC = 10
