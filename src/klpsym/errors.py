@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-# An input named in a message: see :func:`arg`.
+# An input named in a message: see :func:`param`.
 _GIVEN = re.compile("\x00([a-z_]+)\x00")
 
 
-def arg(name: str) -> str:
+def param(name: str) -> str:
     """A reference, in an error message, to the input the caller passed as
     keyword ``name`` (``kallsyms``, ``system_map``, ``kernel_dir``, ...):
     the layers below the command line know their own parameters, not the
@@ -29,14 +29,14 @@ def arg(name: str) -> str:
 class KlpsymError(Exception):
     """Bad input or an impossible request; the message is one line naming the
     thing that is wrong and, where there is one, the fix.  It may name the
-    caller's inputs with :func:`arg`."""
+    caller's inputs with :func:`param`."""
 
     def render(self, name: Callable[[str], str]) -> str:
         """The message with each input named by ``name(parameter)``."""
         return _GIVEN.sub(lambda m: name(m[1]), super().__str__())
 
     def __str__(self) -> str:
-        return self.render(lambda param: f"{param}=")
+        return self.render(lambda name: f"{name}=")
 
 
 class ElfError(KlpsymError):

@@ -12,7 +12,7 @@ import pytest
 from elfbuilder import SYNTH_RELEASE, simple_module
 from klpsym.cli.main import EXIT_BUG, EXIT_ERROR, main, message
 from klpsym.elf import ElfFile
-from klpsym.errors import InternalError, KernelSourceError, KlpsymError, arg
+from klpsym.errors import InternalError, KernelSourceError, KlpsymError, param
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.symvers import Export, Symvers
@@ -86,10 +86,10 @@ def test_overlapping_writer_output_is_an_internal_error(
 
 
 def test_lower_layers_name_inputs_the_cli_names_options() -> None:
-    e = KernelSourceError(f"m: no such file ({arg('system_map')}); or pass {arg('kernel_dir')}")
+    e = KernelSourceError(f"m: no such file ({param('system_map')}); or pass {param('kernel_dir')}")
     assert str(e) == "m: no such file (system_map=); or pass kernel_dir="
     assert message(e) == "m: no such file (--system-map); or pass --kernel-dir"
-    assert "--" not in str(KernelSourceError(f"pass {arg('kallsyms')}"))
+    assert "--" not in str(KernelSourceError(f"pass {param('kallsyms')}"))
 
 
 def test_the_cli_shows_its_option_for_a_lower_layer_input(

@@ -48,11 +48,16 @@ EXIT_ERROR = 2  # bad input: one "klpsym: error:" line
 EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): klpsym's check of its own work failed
 EXIT_INTERRUPTED = 130
 
+# The lower layers' parameters whose option is not the parameter spelt
+# with dashes.
+_OPTIONS = {"output": "-o", "guard": "--no-guard", "key": "--sign-key", "cert": "--sign-cert"}
+
+
 def option(param: str) -> str:
-    """The option that gives the input a lower layer calls ``param``
-    (argparse's dest, spelt as on the command line: system_map is
-    --system-map)."""
-    return "--" + param.replace("_", "-")
+    """The option that gives the input a lower layer calls ``param``: the
+    parameter spelt as an option (system_map is --system-map, argparse's
+    dest the other way round), but for the few in _OPTIONS."""
+    return _OPTIONS.get(param) or "--" + param.replace("_", "-")
 
 
 def message(e: KlpsymError) -> str:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError, arg
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.symcache import NameIndex
 
 # -- errors -----------------------------------------------------------------------
@@ -61,7 +61,7 @@ class AmbiguousSymbolError(SymbolLookupError):
         listed = ", ".join(c.describe() for c in self.candidates)
         super().__init__(message or (
             f"symbol {name} is ambiguous: {len(self.candidates)} entries in {source} "
-            f"({listed}); choose one with {arg('sympos')} {name}=POS"
+            f"({listed}); choose one with {param('sympos')} {name}=POS"
         ))
 
 
@@ -319,7 +319,7 @@ class KallsymsTable:
                 "exported nor resolvable by livepatch on this kernel"
             )
         if sympos is not None and sympos < 0:
-            raise SymbolLookupError(f"{arg('sympos')} {name}={sympos}: POS must be 0 or more")
+            raise SymbolLookupError(f"{param('sympos')} {name}={sympos}: POS must be 0 or more")
         if not sympos:
             if len(cands) > 1:
                 raise AmbiguousSymbolError(name, cands, self.source)
@@ -328,7 +328,8 @@ class KallsymsTable:
             if sympos > len(cands):
                 only = "once" if len(cands) == 1 else f"{len(cands)} times"
                 raise SymbolNotFoundError(
-                    f"{arg('sympos')} {name}={sympos}: {name} occurs only {only} in {self.source} "
+                    f"{param('sympos')} {name}={sympos}: {name} occurs only {only} in "
+                    f"{self.source} "
                     f"({', '.join(c.describe() for c in cands)})"
                 )
             pos, chosen = sympos, cands[sympos - 1]

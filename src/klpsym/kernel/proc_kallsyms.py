@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError, arg
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text_bytes
 from klpsym.kernel.kallsyms import KallsymsTable
@@ -35,8 +35,8 @@ def read_proc_kallsyms(path: Path | str = PROC_KALLSYMS, *, cache: bool = True) 
     def parse() -> KallsymsTable:
         raw = read_text_bytes(
             p, "kallsyms",
-            f"pass {arg('kallsyms')} with a copy of the target's /proc/kallsyms, or "
-            f"{arg('system_map')}/{arg('vmlinux')}",
+            f"pass {param('kallsyms')} with a copy of the target's /proc/kallsyms, or "
+            f"{param('system_map')}/{param('vmlinux')}",
         )
         return parse_proc_kallsyms(raw, source)
 

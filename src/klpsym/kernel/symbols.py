@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.elf.constants import STB, STT
-from klpsym.errors import KernelSourceError, arg
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import AmbiguousSymbolError, KallsymsTable, SymbolNotFoundError, is_text
 from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
@@ -64,12 +64,12 @@ def open_symbols(kallsyms: Path | str | None = None, system_map: Path | str | No
              if v is not None]
     if len(given) > 1:
         raise KernelSourceError(
-            f"{' and '.join(arg(k) for k, _ in given)} both given; pass one symbol source")
+            f"{' and '.join(param(k) for k, _ in given)} both given; pass one symbol source")
     if not given:
         return SymbolSource(read_proc_kallsyms(proc_kallsyms), str(proc_kallsyms), True)
     flag, path = given[0]
     if not path.is_file():
-        raise KernelSourceError(f"{path}: no such file ({arg(flag)})")
+        raise KernelSourceError(f"{path}: no such file ({param(flag)})")
     if flag == "kallsyms":
         return SymbolSource(read_proc_kallsyms(path), f"kallsyms {path}", True)
     version: KernelVersion | None = None
@@ -77,7 +77,7 @@ def open_symbols(kallsyms: Path | str | None = None, system_map: Path | str | No
     if kernel_dir is not None:
         kdir = Path(kernel_dir)
         if not kdir.is_dir():
-            raise KernelSourceError(f"{kdir}: no such directory ({arg('kernel_dir')})")
+            raise KernelSourceError(f"{kdir}: no such directory ({param('kernel_dir')})")
         version = read_kernel_version(kdir)
         if config is None and (kdir / ".config").is_file():
             cfg = KernelConfig.from_path(kdir / ".config")
@@ -117,7 +117,7 @@ def require_addresses(source: SymbolSource) -> None:
     if source.is_proc:
         raise KernelSourceError(
             f"{source.description}: every address is 0: {hidden_addresses_fix()}; or pass "
-            f"{arg('vmlinux')}/{arg('system_map')} for link-time addresses (right only "
+            f"{param('vmlinux')}/{param('system_map')} for link-time addresses (right only "
             "without KASLR)")
     raise KernelSourceError(
         f"{source.description}: every address is 0 (read without root, or under "

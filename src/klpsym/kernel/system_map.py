@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from klpsym.errors import KernelSourceError, arg
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel._io import line_error, read_text
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
@@ -31,9 +31,9 @@ def reject_debian_stub(head: str, source: str) -> None:
     if is_debian_stub(head):
         raise KernelSourceError(
             f"{source}: is Debian's placeholder ('The real System.map is in the "
-            f"linux-image-<version>-dbg package'), not a symbol map; use {arg('kallsyms')} with "
+            f"linux-image-<version>-dbg package'), not a symbol map; use {param('kallsyms')} with "
             "the target's /proc/kallsyms, the System.map from linux-image-<release>-dbg, or "
-            f"{arg('vmlinux')} /usr/lib/debug/boot/vmlinux-<release> from that package"
+            f"{param('vmlinux')} /usr/lib/debug/boot/vmlinux-<release> from that package"
         )
 
 
@@ -48,8 +48,8 @@ def read_system_map(path: Path | str, *, config: KernelConfig | None = None,
     """
     text = read_text(
         path, "System.map",
-        f"pass the System.map of the target kernel's build (or {arg('kallsyms')}/"
-        f"{arg('vmlinux')})",
+        f"pass the System.map of the target kernel's build (or {param('kallsyms')}/"
+        f"{param('vmlinux')})",
     )
     source = str(path)
     reject_debian_stub(text[:1024], source)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import KernelSourceError, arg
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
@@ -65,8 +65,8 @@ class TargetKernel:
         if self._kallsyms is None:
             if self._load_kallsyms is None:
                 raise KernelSourceError(
-                    f"no kallsyms source for {self.release}; pass {arg('kallsyms')}, "
-                    f"{arg('system_map')} or {arg('vmlinux')}"
+                    f"no kallsyms source for {self.release}; pass {param('kallsyms')}, "
+                    f"{param('system_map')} or {param('vmlinux')}"
                 )
             self._kallsyms = self._load_kallsyms()
         return self._kallsyms
@@ -169,32 +169,32 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     if kernel_release is not None:
         if kernel_dir is not None:
             raise KernelSourceError(
-                f"{arg('kernel_dir')} {kernel_dir} and {arg('kernel_release')} {kernel_release} "
-                "both given; "
-                "pass one (the release's headers are /lib/modules/<release>/build)"
+                f"{param('kernel_dir')} {kernel_dir} and {param('kernel_release')} "
+                f"{kernel_release} both given; pass one (the release's headers are "
+                "/lib/modules/<release>/build)"
             )
         if not kernel_release or "/" in kernel_release:
             raise KernelSourceError(
-                f"{arg('kernel_release')} {kernel_release!r}: not a kernel release; pass what "
+                f"{param('kernel_release')} {kernel_release!r}: not a kernel release; pass what "
                 "'uname -r' prints on that kernel, e.g. 6.1.0-56-amd64"
             )
         kdir = Path(modules_root) / kernel_release / "build"
         if not kdir.is_dir():
             raise KernelSourceError(
-                f"{kdir}: no headers for kernel {kernel_release} ({arg('kernel_release')}); "
-                f"install linux-headers-{kernel_release} or pass {arg('kernel_dir')}"
+                f"{kdir}: no headers for kernel {kernel_release} ({param('kernel_release')}); "
+                f"install linux-headers-{kernel_release} or pass {param('kernel_dir')}"
             )
         version = read_kernel_version(kdir)
         if version.release != kernel_release:
             raise KernelSourceError(
                 f"{kdir}: headers of kernel {version.release}, not {kernel_release} "
-                f"({arg('kernel_release')}); reinstall linux-headers-{kernel_release}"
+                f"({param('kernel_release')}); reinstall linux-headers-{kernel_release}"
             )
     elif kernel_dir is not None:
         kdir = Path(kernel_dir)
         if not kdir.is_dir():
             raise KernelSourceError(
-                f"{kdir}: no such directory ({arg('kernel_dir')}); pass the kernel's build or "
+                f"{kdir}: no such directory ({param('kernel_dir')}); pass the kernel's build or "
                 "headers directory (/lib/modules/<release>/build)"
             )
         version = read_kernel_version(kdir)
@@ -209,7 +209,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         else:
             raise KernelSourceError(
                 f"{kdir}: no headers for the running kernel {host}; install "
-                f"linux-headers-{host} or pass {arg('kernel_dir')}"
+                f"linux-headers-{host} or pass {param('kernel_dir')}"
             )
     is_host = version.release == host
 
@@ -222,17 +222,17 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         elif not extra_symvers:
             raise KernelSourceError(
                 f"{own}: no Module.symvers in {kdir}; install linux-headers-{version.release} "
-                f"or pass {arg('symvers')}"
+                f"or pass {param('symvers')}"
             )
     for p in extra_symvers:
         if not p.is_file():
-            raise KernelSourceError(f"{p}: no such file ({arg('symvers')})")
+            raise KernelSourceError(f"{p}: no such file ({param('symvers')})")
         parts.append(read_symvers(p, cache=cache))
     merged = Symvers().merge(*parts)
     if not merged.has_vmlinux_exports():
         raise KernelSourceError(
             f"{merged.source}: no export of vmlinux in it; pass vmlinux's Module.symvers "
-            f"(from linux-headers-{version.release}) with {arg('symvers')}"
+            f"(from linux-headers-{version.release}) with {param('symvers')}"
         )
 
     # -- .config ---------------------------------------------------------------------
@@ -255,12 +255,12 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
              if v is not None]
     if len(given) > 1:
         raise KernelSourceError(
-            f"{' and '.join(arg(k) for k, _ in given)} both given; pass one symbol source"
+            f"{' and '.join(param(k) for k, _ in given)} both given; pass one symbol source"
         )
     if given:
         flag, path = given[0]
         if not path.is_file():
-            raise KernelSourceError(f"{path}: no such file ({arg(flag)})")
+            raise KernelSourceError(f"{path}: no such file ({param(flag)})")
     elif is_host:
         flag, path = "", Path(proc_kallsyms)
     else:
@@ -275,8 +275,8 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
                 f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
                 "/proc/kallsyms is the wrong kernel's, and no symbol file of "
                 f"{version.release} is installed (looked for {looked}); install "
-                f"linux-image-{version.release}-dbg (Debian), or pass {arg('kallsyms')} (a copy "
-                f"of the target's /proc/kallsyms), {arg('system_map')} or {arg('vmlinux')}"
+                f"linux-image-{version.release}-dbg (Debian), or pass {param('kallsyms')} (a copy "
+                f"of the target's /proc/kallsyms), {param('system_map')} or {param('vmlinux')}"
             )
         flag, path = found
         notes.append(f"{version.release} is not the running kernel: symbols from {path}")

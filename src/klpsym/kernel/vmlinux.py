@@ -30,7 +30,7 @@ import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHF, SHN, SHT, STB, STT
-from klpsym.errors import ElfError, KernelSourceError, arg
+from klpsym.errors import ElfError, KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.scripts_kallsyms import kallsyms_from_nm
@@ -70,12 +70,12 @@ def open_vmlinux(path: Path | str) -> ElfFile:
         elf = ElfFile.from_path(path, relocatable_only=False)
     except ElfError as e:
         raise KernelSourceError(
-            f"{e} ({arg('vmlinux')} needs an uncompressed vmlinux ELF)") from None
+            f"{e} ({param('vmlinux')} needs an uncompressed vmlinux ELF)") from None
     if not elf.has_symtab:
         raise KernelSourceError(
             f"{path}: vmlinux has no .symtab (stripped, e.g. cut out of vmlinuz); use the one "
             "from linux-image-<release>-dbg (/usr/lib/debug/boot/vmlinux-<release>) or the "
-            f"kernel build tree, or pass {arg('kallsyms')}"
+            f"kernel build tree, or pass {param('kallsyms')}"
         )
     return elf
 
