@@ -165,6 +165,61 @@ def test_the_architecture_document_lists_the_same_layers() -> None:
     assert documented == [p for _, prefixes in LAYERS for p in prefixes]
 
 
+def _options() -> set[str]:
+    """Every option of every klpsym command."""
+    import argparse
+
+    from klpsym.cli.main import build_parser
+
+    found: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            found.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    return found - {"-h", "--help", "--version"}
+
+
+# Modules below the CLI whose errors still name its options; each is a
+# follow-up (klp.plan: being reworked by another change).
+STILL_NAMING_OPTIONS = {"klpsym.klp.plan"}
+
+
+def options_in_errors(src: Path, options: set[str]) -> dict[str, list[str]]:
+    """module -> "line: option" for each of ``options`` written in the text
+    of an exception a module below the commands layer raises."""
+    alternatives = "|".join(map(re.escape, sorted(options)))
+    pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])")
+    found: dict[str, list[str]] = {}
+    for path in sorted(src.rglob("*.py")):
+        name, _ = _module_name(path, src)
+        layer = layer_of(name)
+        if layer is None or layer[1] == "commands":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            for c in ast.walk(node.exc):
+                if isinstance(c, ast.Constant) and isinstance(c.value, str):
+                    found.setdefault(name, []).extend(
+                        f"{node.lineno}: {m[1]}" for m in pattern.finditer(c.value))
+    return {k: v for k, v in found.items() if v}
+
+
+def test_errors_below_the_cli_name_parameters_not_options() -> None:
+    """The lower layers name an input by the caller's parameter
+    (klpsym.errors.param), which the CLI shows as its option."""
+    options = _options()
+    assert {"--kallsyms", "--system-map", "--sympos", "--no-guard", "-o"} <= options
+    found = options_in_errors(SRC, options)
+    assert {k: v for k, v in found.items() if k not in STILL_NAMING_OPTIONS} == {}
+    assert STILL_NAMING_OPTIONS <= set(found), "fixed: drop it from STILL_NAMING_OPTIONS"
+
+
 # -- the checker finds what it is for ------------------------------------------------
 
 
@@ -194,3 +249,17 @@ def test_the_checker_finds_upward_imports_and_cycles(tmp_path: Path) -> None:
     assert upward_imports(graph, layers, "pkg") == ["pkg.low.a:2 (low) imports pkg.high.b (high)"]
     assert sorted(cycles(graph)) == [["pkg.high.b", "pkg.low.a"], ["pkg.low.c", "pkg.low.d"]]
     assert layer_of("pkg.other", layers, "pkg") is None
+
+
+def test_the_option_scan_finds_options_in_raised_text(tmp_path: Path) -> None:
+    src = _tree(tmp_path, {
+        "klpsym/__init__.py": "",
+        "klpsym/kernel/__init__.py": "",
+        "klpsym/kernel/a.py":
+            'def f(x):\n    raise ValueError(f"{x}: pass --kallsyms or -o OUT")\n',
+        "klpsym/kernel/b.py": 'def f():\n    raise ValueError("xz --check=crc32; -obj")\n',
+        "klpsym/cli/__init__.py": "",
+        "klpsym/cli/c.py": 'def f():\n    raise ValueError("pass --kallsyms")\n',
+    }) / "klpsym"
+    found = options_in_errors(src, {"--kallsyms", "-o"})
+    assert found == {"klpsym.kernel.a": ["2: --kallsyms", "2: -o"]}
