@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError, param
+from klpsym.errors import InternalError, KernelSourceError, param
 from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text_bytes
 from klpsym.kernel.kallsyms import KallsymsTable
@@ -184,7 +184,7 @@ def _nth_vmlinux_line(text: str, row: int) -> tuple[int, str]:
             seen += 1
             if seen == row:
                 return lineno, line
-    raise AssertionError("row out of range")  # pragma: no cover
+    raise InternalError(f"vmlinux line {row} not found again")  # pragma: no cover
 
 
 _HIDDEN_NOTE = ("addresses are hidden (read without root, or kptr_restrict); "
