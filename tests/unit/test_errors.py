@@ -97,3 +97,16 @@ def test_the_cli_shows_its_option_for_a_lower_layer_input(
     missing = tmp_path / "System.map"
     assert main(["addr", "--system-map", str(missing), "schedule"]) == EXIT_ERROR
     assert capsys.readouterr().err == f"klpsym: error: {missing}: no such file (--system-map)\n"
+
+
+def test_the_fuzzer_counts_an_internal_error_as_a_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By klpsym's exit code for a bug, not by the words of the line."""
+    from tests.unit.fuzz.harness import Fuzzer
+
+    fz = Fuzzer(tmp_path, seed=0, real=False, targets=["convert"])
+    monkeypatch.setattr("klpsym.klp.convert.relocation_changes",
+                        lambda before, after: ["a relocation moved"])
+    found = [f for data in fz.seeds[:12] for f in fz.check(data)]
+    assert found and {f.kind for f in found} == {"internal-error"}
+    assert all("klpsym: internal error: " in f.detail for f in found)
