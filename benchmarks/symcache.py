@@ -3,7 +3,7 @@
 
 A kallsyms of 150,000 vmlinux lines (plus module lines) and a
 Module.symvers of 35,000 lines, synthetic with kernel-like names, are read
-as `klpsym convert` reads them (kernel.kallsyms.read_proc_kallsyms,
+as `klpsym convert` reads them (kernel.proc_kallsyms.read_proc_kallsyms,
 kernel.symvers.read_symvers) and 1000 names are looked up in each, in a
 fresh process per measurement; the time is that of the loads and lookups
 (the interpreter and imports are not counted).  Three cases:
@@ -33,7 +33,7 @@ from pathlib import Path
 
 CHILD = r"""
 import sys, time
-from klpsym.kernel.kallsyms import read_proc_kallsyms
+from klpsym.kernel.proc_kallsyms import read_proc_kallsyms
 from klpsym.kernel.symvers import read_symvers
 ks, sv, cache = sys.argv[1], sys.argv[2], sys.argv[4] == "1"
 names = open(sys.argv[3]).read().split()

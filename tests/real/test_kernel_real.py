@@ -24,14 +24,12 @@ from kallsyms_support import (
 )
 from klpsym.errors import KernelSourceError
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    read_proc_kallsyms,
-    read_system_map,
-)
+from klpsym.kernel.proc_kallsyms import read_proc_kallsyms
 from klpsym.kernel.symvers import (
     LAYOUT_NAMESPACE_LAST,
     read_symvers,
 )
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.target import discover
 from klpsym.kernel.version import (
     KernelVersion,

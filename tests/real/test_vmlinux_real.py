@@ -7,13 +7,9 @@ from __future__ import annotations
 import pytest
 
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    KallsymsTable,
-    _parse_lines,
-    _read_canonical,
-    read_proc_kallsyms,
-    read_system_map,
-)
+from klpsym.kernel.kallsyms import KallsymsTable
+from klpsym.kernel.proc_kallsyms import _parse_lines, _read_canonical, read_proc_kallsyms
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.version import KernelVersion
 from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
 from klpsym.lab.debug import debug_files

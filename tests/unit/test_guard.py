@@ -4,6 +4,7 @@ its rules by the validator."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -23,7 +24,7 @@ from elfbuilder import (
     ElfBuilder,
     simple_module,
 )
-from klpsym.cli.main import main
+from klpsym.cli.main import main, message
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import STB
 from klpsym.errors import ConvertError
@@ -215,8 +216,9 @@ def test_weak_reference_is_refused(tmp_path: Path) -> None:
     b = simple_module()
     b.symbol(GUARD_SYMBOL, bind=STB_WEAK)
     src = write(tmp_path, b)
-    with pytest.raises(ConvertError, match="weakly.*--no-guard"):
+    with pytest.raises(ConvertError) as shown:
         convert_file(src, crc_target(), {}, output=tmp_path / "out.ko")
+    assert re.search("weakly.*--no-guard", message(shown.value))
     assert not (tmp_path / "out.ko").exists()
 
 
@@ -226,8 +228,9 @@ def test_symvers_without_klp_enable_patch(tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="CONFIG_LIVEPATCH=y.*this kernel's Module.symvers"):
         convert_file(src, t, {}, output=tmp_path / "out.ko")
     t = target(exports={"_printk": "vmlinux"}, config=None)
-    with pytest.raises(ConvertError, match="does not export klp_enable_patch.*--no-guard"):
+    with pytest.raises(ConvertError) as shown:
         convert_file(src, t, {}, output=tmp_path / "out.ko")
+    assert re.search("does not export klp_enable_patch.*--no-guard", message(shown.value))
     assert not (tmp_path / "out.ko").exists()
     res = convert_file(src, t, {}, output=tmp_path / "out.ko", guard=False)
     assert res.written

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from klpsym.cli.main import message
 from klpsym.errors import KernelSourceError, KlpsymError
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.version import (
@@ -67,8 +69,9 @@ def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(KernelSourceError, match="is not a number"):
         KernelConfig.from_text("CONFIG_A=y\n").get_int("A")
     missing = tmp_path / "nope" / ".config"
-    with pytest.raises(KernelSourceError, match=rf"^{missing}: no such file.*--config"):
+    with pytest.raises(KernelSourceError) as shown:
         KernelConfig.from_path(missing)
+    assert re.search(rf"^{missing}: no such file.*--config", message(shown.value))
     binary = tmp_path / "bin.config"
     binary.write_bytes(b"\x7fELF\0\0\0")
     with pytest.raises(KernelSourceError, match="binary file"):

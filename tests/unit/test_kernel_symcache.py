@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from klpsym.errors import KernelSourceError
-from klpsym.kernel import kallsyms, symcache, symvers
-from klpsym.kernel.kallsyms import read_proc_kallsyms
+from klpsym.kernel import proc_kallsyms as kallsyms
+from klpsym.kernel import symcache, symvers
+from klpsym.kernel.proc_kallsyms import read_proc_kallsyms
 from klpsym.kernel.symcache import NameIndex, name_hashes
 from klpsym.kernel.symvers import Symvers, read_symvers
 

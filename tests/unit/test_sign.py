@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
 from test_convert import target
 
+from klpsym.cli.main import message
 from klpsym.errors import SignError
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.target import TargetKernel
@@ -49,8 +51,9 @@ def test_flags_need_the_kernels_sign_file(tmp_path: Path) -> None:
     key, cert = files(tmp_path)
     with pytest.raises(SignError, match="scripts/sign-file: no such program.*linux-kbuild"):
         resolve_signer(kdir_target(tmp_path, "CONFIG_MODULE_SIG=y\n"), key, cert)
-    with pytest.raises(SignError, match="pass the kernel's build/headers dir with --kernel-dir"):
+    with pytest.raises(SignError) as shown:
         resolve_signer(target(), key, cert)  # no kernel dir at all
+    assert re.search("pass the kernel's build/headers dir with --kernel-dir", message(shown.value))
 
 
 def test_hash_and_notes_follow_the_config(tmp_path: Path) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from klpsym.kernel.kallsyms import (
-    read_proc_kallsyms,
-)
+from klpsym.kernel.proc_kallsyms import read_proc_kallsyms
 
 
 def test_real_guest_kallsyms(bookworm) -> None:  # type: ignore[no-untyped-def]

@@ -62,8 +62,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from klpsym.load import inspect as views
     from klpsym.module.ko import read_module
+    from klpsym.view import inspect as views
 
     m = read_module(args.module)
     data: dict[str, Any] = {}

@@ -27,7 +27,7 @@ from types import FrameType  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 from klpsym import __version__  # noqa: E402
-from klpsym.errors import KlpsymError  # noqa: E402
+from klpsym.errors import InternalError, KlpsymError  # noqa: E402
 
 # klpsym does no linear algebra: without this, numpy's OpenBLAS starts a
 # thread per core when it is imported, a third of a small run's time.  Set
@@ -54,6 +54,51 @@ def printable(text: str) -> str:
         return text
     out = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in out)
+
+
+# Exit codes of every command (README, "Exit codes"); a command may also
+# return 1 for a negative answer (check: a module would not load).
+EXIT_ERROR = 2  # bad input: one "klpsym: error:" line
+EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): klpsym's check of its own work failed
+EXIT_INTERRUPTED = 130
+
+# The lower layers' parameters whose option is not the parameter spelt
+# with dashes.
+_OPTIONS = {"output": "-o", "guard": "--no-guard", "key": "--sign-key", "cert": "--sign-cert"}
+
+
+def option(param: str) -> str:
+    """The option that gives the input a lower layer calls ``param``: the
+    parameter spelt as an option (system_map is --system-map, argparse's
+    dest the other way round), but for the few in _OPTIONS."""
+    return _OPTIONS.get(param) or "--" + param.replace("_", "-")
+
+
+def message(e: KlpsymError) -> str:
+    """``e``'s message as the command line shows it: the inputs it names
+    given as this command line's options, on one printable line."""
+    return printable(e.render(option))
+
+
+def error_line(e: KlpsymError) -> str:
+    """The line the command line prints for ``e``."""
+    return f"klpsym: error: {message(e)}"
+
+
+# Set to show a bug's traceback (below its one line).
+DEBUG_ENV = "KLPSYM_DEBUG"
+
+
+def report_bug(e: InternalError) -> None:
+    """One line on stderr for a bug klpsym found in its own work: what it
+    is and what to report; the traceback too when $KLPSYM_DEBUG is set."""
+    if os.environ.get(DEBUG_ENV):
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+    print(f"klpsym: internal error: {printable(str(e))} -- a bug in klpsym {__version__}; "
+          f"please report it with this line, the command and its input files "
+          f"({DEBUG_ENV}=1 adds the traceback)", file=sys.stderr)
 
 
 # The commands, in the order `klpsym --help` lists them, and their modules
@@ -99,17 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
-            return 2
+            return EXIT_ERROR
         code: int = args.run(args)
         return code
     except KlpsymError as e:
-        print(f"klpsym: error: {printable(str(e))}", file=sys.stderr)
-        return 2
+        print(error_line(e), file=sys.stderr)
+        return EXIT_ERROR
+    except InternalError as e:
+        report_bug(e)
+        return EXIT_BUG
     except KeyboardInterrupt:
         # Every output is written atomically: an interrupt leaves the old file
         # or the complete new one (when it came after the rename), never a part.
         print("klpsym: interrupted; no file was left half-written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
 
@@ -143,7 +191,7 @@ def entry() -> NoReturn:
         working = False
     except KeyboardInterrupt:  # after main()'s own handler, before the line above
         working = False
-        code = 130
+        code = EXIT_INTERRUPTED
     gc.freeze()
     # Everything main() made is complete (outputs committed and synced,
     # temporary directories removed, workers done): the interpreter's

@@ -1,4 +1,5 @@
-"""Serialise an :class:`~klpsym.elf.file.ElfFile` back to bytes.
+"""Serialise an :class:`~klpsym.elf.image.ElfImage` (an ElfFile, read and
+edited) back to bytes.
 
 The writer assigns section indexes from the order of ``elf.sections``,
 re-encodes symbol section indexes (st_shndx and SHT_SYMTAB_SHNDX, with the
@@ -24,8 +25,9 @@ from typing import Protocol
 import numpy as np
 
 from klpsym.elf.constants import ET, SHN, SHT
-from klpsym.elf.file import ElfFile, Section, SymbolTable, info_is_index
-from klpsym.errors import ElfError
+from klpsym.elf.image import ElfImage
+from klpsym.elf.tables import Section, SymbolTable, info_is_index
+from klpsym.errors import ElfError, InternalError
 
 
 def _align(value: int, alignment: int) -> int:
@@ -41,7 +43,7 @@ class Sink(Protocol):
     def write(self, data: bytes | memoryview, /) -> object: ...
 
 
-def write(elf: ElfFile) -> bytes:
+def write(elf: ElfImage) -> bytes:
     """The file as one bytes object."""
     chunks, total = layout(elf)
     out = bytearray(total)
@@ -50,7 +52,7 @@ def write(elf: ElfFile) -> bytes:
     return bytes(out)
 
 
-def write_to(elf: ElfFile, sink: Sink) -> int:
+def write_to(elf: ElfImage, sink: Sink) -> int:
     """Stream the file to ``sink`` (a file object, or anything with
     ``write``) without assembling it in memory; the bytes are those of
     :func:`write`.  Returns the size written."""
@@ -60,7 +62,7 @@ def write_to(elf: ElfFile, sink: Sink) -> int:
         if not len(c):
             continue
         if off < cursor:
-            raise ElfError(f"{elf.name}: internal error, overlapping output at {off:#x}")
+            raise InternalError(f"{elf.name}: the writer laid out overlapping output at {off:#x}")
         if off > cursor:
             sink.write(bytes(off - cursor))
         sink.write(c)
@@ -70,7 +72,7 @@ def write_to(elf: ElfFile, sink: Sink) -> int:
     return total
 
 
-def layout(elf: ElfFile) -> tuple[list[Chunk], int]:
+def layout(elf: ElfImage) -> tuple[list[Chunk], int]:
     """Where every byte of the output comes from: (offset, bytes) pieces,
     not overlapping, and the file size; bytes no piece covers are zero."""
     if elf.elf_type != ET.REL:
@@ -122,7 +124,7 @@ def _new_indexes(symtab: SymbolTable, remap: np.ndarray) -> tuple[np.ndarray, np
     return real, np.where(real, new, 0)
 
 
-def _add_shndx_section(elf: ElfFile, symtab: SymbolTable) -> None:
+def _add_shndx_section(elf: ElfImage, symtab: SymbolTable) -> None:
     sec = elf.new_section(
         ".symtab_shndx", SHT.SYMTAB_SHNDX, addralign=4, entsize=4, link=symtab.section
     )
@@ -131,7 +133,7 @@ def _add_shndx_section(elf: ElfFile, symtab: SymbolTable) -> None:
     symtab.shndx_section = sec
 
 
-def _encode_symtab(elf: ElfFile, symtab: SymbolTable, remap: np.ndarray) -> None:
+def _encode_symtab(elf: ElfImage, symtab: SymbolTable, remap: np.ndarray) -> None:
     ref = symtab.section_ref
     real, new = _new_indexes(symtab, remap)
     need_x = real & (new >= SHN.LORESERVE)
@@ -158,7 +160,7 @@ def _encode_symtab(elf: ElfFile, symtab: SymbolTable, remap: np.ndarray) -> None
 # -- section names -----------------------------------------------------------
 
 
-def _section_names(elf: ElfFile) -> list[int]:
+def _section_names(elf: ElfImage) -> list[int]:
     names = elf.shstrings
     orig = elf._shstr_orig
     offsets: list[int] = []
@@ -185,7 +187,7 @@ def _section_names(elf: ElfFile) -> list[int]:
 class _Covered:
     """The byte ranges the input's headers and sections occupied."""
 
-    def __init__(self, elf: ElfFile) -> None:
+    def __init__(self, elf: ElfImage) -> None:
         spans = [(0, elf.layout.ehdr.itemsize)]
         orig_shnum = int(elf.header["e_shnum"]) or int(elf.shdr0["sh_size"])
         shoff = int(elf.header["e_shoff"])
@@ -229,7 +231,7 @@ _SHDR = object()  # marker for the section header table in the layout sequence
 _MAX_PAD = 1 << 24
 
 
-def _layout(elf: ElfFile, secs: list[Section], index: dict[int, int],
+def _layout(elf: ElfImage, secs: list[Section], index: dict[int, int],
             name_offsets: list[int]) -> tuple[list[Chunk], int]:
     layout = elf.layout
     raw = memoryview(elf.raw)

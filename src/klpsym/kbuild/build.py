@@ -61,7 +61,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import KbuildError
+from klpsym.errors import KbuildError, param
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.symvers import read_symvers
 from klpsym.kernel.target import TargetKernel
@@ -251,7 +251,7 @@ def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
     kdir = target.kernel_dir
     if kdir is None or not (kdir / "Makefile").is_file():
         raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
-                          "kernel's build/headers dir with --kernel-dir")
+                          f"kernel's build/headers dir with {param('kernel_dir')}")
     check_make_args(make_args, target)
     args, output = output_dir(make_args, directory, target)
     return directory, kdir, args, output
@@ -290,7 +290,8 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     unused = sorted(set(sympos) - {s.name for m in modules for s in m.symbols
                                    if s.fate == Fate.CONVERT})
     if unused:
-        raise KbuildError(f"--sympos {unused[0]}: no module in {directory} uses {unused[0]} as "
+        raise KbuildError(f"{param('sympos')} {unused[0]}: no module in {directory} uses "
+                          f"{unused[0]} as "
                           "an unexported symbol; drop the flag")
 
     # The names modpost should take as exported: convertible, and exported by
@@ -420,5 +421,5 @@ def _failure(directory: Path, modules: list[BuiltModule], siblings: set[str],
     return (f"{mod}.ko: undefined symbol {name}{more} is neither exported by kernel "
             f"{target.release} ({target.symvers.source}) nor in its kallsyms "
             f"({target.kallsyms_source}), so modpost refused it; check the name, or add the "
-            "exporting module's Module.symvers with --symvers")
+            f"exporting module's Module.symvers with {param('symvers')}")
 

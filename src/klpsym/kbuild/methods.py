@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import KbuildError
+from klpsym.errors import KbuildError, param
 from klpsym.kbuild.build import BuildResult, _make, build, prepare
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.target import TargetKernel
@@ -98,8 +98,9 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
                             signer=signer, runner=runner)
             return out
         if sympos:
-            raise KbuildError(f"--sympos is for the klp method; with {method.label}, declare the "
-                              "POS in the module (KLPSYM_FUNC_POS) or pass it to klpsym insmod")
+            raise KbuildError(f"{param('sympos')} is for the klp method; with {method.label}, "
+                              "declare the POS in the module (KLPSYM_FUNC_POS) or pass it to "
+                              "klpsym insmod")
         directory, kdir, args, output = prepare(directory, target, make_args)
         runner = runner or HostRunner()
         rc = _make(kdir, directory, args, "modules", runner=runner, output=output)
@@ -114,6 +115,6 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
             raise KbuildError(
                 f"{module.path}: built for method {got or 'none (no klpsym.h)'}, not "
                 f"{method.label}; its Kbuild needs 'ccflags-y += $(shell klpsym cflags)' "
-                "without --method (klpsym build sets it)")
+                f"without {param('method')} (klpsym build sets it)")
         out.modules.append(MethodModule(module.path, module.name, symbols))
     return out

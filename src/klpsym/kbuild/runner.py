@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from klpsym.errors import KbuildError
+from klpsym.errors import KbuildError, param
 
 #: Where a ChrootRunner shows the host's directories inside the chroot.
 HOST_MOUNT = Path("/klpsym/host")
@@ -105,8 +105,8 @@ class ChrootRunner:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
-            raise KbuildError(f"{root}: no such directory (--chroot); pass the root of a system "
-                              "with the compiler the kernel headers call")
+            raise KbuildError(f"{root}: no such directory ({param('chroot')}); pass the root of "
+                              "a system with the compiler the kernel headers call")
         self._binds: list[Path] = []
 
     def describe(self) -> str:

@@ -13,10 +13,8 @@ from klpsym.kernel.kallsyms import (
     SymbolNotFoundError,
     is_data,
     is_text,
-    parse_proc_kallsyms,
-    read_proc_kallsyms,
-    read_system_map,
 )
+from klpsym.kernel.proc_kallsyms import parse_proc_kallsyms, read_proc_kallsyms
 from klpsym.kernel.symvers import (
     Export,
     Symvers,
@@ -25,6 +23,7 @@ from klpsym.kernel.symvers import (
     read_symvers,
     read_symvers_files,
 )
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.target import TargetKernel, discover
 from klpsym.kernel.version import (
     KernelVersion,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text
 from klpsym.kernel.symcache import NameIndex
@@ -43,7 +43,7 @@ class KernelConfig:
         def parse() -> KernelConfig:
             text = read_text(
                 p, "kernel .config",
-                "pass --config, or use the kernel's /boot/config-<release>",
+                f"pass {param('config')}, or use the kernel's /boot/config-<release>",
             )
             return cls.from_text(text, source)
 

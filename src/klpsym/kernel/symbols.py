@@ -26,17 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.elf.constants import STB, STT
-from klpsym.errors import KernelSourceError
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    PROC_KALLSYMS,
-    AmbiguousSymbolError,
-    KallsymsTable,
-    SymbolNotFoundError,
-    is_text,
-    read_proc_kallsyms,
-    read_system_map,
-)
+from klpsym.kernel.kallsyms import AmbiguousSymbolError, KallsymsTable, SymbolNotFoundError, is_text
+from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
+from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.version import KernelVersion, read_kernel_version
 from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, open_vmlinux
 
@@ -66,30 +60,30 @@ def open_symbols(kallsyms: Path | str | None = None, system_map: Path | str | No
     kernel).  ``kernel_dir`` and ``config`` only refine the System.map and
     vmlinux rules (release, CONFIG_KALLSYMS_ALL)."""
     given = [(k, Path(v)) for k, v in
-             (("--kallsyms", kallsyms), ("--system-map", system_map), ("--vmlinux", vmlinux))
+             (("kallsyms", kallsyms), ("system_map", system_map), ("vmlinux", vmlinux))
              if v is not None]
     if len(given) > 1:
         raise KernelSourceError(
-            f"{' and '.join(k for k, _ in given)} both given; pass one symbol source")
+            f"{' and '.join(param(k) for k, _ in given)} both given; pass one symbol source")
     if not given:
         return SymbolSource(read_proc_kallsyms(proc_kallsyms), str(proc_kallsyms), True)
     flag, path = given[0]
     if not path.is_file():
-        raise KernelSourceError(f"{path}: no such file ({flag})")
-    if flag == "--kallsyms":
+        raise KernelSourceError(f"{path}: no such file ({param(flag)})")
+    if flag == "kallsyms":
         return SymbolSource(read_proc_kallsyms(path), f"kallsyms {path}", True)
     version: KernelVersion | None = None
     cfg: KernelConfig | None = None
     if kernel_dir is not None:
         kdir = Path(kernel_dir)
         if not kdir.is_dir():
-            raise KernelSourceError(f"{kdir}: no such directory (--kernel-dir)")
+            raise KernelSourceError(f"{kdir}: no such directory ({param('kernel_dir')})")
         version = read_kernel_version(kdir)
         if config is None and (kdir / ".config").is_file():
             cfg = KernelConfig.from_path(kdir / ".config")
     if config is not None:
         cfg = KernelConfig.from_path(config)
-    if flag == "--system-map":
+    if flag == "system_map":
         return SymbolSource(read_system_map(path, config=cfg, version=version),
                             f"System.map {path}", False)
     if version is None:
@@ -123,7 +117,8 @@ def require_addresses(source: SymbolSource) -> None:
     if source.is_proc:
         raise KernelSourceError(
             f"{source.description}: every address is 0: {hidden_addresses_fix()}; or pass "
-            "--vmlinux/--system-map for link-time addresses (right only without KASLR)")
+            f"{param('vmlinux')}/{param('system_map')} for link-time addresses (right only "
+            "without KASLR)")
     raise KernelSourceError(
         f"{source.description}: every address is 0 (read without root, or under "
         "kptr_restrict); copy /proc/kallsyms as root")

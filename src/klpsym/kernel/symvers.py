@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel import symcache
 from klpsym.kernel._io import line_error, read_text
 from klpsym.kernel.symcache import NameIndex
@@ -292,7 +292,8 @@ class Symvers:
                     raise KernelSourceError(
                         f"{e.origin or other.source}: {name} is exported by {e.module}, but "
                         f"{prev.origin or 'an earlier Module.symvers'} has it exported by "
-                        f"{prev.module}; a symbol can be exported once (drop one --symvers)"
+                        f"{prev.module}; a symbol can be exported once (drop one "
+                        f"{param('symvers')})"
                     )
                 exports[name] = e
             sources.extend(s for s in other.sources if s not in sources)
@@ -370,7 +371,8 @@ def read_symvers(path: Path | str, *, cache: bool = True) -> Symvers:
     def parse() -> Symvers:
         text = read_text(
             p, "Module.symvers",
-            "install the kernel's headers package (linux-headers-<release>) or pass --symvers",
+            "install the kernel's headers package (linux-headers-<release>) or pass "
+            f"{param('symvers')}",
         )
         return parse_symvers(text, source)
 

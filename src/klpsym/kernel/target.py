@@ -28,17 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import KernelSourceError
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    PROC_KALLSYMS,
-    KallsymsTable,
-    is_debian_stub,
-    read_proc_kallsyms,
-    read_system_map,
-    reject_debian_stub,
-)
+from klpsym.kernel.kallsyms import KallsymsTable
+from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
 from klpsym.kernel.symvers import Symvers, read_symvers
+from klpsym.kernel.system_map import is_debian_stub, read_system_map, reject_debian_stub
 from klpsym.kernel.version import (
     KernelVersion,
     ksym_name_len,
@@ -70,8 +65,8 @@ class TargetKernel:
         if self._kallsyms is None:
             if self._load_kallsyms is None:
                 raise KernelSourceError(
-                    f"no kallsyms source for {self.release}; pass --kallsyms, --system-map "
-                    "or --vmlinux"
+                    f"no kallsyms source for {self.release}; pass {param('kallsyms')}, "
+                    f"{param('system_map')} or {param('vmlinux')}"
                 )
             self._kallsyms = self._load_kallsyms()
         return self._kallsyms
@@ -112,17 +107,18 @@ def host_release() -> str:
 def symbol_file_candidates(release: str, *, debug_dir: Path | str = DEBUG_DIR,
                            boot_dir: Path | str = "/boot") -> list[tuple[str, Path]]:
     """Where a kernel's symbols may be installed besides /proc/kallsyms, as
-    (flag, path) in the order tried: the debug package's System.map (Debian's
+    (the parameter it would be given as, path) in the order tried: the debug
+    package's System.map (Debian's
     ``linux-image-<release>-dbg``: /usr/lib/debug/boot/System.map-<release>),
     its vmlinux (Debian, Ubuntu: /usr/lib/debug/boot/vmlinux-<release>;
     Fedora's kernel-debuginfo: /usr/lib/debug/lib/modules/<release>/vmlinux),
     then /boot/System.map-<release> (real on Fedora and Ubuntu; on Debian a
     stub, which the caller skips)."""
     debug = Path(debug_dir)
-    return [("--system-map", debug / "boot" / f"System.map-{release}"),
-            ("--vmlinux", debug / "boot" / f"vmlinux-{release}"),
-            ("--vmlinux", debug / "lib" / "modules" / release / "vmlinux"),
-            ("--system-map", Path(boot_dir) / f"System.map-{release}")]
+    return [("system_map", debug / "boot" / f"System.map-{release}"),
+            ("vmlinux", debug / "boot" / f"vmlinux-{release}"),
+            ("vmlinux", debug / "lib" / "modules" / release / "vmlinux"),
+            ("system_map", Path(boot_dir) / f"System.map-{release}")]
 
 
 def _installed_symbol_file(release: str, debug_dir: Path | str,
@@ -137,7 +133,7 @@ def _installed_symbol_file(release: str, debug_dir: Path | str,
                 head = f.read(1024).decode("utf-8", "replace")
         except OSError:
             continue  # e.g. Ubuntu's /boot/System.map-* is root-only
-        if flag == "--system-map" and is_debian_stub(head):
+        if flag == "system_map" and is_debian_stub(head):
             continue
         return flag, path
     return None
@@ -173,31 +169,32 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     if kernel_release is not None:
         if kernel_dir is not None:
             raise KernelSourceError(
-                f"--kernel-dir {kernel_dir} and --kernel-release {kernel_release} both given; "
-                "pass one (the release's headers are /lib/modules/<release>/build)"
+                f"{param('kernel_dir')} {kernel_dir} and {param('kernel_release')} "
+                f"{kernel_release} both given; pass one (the release's headers are "
+                "/lib/modules/<release>/build)"
             )
         if not kernel_release or "/" in kernel_release:
             raise KernelSourceError(
-                f"--kernel-release {kernel_release!r}: not a kernel release; pass what "
+                f"{param('kernel_release')} {kernel_release!r}: not a kernel release; pass what "
                 "'uname -r' prints on that kernel, e.g. 6.1.0-56-amd64"
             )
         kdir = Path(modules_root) / kernel_release / "build"
         if not kdir.is_dir():
             raise KernelSourceError(
-                f"{kdir}: no headers for kernel {kernel_release} (--kernel-release); install "
-                f"linux-headers-{kernel_release} or pass --kernel-dir"
+                f"{kdir}: no headers for kernel {kernel_release} ({param('kernel_release')}); "
+                f"install linux-headers-{kernel_release} or pass {param('kernel_dir')}"
             )
         version = read_kernel_version(kdir)
         if version.release != kernel_release:
             raise KernelSourceError(
                 f"{kdir}: headers of kernel {version.release}, not {kernel_release} "
-                f"(--kernel-release); reinstall linux-headers-{kernel_release}"
+                f"({param('kernel_release')}); reinstall linux-headers-{kernel_release}"
             )
     elif kernel_dir is not None:
         kdir = Path(kernel_dir)
         if not kdir.is_dir():
             raise KernelSourceError(
-                f"{kdir}: no such directory (--kernel-dir); pass the kernel's build or "
+                f"{kdir}: no such directory ({param('kernel_dir')}); pass the kernel's build or "
                 "headers directory (/lib/modules/<release>/build)"
             )
         version = read_kernel_version(kdir)
@@ -212,7 +209,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         else:
             raise KernelSourceError(
                 f"{kdir}: no headers for the running kernel {host}; install "
-                f"linux-headers-{host} or pass --kernel-dir"
+                f"linux-headers-{host} or pass {param('kernel_dir')}"
             )
     is_host = version.release == host
 
@@ -225,17 +222,17 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
         elif not extra_symvers:
             raise KernelSourceError(
                 f"{own}: no Module.symvers in {kdir}; install linux-headers-{version.release} "
-                "or pass --symvers"
+                f"or pass {param('symvers')}"
             )
     for p in extra_symvers:
         if not p.is_file():
-            raise KernelSourceError(f"{p}: no such file (--symvers)")
+            raise KernelSourceError(f"{p}: no such file ({param('symvers')})")
         parts.append(read_symvers(p, cache=cache))
     merged = Symvers().merge(*parts)
     if not merged.has_vmlinux_exports():
         raise KernelSourceError(
             f"{merged.source}: no export of vmlinux in it; pass vmlinux's Module.symvers "
-            f"(from linux-headers-{version.release}) with --symvers"
+            f"(from linux-headers-{version.release}) with {param('symvers')}"
         )
 
     # -- .config ---------------------------------------------------------------------
@@ -254,16 +251,16 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
 
     # -- kallsyms source ------------------------------------------------------------
     given = [(k, Path(v)) for k, v in
-             (("--kallsyms", kallsyms), ("--system-map", system_map), ("--vmlinux", vmlinux))
+             (("kallsyms", kallsyms), ("system_map", system_map), ("vmlinux", vmlinux))
              if v is not None]
     if len(given) > 1:
         raise KernelSourceError(
-            f"{' and '.join(k for k, _ in given)} both given; pass one symbol source"
+            f"{' and '.join(param(k) for k, _ in given)} both given; pass one symbol source"
         )
     if given:
         flag, path = given[0]
         if not path.is_file():
-            raise KernelSourceError(f"{path}: no such file ({flag})")
+            raise KernelSourceError(f"{path}: no such file ({param(flag)})")
     elif is_host:
         flag, path = "", Path(proc_kallsyms)
     else:
@@ -278,8 +275,8 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
                 f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
                 "/proc/kallsyms is the wrong kernel's, and no symbol file of "
                 f"{version.release} is installed (looked for {looked}); install "
-                f"linux-image-{version.release}-dbg (Debian), or pass --kallsyms (a copy of the "
-                "target's /proc/kallsyms), --system-map or --vmlinux"
+                f"linux-image-{version.release}-dbg (Debian), or pass {param('kallsyms')} (a copy "
+                f"of the target's /proc/kallsyms), {param('system_map')} or {param('vmlinux')}"
             )
         flag, path = found
         notes.append(f"{version.release} is not the running kernel: symbols from {path}")
@@ -291,14 +288,14 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
 def _symbol_source(flag: str, path: Path, cfg: KernelConfig | None, version: KernelVersion,
                    cache: bool = True) -> tuple[str, Callable[[], KallsymsTable]]:
     """The kallsyms_source text and loader for one symbol file; ``flag`` is
-    the option it came from, or "" for the running kernel's /proc/kallsyms.
+    the parameter it came as, or "" for the running kernel's /proc/kallsyms.
     The cheap checks (placeholder System.map, vmlinux of another release)
     run now, the reading later."""
     if flag == "":
         return str(path), lambda: read_proc_kallsyms(path, cache=cache)
-    if flag == "--kallsyms":
+    if flag == "kallsyms":
         return f"kallsyms {path}", lambda: read_proc_kallsyms(path, cache=cache)
-    if flag == "--system-map":
+    if flag == "system_map":
         with open(path, "rb") as f:
             reject_debian_stub(f.read(1024).decode("utf-8", "replace"), str(path))
         return (f"System.map {path}",

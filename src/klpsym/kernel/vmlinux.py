@@ -14,7 +14,7 @@ reproduces the three steps:
    ``.L``, ``__crc_``, ``__kstrtab_``, ``__kstrtabns_`` and the name ``L0``.
    Before ~v6.1 kallsyms read nm's output directly; then only the filters
    scripts/kallsyms itself had apply (see version.kallsyms_input_is_mksysmap).
-3. scripts/kallsyms: :func:`klpsym.kernel.kallsyms.kallsyms_from_nm`.
+3. scripts/kallsyms: :func:`klpsym.kernel.scripts_kallsyms.kallsyms_from_nm`.
 
 A vmlinux with a .symtab is the one in Debian's ``linux-image-<release>-dbg``
 (``/usr/lib/debug/boot/vmlinux-<release>``) or a kernel build tree; the
@@ -30,9 +30,10 @@ import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHF, SHN, SHT, STB, STT
-from klpsym.errors import ElfError, KernelSourceError
+from klpsym.errors import ElfError, KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import KallsymsTable, kallsyms_from_nm
+from klpsym.kernel.kallsyms import KallsymsTable
+from klpsym.kernel.scripts_kallsyms import kallsyms_from_nm
 from klpsym.kernel.version import KernelVersion, kallsyms_input_is_mksysmap
 
 STT_GNU_IFUNC = 10
@@ -68,12 +69,13 @@ def open_vmlinux(path: Path | str) -> ElfFile:
     try:
         elf = ElfFile.from_path(path, relocatable_only=False)
     except ElfError as e:
-        raise KernelSourceError(f"{e} (--vmlinux needs an uncompressed vmlinux ELF)") from None
+        raise KernelSourceError(
+            f"{e} ({param('vmlinux')} needs an uncompressed vmlinux ELF)") from None
     if not elf.has_symtab:
         raise KernelSourceError(
             f"{path}: vmlinux has no .symtab (stripped, e.g. cut out of vmlinuz); use the one "
             "from linux-image-<release>-dbg (/usr/lib/debug/boot/vmlinux-<release>) or the "
-            "kernel build tree, or pass --kallsyms"
+            f"kernel build tree, or pass {param('kallsyms')}"
         )
     return elf
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from klpsym.elf import ElfFile
 from klpsym.elf.file import Buffer
-from klpsym.errors import ConvertError, KlpsymError
+from klpsym.errors import ConvertError, InternalError, KlpsymError, param
 from klpsym.fsutil import AtomicOutput, atomic_write
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.apply import apply_conversions
@@ -66,8 +66,9 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     if in_place and module.compressed and not dry_run:
         raise ConvertError(
             f"{path}: is {module.compression.value}-compressed, and klpsym writes uncompressed "
-            "modules, so --in-place would replace it with a file of another format under the "
-            "same name; write it with -o NAME.ko instead (and compress that yourself)")
+            f"modules, so {param('in_place')} would replace it with a file of another format under "
+            f"the same name; write it with {param('output')} NAME.ko instead (and compress that "
+            "yourself)")
     plan = make_plan(module, target, sympos)
     broken = loader_problems(module.elf, plan.name_width)
     if broken:
@@ -150,10 +151,10 @@ def check_destination(path: Path, output: Path | None, in_place: bool, dry_run: 
     the arguments themselves, said before anything is read (the CLI calls
     this before it looks for the target kernel)."""
     if in_place and output is not None:
-        raise ConvertError("give either -o OUTPUT or --in-place, not both")
+        raise ConvertError(f"give either {param('output')} OUTPUT or {param('in_place')}, not both")
     if not dry_run and output is None and not in_place:
-        raise ConvertError(f"{path}: say where to write the result: -o OUTPUT.ko, or --in-place "
-                           "to replace the module")
+        raise ConvertError(f"{path}: say where to write the result: {param('output')} OUTPUT.ko, "
+                           f"or {param('in_place')} to replace the module")
     if output is not None and output.suffix in COMPRESSED_SUFFIXES:
         raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
                            f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
@@ -174,8 +175,8 @@ def check_output(module: Module, data: Buffer, plan: Plan,
     except KlpsymError as e:
         problems = [f"the output cannot be re-read: {e}"]
     if problems:
-        raise ConvertError(
-            f"{module.path}: internal error, the converted module failed validation "
+        raise InternalError(
+            f"{module.path}: the converted module failed validation "
             f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}); "
-            "nothing was written; please report this"
+            "nothing was written"
         )

@@ -35,7 +35,7 @@ import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import STB, STT
-from klpsym.errors import ConvertError
+from klpsym.errors import ConvertError, param
 from klpsym.kernel.target import TargetKernel
 from klpsym.module.ko import Module
 from klpsym.module.license import is_gpl_compatible
@@ -106,7 +106,7 @@ def plan_guard(module: Module, target: TargetKernel, has_livepatch: bool,
         raise ConvertError(
             f"{where}: references {GUARD_SYMBOL} weakly, which the loader lets go unresolved, "
             "so the load-time guard cannot be added; make the reference non-weak, or pass "
-            "--no-guard")
+            f"{param('guard')}")
     license = module.modinfo.license
     if license is None or not is_gpl_compatible(license):
         raise ConvertError(
@@ -122,12 +122,12 @@ def plan_guard(module: Module, target: TargetKernel, has_livepatch: bool,
                 f"although {cfg.source} has CONFIG_LIVEPATCH=y (kernel/livepatch/core.c "
                 "exports it whenever livepatch is built): is it this kernel's Module.symvers? "
                 "The load-time guard needs it; pass the kernel's own build dir with "
-                "--kernel-dir, or --no-guard")
+                f"{param('kernel_dir')}, or {param('guard')}")
         raise ConvertError(
             f"{where}: kernel {target.release} does not export {GUARD_SYMBOL} "
             f"({target.symvers.source}), as every kernel built with CONFIG_LIVEPATCH does, so "
-            "its loader most likely skips klp relocations; check its .config (--config), or "
-            "pass --no-guard to convert without the load-time guard")
+            f"its loader most likely skips klp relocations; check its .config ({param('config')}), "
+            f"or pass {param('guard')} to convert without the load-time guard")
     tables = read_version_tables(elf)
     if not tables or export.crc is None:
         # No table: check_version() is not reached for anything (no

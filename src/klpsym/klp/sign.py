@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from klpsym.errors import SignError
+from klpsym.errors import SignError, param
 from klpsym.kernel.target import TargetKernel
 from klpsym.module.signature import PkeyIdType, split_signature
 
@@ -102,15 +102,15 @@ def resolve_signer(target: TargetKernel, key: Path | None = None,
     else the build dir's configured key, else None; and notes to show."""
     notes: list[str] = []
     if (key is None) != (cert is None):
-        raise SignError("--sign-key and --sign-cert go together: give the private key and its "
-                        "X.509 certificate, or neither")
+        raise SignError(f"{param('key')} and {param('cert')} go together: give the private key "
+                        "and its X.509 certificate, or neither")
     cfg = target.config
     kdir = target.kernel_dir
     hash_algo = (cfg.get("MODULE_SIG_HASH") if cfg is not None else None) or DEFAULT_HASH
     if key is not None and cert is not None:
-        for path, flag in ((key, "--sign-key"), (cert, "--sign-cert")):
+        for path, name in ((key, "key"), (cert, "cert")):
             if not path.is_file():
-                raise SignError(f"{path}: no such file ({flag})")
+                raise SignError(f"{path}: no such file ({param(name)})")
         sign_file = _sign_file(kdir, required=True)
         assert sign_file is not None
         if cfg is None:
@@ -150,7 +150,7 @@ def _sign_file(kdir: Path | None, required: bool) -> Path | None:
     if kdir is None:
         if required:
             raise SignError("signing needs the kernel's scripts/sign-file: pass the kernel's "
-                            "build/headers dir with --kernel-dir")
+                            f"build/headers dir with {param('kernel_dir')}")
         return None
     path = kdir / "scripts" / "sign-file"
     if path.is_file() and os.access(path, os.X_OK):

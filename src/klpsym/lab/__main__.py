@@ -1,4 +1,10 @@
-"""``python -m klpsym.lab ARGS`` is ``klpsym lab ARGS`` (see klpsym.cli.lab)."""
+"""``python -m klpsym.lab ARGS`` is ``klpsym lab ARGS``.
+
+The command is the CLI's (klpsym.cli.lab registers it in klpsym.cli.main);
+this file only runs it, and Python wants it inside the lab's package.  So it
+is a command-line entry, in the commands layer of docs/architecture.md
+(tests/unit/test_layering.py), and nothing imports it.
+"""
 
 from __future__ import annotations
 

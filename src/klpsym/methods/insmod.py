@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import MethodError
+from klpsym.errors import MethodError, param
 from klpsym.kernel.kallsyms import SymbolLookupError
 from klpsym.kernel.symbols import (
     Found,
@@ -102,14 +102,14 @@ def plan_insmod(module_path: Path | str, source: SymbolSource,
     sympos = dict(sympos or {})
     unknown = sorted(set(sympos) - {d.name for d in declared})
     if unknown:
-        raise MethodError(f"--sympos {unknown[0]}: {module.path} declares no symbol "
+        raise MethodError(f"{param('sympos')} {unknown[0]}: {module.path} declares no symbol "
                           f"{unknown[0]} (it declares: "
                           f"{', '.join(d.name for d in declared) or 'none'})")
     for arg in user_args:
         key = arg.partition("=")[0]
         if key in {d.name for d in declared}:
             raise MethodError(f"{arg}: {key} is a symbol klpsym fills in from kallsyms; "
-                              f"to choose another entry of the name use --sympos {key}=N")
+                              f"to choose another entry of the name use {param('sympos')} {key}=N")
     if method != "kallsyms":
         plan.notes.append(
             f"{module.path} uses the {method} method: its symbols need no parameters"
@@ -125,12 +125,12 @@ def plan_insmod(module_path: Path | str, source: SymbolSource,
             raise MethodError(
                 f"{d.name} is ambiguous: {len(cands)} entries in {source.description} "
                 f"({', '.join(c.describe() for c in cands)}); declare it with "
-                f"KLPSYM_FUNC_POS/KLPSYM_VAR_POS({d.name}, POS) or pass --sympos "
+                f"KLPSYM_FUNC_POS/KLPSYM_VAR_POS({d.name}, POS) or pass {param('sympos')} "
                 f"{d.name}=POS")
         try:
             (found,) = lookup(table, [Query(d.name, pos)])
         except SymbolLookupError as e:
-            raise MethodError(str(e)) from None
+            raise MethodError(*e.args) from None
         alias = first_name_at(table, found)
         if alias != d.name:
             raise MethodError(
@@ -154,7 +154,8 @@ def run_insmod(plan: InsmodPlan, *, running_release: str | None = None,
     built_for = plan.module.modinfo.vermagic_release
     if built_for is not None and built_for != release:
         raise MethodError(f"{plan.module.path} is built for {built_for}, but this machine runs "
-                          f"{release}; load it on its kernel (or use --print-args there)")
+                          f"{release}; load it on its kernel (or use {param('print_args')} "
+                          "there)")
     try:
         return subprocess.run(plan.command(insmod), capture_output=True, text=True,
                               timeout=INSMOD_TIMEOUT, check=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 from klpsym.elf import describe
 from klpsym.elf.constants import EI, SHF, SHN, SHT
-from klpsym.errors import KlpsymError
+from klpsym.errors import KlpsymError, param
 from klpsym.klp.names import parse_section_name, parse_symbol_name
 from klpsym.klp.validate import loader_problems
 from klpsym.module.exports import read_exports
@@ -107,7 +107,7 @@ def relocations(m: Module, section: str | None = None) -> list[dict[str, Any]]:
                   or (s.info_section is not None and s.info_section.name == section)]
         if not chosen:
             raise KlpsymError(f"{m.path}: no relocation section {section!r} (nor one that "
-                              f"relocates it); see 'klpsym inspect {m.path} --sections'")
+                              f"relocates it); {param('sections')} lists the sections")
         secs = chosen
     st = elf.symtab
     names = st.names()
@@ -142,8 +142,8 @@ def strings(m: Module, section: str) -> list[tuple[int, str]]:
     """readelf -p: each NUL-terminated string of a section with its offset."""
     sec = m.elf.section_by_name(section)
     if sec is None:
-        raise KlpsymError(f"{m.path}: no section {section!r}; see 'klpsym inspect {m.path} "
-                          "--sections'")
+        raise KlpsymError(f"{m.path}: no section {section!r}; {param('sections')} lists the "
+                          "sections")
     if sec.type == SHT.NOBITS:
         raise KlpsymError(f"{m.path}: section {section} has no data in the file (NOBITS)")
     data = bytes(sec.content())
