@@ -8,6 +8,7 @@ it is immutable).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import cache
 
@@ -53,6 +54,19 @@ _SYM64 = [
 ]
 _RELA64 = [("r_offset", "u8"), ("r_info", "u8"), ("r_addend", "i8")]
 _REL64 = [("r_offset", "u8"), ("r_info", "u8")]
+_PHDR64 = [
+    ("p_type", "u4"),
+    ("p_flags", "u4"),
+    ("p_offset", "u8"),
+    ("p_vaddr", "u8"),
+    ("p_paddr", "u8"),
+    ("p_filesz", "u8"),
+    ("p_memsz", "u8"),
+    ("p_align", "u8"),
+]
+# Elf64_Nhdr (the same fields as Elf32_Nhdr), then the name and the
+# descriptor, each padded to 4 bytes.
+_NHDR64 = [("n_namesz", "u4"), ("n_descsz", "u4"), ("n_type", "u4")]
 
 
 def _dtype(fields: list[tuple[str, str]], order: str) -> np.dtype[np.void]:
@@ -71,6 +85,8 @@ class Layout:
     rela: np.dtype[np.void]
     rel: np.dtype[np.void]
     word: np.dtype[np.unsignedinteger]  # Elf64_Word, for SHT_SYMTAB_SHNDX
+    phdr: np.dtype[np.void]
+    nhdr: np.dtype[np.void]
 
     @property
     def byteorder(self) -> str:
@@ -104,4 +120,38 @@ def layout_for(elf_class: ElfClass, data: ElfData) -> Layout:
         rela=_dtype(_RELA64, order),
         rel=_dtype(_REL64, order),
         word=np.dtype(order + "u4"),
+        phdr=_dtype(_PHDR64, order),
+        nhdr=_dtype(_NHDR64, order),
     )
+
+
+_STRUCT_CODES = {("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
+                 ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
+
+
+@cache
+def record_struct(dtype: np.dtype[np.void]) -> struct.Struct:
+    """The :mod:`struct` format of one record of a layout above (for a reader
+    that unpacks a few records where numpy's per-call cost would dominate):
+    the same fields in the same order, integers as ints, byte fields
+    (e_ident, fixed-size names) as bytes."""
+    assert dtype.names is not None
+    order = "="
+    codes = []
+    offset = 0
+    for name in dtype.names:
+        ftype, at = dtype.fields[name][:2]  # type: ignore[index]
+        if at != offset:
+            raise ValueError(f"{name}: not packed")
+        offset += ftype.itemsize
+        if ftype.kind in "ui":
+            codes.append(_STRUCT_CODES[ftype.kind, ftype.itemsize])
+            if ftype.byteorder in "<>":
+                order = ftype.byteorder
+            elif ftype.byteorder == "=" and ftype.itemsize > 1:
+                order = "<" if np.little_endian else ">"
+        elif ftype.kind in "VS":
+            codes.append(f"{ftype.itemsize}s")
+        else:
+            raise ValueError(f"{name}: no struct code for {ftype}")
+    return struct.Struct(order + "".join(codes))

@@ -127,9 +127,18 @@ def _sublevel(kdir: Path, version: KernelVersion) -> int | None:
 
 # -- rules that depend on the version ------------------------------------------
 
-#: MODULE_NAME_LEN is 64 - sizeof(unsigned long) = 56 on 64-bit; livepatch
-#: parses the object name with ``%55[^.]`` (kernel/livepatch/core.c).
-KLP_OBJNAME_MAX = 55
+#: include/linux/module.h: MODULE_NAME_LEN is 64 - sizeof(unsigned long),
+#: 56 on 64-bit: struct module's name and struct modversion_info's.
+MODULE_NAME_LEN = 56
+#: livepatch parses the object name with ``%55[^.]`` (kernel/livepatch/core.c;
+#: the BUILD_BUG_ON in klp_resolve_symbols() pins it to MODULE_NAME_LEN - 1).
+KLP_OBJNAME_MAX = MODULE_NAME_LEN - 1
+#: The largest KSYM_NAME_LEN (v6.1+, see :func:`ksym_name_len`), and before.
+KSYM_NAME_LEN = 512
+KSYM_NAME_LEN_BEFORE_6_1 = 128
+#: The widest klp symbol NAME any loader parses (``%511[^,]``, v6.1+); a
+#: target's own width is :func:`klp_sym_name_max`.
+KLP_SYM_NAME_WIDEST = KSYM_NAME_LEN - 1
 
 
 def ksym_name_len(version: KernelVersion) -> int:
@@ -142,7 +151,7 @@ def ksym_name_len(version: KernelVersion) -> int:
     drops longer names (``strlen(name) >= KSYM_NAME_LEN``), so they are never
     in kallsyms.
     """
-    return 512 if version >= (6, 1) else 128
+    return KSYM_NAME_LEN if version >= (6, 1) else KSYM_NAME_LEN_BEFORE_6_1
 
 
 def klp_sym_name_max(version: KernelVersion) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 
 from klpsym.elf.constants import SHT
 from klpsym.errors import ModuleError
+from klpsym.kernel.version import MODULE_NAME_LEN
 
 if TYPE_CHECKING:  # the ELF model is the caller's; annotations only
     from klpsym.elf import ElfFile
@@ -40,8 +41,6 @@ if TYPE_CHECKING:  # the ELF model is the caller's; annotations only
 VERSIONS_SECTION = "__versions"
 EXT_CRCS_SECTION = "__version_ext_crcs"
 EXT_NAMES_SECTION = "__version_ext_names"
-# 64 - sizeof(unsigned long) on 64-bit (include/linux/module.h MODULE_NAME_LEN).
-MODULE_NAME_LEN = 56
 ENTRY_SIZE = 8 + MODULE_NAME_LEN
 
 
@@ -72,10 +71,14 @@ class Versions:
         return len(self.entries)
 
 
+def modversion_dtype(order: str) -> np.dtype[np.void]:
+    """``struct modversion_info`` in byte order ``order`` ("<" or ">")."""
+    return np.dtype([("crc", order + "u8"), ("name", f"S{MODULE_NAME_LEN}")])
+
+
 def basic_dtype(elf: ElfFile) -> np.dtype[np.void]:
     """``struct modversion_info`` for this file's byte order."""
-    order = "<" if elf.layout.byteorder == "little" else ">"
-    return np.dtype([("crc", order + "u8"), ("name", f"S{MODULE_NAME_LEN}")])
+    return modversion_dtype("<" if elf.layout.byteorder == "little" else ">")
 
 
 def encode_basic(elf: ElfFile, entries: list[SymbolVersion]) -> bytes:
