@@ -116,18 +116,16 @@ def main() -> int:
     if subprocess.run(dep_cmd, stdout=subprocess.DEVNULL).returncode != 0:
         raise SystemExit(f"{' '.join(dep_cmd)} failed")
 
-    pure_env = {**os.environ, "KLPSYM_PYTHON_READER": "1"}
-    klp, dep, klp_json, klp_pure = [], [], [], []
+    klp, dep, klp_json = [], [], []
     floor: dict[str, list[tuple[float, float, int]]] = {k: [] for k in floors}
     for _ in range(args.runs):
         klp.append(measure(klp_cmd))
         dep.append(measure(dep_cmd))
         klp_json.append(measure(klp_cmd + ["--json"]))
-        klp_pure.append(measure(klp_cmd, env=pure_env))
         for k, cmd in floors.items():
             floor[k].append(measure(cmd))
     shutil.rmtree(os.environ["KLPSYM_SYMCACHE"])
-    if any(rc not in (0, 1) for _, _, rc in klp + klp_json + klp_pure):
+    if any(rc not in (0, 1) for _, _, rc in klp + klp_json):
         raise SystemExit("klpsym check failed during the measurement")
 
     def stats(runs: list[tuple[float, float, int]]) -> tuple[float, float, float]:
@@ -137,7 +135,6 @@ def main() -> int:
     kw, kb, kc = stats(klp)
     dw, db, dc = stats(dep)
     jw, jb, jc = stats(klp_json)
-    pw, pb, pc = stats(klp_pure)
     counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     print(f"date {time.strftime('%Y-%m-%d')}  machine {platform.machine()} "
           f"{os.cpu_count()} cpus  python {platform.python_version()}  "
@@ -147,14 +144,14 @@ def main() -> int:
           f"symbols {'from ' + str(system_map) if system_map else 'none'}")
     print(f"{'':24}{'wall median':>12}{'wall best':>11}{'CPU median':>12}   (of {args.runs})")
     for label, (w, b, c) in (("klpsym check", (kw, kb, kc)), ("klpsym check --json", (jw, jb, jc)),
-                             ("  Python reader only", (pw, pb, pc)), ("depmod -n", (dw, db, dc))):
+                             ("depmod -n", (dw, db, dc))):
         print(f"{label:24}{w:>11.2f}s{b:>10.2f}s{c:>11.2f}s")
     for label, runs in floor.items():
         w, b, c = stats(runs)
         print(f"floor: {label} {w:.2f}s wall, {c:.2f}s CPU")
     print(f"ratio wall klpsym check / depmod: {kw / dw:.2f}x (best runs {kb / db:.2f}x; "
           "target <= 1.0x); --json: "
-          f"{jw / dw:.2f}x; with the Python reader only (KLPSYM_PYTHON_READER=1): {pw / dw:.2f}x")
+          f"{jw / dw:.2f}x")
     return 0 if kw <= dw else 1
 
 

@@ -344,7 +344,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no such file" in capsys.readouterr().err
 
 
-# -- the fast reader (load.facts.fast_facts) against the general one
+# -- the fast reader (load.fastread.fast_facts) against the general one
 
 
 def _signed(data: bytes) -> bytes:
@@ -367,32 +367,40 @@ def _variants() -> dict[str, bytes]:
     }
 
 
-def _fast_readers(data: bytes, p: Path) -> ModuleFacts | None:
-    """What both fast readers read of ``data`` (they must agree: the same
-    facts, or both None)."""
-    from klpsym.load.facts import compiled_fast_facts, python_fast_facts
+def _fast_reader(data: bytes, p: Path) -> ModuleFacts | None:
+    """What the fast reader (load.fastread) reads of ``data``: facts, or
+    None where it leaves the module to the general reader."""
+    from klpsym.load.fastread import fast_facts
 
-    compiled = compiled_fast_facts(data, p, "none")
-    assert compiled == python_fast_facts(data, p, "none"), data.hex()
-    return compiled
+    return fast_facts(data, p, "none")
 
 
-def test_compiled_reader_is_built() -> None:
-    """scripts/bootstrap installs a compiler and Python's headers, so the
-    compiled reader (setup.py) is built wherever the tests run; its export
-    tables are the Python ones."""
-    from klpsym.load import _cfacts
-    from klpsym.module.exports import GPL_ONLY, KSYMTAB_SECTIONS, crc_section
+def test_fast_reader_layouts_come_from_elf_layout() -> None:
+    """The fast reader unpacks records with struct formats derived from
+    klpsym.elf.layout's dtypes (one declaration of each layout): the formats
+    read what the dtypes read."""
+    import numpy as np
 
-    assert _cfacts.KSYMTABS == {name: (kind in GPL_ONLY, crc_section(name))
-                                for name, kind in KSYMTAB_SECTIONS.items()}
+    from klpsym.elf.constants import ElfClass, ElfData
+    from klpsym.elf.layout import layout_for, record_struct
+    from klpsym.load import fastread
+
+    le = layout_for(ElfClass.ELF64, ElfData.LSB)
+    data = bytes(range(256)) * 2
+    for dtype in (le.ehdr, le.shdr, le.sym, le.rela, le.phdr, le.nhdr):
+        got = record_struct(dtype).unpack_from(data)
+        want = np.frombuffer(data, dtype=dtype, count=1)[0].tolist()
+        assert got == tuple(bytes(v) if isinstance(v, (bytes, memoryview)) else v
+                            for v in want), dtype
+    assert fastread._SYM_DTYPE == le.sym
+    assert fastread._EHDR.size == le.ehdr.itemsize and fastread._SHDR.size == le.shdr.itemsize
 
 
 @pytest.mark.parametrize("variant", list(_variants()))
 def test_fast_reader_equals_general_reader(tmp_path: Path, variant: str) -> None:
     p = tmp_path / "m.ko"
     p.write_bytes(_variants()[variant])
-    assert _fast_readers(p.read_bytes(), p) is not None  # the fast path read it
+    assert _fast_reader(p.read_bytes(), p) is not None  # the fast path read it
     assert module_facts(p) == module_facts(p, fast=False)
 
 
@@ -413,17 +421,14 @@ def test_fast_readers_refuse_overlapping_relocation_tables(tmp_path: Path) -> No
         struct.pack_into("<QQ", data, shoff + 64 * i + 24, 64, span)
     p = tmp_path / "m.ko"
     p.write_bytes(bytes(data))
-    assert _fast_readers(bytes(data), p) is None
+    assert _fast_reader(bytes(data), p) is None
     module_facts(p)  # the general reader's facts or error; no hang
 
 
-def test_compiled_reader_gives_files_it_cannot_read_back(tmp_path: Path) -> None:
-    """The compiled reader reads uncompressed module files itself; anything
-    else (missing, a directory, empty, short, compressed, not ELF) is left
-    to the Python path, which says what is wrong."""
-    from klpsym.load import _cfacts
-    from klpsym.load.facts import _HANDLED_BYTES
-
+def test_files_the_fast_reader_cannot_read(tmp_path: Path) -> None:
+    """Anything the fast reader does not read (missing, a directory, empty,
+    short, not ELF) is said by the general path; a compressed module is
+    decompressed and read by the fast reader."""
     good = kmod().build()
     files = {"missing": None, "dir": "dir", "empty": b"", "short": good[:40],
              "xz": lzma.compress(good), "text": b"not a module at all" * 10}
@@ -433,18 +438,16 @@ def test_compiled_reader_gives_files_it_cannot_read_back(tmp_path: Path) -> None
             p.mkdir()
         elif isinstance(content, bytes):
             p.write_bytes(content)
-        assert _cfacts.scan_path(p, _HANDLED_BYTES) is None, name
         facts = module_facts(p)
-        if name == "xz":  # read by the Python path, decompressed
+        if name == "xz":
             assert facts.error is None and facts.compression == "xz"
+            assert facts == module_facts(p, fast=False)
         else:
             assert facts.error, name
     p = tmp_path / "good.ko"
     p.write_bytes(good)
-    assert _cfacts.scan_path(p, _HANDLED_BYTES) == _cfacts.scan(good, _HANDLED_BYTES) is not None
+    assert _fast_reader(good, p) is not None
     assert module_facts(p) == module_facts(p, fast=False)
-    with pytest.raises(ValueError, match="256 flags"):
-        _cfacts.scan(good, b"")
 
 
 def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
@@ -471,7 +474,7 @@ def test_fast_reader_on_corrupted_modules(tmp_path: Path) -> None:
                 data[rng.randrange(start, end)] = rng.choice((0, 1, 0xFF, rng.randrange(256)))
             p = tmp_path / "m.ko"
             p.write_bytes(bytes(data))
-            fast_read += _fast_readers(bytes(data), p) is not None
+            fast_read += _fast_reader(bytes(data), p) is not None
             assert module_facts(p) == module_facts(p, fast=False), (variant, data.hex())
     assert fast_read > 100  # most single-byte changes leave a module the fast path reads
 

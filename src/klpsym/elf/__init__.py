@@ -11,8 +11,8 @@ __all__ = ["ElfFile", "Section", "StringTable", "SymbolTable"]
 
 def __getattr__(name: str) -> object:
     # The reader and writer are imported when first asked for, not with the
-    # package: klpsym.elf.constants alone is what `klpsym check` of a
-    # directory of modules needs (its compiled reader reads the files).
+    # package: klpsym.elf.constants and layout are what `klpsym check` of a
+    # directory of modules needs (its fast reader reads the files).
     if name in __all__:
         from klpsym.elf import file
 

@@ -12,9 +12,8 @@ a self-contained CPython from the interpreter running it:
 * ``deps``: klpsym's runtime dependencies from the
   venv (:data:`PACKAGES`: numpy with numpy.libs, rich, zstandard's C backend),
   without their tests;
-* beside it, a second tree with the klpsym package (``src/klpsym``, the
-  compiled ``_cfacts`` included when built), kept apart because it changes
-  far more often than the interpreter.
+* beside it, a second tree with the klpsym package (``src/klpsym``), kept
+  apart because it changes far more often than the interpreter.
 
 Every .py is byte-compiled into the tree with unchecked-hash pycs: the
 initramfs stores mtime 0, so timestamp pycs would be stale and Python would
@@ -86,7 +85,7 @@ PACKAGES: dict[str, re.Pattern[str]] = {
     # the C backend is the one zstandard picks; leave out the cffi one
     "zstandard": re.compile(r"^(_cffi\.|backend_cffi)|\.pyi$"),
 }
-# In klpsym's own tree: the C source of _cfacts and build leftovers.
+# In klpsym's own tree: build leftovers.
 _PACKAGE_SKIP = re.compile(r"(^|/)__pycache__/|\.(c|o|pyc)$")
 # Part of both cache keys: a change to the selection or layout here is a new tree.
 _RECIPE = hashlib.sha256(Path(__file__).read_bytes()).digest()
