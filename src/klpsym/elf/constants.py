@@ -32,6 +32,16 @@ class ElfData(IntEnum):
     MSB = 2  # big endian
 
 
+class PT(IntEnum):
+    """Program header (segment) types."""
+
+    NULL = 0
+    LOAD = 1
+    DYNAMIC = 2
+    INTERP = 3
+    NOTE = 4
+
+
 class ET(IntEnum):
     NONE = 0
     REL = 1

@@ -17,9 +17,11 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from klpsym.kernel.version import KLP_OBJNAME_MAX
+
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
-OBJNAME_WIDTH = 55
+OBJNAME_WIDTH = KLP_OBJNAME_MAX
 VMLINUX = "vmlinux"
 
 

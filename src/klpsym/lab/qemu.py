@@ -97,18 +97,12 @@ def _cache_dir(kernel: Kernel) -> Path:
 
 
 def _is_static(path: Path) -> bool:
-    """True for an ELF executable without a program interpreter (PT_INTERP)."""
-    import struct
+    """True for an ELF64 executable without a program interpreter (PT_INTERP)."""
+    from klpsym.elf.segments import has_interpreter, read_program_headers
 
     with path.open("rb") as f:
-        ehdr = f.read(64)
-        if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:
-            return False
-        (phoff,) = struct.unpack_from("<Q", ehdr, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", ehdr, 0x36)
-        f.seek(phoff)
-        phdrs = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", phdrs, i * phentsize)[0] != 3 for i in range(phnum))
+        found = read_program_headers(f)
+    return found is not None and not has_interpreter(found)
 
 
 def _busybox() -> Path:

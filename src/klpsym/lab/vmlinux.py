@@ -23,10 +23,11 @@ import subprocess
 import zlib
 from pathlib import Path
 
+from klpsym.elf.constants import ElfData
+from klpsym.elf.segments import read_program_headers, segment_notes
 from klpsym.errors import LabError
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # include/xen/interface/elfnote.h
-PT_NOTE = 4
 
 # (name, magic) as in scripts/extract-vmlinux; order = preference when scanning.
 _MAGICS: tuple[tuple[str, bytes], ...] = (
@@ -125,30 +126,12 @@ def extract_vmlinux(vmlinuz: Path, dest: Path) -> Path:
 def pvh_entry(vmlinux: Path) -> int | None:
     """The PVH 32-bit entry point from the ELF notes of ``vmlinux``, or None."""
     with vmlinux.open("rb") as f:
-        ident = f.read(64)
-        if not _is_elf(ident) or ident[4] != 2 or ident[5] != 1:
+        found = read_program_headers(f)
+        if found is None or found.layout.data != ElfData.LSB:
             return None  # only ELF64 little-endian (x86-64) is bootable here
-        (phoff,) = struct.unpack_from("<Q", ident, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", ident, 0x36)
-        f.seek(phoff)
-        phdrs = f.read(phentsize * phnum)
-        for i in range(phnum):
-            p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
-                "<IIQQQQ", phdrs, i * phentsize
-            )
-            if p_type != PT_NOTE:
-                continue
-            f.seek(p_offset)
-            notes = f.read(p_filesz)
-            pos = 0
-            while pos + 12 <= len(notes):
-                namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
-                pos += 12
-                name = notes[pos : pos + namesz].rstrip(b"\0")
-                pos += (namesz + 3) & ~3
-                desc = notes[pos : pos + descsz]
-                pos += (descsz + 3) & ~3
-                if name == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY and len(desc) >= 4:
-                    value: int = int.from_bytes(desc[: min(len(desc), 8)], "little")
-                    return value
+        for note in segment_notes(f, found):
+            if note.name == b"Xen" and note.type == XEN_ELFNOTE_PHYS32_ENTRY \
+                    and len(note.desc) >= 4:
+                value: int = int.from_bytes(note.desc[:8], "little")
+                return value
     return None
