@@ -92,7 +92,7 @@ def print_plan(plan: Plan, guard: GuardPlan) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from klpsym.klp.plan import Fate
+    from klpsym.klp.classify import Fate
 
     # Piped output is not wrapped at 80 columns: it is read by scripts and logs.
     # markup=False: a symbol name like "[bold]" is a name, not a style
@@ -121,7 +121,7 @@ def print_plan(plan: Plan, guard: GuardPlan) -> None:
 
 
 def print_result(result: ConvertResult) -> None:
-    from klpsym.klp.plan import Fate
+    from klpsym.klp.classify import Fate
 
     plan = result.plan
     n = len(plan.to_convert)

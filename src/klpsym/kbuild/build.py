@@ -65,8 +65,9 @@ from klpsym.errors import KbuildError, param
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.symvers import read_symvers
 from klpsym.kernel.target import TargetKernel
+from klpsym.klp.classify import Fate
 from klpsym.klp.convert import ConvertResult, convert_file
-from klpsym.klp.plan import Fate, SymbolPlan, classify_symbols
+from klpsym.klp.plan import SymbolPlan, classify_symbols
 from klpsym.klp.sign import Signer
 from klpsym.module.ko import read_module
 

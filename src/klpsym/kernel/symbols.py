@@ -30,6 +30,7 @@ from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import AmbiguousSymbolError, KallsymsTable, SymbolNotFoundError, is_text
 from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
+from klpsym.kernel.sympos import PosError, choose_pos, listed_pos
 from klpsym.kernel.system_map import read_system_map
 from klpsym.kernel.version import KernelVersion, read_kernel_version
 from klpsym.kernel.vmlinux import banner_version, kallsyms_from_vmlinux, open_vmlinux
@@ -168,21 +169,21 @@ def lookup(table: KallsymsTable, queries: Sequence[Query]) -> list[Found]:
         if not cands:
             raise SymbolNotFoundError(f"{q.name}: not in vmlinux's kallsyms ({table.source})")
         if q.pos is None:
-            chosen = cands
-        elif q.pos == 0 and len(cands) > 1:
+            out += [Found(q.name, listed_pos(c, len(cands)), len(cands), c.type, c.address,
+                          c.index) for c in cands]
+            continue
+        choice = choose_pos(cands, q.pos)
+        if choice.error == PosError.AMBIGUOUS:
             raise AmbiguousSymbolError(q.name, cands, table.source,
                                        f"{q.name},0: {q.name} is not unique: {len(cands)} "
                                        f"entries in {table.source} ({listed}); ask for "
                                        f"{q.name},POS")
-        elif q.pos > len(cands):
+        if choice.chosen is None or choice.pos is None:  # BEYOND (parse_query: POS >= 0)
             raise SymbolNotFoundError(f"{q.name},{q.pos}: {q.name} has only {len(cands)} "
                                       f"entr{'y' if len(cands) == 1 else 'ies'} in "
                                       f"{table.source} ({listed})")
-        else:
-            chosen = [cands[max(q.pos, 1) - 1]]
-        for c in chosen:
-            pos = 0 if len(cands) == 1 and not q.pos else c.pos
-            out.append(Found(q.name, pos, len(cands), c.type, c.address, c.index))
+        c = choice.chosen
+        out.append(Found(q.name, choice.pos, len(cands), c.type, c.address, c.index))
     return out
 
 

@@ -14,6 +14,7 @@ from klpsym.errors import ConvertError, InternalError, KlpsymError, param
 from klpsym.fsutil import AtomicOutput, atomic_write
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.apply import apply_conversions
+from klpsym.klp.classify import Fate
 from klpsym.klp.guard import (
     GUARD_SYMBOL,
     GuardAction,
@@ -22,7 +23,7 @@ from klpsym.klp.guard import (
     guard_problems,
     plan_guard,
 )
-from klpsym.klp.plan import Fate, Plan, make_plan
+from klpsym.klp.plan import Plan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import (
     loader_problems,

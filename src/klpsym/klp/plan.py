@@ -1,7 +1,8 @@
 """Classify a module's undefined symbols for a target kernel and decide what
 to convert.
 
-Each undefined symbol gets a fate, the way modpost and the loader see it:
+Each undefined symbol gets a fate (:class:`klpsym.klp.classify.Fate`, the
+classification ``klpsym check`` shares), the way modpost and the loader see it:
 
 * ``exported``: vmlinux exports it (visible to this module) - left alone;
 * ``module-export``: a module exports it (the target's own Module.symvers
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 
@@ -34,18 +34,10 @@ from klpsym.kernel.version import (
     supports_klp_for_plain_modules,
 )
 from klpsym.klp.apply import Conversion, relocation_users
+from klpsym.klp.classify import Fate, classify_unexported, export_fate
 from klpsym.klp.names import parse_symbol_name
 from klpsym.module.ko import Module
 from klpsym.module.license import GPL_COMPATIBLE, is_gpl_compatible
-
-
-class Fate(StrEnum):
-    EXPORTED = "exported"
-    MODULE_EXPORT = "module-export"
-    CONVERT = "convert"
-    LIVEPATCH = "livepatch"
-    MISSING = "missing"
-    WEAK = "weak"
 
 
 @dataclass
@@ -193,36 +185,28 @@ def _classify(index: int, name: str, weak: bool, module: Module, target: TargetK
               letters_trusted: bool) -> SymbolPlan:
     export = target.symvers.get(name)
     if export is not None and export.visible_to(module.name):
-        fate = Fate.EXPORTED if export.module == "vmlinux" else Fate.MODULE_EXPORT
-        return SymbolPlan(index, name, fate, provider=export.module, relocations=relocations)
-    candidates = target.kallsyms.candidates(name)
-    if not candidates:
-        return SymbolPlan(index, name, Fate.WEAK if weak else Fate.MISSING,
+        return SymbolPlan(index, name, export_fate(export.module), provider=export.module,
                           relocations=relocations)
-    plan = SymbolPlan(index, name, Fate.CONVERT, candidates=len(candidates),
-                      relocations=relocations)
-    # POS, as klp_find_object_symbol() counts it: 0 when the name is unique,
-    # else the 1-based position among same-name entries in kallsyms order.
+    candidates = target.kallsyms.candidates(name)
     wanted = sympos.get(name)
-    if wanted is None:
-        if len(candidates) > 1:
+    found = classify_unexported(candidates, weak, wanted)
+    if found.fate != Fate.CONVERT:
+        return SymbolPlan(index, name, found.fate, relocations=relocations)
+    if found.candidate is None:  # the POS designates no entry
+        if wanted is None:
             listing = "; ".join(_describe(c) for c in candidates)
             raise ConvertError(
                 f"{name} is ambiguous: {len(candidates)} symbols of that name in "
                 f"{target.kallsyms.source} ({listing}); pick one with --sympos {name}=N"
             )
-        plan.pos, plan.candidate = 0, candidates[0]
-        plan.kind = target.kallsyms.kind(candidates[0], letters_tell_data=letters_trusted)
-        return plan
-    if not 1 <= wanted <= len(candidates) and not (wanted == 0 and len(candidates) == 1):
         raise ConvertError(
             f"--sympos {name}={wanted}: {target.kallsyms.source} has {len(candidates)} "
             f"symbol{'s' if len(candidates) > 1 else ''} named {name}; use 1..{len(candidates)}"
         )
-    plan.pos = wanted
-    plan.candidate = candidates[max(wanted, 1) - 1]
-    plan.kind = target.kallsyms.kind(plan.candidate, letters_tell_data=letters_trusted)
-    return plan
+    return SymbolPlan(index, name, Fate.CONVERT, pos=found.pos, candidate=found.candidate,
+                      candidates=found.candidates, relocations=relocations,
+                      kind=target.kallsyms.kind(found.candidate,
+                                                letters_tell_data=letters_trusted))
 
 
 def _letters_trusted(target: TargetKernel) -> bool:

@@ -1,0 +1,55 @@
+"""Livepatch's POS: which kallsyms entry of a name ``NAME,POS`` designates.
+
+kernel/livepatch/core.c klp_find_object_symbol() (v5.8 .. v7.x) counts the
+entries of a name in kallsyms order and accepts POS 0 only for a name with
+one entry, else POS N for the N-th (1-based) entry.  ``klpsym convert``
+writes such a POS (0 for a unique name, ``--sympos`` otherwise), ``klpsym
+check`` predicts what convert would write and checks the POS of a converted
+module, and ``klpsym addr``/``insmod`` take ``NAME,POS`` queries: all of them
+through :func:`choose_pos`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import NamedTuple
+
+from klpsym.kernel.kallsyms import Candidate
+
+
+class PosError(Enum):
+    MISSING = "missing"  # no entry of the name
+    AMBIGUOUS = "ambiguous"  # POS 0 (or none chosen) for a name of several entries
+    BEYOND = "beyond"  # POS N with fewer than N entries
+    NEGATIVE = "negative"  # not a POS
+
+
+class PosChoice(NamedTuple):
+    pos: int | None  # the POS to write / the one asked for; None: none can be chosen
+    chosen: Candidate | None  # the entry it designates
+    entries: int  # entries of the name
+    error: PosError | None  # why it designates nothing
+
+
+def choose_pos(candidates: Sequence[Candidate], wanted: int | None) -> PosChoice:
+    """The entry of ``candidates`` (a name's kallsyms entries, in order) that
+    POS ``wanted`` designates; ``wanted`` None (no choice made) is POS 0."""
+    count = len(candidates)
+    if not count:
+        return PosChoice(wanted, None, 0, PosError.MISSING)
+    if wanted is not None and wanted < 0:
+        return PosChoice(wanted, None, count, PosError.NEGATIVE)
+    if not wanted:
+        if count > 1:
+            return PosChoice(None if wanted is None else 0, None, count, PosError.AMBIGUOUS)
+        return PosChoice(0, candidates[0], count, None)
+    if wanted > count:
+        return PosChoice(wanted, None, count, PosError.BEYOND)
+    return PosChoice(wanted, candidates[wanted - 1], count, None)
+
+
+def listed_pos(candidate: Candidate, count: int) -> int:
+    """The POS that designates ``candidate`` with no other choice: 0 for the
+    only entry of its name, else its own."""
+    return 0 if count == 1 else candidate.pos
