@@ -29,9 +29,10 @@ from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.symvers import parse_symvers
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.version import KernelVersion
+from klpsym.klp.classify import Fate
 from klpsym.klp.convert import convert_file
 from klpsym.load.batch import collect_modules, gather_facts
-from klpsym.load.check import Fate, ModuleVerdict, Stage, Verdict, check_modules
+from klpsym.load.check import ModuleVerdict, Stage, Verdict, check_modules
 from klpsym.load.facts import ModuleFacts, module_facts
 
 RELEASE = SYNTH_RELEASE
@@ -140,7 +141,7 @@ def test_plain_module_loads_with_its_taints(tmp_path: Path) -> None:
     v = one(tmp_path, kmod())
     assert v.verdict == Verdict.LOADS and not v.fatal
     assert v.taints == ["E", "O"]
-    assert {s.name: s.fate for s in v.symbols} == {"_printk": Fate.VMLINUX}
+    assert {s.name: s.fate for s in v.symbols} == {"_printk": Fate.EXPORTED}
     assert "synthetic: loading out-of-tree module taints kernel." in v.kernel_messages()
 
 
@@ -148,16 +149,64 @@ def test_unresolved_and_klp_fates(tmp_path: Path) -> None:
     v = one(tmp_path, kmod(("_printk", "kallsyms_lookup_name", "c_start", "no_such_thing")))
     assert v.verdict == Verdict.FAILS
     fates = {s.name: (s.fate, s.pos, s.candidates) for s in v.symbols}
-    assert fates["kallsyms_lookup_name"] == (Fate.KLP, 0, 1)
-    assert fates["c_start"] == (Fate.KLP, None, 2)
-    assert fates["no_such_thing"][0] == Fate.UNRESOLVED
+    assert fates["kallsyms_lookup_name"] == (Fate.CONVERT, 0, 1)
+    assert fates["c_start"] == (Fate.CONVERT, None, 2)
+    assert fates["no_such_thing"][0] == Fate.MISSING
     assert fatal_lines(v) == [f"synthetic: Unknown symbol {n} (err -2)"
                               for n in ("kallsyms_lookup_name", "c_start", "no_such_thing")]
 
 
+def test_symbols_keep_the_loader_s_order(tmp_path: Path) -> None:
+    """Symbols an export resolves plainly and those with a check of their
+    own are kept apart in a verdict, in one order: the symbol table's,
+    whether read as SymbolCheck objects or as records."""
+    uses = ("_printk", "c_start", "ktime_get", "no_such_thing", "jbd2_journal_start",
+            "kallsyms_lookup_name", "module_layout")
+    v = one(tmp_path, kmod(uses))
+    assert v.plain and v.checked  # both kinds
+    undefined = [n for n, _ in module_facts(write(tmp_path, kmod(uses))).undefined]
+    records = v.symbol_records()
+    assert [r[0] for r in records] == undefined
+    assert [s.name for s in v.symbols] == undefined
+    assert not v.plain  # made SymbolCheck objects once asked for
+    assert v.symbol_records() == records
+
+
+def test_check_prints_the_loader_s_words_for_the_fates(tmp_path: Path) -> None:
+    """convert and check share one Fate; check's table and JSON keep the
+    loader's words for it (vmlinux, module, klp, unresolved, ...)."""
+    from klpsym.cli.check import _symbol_row, json_module, module_json
+
+    v = one(tmp_path, kmod(("_printk", "jbd2_journal_start", "c_start", "no_such_thing"),
+                           weak=("maybe_there",)))
+    words = {"_printk": "vmlinux", "jbd2_journal_start": "module", "c_start": "klp",
+             "no_such_thing": "unresolved", "maybe_there": "weak"}
+    assert {r[0]: r[1] for r in v.symbol_records()} == words
+    assert {s["name"]: s["fate"] for s in json.loads(json_module(v))["symbols"]} == words
+    assert {s["name"]: s["fate"] for s in module_json(v)["symbols"]} == words
+    assert {s.name: _symbol_row(s)[1] for s in v.symbols} == words
+
+
+def test_check_and_convert_classify_alike(tmp_path: Path) -> None:
+    """check's fate, POS and candidate count of each symbol are what
+    convert's plan (klp.plan.classify_symbols) gives it: one classification."""
+    from klpsym.klp.plan import classify_symbols
+    from klpsym.module.ko import read_module
+
+    uses = ("_printk", "kallsyms_lookup_name", "c_start", "no_such_thing", "jbd2_journal_start")
+    p = write(tmp_path, kmod(uses, weak=("maybe_there",)))
+    checked = {s.name: (s.fate, s.pos, s.candidates) for s in check_modules(
+        [module_facts(p)], target())[0].symbols}
+    planned = {s.name: (s.fate, s.pos, s.candidates)
+               for s in classify_symbols(read_module(p), target(), {"c_start": 2})}
+    assert planned.pop("c_start") == (Fate.CONVERT, 2, 2)  # --sympos chose one
+    assert checked.pop("c_start") == (Fate.CONVERT, None, 2)  # check cannot
+    assert checked == planned
+
+
 def test_without_kallsyms_an_unexported_symbol_is_unresolved(tmp_path: Path) -> None:
     v = one(tmp_path, kmod(("kallsyms_lookup_name",)), target(kallsyms=False))
-    assert v.symbols[0].fate == Fate.UNRESOLVED and "kallsyms source" in v.symbols[0].reason
+    assert v.symbols[0].fate == Fate.MISSING and "kallsyms source" in v.symbols[0].reason
 
 
 def test_gpl_only_export_is_invisible_to_a_proprietary_module(tmp_path: Path) -> None:
@@ -612,7 +661,7 @@ def test_json_lines_are_json_dumps_of_the_report(tmp_path: Path) -> None:
                          license="Proprietary"), "ns.ko")
     verdicts = check_modules([module_facts(p) for p in collect_modules([tmp_path])], target())
     fates = {s.fate for v in verdicts for s in v.symbols}
-    assert fates >= {Fate.VMLINUX, Fate.MODULE, Fate.KLP, Fate.UNRESOLVED, Fate.WEAK,
+    assert fates >= {Fate.EXPORTED, Fate.MODULE_EXPORT, Fate.CONVERT, Fate.MISSING, Fate.WEAK,
                      Fate.LIVEPATCH}
     for v in verdicts:
         assert json_module(v) == json.dumps(module_json(v))

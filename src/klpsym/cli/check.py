@@ -151,15 +151,15 @@ def _heading(v: ModuleVerdict) -> tuple[str, str, str]:
 
 
 def _symbol_row(s: SymbolCheck) -> tuple[str, str, str, str, bool, str]:
-    from klpsym.load.check import Fate
+    from klpsym.klp.classify import LOADER_LABELS, Fate
 
     flags = " ".join(x for x in (
         "GPL" if s.gpl_only else "",
         f"ns={s.namespace}" if s.namespace else "",
-        f"POS={s.pos}" if s.pos is not None and s.fate in (Fate.KLP, Fate.LIVEPATCH) else "",
+        f"POS={s.pos}" if s.pos is not None and s.fate in (Fate.CONVERT, Fate.LIVEPATCH) else "",
         f"{s.candidates} candidates" if s.candidates > 1 else "",
     ) if x)
-    return s.name, s.fate.value, s.provider or "", flags, s.ok, s.reason
+    return s.name, LOADER_LABELS[s.fate], s.provider or "", flags, s.ok, s.reason
 
 
 def _counts(verdicts: list[ModuleVerdict]) -> str:

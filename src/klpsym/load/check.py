@@ -33,283 +33,44 @@ module loaded.
 
 Each problem carries the line the kernel logs for it (``Problem.kernel``),
 as the 6.1 sources print it, so that a user can match it against dmesg.
+
+Here: the order of the steps and all of them but step 5, which is
+:mod:`klpsym.load.resolve`; the verdicts' data is :mod:`klpsym.load.verdict`,
+the target's side :mod:`klpsym.load.checker`.
 """
 
 from __future__ import annotations
 
-import errno
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
 
-from klpsym.elf.constants import EM
-from klpsym.kernel.kallsyms import Candidate
-from klpsym.kernel.symvers import (
-    GPL_ONLY_TYPES,
-    MODULE_NS_PREFIX,
-    ExportFields,
-    module_name_matches,
-)
+from klpsym.kernel.sympos import PosError, choose_pos
 from klpsym.kernel.target import TargetKernel
-from klpsym.kernel.vermagic import expected_vermagic, same_magic
-from klpsym.kernel.version import klp_sym_name_max, supports_klp_for_plain_modules
+from klpsym.kernel.vermagic import same_magic
+from klpsym.kernel.version import supports_klp_for_plain_modules
+from klpsym.klp.classify import Fate
 from klpsym.klp.names import VMLINUX
+from klpsym.load.checker import BatchExports, Checker, batch_exports
 from klpsym.load.facts import KlpUse, ModuleFacts
+from klpsym.load.resolve import check_version, force_load, symbols_step
+from klpsym.load.verdict import (
+    SYMBOL_FIELDS,
+    ModuleVerdict,
+    Problem,
+    Stage,
+    SymbolCheck,
+    Verdict,
+    fail_for_dependencies,
+    propagate_dependencies,
+    summary_reason,
+)
 from klpsym.module.license import is_gpl_compatible
 
-ENOENT = -errno.ENOENT  # -2
-EINVAL = -errno.EINVAL  # -22
-
-
-class Verdict(StrEnum):
-    LOADS = "loads"
-    LOADS_AFTER = "loads-after"  # once the modules it uses are loaded
-    FAILS = "fails"
-    ERROR = "error"  # not a module klpsym can read
-
-
-class Fate(StrEnum):
-    VMLINUX = "vmlinux"  # exported by vmlinux
-    MODULE = "module"  # exported by a module, which must be loaded first
-    KLP = "klp"  # not exported, in vmlinux's kallsyms: `klpsym convert` resolves it
-    UNRESOLVED = "unresolved"  # neither
-    WEAK = "weak"  # weak reference to nothing: allowed
-    IGNORED = "ignored"  # _GLOBAL_OFFSET_TABLE_ on x86
-    LIVEPATCH = "livepatch"  # .klp.sym.OBJ.NAME,POS, resolved through kallsyms
-
-
-class Stage(StrEnum):
-    SIGNATURE = "signature"
-    ELF = "elf"
-    VERMAGIC = "vermagic"
-    MODVERSIONS = "modversions"
-    LICENSE = "license"
-    SYMBOL = "symbol"
-    GPL = "gpl-only"
-    NAMESPACE = "namespace"
-    TAINT = "taint"
-    RELOCATION = "relocation"
-    KLP = "klp"
-    EXPORTS = "exports"
-    DEPENDENCY = "dependency"
-
-
-@dataclass(frozen=True)
-class Problem:
-    stage: Stage
-    message: str  # klpsym's explanation, one line
-    kernel: tuple[str, ...] = ()  # the lines the kernel logs for it
-    symbol: str | None = None
-    fatal: bool = True
-
-
-@dataclass(slots=True)
-class SymbolCheck:
-    name: str
-    fate: Fate
-    ok: bool
-    provider: str | None = None  # "vmlinux" or the exporting module's name
-    gpl_only: bool = False
-    namespace: str = ""
-    crc: int | None = None  # the module's __versions CRC
-    exporter_crc: int | None = None
-    pos: int | None = None  # for klp: POS `klpsym convert` would write / the one written
-    candidates: int = 0  # same-name kallsyms entries
-    reason: str = ""
-
-
-SYMBOL_FIELDS = tuple(f.name for f in fields(SymbolCheck))
-
-
-def _astuple(s: SymbolCheck) -> tuple[Any, ...]:
-    return (s.name, s.fate, s.ok, s.provider, s.gpl_only, s.namespace, s.crc, s.exporter_crc,
-            s.pos, s.candidates, s.reason)
-
-
-@dataclass(eq=False)
-class ModuleVerdict:
-    path: str
-    name: str
-    verdict: Verdict
-    problems: list[Problem] = field(default_factory=list)
-    taints: list[str] = field(default_factory=list)
-    depends: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    vermagic: str | None = None
-    expected_vermagic: tuple[str, ...] = ()
-    # False where a batch check left ``symbols`` out (load.batch.check_paths
-    # with symbols=False, for a module that would load)
-    symbols_listed: bool = True
-    # The symbols in the loader's order: SymbolCheck, or (name, provider,
-    # crc) for one an export resolves plainly, made a SymbolCheck on first
-    # use of ``symbols`` (most are never looked at; making them all was a
-    # third of a whole kernel's check).
-    _symbols: list[SymbolCheck | tuple[str, _Provider, int | None]] = field(
-        default_factory=list, repr=False)
-
-    @property
-    def symbols(self) -> list[SymbolCheck]:
-        rows = self._symbols
-        if any(type(r) is tuple for r in rows):
-            rows[:] = [SymbolCheck(r[0], r[1].fate, True, r[1].module, r[1].gpl_only, "", r[2],
-                                   r[1].crc) if type(r) is tuple else r for r in rows]
-        return rows  # type: ignore[return-value]  # all SymbolCheck now
-
-    @symbols.setter
-    def symbols(self, value: list[SymbolCheck]) -> None:
-        self._symbols = list(value)
-
-    def symbol_records(self) -> list[tuple[Any, ...]]:
-        """The symbols as tuples of SymbolCheck's fields, in its order
-        (SYMBOL_FIELDS), without making SymbolCheck objects (for reports of
-        many modules)."""
-        return [_astuple(r) if isinstance(r, SymbolCheck) else
-                (r[0], r[1].fate, True, r[1].module, r[1].gpl_only, "", r[2], r[1].crc, None, 0, "")
-                for r in self._symbols]
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ModuleVerdict):
-            return NotImplemented
-        return self._key() == other._key()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.path, self.name, self.verdict, self.problems, self.symbols, self.taints,
-                self.depends, self.notes, self.vermagic, self.expected_vermagic,
-                self.symbols_listed)
-
-    @property
-    def fatal(self) -> list[Problem]:
-        return [p for p in self.problems if p.fatal]
-
-    @property
-    def would_load(self) -> bool:
-        return self.verdict in (Verdict.LOADS, Verdict.LOADS_AFTER)
-
-    def kernel_messages(self) -> list[str]:
-        return [line for p in self.problems for line in p.kernel]
-
-
-class _Provider(NamedTuple):
-    """Who exports a symbol, as find_symbol() would find it."""
-
-    module: str  # "vmlinux" or a module name
-    gpl_only: bool
-    namespace: str
-    crc: int | None
-    proprietary: bool  # the exporter is tainted P (batch modules only)
-    fate: Fate  # VMLINUX or MODULE
-
-
-def _provider(module: str, gpl_only: bool, namespace: str, crc: int | None,
-              proprietary: bool = False) -> _Provider:
-    return _Provider(module, gpl_only, namespace, crc, proprietary,
-                     Fate.VMLINUX if module == "vmlinux" else Fate.MODULE)
-
-
-_MISSING = _provider("", False, "", None)  # not looked up yet
-_Plain = tuple[_Provider, int | None, str | None, bool]  # see Checker.plain
-_NOT_PLAIN: _Plain = (_MISSING, None, None, False)  # not looked up yet
-
-
-#: An export of a module of the batch: (name, gpl_only, namespace, crc), the
-#: fields of ExportFact as a plain tuple (cheaper to send between processes).
-_ExportTuple = tuple[str, bool, str, int | None]
-#: What a module of the batch exports to the others: (its name, whether it
-#: is proprietary, its exports).
-BatchExports = tuple[str, bool, tuple[_ExportTuple, ...]]
-
-
-def batch_exports(f: ModuleFacts) -> BatchExports | None:
-    if f.error is not None:
-        return None
-    return f.name, not is_gpl_compatible(f.license or "unspecified"), \
-        tuple((e.name, e.gpl_only, e.namespace, e.crc) for e in f.exports)
-
-
-class Checker:
-    """What the checks need of the target, computed once for many modules;
-    :meth:`check` judges one."""
-
-    def __init__(self, target: TargetKernel, batch: Iterable[BatchExports | None]) -> None:
-        self.target = target
-        cfg = target.config
-        self.config_known = cfg is not None
-        self.force_load = cfg is not None and cfg.enabled("MODULE_FORCE_LOAD")
-        self.sig_force = cfg is not None and cfg.enabled("MODULE_SIG_FORCE")
-        self.sig = cfg is not None and cfg.enabled("MODULE_SIG")
-        self.modversions = cfg.enabled("MODVERSIONS") if cfg is not None else None
-        self.allow_missing_ns = cfg is not None and cfg.enabled(
-            "MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS")
-        self.livepatch = cfg.enabled("LIVEPATCH") if cfg is not None else None
-        self.machine = EM.X86_64 if cfg is not None and cfg.enabled("X86_64") else None
-        self.vermagic = expected_vermagic(target.version, cfg, target.kernel_dir)
-        self.klp_width = klp_sym_name_max(target.version)
-        # One dict lookup a name (Symvers.get may cost more, per name), and
-        # no Export object made for the ~25,000 names a kernel exports
-        self.exports: dict[str, ExportFields] = target.symvers.fields()
-        layout = self.exports.get("module_layout")
-        self.module_layout = _from_fields(layout) if layout is not None \
-            and layout[0] == VMLINUX else None
-        self._providers: dict[str, _Provider | None] = {}
-        self._plain: dict[str, _Plain | None] = {}
-        # Exports of the modules checked together (they would be loaded),
-        # the first module's where two export a name; a provider is made
-        # when a name is looked up.
-        self._batch: dict[str, tuple[str, bool, _ExportTuple]] = {
-            e[0]: (item[0], item[1], e)
-            for item in reversed([b for b in batch if b is not None]) for e in item[2]}
-
-    #: False: the symbols an export resolves plainly are not listed in the
-    #: verdicts (load.batch, for modules that load and whose symbols are
-    #: not shown: a tuple each, made and thrown away, for ~185,000 symbols)
-    list_plain = True
-
-    def check(self, f: ModuleFacts) -> ModuleVerdict:
-        return check_one(f, self)
-
-    def provider(self, name: str) -> _Provider | None:
-        """find_symbol(): vmlinux first, then the modules (this batch's
-        before the target's own, which the batch may replace)."""
-        found = self._providers.get(name, _MISSING)
-        if found is _MISSING:
-            found = self._providers[name] = self._find(name)
-        return found
-
-    def plain(self, name: str) -> _Plain | None:
-        """For a symbol exported by vmlinux or a non-proprietary module in no
-        namespace (resolve_symbol()'s common case): (provider, its CRC, the
-        module to load first or None, GPL-only); else None."""
-        found = self._plain.get(name, _NOT_PLAIN)
-        if found is _NOT_PLAIN:
-            p = self.provider(name)
-            found = None if p is None or p.proprietary or p.namespace else (
-                p, p.crc, None if p.fate == Fate.VMLINUX else p.module, p.gpl_only)
-            self._plain[name] = found
-        return found
-
-    def _find(self, name: str) -> _Provider | None:
-        e = self.exports.get(name)
-        if e is not None and e[0] == VMLINUX:
-            return _from_fields(e)
-        exporter = self._batch.get(name)
-        if exporter is not None:
-            module, proprietary, (_, gpl_only, namespace, crc) = exporter
-            return _provider(module, gpl_only, namespace, crc, proprietary)
-        return _from_fields(e) if e is not None else None
-
-    def kallsyms_candidates(self, name: str) -> list[Candidate] | None:
-        if not self.target.has_kallsyms:
-            return None
-        return self.target.kallsyms.candidates(name)
-
-
-def _from_fields(e: ExportFields) -> _Provider:
-    module, export_type, namespace, crc = e
-    owner = VMLINUX if module == VMLINUX else module.rsplit("/", 1)[-1].replace("-", "_")
-    return _provider(owner, export_type in GPL_ONLY_TYPES, namespace, crc)
+# The API of the check, wherever its parts are defined.
+__all__ = [
+    "SYMBOL_FIELDS", "BatchExports", "Checker", "Fate", "ModuleVerdict", "Problem", "Stage",
+    "SymbolCheck", "Verdict", "batch_exports", "check_modules", "check_one",
+    "fail_for_dependencies", "propagate_dependencies", "summary_reason",
+]
 
 
 def check_modules(facts: Sequence[ModuleFacts], target: TargetKernel) -> list[ModuleVerdict]:
@@ -388,7 +149,7 @@ def _module_layout(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
         return
     # check_modstruct_version(): a failure is -ENOEXEC ("Invalid module format"
     # from insmod), whatever check_version() logged.
-    ok, problem = _check_version(f, ctx, v, "module_layout", layout.crc)
+    ok, problem = check_version(f, ctx, v, "module_layout", layout.crc)
     if not ok:
         v.problems.append(problem or Problem(
             Stage.MODVERSIONS, "no symbol versions (__versions) and no CONFIG_MODULE_FORCE_LOAD: "
@@ -398,7 +159,7 @@ def _module_layout(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
 def _modinfo(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     # check_modinfo()
     if f.vermagic is None:
-        if not _force(f, ctx, v, "bad vermagic", "no vermagic in .modinfo"):
+        if not force_load(f, ctx, v, "bad vermagic", "no vermagic in .modinfo"):
             v.problems.append(Problem(Stage.VERMAGIC, "no vermagic in .modinfo, and no "
                                       "CONFIG_MODULE_FORCE_LOAD: refused"))
     elif ctx.vermagic:
@@ -449,170 +210,6 @@ def _release(vermagic: str) -> str:
     return vermagic.split(" ", 1)[0]
 
 
-def _symbols(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
-    # simplify_symbols(): every symbol is tried, each failure logged.
-    if f.common:
-        v.problems.append(Problem(
-            Stage.SYMBOL, f"common symbols ({', '.join(f.common[:5])}): compile with -fno-common",
-            (f"{f.name}: please compile with -fno-common",)))
-    gplok = is_gpl_compatible(f.license or "unspecified")
-    using_gplonly = False
-    versions, has_crcs, depends, rows = f.versions, f.has_crcs, v.depends, v._symbols
-    looked_up = ctx._plain
-    listing = ctx.list_plain
-    for name, weak in f.undefined:
-        plain = looked_up.get(name, _NOT_PLAIN)
-        if plain is _NOT_PLAIN:
-            plain = ctx.plain(name)
-        if plain is not None:
-            # The common case, as _resolve() would find it: an export of a
-            # non-proprietary module or vmlinux, in no namespace, visible to
-            # this module, whose CRC (if it has one) the module has.
-            p, pcrc, first, gpl_only = plain
-            crc = versions.get(name)
-            if (gplok or not gpl_only) and (pcrc is None or has_crcs and crc == pcrc):
-                if listing:
-                    rows.append((name, p, crc))
-                if gpl_only:
-                    using_gplonly = True
-                if first is not None and first not in depends:
-                    depends.append(first)
-                continue
-        check, err, stage, lines = _resolve(f, ctx, v, name, gplok, using_gplonly)
-        using_gplonly = using_gplonly or (check.ok and check.gpl_only)
-        rows.append(check)
-        if check.ok:
-            if check.fate == Fate.MODULE and check.provider and check.provider not in v.depends:
-                v.depends.append(check.provider)
-            continue
-        if err == 0 and (weak or _ignored(f, name)):
-            check.ok = True
-            check.fate = Fate.WEAK if weak else Fate.IGNORED
-            check.reason = ("weak reference: stays NULL" if weak
-                            else "ignored by the x86 loader (ignore_undef_symbol)")
-            continue
-        unknown = f"{f.name}: Unknown symbol {name} (err {err or ENOENT})"
-        v.problems.append(Problem(stage, f"{name}: {check.reason}", (*lines, unknown),
-                                  symbol=name))
-
-
-def _ignored(f: ModuleFacts, name: str) -> bool:
-    # kernel/module/main.c ignore_undef_symbol() (since 5.11)
-    return f.machine == EM.X86_64 and name == "_GLOBAL_OFFSET_TABLE_"
-
-
-def _resolve(f: ModuleFacts, ctx: Checker, v: ModuleVerdict, name: str, gplok: bool,
-             using_gplonly: bool) -> tuple[SymbolCheck, int, Stage, tuple[str, ...]]:
-    """resolve_symbol(): the symbol's check, the error it returns (0: not
-    found, NULL), the stage that failed and the lines the kernel logs
-    before "Unknown symbol"."""
-    p = ctx.provider(name)
-    crc = f.versions.get(name)
-    if p is None:
-        check = _unexported(ctx, name)
-        check.crc = crc
-        return check, 0, Stage.SYMBOL, ()
-    check = SymbolCheck(name, p.fate, False, provider=p.module, gpl_only=p.gpl_only,
-                        namespace=p.namespace, crc=crc, exporter_crc=p.crc)
-    if p.gpl_only and not gplok:
-        # find_exported_symbol_in_section(): !gplok skips GPL_ONLY
-        check.reason = (f"GPL-only export of {p.module}, invisible to a module with license "
-                        f"{f.license or 'unspecified'!r}")
-        return check, 0, Stage.GPL, ()
-    # inherit_taint()
-    if p.proprietary:
-        if using_gplonly or p.gpl_only:
-            check.reason = f"uses GPL-only symbols, and {p.module} is proprietary"
-            return check, 0, Stage.LICENSE, (
-                f"{f.name}: module using GPL-only symbols uses symbols {name} from proprietary "
-                f"module {p.module}.",)
-        if "P" not in v.taints:
-            v.taints.append("P")
-            v.problems.append(Problem(
-                Stage.TAINT, f"uses {name} from the proprietary module {p.module}: taints (P)",
-                (f"{f.name}: module uses symbols {name} from proprietary module {p.module}, "
-                 "inheriting taint.",), symbol=name, fatal=False))
-    # check_version()
-    if p.crc is not None:
-        ok, problem = _check_version(f, ctx, v, name, p.crc)
-        if not ok:
-            check.reason = problem.message if problem else (
-                "no symbol versions (__versions) and no CONFIG_MODULE_FORCE_LOAD")
-            return check, EINVAL, Stage.MODVERSIONS, problem.kernel if problem else ()
-    # verify_namespace_is_imported()
-    ns = p.namespace
-    if ns:
-        module_ns = ns.startswith(MODULE_NS_PREFIX)
-        allowed = (module_name_matches(ns[len(MODULE_NS_PREFIX):], f.name) if module_ns
-                   else ns in f.import_ns)
-        if not allowed:
-            line = (f"{f.name}: module uses symbol ({name}) from namespace {ns}, but does not "
-                    "import it.")
-            if ctx.allow_missing_ns and not module_ns:
-                v.problems.append(Problem(
-                    Stage.NAMESPACE, f"{name}: namespace {ns} not imported (this kernel allows "
-                    "it: CONFIG_MODULE_ALLOW_MISSING_NAMESPACE_IMPORTS)", (line,), symbol=name,
-                    fatal=False))
-            else:
-                check.reason = (f"exported only for the modules {ns[len(MODULE_NS_PREFIX):]}"
-                                if module_ns else
-                                f"namespace {ns} not imported: add MODULE_IMPORT_NS({ns})")
-                return check, EINVAL, Stage.NAMESPACE, (line,)
-    check.ok = True
-    return check, 0, Stage.SYMBOL, ()
-
-
-def _unexported(ctx: Checker, name: str) -> SymbolCheck:
-    cands = ctx.kallsyms_candidates(name)
-    if cands is None:
-        return SymbolCheck(name, Fate.UNRESOLVED, False,
-                           reason="not exported by the kernel (pass a kallsyms source to see "
-                                  "whether `klpsym convert` can resolve it)")
-    if not cands:
-        return SymbolCheck(name, Fate.UNRESOLVED, False,
-                           reason=f"neither exported by {ctx.target.release} nor in its kallsyms")
-    if len(cands) == 1:
-        return SymbolCheck(name, Fate.KLP, False, pos=0, candidates=1,
-                           reason="not exported, but in kallsyms: `klpsym convert` resolves it "
-                                  "(POS 0)")
-    return SymbolCheck(name, Fate.KLP, False, candidates=len(cands),
-                       reason=f"not exported; {len(cands)} kallsyms entries of that name: "
-                              f"`klpsym convert --sympos {name}=N` resolves it")
-
-
-def _check_version(f: ModuleFacts, ctx: Checker, v: ModuleVerdict, name: str,
-                   exporter_crc: int) -> tuple[bool, Problem | None]:
-    """kernel/module/version.c check_version(): (passes, the failure)."""
-    if not f.has_crcs:
-        # "No versions at all?  modprobe --force does this."
-        return _force(f, ctx, v, name, "no symbol versions (__versions)"), None
-    crc = f.versions.get(name)
-    if crc is None:
-        # "Broken toolchain. Warn once, then let it go.."
-        v.problems.append(Problem(Stage.MODVERSIONS, f"no CRC for {name} in __versions",
-                                  (f"{f.name}: no symbol version for {name}",), symbol=name,
-                                  fatal=False))
-        return True, None
-    if crc == exporter_crc:
-        return True, None
-    return False, Problem(
-        Stage.MODVERSIONS, f"CRC {crc:#010x} in the module, {exporter_crc:#010x} in the kernel: "
-        "built against other headers; rebuild against the target's",
-        (f"{f.name}: disagrees about version of symbol {name}",), symbol=name)
-
-
-def _force(f: ModuleFacts, ctx: Checker, v: ModuleVerdict, reason: str, what: str) -> bool:
-    """try_to_force_load(): taints (F) with CONFIG_MODULE_FORCE_LOAD, else fails."""
-    if not ctx.force_load:
-        return False
-    if "F" not in v.taints:
-        v.taints.append("F")
-        v.problems.append(Problem(Stage.TAINT, f"{what}: loads only because the kernel has "
-                                  "CONFIG_MODULE_FORCE_LOAD, and taints it (F)",
-                                  (f"{f.name}: {reason}: kernel tainted.",), fatal=False))
-    return True
-
-
 def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     for sec, rtype in f.bad_relocations:
         # arch/x86/kernel/module.c __write_relocate_add()
@@ -640,9 +237,9 @@ def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
         v.notes.append("no kallsyms source: the livepatch symbols were not looked up")
     for use in f.klp_uses:
         problem = _klp_resolve(ctx, use)
-        v.symbols.append(SymbolCheck(use.name or use.symbol, Fate.LIVEPATCH, problem is None,
-                                     provider=use.objname, pos=use.pos,
-                                     reason=problem.message if problem else ""))
+        v.add_symbol(SymbolCheck(use.name or use.symbol, Fate.LIVEPATCH, problem is None,
+                                 provider=use.objname, pos=use.pos,
+                                 reason=problem.message if problem else ""))
         if problem is not None:
             v.problems.append(problem)
             return  # klp_resolve_symbols() stops at the first failure
@@ -661,16 +258,17 @@ def _klp_resolve(ctx: Checker, use: KlpUse) -> Problem | None:
     cands = ctx.kallsyms_candidates(use.name)
     if cands is None:
         return None
-    if not cands:
+    choice = choose_pos(cands, use.pos)
+    if choice.error == PosError.MISSING:
         return Problem(Stage.KLP, f"{use.name}: not in {ctx.target.release}'s kallsyms",
                        (f"symbol '{use.name}' not found in symbol table",), symbol=use.name)
-    if use.pos == 0 and len(cands) > 1:
+    if choice.error == PosError.AMBIGUOUS:
         # objname is NULL for vmlinux: printk prints "(null)"
         return Problem(Stage.KLP, f"{use.name}: POS 0 but {len(cands)} kallsyms entries of "
                        f"that name; convert again with --sympos {use.name}=N",
                        (f"unresolvable ambiguity for symbol '{use.name}' in object '(null)'",),
                        symbol=use.name)
-    if use.pos > len(cands):
+    if choice.error == PosError.BEYOND:
         return Problem(Stage.KLP, f"{use.name}: POS {use.pos}, but kallsyms has {len(cands)} "
                        f"entr{'ies' if len(cands) > 1 else 'y'} of that name",
                        (f"symbol position {use.pos} for symbol '{use.name}' in object "
@@ -681,7 +279,7 @@ def _klp_resolve(ctx: Checker, use: KlpUse) -> Problem | None:
 def _exports(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     if f.exports and ctx.modversions and not f.exports_crcs:
         # check_export_symbol_versions()
-        if not _force(f, ctx, v, "no versions for exported symbols",
+        if not force_load(f, ctx, v, "no versions for exported symbols",
                       "exports symbols without CRCs"):
             v.problems.append(Problem(Stage.EXPORTS, "exports symbols without CRCs, and the "
                                       "kernel has modversions but no CONFIG_MODULE_FORCE_LOAD"))
@@ -697,47 +295,5 @@ def _exports(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
 
 _Step = Callable[[ModuleFacts, Checker, ModuleVerdict], None]
 # load_module()'s order; it stops after the first step that fails.
-_STEPS: tuple[_Step, ...] = (_signature, _elf, _module_layout, _modinfo, _symbols,
+_STEPS: tuple[_Step, ...] = (_signature, _elf, _module_layout, _modinfo, symbols_step,
                              _relocations, _exports)
-
-
-def propagate_dependencies(verdicts: Iterable[ModuleVerdict],
-                           ) -> list[tuple[ModuleVerdict, list[str]]]:
-    """A module that needs a module of the same check which would not load
-    would not load either.  Returns each module failed here with the
-    modules it needed (see :func:`fail_for_dependencies`)."""
-    by_name = {v.name: v for v in verdicts if v.verdict != Verdict.ERROR}
-    # the names of the modules that would not load, as they become so
-    failing = {name for name, v in by_name.items() if v.verdict == Verdict.FAILS}
-    failed: list[tuple[ModuleVerdict, list[str]]] = []
-    changed = bool(failing)
-    while changed:
-        changed = False
-        for v in by_name.values():
-            if v.verdict != Verdict.LOADS_AFTER or failing.isdisjoint(v.depends):
-                continue
-            bad = [d for d in v.depends if d in failing]
-            fail_for_dependencies(v, bad)
-            failing.add(v.name)
-            failed.append((v, bad))
-            changed = True
-    return failed
-
-
-def fail_for_dependencies(v: ModuleVerdict, bad: list[str]) -> None:
-    v.problems.append(Problem(Stage.DEPENDENCY, f"needs {', '.join(bad)}, which would not load"))
-    v.verdict = Verdict.FAILS
-
-
-def summary_reason(v: ModuleVerdict) -> str:
-    """One line: why it would not load, or what it needs."""
-    if v.verdict == Verdict.ERROR:
-        return v.problems[0].message if v.problems else "unreadable"
-    fatal = v.fatal
-    if fatal:
-        first = fatal[0]
-        more = f" (+{len(fatal) - 1} more)" if len(fatal) > 1 else ""
-        return first.message + more
-    if v.depends:
-        return "after " + ", ".join(v.depends)
-    return ""
