@@ -13,6 +13,7 @@ from typing import Any
 from klpsym.elf import describe
 from klpsym.elf.constants import EI, SHF, SHN, SHT
 from klpsym.errors import KlpsymError, param
+from klpsym.kernel.version import KLP_SYM_NAME_WIDEST
 from klpsym.klp.names import parse_section_name, parse_symbol_name
 from klpsym.klp.validate import loader_problems
 from klpsym.module.exports import read_exports
@@ -20,7 +21,7 @@ from klpsym.module.ko import Module
 from klpsym.module.signature import describe_signature
 from klpsym.module.versions import read_versions
 
-_MAX_KLP_NAME = 511  # the widest any loader parses (KSYM_NAME_LEN - 1 since 6.1)
+_MAX_KLP_NAME = KLP_SYM_NAME_WIDEST  # the widest any loader parses
 
 
 def header(m: Module) -> dict[str, Any]:
