@@ -34,14 +34,39 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.elf.constants import EM, ET, R_X86_64, SHF, SHN, SHT, STB, ElfClass, ElfData
+from klpsym.elf.constants import (
+    ELF_MAGIC,
+    EM,
+    ET,
+    R_X86_64,
+    SHF,
+    SHN,
+    SHT,
+    STB,
+    ElfClass,
+    ElfData,
+)
 from klpsym.elf.layout import layout_for, record_struct
 from klpsym.errors import KlpsymError
 from klpsym.klp.x86 import X86_64_HANDLED
-from klpsym.load.facts import ExportFact, ModuleFacts, struct_module_name
-from klpsym.module.exports import GPL_ONLY, KSYM_FLAG_GPL_ONLY, KSYMTAB_SECTIONS
+from klpsym.load.facts import THIS_MODULE_SECTION, ExportFact, ModuleFacts, struct_module_name
+from klpsym.module.exports import (
+    FLAGS_SECTION,
+    GPL_ONLY,
+    KSYM_FLAG_GPL_ONLY,
+    KSYMTAB_SECTIONS,
+    STRINGS_SECTION,
+    crc_section,
+)
+from klpsym.module.modinfo import MODINFO_SECTION
 from klpsym.module.signature import MODULE_SIG_STRING
-from klpsym.module.versions import VersionsFormat, modversion_dtype
+from klpsym.module.versions import (
+    EXT_CRCS_SECTION,
+    EXT_NAMES_SECTION,
+    VERSIONS_SECTION,
+    VersionsFormat,
+    modversion_dtype,
+)
 
 _STB_WEAK = int(STB.WEAK)
 _SHF_ALLOC = int(SHF.ALLOC)
@@ -54,6 +79,9 @@ _SHDR = record_struct(_LE.shdr)
 _SYM = record_struct(_LE.sym)
 _RELA_RECORD = record_struct(_LE.rela)
 _SYM_DTYPE = _LE.sym
+_RELA_SIZE = _RELA_RECORD.size
+_R_INFO_AT = _LE.rela.fields["r_info"][1]  # type: ignore[index]  # a record dtype
+_ELF64_LSB = ELF_MAGIC + bytes([ElfClass.ELF64, ElfData.LSB])
 # struct modversion_info (module.versions)
 _VERSIONS_DTYPE = modversion_dtype("<")
 # __ksymtab* section -> whether its exports are GPL-only
@@ -64,12 +92,21 @@ _POWERS_OF_TWO = frozenset({0} | {1 << k for k in range(64)})
 _FALLBACK_SHN = frozenset({int(SHN.XINDEX), int(SHN.COMMON), int(SHN.LIVEPATCH)})
 # x86_64 kernel_symbol fields: R_X86_64_PC32 (4.19+ place-relative), R_X86_64_64
 _X86_64_PREL32, _X86_64_ABS64 = int(R_X86_64.PC32), int(R_X86_64.R64)
+# The sections read by name, as the general reader names them
+_MODINFO = MODINFO_SECTION.encode()
+_THIS_MODULE = THIS_MODULE_SECTION.encode()
+_VERSIONS = VERSIONS_SECTION.encode()
+_EXT_CRCS = EXT_CRCS_SECTION.encode()
+_EXT_NAMES = EXT_NAMES_SECTION.encode()
+_STRINGS = STRINGS_SECTION.encode()
+_FLAGS = FLAGS_SECTION.encode()
+_KSYMTAB = b"__ksymtab"  # the one table __kflagstab describes (module.exports)
+assert _KSYMTAB in _KSYMTABS
+_KCRCTABS = {name.encode(): crc_section(name).encode() for name in KSYMTAB_SECTIONS}
 # Every section name the fast path looks up, and the prefixes to find them by.
-_WANTED_NAMES = frozenset({
-    b".modinfo", b".gnu.linkonce.this_module", b"__versions", b"__version_ext_crcs",
-    b"__version_ext_names", b"__ksymtab_strings", b"__kflagstab",
-    *_KSYMTABS, *(b"__kcrctab" + n[len(b"__ksymtab"):] for n in _KSYMTABS)})
-_WANTED_PREFIXES = (b".modinfo\0", b".gnu.linkonce.this_module\0", b"__k", b"__version")
+_WANTED_NAMES = frozenset({_MODINFO, _THIS_MODULE, _VERSIONS, _EXT_CRCS, _EXT_NAMES, _STRINGS,
+                           _FLAGS, *_KSYMTABS, *_KCRCTABS.values()})
+_WANTED_PREFIXES = (_MODINFO + b"\0", _THIS_MODULE + b"\0", b"__k", b"__version")
 assert all(n.startswith(_WANTED_PREFIXES) or n + b"\0" in _WANTED_PREFIXES
            for n in _WANTED_NAMES)
 _NULL, _PROGBITS, _SYMTAB, _STRTAB, _RELA, _NOBITS, _SYMTAB_SHNDX = (
@@ -114,15 +151,15 @@ class _Reader:
             size = end - 12 - sig_len
             if sig_len == 0 or size < 0:
                 raise _Unusual
-        if size < 64 or data[:6] != b"\x7fELF\x02\x01":  # ELF64, little-endian
+        if size < _EHDR.size or data[:6] != _ELF64_LSB:
             raise _Unusual
         (_, etype, self.machine, _, _, _, shoff, _, _, _, phnum, shentsize, shnum,
          shstrndx) = _EHDR.unpack_from(data)
-        if (etype != _ET_REL or phnum != 0 or shoff == 0 or shentsize != 64 or shnum == 0
-                or shoff + shnum * 64 > size or not 0 < shstrndx < shnum):
+        if (etype != _ET_REL or phnum != 0 or shoff == 0 or shentsize != _SHDR.size
+                or shnum == 0 or shoff + shnum * _SHDR.size > size or not 0 < shstrndx < shnum):
             raise _Unusual
         self.shnum = shnum
-        self.rows = rows = list(_SHDR.iter_unpack(data[shoff:shoff + shnum * 64]))
+        self.rows = rows = list(_SHDR.iter_unpack(data[shoff:shoff + shnum * _SHDR.size]))
         (names, self.types, self.flags, _, self.offsets, self.sizes, self.links, self.infos,
          aligns, self.entsizes) = zip(*rows, strict=True)
         types = self.types
@@ -182,7 +219,7 @@ class _Reader:
                         signed=self.signed)
         self._modinfo(f)
         # struct module's name
-        this = self.section(b".gnu.linkonce.this_module")
+        this = self.section(_THIS_MODULE)
         f.has_this_module = this is not None
         struct_name = ""
         if this is not None and self.types[this] != _NOBITS:
@@ -212,7 +249,7 @@ class _Reader:
 
     def _modinfo(self, f: ModuleFacts) -> None:
         """module.modinfo.read_modinfo: the first value of each key."""
-        mi = self.section(b".modinfo")
+        mi = self.section(_MODINFO)
         text = b"" if mi is None or self.types[mi] == _NOBITS else b"\0" + self.content(mi)
 
         def values(key: bytes, first: bool = True) -> list[str]:
@@ -243,8 +280,8 @@ class _Reader:
 
     def _versions(self, f: ModuleFacts) -> None:
         """module.versions.read_versions."""
-        ext_crcs = self.section(b"__version_ext_crcs")
-        ext_names = self.section(b"__version_ext_names")
+        ext_crcs = self.section(_EXT_CRCS)
+        ext_names = self.section(_EXT_NAMES)
         if ext_crcs is not None or ext_names is not None:
             if (ext_crcs is None or ext_names is None or self.sizes[ext_crcs] % 4
                     or self.types[ext_crcs] != _PROGBITS or self.types[ext_names] != _PROGBITS):
@@ -258,11 +295,11 @@ class _Reader:
             f.versions_format = VersionsFormat.EXTENDED.value
             f.has_crcs = True
             return
-        vi = self.section(b"__versions")
+        vi = self.section(_VERSIONS)
         if vi is None:
             return
         raw = self.content(vi)
-        if self.types[vi] != _PROGBITS or len(raw) % 64:
+        if self.types[vi] != _PROGBITS or len(raw) % _VERSIONS_DTYPE.itemsize:
             raise _Unusual
         arr = np.frombuffer(raw, dtype=_VERSIONS_DTYPE)
         names = _decode_all(arr["name"].tolist(), "replace")
@@ -274,12 +311,12 @@ class _Reader:
         """elf.file._read_symtab's checks; the symbols as a view."""
         i = self.types.index(_SYMTAB)
         link, size = self.links[i], self.sizes[i]
-        if self.entsizes[i] not in (0, 24) or size % 24 or not 0 < link < self.shnum \
+        if self.entsizes[i] not in (0, _SYM.size) or size % _SYM.size or not 0 < link < self.shnum \
                 or self.types[link] != _STRTAB:
             raise _Unusual
         strtab = self.content(link)
         self.symtab_offset = self.offsets[i]
-        syms = np.frombuffer(self.data, dtype=_SYM_DTYPE, count=size // 24,
+        syms = np.frombuffer(self.data, dtype=_SYM_DTYPE, count=size // _SYM.size,
                              offset=self.offsets[i])
         if len(syms):
             if not strtab.endswith(b"\0") or int(syms["st_name"].max()) >= len(strtab):
@@ -325,15 +362,16 @@ class _Reader:
             if not 0 < target < shnum or not flags[target] & _SHF_ALLOC:
                 continue
             off, size = self.offsets[i], self.sizes[i]
-            if size % 24:
+            if size % _RELA_SIZE:
                 raise _Unusual
             if runs and runs[-1][1] == off:
                 runs[-1][1] = off + size
             elif size:
                 runs.append([off, off + size])
         for start, end in runs:
-            types = np.ndarray(((end - start) // 24,), dtype="<u4", buffer=self.data,
-                               offset=start + 8, strides=(24,))
+            # r_type: the low half of r_info
+            types = np.ndarray(((end - start) // _RELA_SIZE,), dtype="<u4", buffer=self.data,
+                               offset=start + _R_INFO_AT, strides=(_RELA_SIZE,))
             if int(types.max()) >= len(_HANDLED_X86_64) or not _HANDLED_X86_64[types].all():
                 raise _Unusual
 
@@ -348,7 +386,7 @@ class _Reader:
         for i in self.relas:
             if self.infos[i] != table:
                 continue
-            if self.entsizes[i] not in (0, 24) or self.sizes[i] % 24:
+            if self.entsizes[i] not in (0, _RELA_SIZE) or self.sizes[i] % _RELA_SIZE:
                 raise _Unusual
             off = self.offsets[i]
             for r_offset, r_info, r_addend in _RELA_RECORD.iter_unpack(
@@ -369,12 +407,12 @@ class _Reader:
         for r_offset, (sym, addend) in relocs.items():
             if sym >= nsyms:
                 raise _Unusual
-            shndx, value = _SYM.unpack_from(self.data, symoff + 24 * sym)[3:5]
+            shndx, value = _SYM.unpack_from(self.data, symoff + _SYM.size * sym)[3:5]
             # module.exports._Resolver.target(): section (None: absolute,
             # undefined or another reserved index) and offset in it
             targets[r_offset] = (shndx if 0 < shndx < _SHN_LORESERVE else None,
                                  value + addend)
-        strings = self.section(b"__ksymtab_strings")
+        strings = self.section(_STRINGS)
         size = self.sizes[table]
         if size % (2 * field) and not size % (3 * field):
             nfields = 3
@@ -389,15 +427,15 @@ class _Reader:
         count = size // entsize
         name = self.shstr[self.rows[table][0]:].split(b"\0", 1)[0]
         gpl_only: list[bool] = [_KSYMTABS[name]] * count
-        flags_sec = self.section(b"__kflagstab")
-        if flags_sec is not None and name == b"__ksymtab":
+        flags_sec = self.section(_FLAGS)
+        if flags_sec is not None and name == _KSYMTAB:
             # one byte per entry, KSYM_FLAG_GPL_ONLY (module.exports)
             flags = self.content(flags_sec)
             if len(flags) < count:
                 raise _Unusual
             gpl_only = [bool(b & KSYM_FLAG_GPL_ONLY) for b in flags[:count]]
         crcs: list[int] | list[None] = [None] * count
-        crc_sec = self.section(b"__kcrctab" + name[len(b"__ksymtab"):])
+        crc_sec = self.section(_KCRCTABS[name])
         if crc_sec is not None and self.types[crc_sec] != _NOBITS:
             if self.sizes[crc_sec] != 4 * count or any(self.infos[i] == crc_sec
                                                        for i in self.relas):

@@ -4,9 +4,14 @@ MODULE_LICENSE, vermagic, name, depends, ...), as modinfo(8) reads them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHT
+
+if TYPE_CHECKING:  # the ELF model is the caller's; annotations only
+    from klpsym.elf import ElfFile
+
+MODINFO_SECTION = ".modinfo"
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class ModInfo:
 
 
 def read_modinfo(elf: ElfFile) -> ModInfo:
-    sec = elf.section_by_name(".modinfo")
+    sec = elf.section_by_name(MODINFO_SECTION)
     if sec is None or sec.type == SHT.NOBITS:
         return ModInfo(())
     entries = []
