@@ -21,9 +21,10 @@ kernel.version's MODULE_NAME_LEN); the layouts read with struct are the
 ELF64 little-endian ones of klpsym.elf.layout (tests/unit/test_check.py
 holds them equal).
 
-One cohesive unit (~420 lines): a reader of one file format, each method
-the counterpart of one general reader, kept together so that a rule of the
-loader is found in one place here and one there.
+Each method of the reader is the counterpart of one general reader
+(module.modinfo, module.versions, elf.file's symbol table, klp.x86,
+module.exports), so that a rule of the loader is found in one place here
+and one there.
 """
 
 from __future__ import annotations
