@@ -30,7 +30,7 @@ each in this process with a time limit:
   a made-up kernel with the seeds' CRCs: exit 0, 1 or 2 as the verdicts
   say, one verdict per file, an error verdict naming the file.
 * ``facts``: ``klpsym.load.facts.module_facts`` with ``fast=True`` (check's
-  reader, whichever is active) and ``fast=False`` (the general ELF
+  reader, load.fastread) and ``fast=False`` (the general ELF
   reader): both return, agree on whether the file reads, and give equal
   facts where both read it.
 
@@ -827,7 +827,7 @@ def target_check(fz: Fuzzer, data: bytes) -> list[Finding]:
 def target_facts(fz: Fuzzer, data: bytes) -> list[Finding]:
     """What check reads of a module, through its public entry point
     ``klpsym.load.facts.module_facts``: the fast reader (``fast=True``,
-    whichever is active) and the general ELF reader (``fast=False``) must
+    load.fastread) and the general ELF reader (``fast=False``) must
     both return (bad input is recorded in ``error``, not raised), agree on
     whether the file reads, and, where both read it, give equal facts."""
     import dataclasses
