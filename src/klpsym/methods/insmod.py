@@ -32,6 +32,7 @@ from klpsym.kernel.symbols import (
     lookup,
     require_addresses,
 )
+from klpsym.kernel.sympos import PosError, choose_pos
 from klpsym.module.ko import Module, read_module
 
 INSMOD_TIMEOUT = 300.0
@@ -121,7 +122,7 @@ def plan_insmod(module_path: Path | str, source: SymbolSource,
     for d in declared:
         pos = sympos.get(d.name, d.pos)
         cands = table.candidates(d.name)
-        if pos == 0 and len(cands) > 1:
+        if choose_pos(cands, pos).error == PosError.AMBIGUOUS:
             raise MethodError(
                 f"{d.name} is ambiguous: {len(cands)} entries in {source.description} "
                 f"({', '.join(c.describe() for c in cands)}); declare it with "
