@@ -37,6 +37,7 @@ from klpsym.load.check import (
     ModuleVerdict,
     batch_exports,
     check_modules,
+    check_one,
     fail_for_dependencies,
     propagate_dependencies,
 )
@@ -276,10 +277,10 @@ def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
     with its symbols listed unless ``symbols`` is False and the module
     would load."""
     listed = checker.list_plain = symbols or render is not None
-    v = checker.check(f)
+    v = check_one(f, checker)
     if not v.would_load and not listed:  # a failing module's symbols are shown
         checker.list_plain = True
-        v = checker.check(f)
+        v = check_one(f, checker)
     rendered = render(v) if render is not None else None
     if not symbols and v.would_load and f.undefined:  # one row a symbol, when listed
         v.symbols = []
@@ -429,7 +430,7 @@ def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: b
             i = where[id(v)]
             if not v.symbols_listed:
                 checker.list_plain = True
-                v = verdicts[i] = checker.check(module_facts(paths[i]))
+                v = verdicts[i] = check_one(module_facts(paths[i]), checker)
                 fail_for_dependencies(v, bad)
             if rendered is not None and render is not None:
                 rendered[i] = render(v)

@@ -50,7 +50,7 @@ from klpsym.kernel.version import supports_klp_for_plain_modules
 from klpsym.klp.classify import Fate
 from klpsym.klp.names import VMLINUX
 from klpsym.load.checker import BatchExports, Checker, batch_exports
-from klpsym.load.facts import KlpUse, ModuleFacts
+from klpsym.load.model import KlpUse, ModuleFacts
 from klpsym.load.resolve import check_version, force_load, symbols_step
 from klpsym.load.verdict import (
     SYMBOL_FIELDS,

@@ -14,8 +14,8 @@ from klpsym.kernel.vermagic import expected_vermagic
 from klpsym.kernel.version import klp_sym_name_max
 from klpsym.klp.classify import Fate
 from klpsym.klp.names import VMLINUX
-from klpsym.load.facts import ModuleFacts
-from klpsym.load.verdict import ModuleVerdict, Provider, provider
+from klpsym.load.model import ModuleFacts
+from klpsym.load.verdict import Provider, provider
 from klpsym.module.license import is_gpl_compatible
 
 NOT_LOOKED_UP = provider("", False, "", None)  # not looked up yet
@@ -75,11 +75,6 @@ class Checker:
     #: verdicts (load.batch, for modules that load and whose symbols are
     #: not shown: a tuple each, made and thrown away, for ~185,000 symbols)
     list_plain = True
-
-    def check(self, f: ModuleFacts) -> ModuleVerdict:
-        from klpsym.load.check import check_one
-
-        return check_one(f, self)
 
     def provider(self, name: str) -> Provider | None:
         """find_symbol(): vmlinux first, then the modules (this batch's

@@ -8,80 +8,35 @@ the parent against one target kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from klpsym.elf.constants import SHF, SHN, SHT, STB
 from klpsym.errors import KlpsymError
-from klpsym.kernel.version import KLP_SYM_NAME_WIDEST, MODULE_NAME_LEN
+from klpsym.kernel.version import KLP_SYM_NAME_WIDEST
 from klpsym.klp.names import parse_symbol_name
 from klpsym.klp.x86 import unhandled_relocation_types
+from klpsym.load.fastread import fast_facts
+from klpsym.load.model import (
+    THIS_MODULE_SECTION,
+    ExportFact,
+    KlpUse,
+    ModuleFacts,
+    struct_module_name,
+)
 from klpsym.module.compression import decompress
 from klpsym.module.exports import read_exports
 from klpsym.module.versions import VersionsFormat, read_versions
 
+# The facts' types are this module's API too.
+__all__ = ["ExportFact", "KlpUse", "ModuleFacts", "facts_of", "module_facts"]
+
 if TYPE_CHECKING:
     from klpsym.module.ko import Module
 
-#: include/linux/module.h: struct module { enum module_state state;
-#: struct list_head list; char name[MODULE_NAME_LEN]; ... } -- the name is at
-#: offset 24 on every 64-bit architecture since 2.6.
-THIS_MODULE_SECTION = ".gnu.linkonce.this_module"
-THIS_MODULE_NAME_OFFSET = 24
 #: The widest klp symbol name any loader parses; the target's own width is
 #: applied by the check.
 _KLP_NAME_WIDTH = KLP_SYM_NAME_WIDEST
-
-
-class ExportFact(NamedTuple):  # a tuple: cheap to make and to send between processes
-    name: str
-    gpl_only: bool
-    namespace: str
-    crc: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class KlpUse:
-    """One livepatch symbol used by a klp relocation section."""
-
-    section: str  # .klp.rela.OBJ.TARGET
-    symbol: str  # .klp.sym.OBJ.NAME,POS as written
-    objname: str | None  # None when the name does not parse
-    name: str
-    pos: int
-
-
-@dataclass
-class ModuleFacts:
-    path: Path
-    error: str | None = None  # set when the file is bad input; nothing else is
-    compression: str = "none"
-    machine: int = 0
-    name: str = ""  # the name the kernel uses (this_module's, else modinfo's)
-    modinfo_name: str | None = None
-    has_symtab: bool = True
-    has_this_module: bool = True
-    vermagic: str | None = None
-    license: str | None = None
-    import_ns: tuple[str, ...] = ()
-    intree: bool = False
-    staging: bool = False
-    livepatch: bool = False
-    signed: bool = False
-    versions_format: str = VersionsFormat.NONE.value
-    versions: dict[str, int] = field(default_factory=dict)
-    # SHN_UNDEF symbols in symbol-table order: (name, weak)
-    undefined: list[tuple[str, bool]] = field(default_factory=list)
-    common: list[str] = field(default_factory=list)
-    klp_uses: list[KlpUse] = field(default_factory=list)
-    klp_static: list[str] = field(default_factory=list)  # klp.validate.loader_problems
-    has_klp: bool = False
-    bad_relocations: list[tuple[str, int]] = field(default_factory=list)  # (section, type)
-    exports: list[ExportFact] = field(default_factory=list)
-    exports_crcs: bool = True  # every export table has its CRC table
-
-    has_crcs: bool = False  # the loader sees symbol versions (info->index.vers)
 
 
 def module_facts(path: Path, *, fast: bool = True) -> ModuleFacts:
@@ -97,8 +52,6 @@ def module_facts(path: Path, *, fast: bool = True) -> ModuleFacts:
         return ModuleFacts(path, error=f"{path}: cannot read: {e.strerror}")
     try:
         if fast:
-            from klpsym.load.fastread import fast_facts
-
             data, compression = decompress(raw, str(path))
             found = fast_facts(data, path, compression.value)
             if found is not None:
@@ -159,12 +112,6 @@ def facts_of(module: Module) -> ModuleFacts:
     f.exports = [ExportFact(e.name, e.gpl_only, e.namespace, e.crc) for e in exports]
     f.exports_crcs = all(e.crc is not None for e in exports)
     return f
-
-
-def struct_module_name(this_module: bytes) -> str:
-    """The name in struct module, from the content of its section."""
-    raw = this_module[THIS_MODULE_NAME_OFFSET:THIS_MODULE_NAME_OFFSET + MODULE_NAME_LEN]
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def _klp_uses(module: Module) -> list[KlpUse]:

@@ -50,7 +50,7 @@ from klpsym.elf.constants import (
 from klpsym.elf.layout import layout_for, record_struct
 from klpsym.errors import KlpsymError
 from klpsym.klp.x86 import X86_64_HANDLED
-from klpsym.load.facts import THIS_MODULE_SECTION, ExportFact, ModuleFacts, struct_module_name
+from klpsym.load.model import THIS_MODULE_SECTION, ExportFact, ModuleFacts, struct_module_name
 from klpsym.module.exports import (
     FLAGS_SECTION,
     GPL_ONLY,

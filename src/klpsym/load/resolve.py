@@ -11,7 +11,7 @@ from klpsym.elf.constants import EM
 from klpsym.kernel.symvers import MODULE_NS_PREFIX, module_name_matches
 from klpsym.klp.classify import Fate, classify_unexported
 from klpsym.load.checker import NOT_PLAIN, Checker
-from klpsym.load.facts import ModuleFacts
+from klpsym.load.model import ModuleFacts
 from klpsym.load.verdict import ModuleVerdict, Problem, Stage, SymbolCheck
 from klpsym.module.license import is_gpl_compatible
 
