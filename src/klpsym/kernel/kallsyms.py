@@ -38,6 +38,7 @@ import numpy as np
 
 from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.symcache import NameIndex
+from klpsym.kernel.sympos import PosError, choose_pos
 
 # -- errors -----------------------------------------------------------------------
 
@@ -313,26 +314,24 @@ class KallsymsTable:
         means "must be unique" and gives POS 0.
         """
         cands = self.candidates(name)
-        if not cands:
+        choice = choose_pos(cands, sympos)  # livepatch's rule
+        if choice.error == PosError.MISSING:
             raise SymbolNotFoundError(
                 f"symbol {name} is not in vmlinux's kallsyms ({self.source}); it is neither "
                 "exported nor resolvable by livepatch on this kernel"
             )
-        if sympos is not None and sympos < 0:
+        if choice.error == PosError.NEGATIVE:
             raise SymbolLookupError(f"{param('sympos')} {name}={sympos}: POS must be 0 or more")
-        if not sympos:
-            if len(cands) > 1:
-                raise AmbiguousSymbolError(name, cands, self.source)
-            pos, chosen = 0, cands[0]
-        else:
-            if sympos > len(cands):
-                only = "once" if len(cands) == 1 else f"{len(cands)} times"
-                raise SymbolNotFoundError(
-                    f"{param('sympos')} {name}={sympos}: {name} occurs only {only} in "
-                    f"{self.source} "
-                    f"({', '.join(c.describe() for c in cands)})"
-                )
-            pos, chosen = sympos, cands[sympos - 1]
+        if choice.error == PosError.AMBIGUOUS:
+            raise AmbiguousSymbolError(name, cands, self.source)
+        if choice.chosen is None or choice.pos is None:  # BEYOND
+            only = "once" if len(cands) == 1 else f"{len(cands)} times"
+            raise SymbolNotFoundError(
+                f"{param('sympos')} {name}={sympos}: {name} occurs only {only} in "
+                f"{self.source} "
+                f"({', '.join(c.describe() for c in cands)})"
+            )
+        pos, chosen = choice.pos, choice.chosen
         if chosen.address == 0:
             raise SymbolNotFoundError(
                 f"symbol {name} is at address 0 in {self.source}; livepatch treats address 0 "

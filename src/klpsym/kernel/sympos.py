@@ -13,9 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import Enum
-from typing import NamedTuple
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
-from klpsym.kernel.kallsyms import Candidate
+
+class _Entry(Protocol):
+    """A kallsyms entry of a name (kernel.kallsyms.Candidate)."""
+
+    @property
+    def pos(self) -> int: ...  # 1-based among the entries of its name
+
+
+_E = TypeVar("_E", bound=_Entry)
 
 
 class PosError(Enum):
@@ -25,14 +33,14 @@ class PosError(Enum):
     NEGATIVE = "negative"  # not a POS
 
 
-class PosChoice(NamedTuple):
+class PosChoice(NamedTuple, Generic[_E]):
     pos: int | None  # the POS to write / the one asked for; None: none can be chosen
-    chosen: Candidate | None  # the entry it designates
+    chosen: _E | None  # the entry it designates
     entries: int  # entries of the name
     error: PosError | None  # why it designates nothing
 
 
-def choose_pos(candidates: Sequence[Candidate], wanted: int | None) -> PosChoice:
+def choose_pos(candidates: Sequence[_E], wanted: int | None) -> PosChoice[_E]:
     """The entry of ``candidates`` (a name's kallsyms entries, in order) that
     POS ``wanted`` designates; ``wanted`` None (no choice made) is POS 0."""
     count = len(candidates)
@@ -49,7 +57,7 @@ def choose_pos(candidates: Sequence[Candidate], wanted: int | None) -> PosChoice
     return PosChoice(wanted, candidates[wanted - 1], count, None)
 
 
-def listed_pos(candidate: Candidate, count: int) -> int:
+def listed_pos(candidate: _Entry, count: int) -> int:
     """The POS that designates ``candidate`` with no other choice: 0 for the
     only entry of its name, else its own."""
     return 0 if count == 1 else candidate.pos
