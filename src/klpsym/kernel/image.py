@@ -65,9 +65,11 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import mmap
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,52 +131,112 @@ _MAGICS: tuple[tuple[str, bytes], ...] = (
 )
 
 
-def _decompress(kind: str, data: bytes) -> bytes:
-    """One stream; trailing bytes (the kernel appends the output size) ignored."""
-    if kind == "gzip":
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
-    if kind == "xz":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
-    if kind == "lzma":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
-    if kind == "bzip2":
-        return bz2.BZ2Decompressor().decompress(data)
-    if kind == "zstd":
-        import zstandard
+class _Stream:
+    """The vmlinux, decompressed only as far as it is read: kallsyms sits in
+    .rodata, in the first half of the image, so the rest (.data, .init,
+    relocations, the section table) is never decompressed."""
 
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    return _lz4_legacy(data)
+    CHUNK = 1 << 21
+
+    def __init__(self, source: str, kind: str, blob: bytes | memoryview) -> None:
+        self.source, self.kind = source, kind
+        self.buf = bytearray()
+        self.done = False
+        self._next = self._reader(kind, blob)
+
+    def _reader(self, kind: str, blob: bytes | memoryview) -> Callable[[int], bytes]:
+        if kind == "vmlinux":
+            at = [0]
+
+            def plain(n: int) -> bytes:
+                out = bytes(blob[at[0]: at[0] + n])
+                at[0] += len(out)
+                return out
+            return plain
+        if kind == "gzip":
+            z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending: list[bytes | memoryview] = [blob]
+
+            def gz(n: int) -> bytes:
+                if z.eof or not pending:
+                    return b""
+                out = z.decompress(pending[0], n)
+                pending[0] = z.unconsumed_tail
+                if not pending[0] and not out:
+                    pending.clear()
+                return out
+            return gz
+        if kind in ("xz", "lzma", "bzip2"):
+            d: lzma.LZMADecompressor | bz2.BZ2Decompressor = (
+                bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor(
+                    format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE))
+            first: list[bytes | memoryview] = [blob]
+
+            def lz(n: int) -> bytes:
+                if d.eof:
+                    return b""
+                data = first.pop() if first else b""
+                if not data and d.needs_input:
+                    return b""
+                return d.decompress(data, n)
+            return lz
+        if kind == "zstd":
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(blob)
+            return lambda n: bytes(reader.read(n))
+        return self._lz4(blob)
+
+    @staticmethod
+    def _lz4(blob: bytes | memoryview) -> Callable[[int], bytes]:
+        """The kernel's lz4 payload: ``lz4 -l`` legacy frames (magic
+        0x184C2102, then per block a u32 compressed size and an LZ4 block of
+        at most 8 MB), as lib/decompress_unlz4.c reads them.  The blocks are
+        decoded by the ``lz4`` package (BSD-licensed bindings of the
+        reference library): a decoder in Python would take seconds."""
+        import lz4.block  # type: ignore[import-untyped]
+
+        data = bytes(blob)
+        pos = [4]
+
+        def block(n: int) -> bytes:
+            while pos[0] + 4 <= len(data):
+                (size,) = struct.unpack_from("<I", data, pos[0])
+                if size == 0x184C2102:  # a concatenated frame
+                    pos[0] += 4
+                    continue
+                if size == 0 or pos[0] + 4 + size > len(data):
+                    return b""  # the appended output size, or the end
+                out: bytes = lz4.block.decompress(data[pos[0] + 4: pos[0] + 4 + size],
+                                                  uncompressed_size=_LZ4_LEGACY_BLOCK)
+                pos[0] += 4 + size
+                return out
+            return b""
+        return block
+
+    def ensure(self, n: int) -> bool:
+        """Decompress until ``n`` bytes are there (False at the end before)."""
+        while len(self.buf) < n and not self.done:
+            try:
+                out = self._next(max(self.CHUNK, n - len(self.buf)))
+            except ImportError as e:
+                raise ImageError(f"{self.source}: {self.kind}-compressed, and the Python "
+                                 f"module '{e.name}' is missing; pip install {e.name}") from None
+            except _DECOMPRESS_ERRORS as e:
+                raise ImageError(f"{self.source}: its {self.kind} payload does not decompress "
+                                 f"({e}); the image is damaged or truncated") from None
+            if not out:
+                self.done = True
+            self.buf += out
+        return len(self.buf) >= n
 
 
 _LZ4_LEGACY_BLOCK = 8 << 20  # lz4's legacy format: blocks of 8 MB uncompressed
 
 
-def _lz4_legacy(data: bytes) -> bytes:
-    """The kernel's lz4 payload: ``lz4 -l`` legacy frames (magic 0x184C2102,
-    then per block a u32 compressed size and an LZ4 block of at most 8 MB),
-    as lib/decompress_unlz4.c reads them.  The blocks are decoded by the
-    ``lz4`` package (BSD-licensed bindings of the reference library): a
-    decoder in Python would take seconds per image."""
-    import lz4.block
-
-    out: list[bytes] = []
-    pos, n = 4, len(data)
-    while pos + 4 <= n:
-        (size,) = struct.unpack_from("<I", data, pos)
-        if size == 0x184C2102:  # a concatenated frame
-            pos += 4
-            continue
-        if size == 0 or pos + 4 + size > n:
-            break  # the appended output size, or the end
-        out.append(lz4.block.decompress(data[pos + 4: pos + 4 + size],
-                                        uncompressed_size=_LZ4_LEGACY_BLOCK))
-        pos += 4 + size
-    return b"".join(out)
-
-
-def _payload(image: bytes) -> tuple[int, int] | None:
+def _payload(image: bytes | memoryview) -> tuple[int, int] | None:
     """(offset, length) of a bzImage's compressed payload, from its header."""
-    if len(image) < 0x250 or image[0x202:0x206] != b"HdrS":
+    if len(image) < 0x250 or bytes(image[0x202:0x206]) != b"HdrS":
         return None
     (proto,) = struct.unpack_from("<H", image, 0x206)
     if proto < 0x0208:
@@ -190,44 +252,25 @@ def _payload(image: bytes) -> tuple[int, int] | None:
 _DECOMPRESS_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, RuntimeError)
 
 
-def vmlinux_bytes(image: bytes, source: str) -> tuple[bytes, str]:
-    """The vmlinux ELF in ``image`` and how it was stored ("vmlinux",
-    "bzImage, xz", ...)."""
-    if image[:4] == b"\x7fELF":
-        return image, "vmlinux"
+def open_image(image: bytes | memoryview, source: str) -> tuple[_Stream, str]:
+    """The vmlinux in ``image`` as a stream, and how it was stored
+    ("vmlinux", "bzImage, xz", ...)."""
+    head = bytes(image[:8])
+    if head[:4] == b"\x7fELF":
+        return _Stream(source, "vmlinux", image), "vmlinux"
     found = _payload(image)
     if found is not None:
         start, length = found
         blob = image[start: start + length]
-        kind = next((k for k, m in _MAGICS if blob.startswith(m)), None)
+        kind = next((k for k, m in _MAGICS if bytes(blob[:8]).startswith(m)), None)
         if kind is None:
             raise ImageError(f"{source}: bzImage payload in an unknown compression "
-                             f"(starts {blob[:4].hex()}); klpsym reads gzip, xz, lzma, "
+                             f"(starts {bytes(blob[:4]).hex()}); klpsym reads gzip, xz, lzma, "
                              "bzip2, zstd and lz4")
-        try:
-            out = _decompress(kind, blob)
-        except ImportError as e:
-            raise ImageError(f"{source}: {kind}-compressed, and the Python module "
-                             f"'{e.name}' is missing; pip install {e.name}") from None
-        except _DECOMPRESS_ERRORS as e:
-            raise ImageError(f"{source}: its {kind} payload does not decompress ({e}); "
-                             "the image is damaged or truncated") from None
-        if out[:4] != b"\x7fELF":
-            raise ImageError(f"{source}: its {kind} payload is not a vmlinux ELF "
-                             "(truncated or damaged image)")
-        return out, f"bzImage, {kind}"
+        return _Stream(source, kind, blob), f"bzImage, {kind}"
     for kind, magic in _MAGICS:
-        if image.startswith(magic):  # a bare compressed vmlinux (vmlinux.gz, ...)
-            try:
-                out = _decompress(kind, image)
-            except ImportError as e:
-                raise ImageError(f"{source}: {kind}-compressed, and the Python module "
-                                 f"'{e.name}' is missing; pip install {e.name}") from None
-            except _DECOMPRESS_ERRORS as e:
-                raise ImageError(f"{source}: does not decompress as {kind} ({e})") from None
-            if out[:4] == b"\x7fELF":
-                return out, kind
-            break
+        if head.startswith(magic):  # a bare compressed vmlinux (vmlinux.gz, ...)
+            return _Stream(source, kind, image), kind
     raise ImageError(f"{source}: not a kernel image (no bzImage header, no ELF vmlinux, "
                      "no compressed vmlinux)")
 
@@ -237,40 +280,49 @@ def vmlinux_bytes(image: bytes, source: str) -> tuple[bytes, str]:
 
 @dataclass(frozen=True)
 class _Rodata:
-    data: np.ndarray  # uint8, the section's bytes
-    addr: int  # its link-time address
+    """The part of the image the tables are searched in, and its address."""
+
+    data: np.ndarray  # uint8
+    addr: int  # the link-time address of data[0]
 
 
-def _rodata(elf: bytes, source: str) -> _Rodata:
-    if len(elf) < 64 or elf[4] != 2 or elf[5] != 1:
-        raise ImageError(f"{source}: vmlinux is not a 64-bit little-endian ELF; klpsym "
-                         "reads x86-64 kernel images")
+def _segments(stream: _Stream) -> list[tuple[int, int, int]]:
+    """(file offset, size, address) of the ELF's PT_LOAD segments, from the
+    program headers at its start (the section table is at the end)."""
+    src = stream.source
+    stream.ensure(64)
+    elf = stream.buf
+    if len(elf) < 64 or elf[:4] != b"\x7fELF":
+        raise ImageError(f"{src}: the vmlinux inside is truncated (no ELF header)")
+    if elf[4] != 2 or elf[5] != 1:
+        raise ImageError(f"{src}: vmlinux is not a 64-bit little-endian ELF; klpsym reads "
+                         "x86-64 kernel images")
     (machine,) = struct.unpack_from("<H", elf, 18)
     if machine != EM_X86_64:
-        raise ImageError(f"{source}: vmlinux is for ELF machine {machine}, not x86-64; "
-                         "klpsym reads x86-64 kernel images")
-    shoff, = struct.unpack_from("<Q", elf, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
-    if shoff == 0 or shentsize != 64 or shoff + shnum * 64 > len(elf) or shstrndx >= shnum:
-        raise ImageError(f"{source}: vmlinux has no section table (truncated?)")
-    heads = [struct.unpack_from("<IIQQQQIIQQ", elf, shoff + 64 * i) for i in range(shnum)]
-    strtab = heads[shstrndx]
-    names = elf[strtab[4]: strtab[4] + strtab[5]]
-    for name_off, _type, _flags, addr, off, size, *_ in heads:
-        end = names.find(b"\0", name_off)
-        if names[name_off:end] == b".rodata":
-            if off + size > len(elf):
-                raise ImageError(f"{source}: vmlinux is truncated (.rodata goes past its end)")
-            return _Rodata(np.frombuffer(elf, dtype=np.uint8, count=size, offset=off), addr)
-    raise ImageError(f"{source}: vmlinux has no .rodata section, where kallsyms lives")
+        raise ImageError(f"{src}: vmlinux is for ELF machine {machine}, not x86-64; klpsym "
+                         "reads x86-64 kernel images")
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    if phentsize != 56 or phnum == 0 or not stream.ensure(phoff + 56 * phnum):
+        raise ImageError(f"{src}: vmlinux has no program headers (truncated?)")
+    out = []
+    for i in range(phnum):
+        p_type, _fl, off, vaddr, _pa, filesz, _ms, _al = struct.unpack_from(
+            "<IIQQQQQQ", stream.buf, phoff + 56 * i)
+        if p_type == PT_LOAD and filesz:
+            out.append((off, filesz, vaddr))
+    if not out:
+        raise ImageError(f"{src}: vmlinux has no loadable segment")
+    return out
 
 
+PT_LOAD = 1
 _BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\0]*) \(")
 
 
-def image_release(rodata: bytes) -> str | None:
+def image_release(data: bytes | bytearray) -> str | None:
     """The release in ``linux_banner``, or None."""
-    m = _BANNER.search(rodata)
+    m = _BANNER.search(data)
     return m.group(1).decode("ascii", "replace") if m else None
 
 
@@ -285,25 +337,16 @@ def _up(x: int, a: int) -> int:
 
 @dataclass(frozen=True)
 class _Tokens:
-    start: int  # token_table, offset in .rodata
-    index: int  # token_index, offset in .rodata
+    start: int  # token_table, offset in the segment
+    index: int  # token_index, offset in the segment
     strings: list[bytes]
+    file_start: int = 0  # token_table, offset in the vmlinux file
+
+    def shifted(self, d: int) -> _Tokens:
+        return _Tokens(self.start + d, self.index + d, self.strings, self.file_start)
 
 
-def _find_tokens(ro: _Rodata, layout: Layout) -> _Tokens | None:
-    """The token table and index (see the module docstring), or None."""
-    raw = ro.data.tobytes()
-    found: list[_Tokens] = []
-    pos = raw.find(_DIGITS)
-    while pos >= 0 and len(found) < 2:
-        tok = _tokens_at(raw, ro, pos, layout.align)
-        if tok is not None and all(t.start != tok.start for t in found):
-            found.append(tok)
-        pos = raw.find(_DIGITS, pos + 1)
-    return found[0] if len(found) == 1 else None
-
-
-def _tokens_at(raw: bytes, ro: _Rodata, digits: int, align: int) -> _Tokens | None:
+def _tokens_at(raw: bytes, addr: int, digits: int, align: int) -> _Tokens | None:
     # From "0" (token 0x30) on, 208 strings end the table; token_index follows.
     end = digits
     for _ in range(256 - 0x30):
@@ -311,7 +354,7 @@ def _tokens_at(raw: bytes, ro: _Rodata, digits: int, align: int) -> _Tokens | No
         if end < 0:
             return None
         end += 1
-    index = _up(ro.addr + end, align) - ro.addr
+    index = _up(addr + end, align) - addr
     if index + 512 > len(raw):
         return None
     ti = np.frombuffer(raw, dtype="<u2", count=256, offset=index).astype(np.int64)
@@ -335,49 +378,134 @@ def read_image_kallsyms(path: Path | str, version: KernelVersion | None = None) 
     with link-time addresses.  ``version`` is the target's (its headers');
     the image's own banner must agree with it.  ImageError when the image is
     not one this can read."""
-    p = Path(path)
     source = str(path)
     try:
-        image = p.read_bytes()
+        with open(path, "rb") as f:
+            try:
+                mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (ValueError, OSError):
+                mapped = None
+            image: bytes | memoryview = memoryview(mapped) if mapped is not None else f.read()
     except FileNotFoundError:
         raise ImageError(f"{source}: no such file (--image)") from None
     except IsADirectoryError:
         raise ImageError(f"{source}: is a directory, not a kernel image (--image)") from None
     except OSError as e:
         raise ImageError(f"{source}: cannot read it ({e.strerror})") from None
-    elf, how = vmlinux_bytes(image, source)
-    del image
-    return kallsyms_from_elf(elf, source, version, how)
+    try:
+        return kallsyms_from_image(image, source, version)
+    finally:
+        try:
+            if isinstance(image, memoryview):
+                image.release()
+            if mapped is not None:
+                mapped.close()
+        except BufferError:  # slices still held by an error's traceback: the GC closes it
+            pass
 
 
-def kallsyms_from_elf(elf: bytes, source: str, version: KernelVersion | None = None,
-                      how: str = "vmlinux") -> KallsymsTable:
-    """:func:`read_image_kallsyms` of an uncompressed vmlinux's bytes."""
-    ro = _rodata(elf, source)
-    release = image_release(ro.data.tobytes())
-    if release is None:
-        raise ImageError(f"{source}: no 'Linux version' banner in its .rodata; not a "
-                         "Linux kernel image")
-    if version is None:
-        version = KernelVersion.parse(release)
-    elif release != version.release:
-        raise ImageError(f"{source}: is the image of kernel {release}, but the target is "
-                         f"{version.release}; pass the image of the same kernel")
-    layout = layout_for(version)
-    tokens = _find_tokens(ro, layout)
-    if tokens is None:
-        raise ImageError(f"{source}: no kallsyms token table in it (a kernel without "
-                         f"CONFIG_KALLSYMS, or a damaged image; expected the {layout.name} "
-                         "layout)")
-    tables = _locate(ro, tokens, layout)
+def kallsyms_from_image(image: bytes | memoryview, source: str,
+                        version: KernelVersion | None = None) -> KallsymsTable:
+    """:func:`read_image_kallsyms` of the image's bytes."""
+    stream, how = open_image(image, source)
+    segments = _segments(stream)
+    # Decompress until the token table (the anchor) has been seen.
+    searched = 0
+    tokens: _Tokens | None = None
+    release: str | None = None
+    layout: Layout | None = None
+    while tokens is None:
+        more = stream.ensure(len(stream.buf) + 1)
+        buf = stream.buf
+        if release is None:
+            release = image_release(buf)
+            if release is not None:
+                if version is None:
+                    version = KernelVersion.parse(release)
+                elif release != version.release:
+                    raise ImageError(f"{source}: is the image of kernel {release}, but the "
+                                     f"target is {version.release}; pass the image of the "
+                                     "same kernel")
+                layout = layout_for(version)
+        if layout is not None:
+            pos = buf.find(_DIGITS, max(0, searched - len(_DIGITS)))
+            while pos >= 0 and tokens is None:
+                tokens = _tokens_in(stream, segments, pos, layout)
+                buf = stream.buf
+                if tokens is None:
+                    pos = buf.find(_DIGITS, pos + 1)
+            searched = len(buf)
+        if not more and tokens is None:
+            if stream.kind != "vmlinux" and len(stream.buf) < 1 << 20:
+                raise ImageError(f"{source}: its {stream.kind} payload ends after "
+                                 f"{len(stream.buf)} bytes (truncated image)")
+            if release is None:
+                raise ImageError(f"{source}: no 'Linux version' banner in it; not a Linux "
+                                 "kernel image, or truncated")
+            raise ImageError(f"{source}: no kallsyms token table in it (a kernel without "
+                             "CONFIG_KALLSYMS, a truncated or damaged image, or not the "
+                             f"{layout.name if layout else '?'} kallsyms layout)")
+    assert layout is not None and version is not None
+    tok = tokens
+    seg = _segment_of(segments, tok.file_start, source)
+    tables = _locate(_view(stream, seg), tok, layout)
     if tables is None:
         raise ImageError(f"{source}: kallsyms_num_syms/names/markers do not fit together "
                          f"around the token table (not the {layout.name} kallsyms layout "
                          f"of {version.release}, or a damaged image)")
-    addresses, codes, index = _decode(ro, tokens, tables, layout, source)
+    end = max(tok.index + 512, tables.offsets + 4 * tables.num,
+              0 if tables.seqs is None else tables.seqs + 3 * tables.num,
+              0 if tables.relative_base is None else tables.relative_base + 8)
+    if not stream.ensure(seg[0] + end):
+        raise ImageError(f"{source}: ends inside the kallsyms tables (truncated image)")
+    # Keep only the tables (a few MB) and let the decompressed image go.
+    first = min(tables.names, tables.offsets, tok.start) if tables.relative_base is None \
+        else min(tables.names, tables.offsets, tables.relative_base, tok.start)
+    first -= first % 8
+    ro = _view(stream, seg)
+    kept = _Rodata(ro.data[first:end].copy(), ro.addr + first)
+    del ro, stream, buf
+    tables, tok = tables.shifted(-first), tok.shifted(-first)
+    addresses, codes, index = _decode(kept, tok, tables, layout, source)
     return KallsymsTable.compact(addresses, codes, index, source, has_addresses=True,
                                  notes=(f"read from the kernel image ({how}, kallsyms "
                                         f"layout {layout.name})",))
+
+
+def _segment_of(segments: list[tuple[int, int, int]], pos: int,
+                source: str) -> tuple[int, int, int]:
+    for seg in segments:
+        if seg[0] <= pos < seg[0] + seg[1]:
+            return seg
+    raise ImageError(f"{source}: the kallsyms token table is outside every loadable segment")
+
+
+def _view(stream: _Stream, seg: tuple[int, int, int]) -> _Rodata:
+    """The loaded part of segment ``seg`` as an array: a view of the
+    stream's buffer, which cannot grow while it lives."""
+    off, size, addr = seg
+    end = min(off + size, len(stream.buf))
+    return _Rodata(np.frombuffer(stream.buf, dtype=np.uint8, count=end - off, offset=off), addr)
+
+
+def _tokens_in(stream: _Stream, segments: list[tuple[int, int, int]], pos: int,
+               layout: Layout) -> _Tokens | None:
+    """The token table whose "0" is at file offset ``pos``, if it is one."""
+    seg = next((s for s in segments if s[0] <= pos < s[0] + s[1]), None)
+    if seg is None:
+        return None
+    off, size, addr = seg
+    # 48 short strings before "0", 208 and the 512-byte index after: a window
+    # of 64 kB each side holds them.
+    w0 = max(off, pos - 65536)
+    w1 = min(off + size, pos + 65536)
+    stream.ensure(w1)
+    raw = bytes(memoryview(stream.buf)[w0:w1])
+    tok = _tokens_at(raw, addr + (w0 - off), pos - w0, layout.align)
+    if tok is None:
+        return None
+    shift = w0 - off
+    return _Tokens(tok.start + shift, tok.index + shift, tok.strings, tok.start + w0)
 
 
 @dataclass(frozen=True)
@@ -389,6 +517,12 @@ class _Tables:
     offsets: int
     relative_base: int | None
     seqs: int | None
+
+    def shifted(self, d: int) -> _Tables:
+        return _Tables(self.num, self.names + d, self.names_end + d, self.markers + d,
+                       self.offsets + d,
+                       None if self.relative_base is None else self.relative_base + d,
+                       None if self.seqs is None else self.seqs + d)
 
 
 def _locate(ro: _Rodata, tok: _Tokens, layout: Layout) -> _Tables | None:
@@ -404,16 +538,20 @@ def _locate(ro: _Rodata, tok: _Tokens, layout: Layout) -> _Tables | None:
         return (x + base) // a * a - base
 
     data = ro.data
-    size = len(data)
-    # Candidates for num_syms: aligned u32 words before the token table.
+    # Candidates for num_syms: aligned u32 words before the token table
+    # whose value could be a symbol count, found a slice at a time (the
+    # segment holds millions of words).
     lo = up(0)
-    words = np.frombuffer(data, dtype="<u4", count=(tok.start - lo) // 4, offset=lo)
     step = a // 4
-    cand_idx = np.arange(0, len(words), step)
-    values = words[cand_idx].astype(np.int64)
-    where = lo + cand_idx * 4
-    plausible = (values >= 1) & (values < (1 << 24))
-    values, where = values[plausible], where[plausible]
+    words = np.frombuffer(data, dtype="<u4", count=(tok.start - lo) // 4, offset=lo)[::step]
+    found = []
+    for c in range(0, len(words), 1 << 18):
+        part = words[c: c + (1 << 18)]
+        idx = np.flatnonzero((part >= 1) & (part < (1 << 24)))
+        found.append(idx + c)
+    cand = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    values = words[cand].astype(np.int64)
+    where = lo + cand * (4 * step)
     seq_options = (True, False) if layout.seqs is None else (layout.seqs,)
     hits: list[_Tables] = []
     for seqs in seq_options:
@@ -450,8 +588,6 @@ def _locate(ro: _Rodata, tok: _Tokens, layout: Layout) -> _Tables | None:
                 offsets = up(tok.index + 512)
                 rb = None if layout.pc_relative else up(offsets + 4 * num)
                 seqs_at = up(offsets + 4 * num) if rb is None else up(rb + 8)
-                if seqs_at + 3 * num > size:
-                    continue
             else:
                 rb = nstart - _up(4, a) - 8
                 offsets = rb - _up(4 * num, a)
@@ -485,74 +621,98 @@ def _names_end(data: np.ndarray, start: int, limit: int, last_marker: int, last_
     return pos if pos <= limit else None
 
 
+def _entry_offsets(names: np.ndarray, markers: np.ndarray, n: int, big: bool,
+                   source: str) -> np.ndarray:
+    """The offset of each of the ``n`` entries in ``names``: every 256-entry
+    block walked from its marker, all blocks at once (one numpy step per
+    entry of a block); each block must end exactly at the next marker."""
+    k = len(markers)
+    pos = markers.copy()
+    out = np.empty((k, 256), dtype=np.int64)
+    size = len(names)
+    live = np.ones(k, dtype=bool)
+    live[-1] = True
+    last_count = n - 256 * (k - 1)
+    for j in range(256):
+        if j == last_count:
+            live[-1] = False
+        out[:, j] = pos
+        if bool(np.any(pos[live] >= size)):
+            raise ImageError(f"{source}: kallsyms_names is shorter than its markers say "
+                             "(damaged image)")
+        at = np.minimum(pos, size - 1)
+        ln = names[at].astype(np.int64)
+        step = 1
+        if big:
+            two = (ln & 0x80) != 0
+            nxt = names[np.minimum(at + 1, size - 1)].astype(np.int64)
+            ln = np.where(two, (ln & 0x7F) | (nxt << 7), ln)
+            step_arr = np.where(two, 2, 1)
+            pos = np.where(live, pos + step_arr + ln, pos)
+        else:
+            pos = np.where(live, pos + step + ln, pos)
+    ends = np.append(markers[1:], size)
+    if not bool(np.array_equal(pos, ends)):
+        raise ImageError(f"{source}: kallsyms_names and kallsyms_markers disagree "
+                         "(damaged image)")
+    return out.reshape(-1)[:n]
+
+
 def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
             source: str) -> tuple[np.ndarray, np.ndarray, NameIndex]:
     data = ro.data
     n = t.num
     names = data[t.names: t.names_end]
-    # Entry starts: a sequential walk over the length bytes.
-    raw = names.tobytes()
-    heads = np.empty(n, dtype=np.int64)  # first token byte of each entry
-    lens = np.empty(n, dtype=np.int64)
-    pos = 0
-    big = layout.big_lengths
-    for i in range(n):
-        ln = raw[pos]
-        if big and ln & 0x80:
-            ln = (ln & 0x7F) | (raw[pos + 1] << 7)
-            pos += 2
-        else:
-            pos += 1
-        heads[i] = pos
-        lens[i] = ln
-        pos += ln
-    if pos != len(raw):
-        raise ImageError(f"{source}: kallsyms_names does not decode to "
-                         f"{n} symbols (damaged image)")
-    entry_off = heads - np.where((lens > 0x7F) & big, 2, 1)
     markers = np.frombuffer(data, dtype="<u4", count=(n + 255) // 256,
                             offset=t.markers).astype(np.int64)
-    if not bool(np.array_equal(markers, entry_off[::256])):
-        raise ImageError(f"{source}: kallsyms_markers disagree with kallsyms_names "
-                         "(damaged image)")
-    # Expand the tokens: every token byte becomes its string.
-    tok_bytes = b"".join(tok.strings)
-    tok_len = np.array([len(s) for s in tok.strings], dtype=np.int64)
-    tok_start = np.concatenate([[0], np.cumsum(tok_len)[:-1]])
-    tokbuf = np.frombuffer(tok_bytes, dtype=np.uint8)
-    inside = np.zeros(len(names) + 1, dtype=np.int64)
-    np.add.at(inside, heads, 1)
-    np.add.at(inside, heads + lens, -1)
-    sel = np.cumsum(inside[:-1]).astype(bool)
-    codes_in = names[sel]  # the token bytes of all entries, in order
-    expand = tok_len[codes_in]
-    entry_tokens = np.repeat(np.arange(n), lens)
-    entry_len = np.bincount(entry_tokens, weights=expand, minlength=n).astype(np.int64)
+    entry_off = _entry_offsets(names, markers, n, layout.big_lengths, source)
+    first = names[entry_off].astype(np.int64)
+    if layout.big_lengths:
+        two = (first & 0x80) != 0
+        second = names[np.minimum(entry_off + 1, len(names) - 1)].astype(np.int64)
+        lens = np.where(two, (first & 0x7F) | (second << 7), first)
+    else:
+        lens = first
+    if bool(np.any(lens == 0)):
+        raise ImageError(f"{source}: a kallsyms entry of length 0 (damaged image)")
+    # The token bytes of all entries, in order: names without the lengths.
+    keep = np.ones(len(names), dtype=bool)
+    keep[entry_off] = False
+    if layout.big_lengths:
+        keep[entry_off[two] + 1] = False
+    codes_in = names[keep]
+    # Expand: every token byte becomes its string (the token table holds
+    # them fully expanded).  bytes.join runs in C, but holds a buffer
+    # descriptor per item: a slice of codes at a time keeps that small.
+    raw_codes = codes_in.tobytes()
+    get = tok.strings.__getitem__
+    text = b"".join([b"".join(map(get, raw_codes[c: c + (1 << 16)]))
+                     for c in range(0, len(raw_codes), 1 << 16)])
+    del raw_codes
+    tok_len = np.array([len(x) for x in tok.strings], dtype=np.int64)
+    code_starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lens[:-1], out=code_starts[1:])
+    entry_len = np.add.reduceat(tok_len[codes_in], code_starts)
     if bool(np.any(entry_len < 2)):
         raise ImageError(f"{source}: a kallsyms entry expands to no name (damaged image)")
-    total = int(expand.sum())
-    out_pos = np.repeat(np.cumsum(expand) - expand, expand)
-    within = np.arange(total, dtype=np.int64) - out_pos
-    text = tokbuf[np.repeat(tok_start[codes_in], expand) + within]
-    estarts = np.concatenate([[0], np.cumsum(entry_len)[:-1]])
-    types = text[estarts].copy()
-    # Names with '\n' in place of each following type letter: the NameIndex blob.
+    total = len(text)
+    estarts = np.zeros(n, dtype=np.int64)
+    np.cumsum(entry_len[:-1], out=estarts[1:])
+    tbuf = np.frombuffer(text, dtype=np.uint8)
+    types = tbuf[estarts].copy()
+    # The names blob ("name\n" each): the text shifted by one, with each
+    # following type letter replaced by the newline.
     blob = np.empty(total, dtype=np.uint8)
-    keep = np.ones(total, dtype=bool)
-    keep[estarts] = False
-    body = text[keep]
-    name_len = entry_len - 1
-    nl_at = np.cumsum(name_len + 1) - 1
-    blob_len = total
-    blob = np.empty(blob_len, dtype=np.uint8)
-    mask = np.ones(blob_len, dtype=bool)
-    mask[nl_at] = False
-    blob[mask] = body
-    blob[nl_at] = 10
-    if bool(np.any(body == 10)) or bool(np.any(body == 0)):
+    blob[:-1] = tbuf[1:]
+    blob[estarts[1:] - 1] = 10
+    blob[-1] = 10
+    body_bad = (tbuf == 10) | (tbuf == 0)
+    if bool(np.any(body_bad)):
         raise ImageError(f"{source}: a kallsyms name holds a control byte (damaged image)")
-    starts = np.zeros(n + 1, dtype=np.int64)
-    starts[1:] = nl_at + 1
+    starts = np.empty(n + 1, dtype=np.int64)
+    starts[:-1] = estarts
+    starts[-1] = total
+    del text, tbuf
     # Addresses.
     off = np.frombuffer(data, dtype="<i4", count=n, offset=t.offsets).astype(np.int64)
     if layout.pc_relative:
@@ -560,7 +720,7 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
         addresses = place + off.astype(np.uint64)  # modulo 2**64, as the kernel adds
     else:
         assert t.relative_base is not None
-        (rb,) = struct.unpack_from("<Q", data, t.relative_base)
+        rb = int(data[t.relative_base: t.relative_base + 8].view("<u8")[0])
         if bool(np.any(off < 0)):  # CONFIG_KALLSYMS_ABSOLUTE_PERCPU
             addresses = np.where(off >= 0, off.astype(np.uint64),
                                  np.uint64(rb - 1) - off.astype(np.uint64))
@@ -570,7 +730,12 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     if t.seqs is not None:
         sq = data[t.seqs: t.seqs + 3 * n].reshape(n, 3).astype(np.int64)
         seq = (sq[:, 0] << 16) | (sq[:, 1] << 8) | sq[:, 2]
-        if not bool(np.array_equal(np.sort(seq), np.arange(n))):
+        seen = np.zeros(n, dtype=bool)
+        if bool(np.any(seq >= n)):
+            raise ImageError(f"{source}: kallsyms_seqs_of_names points past the symbols "
+                             "(damaged image)")
+        seen[seq] = True
+        if not bool(seen.all()):
             raise ImageError(f"{source}: kallsyms_seqs_of_names is not a permutation of the "
                              "symbols (damaged image)")
     return addresses, types, NameIndex.from_blob(blob, starts)
