@@ -71,7 +71,7 @@ def target_for_check(args: argparse.Namespace) -> TargetKernel:
     return discover(
         kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
-        require_kallsyms=False,
+        image=args.image, require_kallsyms=False,
     )
 
 

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from klpsym.klp.plan import parse_sympos
     from klpsym.methods.insmod import plan_insmod, run_insmod
 
-    given = args.kallsyms or args.system_map or args.vmlinux
+    given = args.kallsyms or args.system_map or args.vmlinux or args.image
     if given and not args.print_args:
         raise MethodError(
             f"{given}: a load takes this boot's addresses from /proc/kallsyms; other "

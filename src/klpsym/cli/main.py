@@ -103,7 +103,8 @@ def report_bug(e: InternalError) -> None:
 
 # The commands, in the order `klpsym --help` lists them, and their modules
 # (each has a register(sub) that adds its parser).
-COMMANDS = ("convert", "build", "inspect", "check", "addr", "insmod", "cflags", "lab")
+COMMANDS = ("convert", "build", "inspect", "check", "addr", "kallsyms", "insmod", "cflags",
+            "lab")
 
 
 @functools.cache  # built once per process (tests and the fuzzer call main() often)

@@ -14,12 +14,13 @@ SOURCES_HELP = """\
 target kernel (default: the running kernel):
   Module.symvers comes from --kernel-dir (default /lib/modules/$(uname -r)/build;
   --kernel-release R means /lib/modules/R/build); the kallsyms order from
-  exactly one of --kallsyms, --system-map, --vmlinux, by default
+  exactly one of --kallsyms, --system-map, --vmlinux, --image, by default
   /proc/kallsyms when the target is the running kernel, else the first that
   exists of the debug package's /usr/lib/debug/boot/System.map-R,
-  /usr/lib/debug/boot/vmlinux-R, /usr/lib/debug/lib/modules/R/vmlinux, and a
-  real /boot/System.map-R (Debian's is a placeholder: install
-  linux-image-R-dbg)."""
+  /usr/lib/debug/boot/vmlinux-R, /usr/lib/debug/lib/modules/R/vmlinux, a
+  real /boot/System.map-R (Debian's is a placeholder), and the kernel's own
+  image /boot/vmlinuz-R or /usr/lib/modules/R/vmlinuz (x86-64). The "target"
+  line names the source used."""
 
 
 def add_source_flags(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,9 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
                      help="the target's System.map (Debian: from the linux-image-*-dbg package)")
     one.add_argument("--vmlinux", metavar="FILE", type=Path,
                      help="the target's vmlinux with its symbol table")
+    one.add_argument("--image", metavar="FILE", type=Path,
+                     help="the target's kernel image (/boot/vmlinuz-R, bzImage, or a vmlinux "
+                          "without symbol table): its own kallsyms tables")
     g.add_argument("--symvers", metavar="FILE", type=Path, action="append", default=[],
                    help="extra Module.symvers of other out-of-tree modules whose exports this "
                         "module uses (repeatable)")
@@ -57,14 +61,14 @@ def target_from_args(args: argparse.Namespace) -> TargetKernel:
         kernel_dir=args.kernel_dir, kernel_release=args.kernel_release, kallsyms=args.kallsyms,
         system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
-        cache=not args.no_cache,
+        image=args.image, cache=not args.no_cache,
     )
 
 
 SYMBOL_SOURCE_HELP = """\
 symbol source (default: /proc/kallsyms of the running kernel, this boot's addresses):
-  --kallsyms takes a saved copy; --system-map and --vmlinux give link-time
-  addresses, which a running kernel shifts by its KASLR offset."""
+  --kallsyms takes a saved copy; --system-map, --vmlinux and --image give
+  link-time addresses, which a running kernel shifts by its KASLR offset."""
 
 
 def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
@@ -78,6 +82,9 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
     one.add_argument("--vmlinux", metavar="FILE", type=Path,
                      help="the target's vmlinux with its symbol table (link-time addresses, "
                           "and source files)")
+    one.add_argument("--image", metavar="FILE", type=Path,
+                     help="the target's kernel image, e.g. /boot/vmlinuz-R (link-time "
+                          "addresses from its own kallsyms tables)")
     g.add_argument("--kernel-dir", metavar="KDIR", type=Path,
                    help="the target's headers dir: its release and .config refine the "
                         "--system-map/--vmlinux rules")
@@ -86,7 +93,13 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
-    from klpsym.kernel.symbols import open_symbols
+    from klpsym.kernel.symbols import SymbolSource, open_symbols
 
+    if getattr(args, "image", None) is not None:
+        from klpsym.kernel.image import read_image
+        from klpsym.kernel.version import read_kernel_version
+
+        version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
+        return SymbolSource(read_image(args.image, version), f"image {args.image}", False)
     return open_symbols(args.kallsyms, args.system_map, args.vmlinux,
                         kernel_dir=args.kernel_dir, config=args.config)

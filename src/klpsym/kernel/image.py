@@ -76,6 +76,7 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.errors import KernelSourceError
+from klpsym.kernel import symcache
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.symcache import NameIndex
 from klpsym.kernel.version import KernelVersion
@@ -739,3 +740,23 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
             raise ImageError(f"{source}: kallsyms_seqs_of_names is not a permutation of the "
                              "symbols (damaged image)")
     return addresses, types, NameIndex.from_blob(blob, starts)
+
+
+def read_image(path: Path | str, version: KernelVersion | None = None, *,
+               cache: bool = True) -> KallsymsTable:
+    """:func:`read_image_kallsyms`, kept in the symbol cache
+    (:mod:`klpsym.kernel.symcache`, keyed on the file and the target
+    release) unless ``cache`` is False: the second read of an image costs a
+    millisecond."""
+    p = Path(path)
+    source = str(path)
+    key = symcache.file_key(p)
+    if key is not None:
+        key = key + [version.release if version is not None else ""]
+
+    def from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> KallsymsTable:
+        return KallsymsTable.from_arrays(arrays, meta, source)
+
+    return symcache.cached("image", p, key, enabled=cache,
+                           parse=lambda: read_image_kallsyms(p, version),
+                           to_arrays=KallsymsTable.to_arrays, from_arrays=from_arrays)

@@ -7,14 +7,16 @@
 * config: ``<kernel_dir>/.config``, else ``/boot/config-<release>``;
 * ``kernel_release`` (``--kernel-release``) names the target by its
   ``uname -r`` instead: kernel_dir is then ``/lib/modules/<release>/build``;
-* symbols: ``--kallsyms``, ``--system-map`` or ``--vmlinux`` when given;
-  else ``/proc/kallsyms`` when the target *is* the running kernel; else
-  (never the host's kallsyms) the first of :func:`symbol_file_candidates`
-  that exists: the debug package's System.map or vmlinux under
-  ``/usr/lib/debug`` (Debian's ``linux-image-<release>-dbg``), then a real
-  ``/boot/System.map-<release>`` (Debian's is a stub).  This is how a build
-  for another installed kernel (DKMS after a kernel upgrade) finds its
-  symbols.
+* symbols: ``--kallsyms``, ``--system-map``, ``--vmlinux`` or ``--image``
+  when given; else ``/proc/kallsyms`` when the target *is* the running
+  kernel; else (never the host's kallsyms) the first of
+  :func:`symbol_file_candidates` that exists: the debug package's System.map
+  or vmlinux under ``/usr/lib/debug`` (Debian's
+  ``linux-image-<release>-dbg``), then a real ``/boot/System.map-<release>``
+  (Debian's is a stub), then the kernel's own image, ``/boot/vmlinuz-<release>``
+  or ``/usr/lib/modules/<release>/vmlinuz`` (:mod:`klpsym.kernel.image`).
+  This is how a build for another installed kernel (DKMS after a kernel
+  upgrade) finds its symbols.
 
 Version-dependent rules follow the target (its headers' utsrelease.h),
 never the host.  Every problem is one KernelSourceError line naming the file
@@ -105,7 +107,8 @@ def host_release() -> str:
 
 
 def symbol_file_candidates(release: str, *, debug_dir: Path | str = DEBUG_DIR,
-                           boot_dir: Path | str = "/boot") -> list[tuple[str, Path]]:
+                           boot_dir: Path | str = "/boot",
+                           modules_root: Path | str = "/lib/modules") -> list[tuple[str, Path]]:
     """Where a kernel's symbols may be installed besides /proc/kallsyms, as
     (the parameter it would be given as, path) in the order tried: the debug
     package's System.map (Debian's
@@ -113,19 +116,29 @@ def symbol_file_candidates(release: str, *, debug_dir: Path | str = DEBUG_DIR,
     its vmlinux (Debian, Ubuntu: /usr/lib/debug/boot/vmlinux-<release>;
     Fedora's kernel-debuginfo: /usr/lib/debug/lib/modules/<release>/vmlinux),
     then /boot/System.map-<release> (real on Fedora and Ubuntu; on Debian a
-    stub, which the caller skips)."""
+    stub, which the caller skips), then the kernel image itself:
+    /boot/vmlinuz-<release>, <modules_root>/<release>/vmlinuz (where newer
+    Debian and Fedora install it; /usr/lib/modules too when modules_root is
+    the default /lib/modules).  The image comes last: a symbol file is read
+    in a fraction of the time, and the image needs a known kallsyms layout."""
     debug = Path(debug_dir)
-    return [("system_map", debug / "boot" / f"System.map-{release}"),
-            ("vmlinux", debug / "boot" / f"vmlinux-{release}"),
-            ("vmlinux", debug / "lib" / "modules" / release / "vmlinux"),
-            ("system_map", Path(boot_dir) / f"System.map-{release}")]
+    out = [("system_map", debug / "boot" / f"System.map-{release}"),
+           ("vmlinux", debug / "boot" / f"vmlinux-{release}"),
+           ("vmlinux", debug / "lib" / "modules" / release / "vmlinux"),
+           ("system_map", Path(boot_dir) / f"System.map-{release}"),
+           ("image", Path(boot_dir) / f"vmlinuz-{release}"),
+           ("image", Path(modules_root) / release / "vmlinuz")]
+    if str(modules_root) == "/lib/modules":
+        out.append(("image", Path("/usr/lib/modules") / release / "vmlinuz"))
+    return out
 
 
-def _installed_symbol_file(release: str, debug_dir: Path | str,
-                           boot_dir: Path | str) -> tuple[str, Path] | None:
+def _installed_symbol_file(release: str, debug_dir: Path | str, boot_dir: Path | str,
+                           modules_root: Path | str = "/lib/modules") -> tuple[str, Path] | None:
     """The first of :func:`symbol_file_candidates` that is a readable file and,
     for a System.map, not Debian's placeholder."""
-    for flag, path in symbol_file_candidates(release, debug_dir=debug_dir, boot_dir=boot_dir):
+    for flag, path in symbol_file_candidates(release, debug_dir=debug_dir, boot_dir=boot_dir,
+                                             modules_root=modules_root):
         if not path.is_file():
             continue
         try:
@@ -142,6 +155,7 @@ def _installed_symbol_file(release: str, debug_dir: Path | str,
 def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None = None,
              system_map: Path | str | None = None, vmlinux: Path | str | None = None,
              symvers: Iterable[Path | str] = (), config: Path | str | None = None, *,
+             image: Path | str | None = None,
              kernel_release: str | None = None,
              cache: bool = True,
              running_release: str | None = None,
@@ -251,7 +265,8 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
 
     # -- kallsyms source ------------------------------------------------------------
     given = [(k, Path(v)) for k, v in
-             (("kallsyms", kallsyms), ("system_map", system_map), ("vmlinux", vmlinux))
+             (("kallsyms", kallsyms), ("system_map", system_map), ("vmlinux", vmlinux),
+              ("image", image))
              if v is not None]
     if len(given) > 1:
         raise KernelSourceError(
@@ -264,22 +279,26 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     elif is_host:
         flag, path = "", Path(proc_kallsyms)
     else:
-        found = _installed_symbol_file(version.release, debug_dir, boot_dir)
+        found = _installed_symbol_file(version.release, debug_dir, boot_dir, modules_root)
         if found is None and not require_kallsyms:
             return TargetKernel(version=version, symvers=merged, kallsyms_source="",
                                 kernel_dir=kdir, config=cfg, notes=notes)
         if found is None:
             looked = ", ".join(str(p) for _, p in symbol_file_candidates(
-                version.release, debug_dir=debug_dir, boot_dir=boot_dir))
+                version.release, debug_dir=debug_dir, boot_dir=boot_dir,
+                modules_root=modules_root))
             raise KernelSourceError(
                 f"{kdir}: is for kernel {version.release} but this machine runs {host}, so its "
                 "/proc/kallsyms is the wrong kernel's, and no symbol file of "
                 f"{version.release} is installed (looked for {looked}); install "
                 f"linux-image-{version.release}-dbg (Debian), or pass {param('kallsyms')} (a copy "
-                f"of the target's /proc/kallsyms), {param('system_map')} or {param('vmlinux')}"
+                f"of the target's /proc/kallsyms), {param('system_map')}, {param('vmlinux')} or "
+                f"{param('image')}"
             )
         flag, path = found
-        notes.append(f"{version.release} is not the running kernel: symbols from {path}")
+        notes.append(f"{version.release} is not the running kernel: symbols from {path}"
+                     + (" (its own image: no debug package installed)" if flag == "image"
+                        else ""))
     source, load = _symbol_source(flag, path, cfg, version, cache)
     return TargetKernel(version=version, symvers=merged, kallsyms_source=source,
                         kernel_dir=kdir, config=cfg, notes=notes, _load_kallsyms=load)
@@ -300,6 +319,10 @@ def _symbol_source(flag: str, path: Path, cfg: KernelConfig | None, version: Ker
             reject_debian_stub(f.read(1024).decode("utf-8", "replace"), str(path))
         return (f"System.map {path}",
                 lambda: read_system_map(path, config=cfg, version=version))
+    if flag == "image":
+        from klpsym.kernel.image import read_image
+
+        return f"image {path}", lambda: read_image(path, version, cache=cache)
     from klpsym.kernel.vmlinux import kallsyms_from_vmlinux  # reads ELF: klpsym.elf
 
     _check_vmlinux_release(path, version)
