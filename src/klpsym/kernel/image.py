@@ -143,6 +143,10 @@ class _Stream:
         self.source, self.kind = source, kind
         self.buf = bytearray()
         self.done = False
+        # The kernel's build appends the uncompressed size (le32) to the
+        # compressed vmlinux (scripts/Makefile.lib size_append).
+        self.expected = int.from_bytes(bytes(blob[-4:]), "little") \
+            if kind != "vmlinux" and len(blob) >= 4 else None
         self._next = self._reader(kind, blob)
 
     def _reader(self, kind: str, blob: bytes | memoryview) -> Callable[[int], bytes]:
@@ -184,8 +188,22 @@ class _Stream:
         if kind == "zstd":
             import zstandard
 
-            reader = zstandard.ZstdDecompressor().stream_reader(blob)
-            return lambda n: bytes(reader.read(n))
+            zd = zstandard.ZstdDecompressor().decompressobj()
+            at = [0]
+
+            def zs(n: int) -> bytes:
+                # Input a slice at a time (the output of one is ~4 times its
+                # size); the frame's end stops it before the appended size.
+                out = b""
+                while not out and at[0] < len(blob) and not zd.eof:
+                    piece = blob[at[0]: at[0] + (1 << 18)]
+                    at[0] += len(piece)
+                    try:
+                        out = zd.decompress(piece)
+                    except zstandard.ZstdError as e:
+                        raise ValueError(str(e)) from None
+                return out
+            return zs
         return self._lz4(blob)
 
     @staticmethod
@@ -228,6 +246,10 @@ class _Stream:
                                  f"({e}); the image is damaged or truncated") from None
             if not out:
                 self.done = True
+                if self.expected is not None and len(self.buf) < self.expected:
+                    raise ImageError(f"{self.source}: its {self.kind} payload ends after "
+                                     f"{len(self.buf)} of {self.expected} bytes (truncated "
+                                     "or damaged image)")
             self.buf += out
         return len(self.buf) >= n
 
@@ -246,7 +268,7 @@ def _payload(image: bytes | memoryview) -> tuple[int, int] | None:
     offset, length = struct.unpack_from("<II", image, 0x248)
     start = (setup_sects + 1) * 512 + offset
     if length == 0 or start + length > len(image):
-        return None
+        return (start, -1)  # a bzImage whose payload goes past its end
     return start, length
 
 
@@ -262,6 +284,9 @@ def open_image(image: bytes | memoryview, source: str) -> tuple[_Stream, str]:
     found = _payload(image)
     if found is not None:
         start, length = found
+        if length < 0:
+            raise ImageError(f"{source}: bzImage whose payload goes past the end of the file "
+                             "(truncated image)")
         blob = image[start: start + length]
         kind = next((k for k, m in _MAGICS if bytes(blob[:8]).startswith(m)), None)
         if kind is None:
@@ -437,9 +462,6 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
                     pos = buf.find(_DIGITS, pos + 1)
             searched = len(buf)
         if not more and tokens is None:
-            if stream.kind != "vmlinux" and len(stream.buf) < 1 << 20:
-                raise ImageError(f"{source}: its {stream.kind} payload ends after "
-                                 f"{len(stream.buf)} bytes (truncated image)")
             if release is None:
                 raise ImageError(f"{source}: no 'Linux version' banner in it; not a Linux "
                                  "kernel image, or truncated")
