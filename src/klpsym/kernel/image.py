@@ -141,7 +141,8 @@ class _Stream:
 
     def __init__(self, source: str, kind: str, blob: bytes | memoryview) -> None:
         self.source, self.kind = source, kind
-        self.buf = bytearray()
+        self.buf = bytearray()  # the vmlinux from file offset ``base`` on
+        self.base = 0
         self.done = False
         # The kernel's build appends the uncompressed size (le32) to the
         # compressed vmlinux (scripts/Makefile.lib size_append).
@@ -233,11 +234,21 @@ class _Stream:
             return b""
         return block
 
+    def end(self) -> int:
+        """The file offset decompressed up to."""
+        return self.base + len(self.buf)
+
+    def drop_before(self, pos: int) -> None:
+        """Forget the vmlinux before file offset ``pos`` (never read again)."""
+        if pos > self.base:
+            del self.buf[: pos - self.base]
+            self.base = pos
+
     def ensure(self, n: int) -> bool:
-        """Decompress until ``n`` bytes are there (False at the end before)."""
-        while len(self.buf) < n and not self.done:
+        """Decompress until file offset ``n`` (False if it ends before)."""
+        while self.end() < n and not self.done:
             try:
-                out = self._next(max(self.CHUNK, n - len(self.buf)))
+                out = self._next(max(self.CHUNK, n - self.end()))
             except ImportError as e:
                 raise ImageError(f"{self.source}: {self.kind}-compressed, and the Python "
                                  f"module '{e.name}' is missing; pip install {e.name}") from None
@@ -246,12 +257,12 @@ class _Stream:
                                  f"({e}); the image is damaged or truncated") from None
             if not out:
                 self.done = True
-                if self.expected is not None and len(self.buf) < self.expected:
+                if self.expected is not None and self.end() < self.expected:
                     raise ImageError(f"{self.source}: its {self.kind} payload ends after "
-                                     f"{len(self.buf)} of {self.expected} bytes (truncated "
+                                     f"{self.end()} of {self.expected} bytes (truncated "
                                      "or damaged image)")
             self.buf += out
-        return len(self.buf) >= n
+        return self.end() >= n
 
 
 _LZ4_LEGACY_BLOCK = 8 << 20  # lz4's legacy format: blocks of 8 MB uncompressed
@@ -436,16 +447,24 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
     stream, how = open_image(image, source)
     segments = _segments(stream)
     # Decompress until the token table (the anchor) has been seen.
-    searched = 0
+    searched = 0  # file offsets
+    banner_searched = 0
     tokens: _Tokens | None = None
     release: str | None = None
     layout: Layout | None = None
     while tokens is None:
-        more = stream.ensure(len(stream.buf) + 1)
-        buf = stream.buf
+        more = stream.ensure(stream.end() + 1)
         if release is None:
-            release = image_release(buf)
-            if release is not None:
+            m = _BANNER.search(stream.buf, max(0, banner_searched - 64 - stream.base))
+            banner_searched = stream.end()
+            if m is not None:
+                release = m.group(1).decode("ascii", "replace")
+                # linux_banner is in .rodata, before the kallsyms tables
+                # (their object is linked last): the text before it is
+                # never needed again.
+                at = stream.base + m.start()
+                stream.drop_before(at - at % 4096)
+                searched = max(searched, stream.base)
                 if version is None:
                     version = KernelVersion.parse(release)
                 elif release != version.release:
@@ -454,13 +473,12 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
                                      "same kernel")
                 layout = layout_for(version)
         if layout is not None:
-            pos = buf.find(_DIGITS, max(0, searched - len(_DIGITS)))
+            pos = stream.buf.find(_DIGITS, max(0, searched - len(_DIGITS) - stream.base))
             while pos >= 0 and tokens is None:
-                tokens = _tokens_in(stream, segments, pos, layout)
-                buf = stream.buf
+                tokens = _tokens_in(stream, segments, stream.base + pos, layout)
                 if tokens is None:
-                    pos = buf.find(_DIGITS, pos + 1)
-            searched = len(buf)
+                    pos = stream.buf.find(_DIGITS, pos + 1)
+            searched = stream.end()
         if not more and tokens is None:
             if release is None:
                 raise ImageError(f"{source}: no 'Linux version' banner in it; not a Linux "
@@ -479,7 +497,7 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
     end = max(tok.index + 512, tables.offsets + 4 * tables.num,
               0 if tables.seqs is None else tables.seqs + 3 * tables.num,
               0 if tables.relative_base is None else tables.relative_base + 8)
-    if not stream.ensure(seg[0] + end):
+    if not stream.ensure(_view_start(stream, seg) + end):
         raise ImageError(f"{source}: ends inside the kallsyms tables (truncated image)")
     # Keep only the tables (a few MB) and let the decompressed image go.
     first = min(tables.names, tables.offsets, tok.start) if tables.relative_base is None \
@@ -487,7 +505,7 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
     first -= first % 8
     ro = _view(stream, seg)
     kept = _Rodata(ro.data[first:end].copy(), ro.addr + first)
-    del ro, stream, buf
+    del ro, stream
     tables, tok = tables.shifted(-first), tok.shifted(-first)
     addresses, codes, index = _decode(kept, tok, tables, layout, source)
     return KallsymsTable.compact(addresses, codes, index, source, has_addresses=True,
@@ -503,12 +521,20 @@ def _segment_of(segments: list[tuple[int, int, int]], pos: int,
     raise ImageError(f"{source}: the kallsyms token table is outside every loadable segment")
 
 
+def _view_start(stream: _Stream, seg: tuple[int, int, int]) -> int:
+    """The file offset where the kept part of segment ``seg`` starts."""
+    return max(seg[0], stream.base)
+
+
 def _view(stream: _Stream, seg: tuple[int, int, int]) -> _Rodata:
-    """The loaded part of segment ``seg`` as an array: a view of the
-    stream's buffer, which cannot grow while it lives."""
+    """The kept part of segment ``seg`` as an array: a view of the stream's
+    buffer, which cannot grow while it lives.  Offsets in the tables are
+    relative to its start."""
     off, size, addr = seg
-    end = min(off + size, len(stream.buf))
-    return _Rodata(np.frombuffer(stream.buf, dtype=np.uint8, count=end - off, offset=off), addr)
+    start = _view_start(stream, seg)
+    end = min(off + size, stream.end())
+    return _Rodata(np.frombuffer(stream.buf, dtype=np.uint8, count=end - start,
+                                 offset=start - stream.base), addr + (start - off))
 
 
 def _tokens_in(stream: _Stream, segments: list[tuple[int, int, int]], pos: int,
@@ -518,16 +544,17 @@ def _tokens_in(stream: _Stream, segments: list[tuple[int, int, int]], pos: int,
     if seg is None:
         return None
     off, size, addr = seg
+    vs = _view_start(stream, seg)
     # 48 short strings before "0", 208 and the 512-byte index after: a window
     # of 64 kB each side holds them.
-    w0 = max(off, pos - 65536)
+    w0 = max(vs, pos - 65536)
     w1 = min(off + size, pos + 65536)
     stream.ensure(w1)
-    raw = bytes(memoryview(stream.buf)[w0:w1])
+    raw = bytes(memoryview(stream.buf)[w0 - stream.base: w1 - stream.base])
     tok = _tokens_at(raw, addr + (w0 - off), pos - w0, layout.align)
     if tok is None:
         return None
-    shift = w0 - off
+    shift = w0 - vs
     return _Tokens(tok.start + shift, tok.index + shift, tok.strings, tok.start + w0)
 
 
@@ -562,65 +589,65 @@ def _locate(ro: _Rodata, tok: _Tokens, layout: Layout) -> _Tables | None:
 
     data = ro.data
     # Candidates for num_syms: aligned u32 words before the token table
-    # whose value could be a symbol count, found a slice at a time (the
-    # segment holds millions of words).
+    # whose value could be a symbol count and whose markers (at the place
+    # the count puts them) start with 0 and end inside the names; a slice of
+    # the segment at a time (it holds millions of words).
     lo = up(0)
     step = a // 4
     words = np.frombuffer(data, dtype="<u4", count=(tok.start - lo) // 4, offset=lo)[::step]
-    found = []
-    for c in range(0, len(words), 1 << 18):
-        part = words[c: c + (1 << 18)]
-        idx = np.flatnonzero((part >= 1) & (part < (1 << 24)))
-        found.append(idx + c)
-    cand = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-    values = words[cand].astype(np.int64)
-    where = lo + cand * (4 * step)
     seq_options = (True, False) if layout.seqs is None else (layout.seqs,)
-    hits: list[_Tables] = []
-    for seqs in seq_options:
-        n = values
+    survivors: list[tuple[bool, int, int, int]] = []  # seqs, num_syms at, N, markers at
+    for c in range(0, len(words), 1 << 16):
+        part = words[c: c + (1 << 16)]
+        cand = np.flatnonzero((part >= 1) & (part < (1 << 24)))
+        n = part[cand].astype(np.int64)
+        where = lo + (cand + c) * (4 * step)
         m = (n + 255) // 256
         names_start = where + _up(4, a)
-        if layout.order == "offsets-first" and seqs:  # markers, seqs_of_names, tokens
-            mstart = down(down(tok.start - 3 * n) - 4 * m)
-        else:  # markers right before the token table
-            mstart = down(tok.start - 4 * m)
-        ok = (mstart >= names_start + n * 2) & (mstart + 4 * m <= tok.start)
-        # markers[0] == 0 and the last marker inside the names, for all at once
-        safe = np.where(ok, mstart, 0)
-        first = data[safe] | data[safe + 1] | data[safe + 2] | data[safe + 3]
-        last_at = np.where(ok, mstart + 4 * (m - 1), 0)
-        last = (data[last_at].astype(np.int64) | (data[last_at + 1].astype(np.int64) << 8)
-                | (data[last_at + 2].astype(np.int64) << 16)
-                | (data[last_at + 3].astype(np.int64) << 24))
-        ok &= (first == 0) & (names_start + last < mstart)
-        for i in np.flatnonzero(ok).tolist():
-            ms, k, num = int(mstart[i]), int(m[i]), int(n[i])
-            markers = np.frombuffer(data, dtype="<u4", count=k, offset=ms).astype(np.int64)
-            nstart = int(names_start[i])
-            if markers[0] != 0 or not bool(np.all(np.diff(markers) > 0)):
+        for seqs in seq_options:
+            if layout.order == "offsets-first" and seqs:  # markers, seqs_of_names, tokens
+                mstart = down(down(tok.start - 3 * n) - 4 * m)
+            else:  # markers right before the token table
+                mstart = down(tok.start - 4 * m)
+            ok = (mstart >= names_start + n * 2) & (mstart + 4 * m <= tok.start)
+            safe = np.where(ok, mstart, 0)
+            first = data[safe] | data[safe + 1] | data[safe + 2] | data[safe + 3]
+            last_at = np.where(ok, mstart + 4 * (m - 1), 0)
+            last = (data[last_at].astype(np.int64) | (data[last_at + 1].astype(np.int64) << 8)
+                    | (data[last_at + 2].astype(np.int64) << 16)
+                    | (data[last_at + 3].astype(np.int64) << 24))
+            ok &= (first == 0) & (names_start + last < mstart)
+            survivors += [(seqs, int(w), int(k), int(ms)) for w, k, ms in
+                          zip(where[ok].tolist(), n[ok].tolist(), mstart[ok].tolist(),
+                              strict=True)]
+    hits: list[_Tables] = []
+    for seqs, where_at, num, ms in survivors:
+        k = (num + 255) // 256
+        nstart = where_at + _up(4, a)
+        markers = np.frombuffer(data, dtype="<u4", count=k, offset=ms).astype(np.int64)
+        if markers[0] != 0 or not bool(np.all(np.diff(markers) > 0)):
+            continue
+        if nstart + int(markers[-1]) >= ms:
+            continue
+        names_end = _names_end(data, nstart, ms, int(markers[-1]), num - 256 * (k - 1),
+                               layout.big_lengths)
+        if names_end is None or up(names_end) != ms:
+            continue
+        seqs_at: int | None = None
+        if layout.order == "names-first":
+            offsets = up(tok.index + 512)
+            rb = None if layout.pc_relative else up(offsets + 4 * num)
+            seqs_at = up(offsets + 4 * num) if rb is None else up(rb + 8)
+        else:
+            rb = nstart - _up(4, a) - 8
+            offsets = rb - _up(4 * num, a)
+            if offsets < 0:
                 continue
-            if nstart + int(markers[-1]) >= ms:
-                continue
-            names_end = _names_end(data, nstart, ms, int(markers[-1]), num - 256 * (k - 1),
-                                   layout.big_lengths)
-            if names_end is None or up(names_end) != ms:
-                continue
-            seqs_at: int | None = None
-            if layout.order == "names-first":
-                offsets = up(tok.index + 512)
-                rb = None if layout.pc_relative else up(offsets + 4 * num)
-                seqs_at = up(offsets + 4 * num) if rb is None else up(rb + 8)
-            else:
-                rb = nstart - _up(4, a) - 8
-                offsets = rb - _up(4 * num, a)
-                if offsets < 0:
+            if seqs:
+                seqs_at = up(ms + 4 * k)
+                if up(seqs_at + 3 * num) != tok.start:
                     continue
-                if seqs:
-                    seqs_at = up(ms + 4 * k)
-                    if up(seqs_at + 3 * num) != tok.start:
-                        continue
-            hits.append(_Tables(num, nstart, names_end, ms, offsets, rb, seqs_at))
+        hits.append(_Tables(num, nstart, names_end, ms, offsets, rb, seqs_at))
     return hits[0] if len(hits) == 1 else None
 
 
@@ -704,6 +731,7 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     if layout.big_lengths:
         keep[entry_off[two] + 1] = False
     codes_in = names[keep]
+    del keep
     # Expand: every token byte becomes its string (the token table holds
     # them fully expanded).  bytes.join runs in C, but holds a buffer
     # descriptor per item: a slice of codes at a time keeps that small.
@@ -712,10 +740,11 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     text = b"".join([b"".join(map(get, raw_codes[c: c + (1 << 16)]))
                      for c in range(0, len(raw_codes), 1 << 16)])
     del raw_codes
-    tok_len = np.array([len(x) for x in tok.strings], dtype=np.int64)
+    tok_len = np.array([len(x) for x in tok.strings], dtype=np.uint8)
     code_starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lens[:-1], out=code_starts[1:])
-    entry_len = np.add.reduceat(tok_len[codes_in], code_starts)
+    entry_len = np.add.reduceat(tok_len[codes_in], code_starts, dtype=np.int64)
+    del codes_in
     if bool(np.any(entry_len < 2)):
         raise ImageError(f"{source}: a kallsyms entry expands to no name (damaged image)")
     total = len(text)
@@ -729,8 +758,7 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     blob[:-1] = tbuf[1:]
     blob[estarts[1:] - 1] = 10
     blob[-1] = 10
-    body_bad = (tbuf == 10) | (tbuf == 0)
-    if bool(np.any(body_bad)):
+    if b"\n" in text or b"\0" in text:
         raise ImageError(f"{source}: a kallsyms name holds a control byte (damaged image)")
     starts = np.empty(n + 1, dtype=np.int64)
     starts[:-1] = estarts
