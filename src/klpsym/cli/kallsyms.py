@@ -92,11 +92,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_kallsyms(table: KallsymsTable, out: Any, chunk: int = 1 << 14) -> None:
-    """``table`` in /proc/kallsyms format (s_show(): ``%px %c %s``)."""
-    names = table.names
-    types = table.types
-    addrs = table.addresses
-    for c in range(0, len(table), chunk):
-        out.write("".join(f"{a:016x} {t} {n}\n" for a, t, n in zip(
-            addrs[c: c + chunk].tolist(), types[c: c + chunk].tolist(),
-            names[c: c + chunk].tolist(), strict=True)))
+    """``table`` in /proc/kallsyms format (s_show(): ``%px %c %s``), built
+    with numpy from the table's arrays a chunk of lines at a time: no
+    Python string per symbol."""
+    import numpy as np
+
+    hexdigits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    arrays, _ = table.to_arrays()
+    addrs = arrays["addresses"].astype(np.uint64)
+    codes = arrays["types"]
+    blob, starts = arrays["names_blob"], arrays["names_starts"].astype(np.int64)
+    sink = out.buffer if hasattr(out, "buffer") else None
+    head = np.arange(19, dtype=np.int64)
+    for c in range(0, len(addrs), chunk):
+        e = min(c + chunk, len(addrs))
+        names = blob[starts[c]: starts[e]]  # each name with its newline
+        k = e - c
+        line0 = starts[c:e] - starts[c] + 19 * np.arange(k, dtype=np.int64)
+        buf = np.empty(19 * k + len(names), dtype=np.uint8)
+        fixed = np.zeros(len(buf), dtype=bool)
+        fixed[(line0[:, None] + head).reshape(-1)] = True
+        buf[~fixed] = names
+        a = addrs[c:e]
+        for d in range(16):
+            nibble = (a >> np.uint64(4 * (15 - d))) & np.uint64(15)
+            buf[line0 + d] = hexdigits[nibble.astype(np.intp)]
+        buf[line0 + 16] = 32
+        buf[line0 + 17] = codes[c:e]
+        buf[line0 + 18] = 32
+        if sink is not None:
+            out.flush()
+            sink.write(buf.tobytes())
+        else:
+            out.write(buf.tobytes().decode("utf-8", "surrogateescape"))
+    if sink is not None:
+        sink.flush()

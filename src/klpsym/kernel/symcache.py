@@ -284,7 +284,7 @@ def _decode(raw: bytes, kind: str, real: str,
     return arrays, meta
 
 
-def _checksum(raw: bytes, start: int) -> int:
+def _checksum(raw: bytes | memoryview, start: int) -> int:
     """The sum of the 64-bit words from ``start`` on, modulo 2**64: catches a
     torn or zeroed write and any single changed word, at memory speed (a
     CRC32 of a 5 MB entry would cost more than parsing most of it)."""
@@ -299,7 +299,7 @@ def store(kind: str, path: Path, key: Sequence[object], arrays: Mapping[str, np.
     if entry is None:
         return
     layout: dict[str, list[int | str]] = {}
-    parts: list[bytes] = []
+    parts: list[memoryview] = []
     offset = 0
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
@@ -307,9 +307,9 @@ def store(kind: str, path: Path, key: Sequence[object], arrays: Mapping[str, np.
         if a.dtype.str not in _DTYPES:
             raise ValueError(f"symcache: dtype {a.dtype.str} of {name} cannot be stored")
         layout[name] = [a.dtype.str, int(a.size), offset]
-        data = a.tobytes()
+        data = a.view(np.uint8).reshape(-1).data if a.size else memoryview(b"")
         pad = -len(data) % _ALIGN
-        parts.append(data + bytes(pad))
+        parts += [data, memoryview(bytes(pad))]
         offset += len(data) + pad
     # The arrays start after the header, aligned: find a start that leaves
     # room for the header with the absolute offsets in it.
@@ -323,13 +323,24 @@ def store(kind: str, path: Path, key: Sequence[object], arrays: Mapping[str, np.
             break
         start += _ALIGN * (1 + (_HEAD.size + len(hbytes) - start) // _ALIGN)
     hbytes += b" " * (start - _HEAD.size - len(hbytes))
-    body = hbytes + b"".join(parts)
-    blob = _HEAD.pack(_MAGIC, len(hbytes), 0, 0) + body
-    blob = _HEAD.pack(_MAGIC, len(hbytes), 0, _checksum(blob, _HEAD.size)) + body
+    # The checksum of the words after the fixed header, part by part (each
+    # starts 8-aligned, the padding is zeros): no copy of the arrays joined
+    # into one blob.
+    total = _checksum(hbytes, 0)
+    for part in parts:
+        whole = len(part) // 8 * 8
+        total += _checksum(part[:whole], 0)
+        if whole < len(part):
+            total += int.from_bytes(bytes(part[whole:]), "little")
+    total %= 1 << 64
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(blob)
+        with open(tmp, "wb") as f:
+            f.write(_HEAD.pack(_MAGIC, len(hbytes), 0, total))
+            f.write(hbytes)
+            for part in parts:
+                f.write(part)
         os.replace(tmp, entry)
     except OSError:
         try:
