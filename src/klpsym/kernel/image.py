@@ -227,8 +227,11 @@ class _Stream:
                     continue
                 if size == 0 or pos[0] + 4 + size > len(data):
                     return b""  # the appended output size, or the end
-                out: bytes = lz4.block.decompress(data[pos[0] + 4: pos[0] + 4 + size],
-                                                  uncompressed_size=_LZ4_LEGACY_BLOCK)
+                try:
+                    out: bytes = lz4.block.decompress(data[pos[0] + 4: pos[0] + 4 + size],
+                                                      uncompressed_size=_LZ4_LEGACY_BLOCK)
+                except lz4.block.LZ4BlockError as e:
+                    raise ValueError(str(e)) from None
                 pos[0] += 4 + size
                 return out
             return b""
@@ -365,6 +368,8 @@ def image_release(data: bytes | bytearray) -> str | None:
 
 # -- the tables -----------------------------------------------------------------
 
+_NAME_BYTES = bytes(range(0x21, 0x7F))
+_LETTERS = bytes(range(0x41, 0x5B)) + bytes(range(0x61, 0x7B))
 _DIGITS = b"".join(bytes([c, 0]) for c in b"0123456789")
 
 
@@ -758,8 +763,11 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     blob[:-1] = tbuf[1:]
     blob[estarts[1:] - 1] = 10
     blob[-1] = 10
-    if b"\n" in text or b"\0" in text:
-        raise ImageError(f"{source}: a kallsyms name holds a control byte (damaged image)")
+    # Symbol names are printable ASCII without spaces (C, assembler and
+    # mangled Rust names); the type is a letter.  Anything else is damage.
+    if len(text.translate(None, _NAME_BYTES)) or len(types.tobytes().translate(None, _LETTERS)):
+        raise ImageError(f"{source}: a kallsyms name holds a byte no symbol name has "
+                         "(damaged image)")
     starts = np.empty(n + 1, dtype=np.int64)
     starts[:-1] = estarts
     starts[-1] = total
