@@ -368,8 +368,10 @@ def image_release(data: bytes | bytearray) -> str | None:
 
 # -- the tables -----------------------------------------------------------------
 
-_NAME_BYTES = bytes(range(0x21, 0x7F))
-_LETTERS = bytes(range(0x41, 0x5B)) + bytes(range(0x61, 0x7B))
+_NAME_BYTE = np.zeros(256, dtype=bool)
+_NAME_BYTE[0x21:0x7F] = True
+_LETTER = np.zeros(256, dtype=bool)
+_LETTER[0x41:0x5B] = _LETTER[0x61:0x7B] = True
 _DIGITS = b"".join(bytes([c, 0]) for c in b"0123456789")
 
 
@@ -738,24 +740,31 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     codes_in = names[keep]
     del keep
     # Expand: every token byte becomes its string (the token table holds
-    # them fully expanded).  bytes.join runs in C, but holds a buffer
-    # descriptor per item: a slice of codes at a time keeps that small.
-    raw_codes = codes_in.tobytes()
-    get = tok.strings.__getitem__
-    text = b"".join([b"".join(map(get, raw_codes[c: c + (1 << 16)]))
-                     for c in range(0, len(raw_codes), 1 << 16)])
-    del raw_codes
-    tok_len = np.array([len(x) for x in tok.strings], dtype=np.uint8)
+    # them fully expanded): per code, the indices of its string's bytes in
+    # the joined token table, a slice of codes at a time.
+    tok_len = np.array([len(x) for x in tok.strings], dtype=np.uint16)
+    tok_start = np.zeros(256, dtype=np.int64)
+    np.cumsum(tok_len[:-1], out=tok_start[1:])
+    tok_bytes = np.frombuffer(b"".join(tok.strings), dtype=np.uint8)
+    tbuf = np.empty(int(tok_len[codes_in].sum(dtype=np.int64)), dtype=np.uint8)
+    at = 0
+    for c in range(0, len(codes_in), 1 << 18):
+        part = codes_in[c: c + (1 << 18)]
+        lens_p = tok_len[part].astype(np.int64)
+        ends_p = np.cumsum(lens_p)
+        index = np.repeat(tok_start[part] - (ends_p - lens_p), lens_p)
+        index += np.arange(len(index))
+        tbuf[at: at + len(index)] = tok_bytes[index]
+        at += len(index)
     code_starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lens[:-1], out=code_starts[1:])
-    entry_len = np.add.reduceat(tok_len[codes_in], code_starts, dtype=np.int64)
+    entry_len = np.add.reduceat(tok_len[codes_in], code_starts).astype(np.int64)
     del codes_in
-    if bool(np.any(entry_len < 2)):
+    if bool(np.any(entry_len < 2)) or int(entry_len.sum()) != len(tbuf):
         raise ImageError(f"{source}: a kallsyms entry expands to no name (damaged image)")
-    total = len(text)
+    total = len(tbuf)
     estarts = np.zeros(n, dtype=np.int64)
     np.cumsum(entry_len[:-1], out=estarts[1:])
-    tbuf = np.frombuffer(text, dtype=np.uint8)
     types = tbuf[estarts].copy()
     # The names blob ("name\n" each): the text shifted by one, with each
     # following type letter replaced by the newline.
@@ -765,13 +774,13 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     blob[-1] = 10
     # Symbol names are printable ASCII without spaces (C, assembler and
     # mangled Rust names); the type is a letter.  Anything else is damage.
-    if len(text.translate(None, _NAME_BYTES)) or len(types.tobytes().translate(None, _LETTERS)):
+    if not bool(_NAME_BYTE[tbuf].all()) or not bool(_LETTER[types].all()):
         raise ImageError(f"{source}: a kallsyms name holds a byte no symbol name has "
                          "(damaged image)")
     starts = np.empty(n + 1, dtype=np.int64)
     starts[:-1] = estarts
     starts[-1] = total
-    del text, tbuf
+    del tbuf
     # Addresses.
     off = np.frombuffer(data, dtype="<i4", count=n, offset=t.offsets).astype(np.int64)
     if layout.pc_relative:
