@@ -44,14 +44,14 @@ class Spec:
 
 LAYOUTS: dict[str, tuple[str, Spec]] = {
     # name: (a release of it, spec)
-    "v5.8": ("5.10.0-30-amd64", Spec("offsets-first", 8, False, False, False, True)),
-    "v5.8-noabs": ("5.10.0-30-amd64", Spec("offsets-first", 8, False, False, False, False)),
-    "v6.1": ("6.1.0-99-amd64", Spec("offsets-first", 8, False, True, False, True)),
-    "v6.1-seqs": ("6.1.0-99-amd64", Spec("offsets-first", 8, False, True, True, True)),
-    "v6.2": ("6.2.0-1-amd64", Spec("offsets-first", 8, False, True, True, True)),
-    "v6.4": ("6.12.99+deb13-amd64", Spec("names-first", 8, False, True, True, True)),
-    "v6.4-noabs": ("6.16.1-amd64", Spec("names-first", 8, False, True, True, False)),
-    "v7.0": ("7.2.99+deb14-amd64", Spec("names-first", 4, True, True, True, False)),
+    "v5.8": ("5.10.209-synthetic", Spec("offsets-first", 8, False, False, False, True)),
+    "v5.8-noabs": ("5.10.209-synthetic", Spec("offsets-first", 8, False, False, False, False)),
+    "v6.1": ("6.1.99-synthetic", Spec("offsets-first", 8, False, True, False, True)),
+    "v6.1-seqs": ("6.1.99-synthetic", Spec("offsets-first", 8, False, True, True, True)),
+    "v6.2": ("6.2.16-synthetic", Spec("offsets-first", 8, False, True, True, True)),
+    "v6.4": ("6.12.58-synthetic", Spec("names-first", 8, False, True, True, True)),
+    "v6.4-noabs": ("6.16.1-synthetic", Spec("names-first", 8, False, True, True, False)),
+    "v7.0": ("7.2.1-synthetic", Spec("names-first", 4, True, True, True, False)),
 }
 
 PERCPU_END = 0x30000

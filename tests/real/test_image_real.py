@@ -17,8 +17,6 @@ from klpsym.kernel.version import read_kernel_version
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
 
-pytestmark = pytest.mark.e2e  # boots the kernel (once, cached) for its kallsyms
-
 SUITES = ["bookworm", "trixie", "sid"]
 
 
