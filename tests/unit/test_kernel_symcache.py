@@ -292,3 +292,51 @@ def test_proc_kallsyms_is_keyed_on_the_boot(cache: Path, monkeypatch: pytest.Mon
     assert again.source == "/proc/kallsyms" and len(again) == len(fresh)
     assert again.has_addresses == fresh.has_addresses
     assert again.candidates("_stext") == fresh.candidates("_stext")
+
+
+def test_interrupted_store_leaves_no_temporary_file(tmp_path: Path, cache: Path) -> None:
+    """The entry is written part by part; an interrupt between two parts
+    removes the temporary file and goes on up."""
+    arrays = {"a": np.arange(1000, dtype="<u8"), "b": np.arange(7, dtype="|u1")}
+    src = tmp_path / "source"
+    src.write_text("x")
+    key = symcache.file_key(src)
+    assert key is not None
+    symcache.store("t", src, key, arrays, {"m": 1})
+    hit = symcache.load("t", src, key)
+    assert hit is not None and hit[1] == {"m": 1}
+    assert hit[0]["a"].tolist() == list(range(1000)) and hit[0]["b"].tolist() == list(range(7))
+    real_open = open
+    writes = []
+
+    class Interrupting:
+        def __init__(self, f: object) -> None:
+            self.f = f
+
+        def __enter__(self) -> Interrupting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()  # type: ignore[attr-defined]
+
+        def write(self, data: object) -> int:
+            writes.append(data)
+            if len(writes) == 3:
+                raise KeyboardInterrupt
+            return self.f.write(data)  # type: ignore[attr-defined, no-any-return]
+
+    def fake_open(path: object, mode: str = "r", *a: object, **k: object) -> object:
+        f = real_open(path, mode, *a, **k)  # type: ignore[call-overload]
+        return Interrupting(f) if "w" in mode else f
+
+    import builtins
+
+    builtins.open = fake_open  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            symcache.store("t", src, key, {"a": np.arange(5, dtype="<u8")}, {"m": 2})
+    finally:
+        builtins.open = real_open
+    assert [p.name for p in cache.iterdir() if p.name.endswith(".tmp")] == []
+    hit = symcache.load("t", src, key)  # the old entry is still there
+    assert hit is not None and hit[1] == {"m": 1}

@@ -342,11 +342,13 @@ def store(kind: str, path: Path, key: Sequence[object], arrays: Mapping[str, np.
             for part in parts:
                 f.write(part)
         os.replace(tmp, entry)
-    except OSError:
+    except BaseException as e:  # an OSError, or an interrupt: no temporary file left
         try:
             tmp.unlink()
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
 
 
 def cached(kind: str, path: Path, key: Sequence[object] | None, *, enabled: bool,
