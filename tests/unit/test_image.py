@@ -384,3 +384,16 @@ def test_insmod_takes_image_only_for_print_args(tmp_path: Path,
     img.write_bytes(b"unused")
     assert main(["insmod", str(tmp_path / "m.ko"), "--image", str(img)]) == 2
     assert "other sources only with --print-args" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "rest"), [
+    ("convert", ["m.ko"]), ("build", []), ("check", ["m.ko"]), ("addr", ["jiffies"]),
+    ("insmod", ["m.ko", "--print-args"]), ("kallsyms", []),
+])
+def test_every_symbol_source_command_takes_image(command: str, rest: list[str]) -> None:
+    from klpsym.cli.main import build_parser
+
+    args = build_parser(command).parse_args([command, *rest, "--image", "/boot/vmlinuz-R"])
+    assert args.image == Path("/boot/vmlinuz-R")
+    with pytest.raises(SystemExit):  # one symbol source at a time
+        build_parser(command).parse_args([command, *rest, "--image", "a", "--kallsyms", "b"])
