@@ -57,8 +57,13 @@ token_index that follows at the layout's alignment); from there the other
 tables are at positions the layout fixes, up to the unknown symbol count,
 which is found as the num_syms whose names, markers (and seqs_of_names)
 fit together byte for byte.  Decoding then checks every marker against the
-decoded names.  Anything that does not fit is an
-:class:`ImageError` naming the file and what is missing: never a wrong table.
+decoded names.  The payload is decompressed only up to the end of the
+tables (they sit in .rodata, a third into vmlinux), and the text before
+``linux_banner`` (in .rodata before them: their object is linked last) is
+dropped as soon as it is seen.  Anything that does not fit is an
+:class:`ImageError` naming the file and what is missing, never a table read
+from the wrong places.  (Damage that keeps the tables consistent, such as a
+changed byte inside an offset, cannot be told from a real table.)
 """
 
 from __future__ import annotations
@@ -358,12 +363,6 @@ def _segments(stream: _Stream) -> list[tuple[int, int, int]]:
 
 PT_LOAD = 1
 _BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\0]*) \(")
-
-
-def image_release(data: bytes | bytearray) -> str | None:
-    """The release in ``linux_banner``, or None."""
-    m = _BANNER.search(data)
-    return m.group(1).decode("ascii", "replace") if m else None
 
 
 # -- the tables -----------------------------------------------------------------
