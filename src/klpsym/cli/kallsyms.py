@@ -52,7 +52,7 @@ def _source(args: argparse.Namespace) -> tuple[KallsymsTable, str, bool]:
     """(table, description, runtime addresses)."""
     explicit = args.kallsyms or args.system_map or args.vmlinux or args.image
     if explicit is None and (args.kernel_release is not None or args.kernel_dir is not None):
-        from klpsym.kernel.kallsyms import PROC_KALLSYMS
+        from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS
         from klpsym.kernel.target import discover
 
         target = discover(kernel_dir=args.kernel_dir, kernel_release=args.kernel_release,

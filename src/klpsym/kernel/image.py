@@ -80,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError
+from klpsym.errors import KernelSourceError, param
 from klpsym.kernel import symcache
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.symcache import NameIndex
@@ -430,9 +430,10 @@ def read_image_kallsyms(path: Path | str, version: KernelVersion | None = None) 
                 mapped = None
             image: bytes | memoryview = memoryview(mapped) if mapped is not None else f.read()
     except FileNotFoundError:
-        raise ImageError(f"{source}: no such file (--image)") from None
+        raise ImageError(f"{source}: no such file ({param('image')})") from None
     except IsADirectoryError:
-        raise ImageError(f"{source}: is a directory, not a kernel image (--image)") from None
+        raise ImageError(f"{source}: is a directory, not a kernel image ({param('image')})"
+                         ) from None
     except OSError as e:
         raise ImageError(f"{source}: cannot read it ({e.strerror})") from None
     try:
