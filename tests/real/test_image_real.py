@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from klpsym.kernel.image import read_image, read_image_kallsyms
-from klpsym.kernel.kallsyms import read_proc_kallsyms
+from klpsym.kernel.proc_kallsyms import read_proc_kallsyms
 from klpsym.kernel.target import discover
 from klpsym.kernel.version import read_kernel_version
 from klpsym.lab.provision import Kernel
