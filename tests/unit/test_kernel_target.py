@@ -253,3 +253,60 @@ def test_missing_directories(tmp_path: Path) -> None:
     assert t.kernel_dir is None and t.release == RELEASE and t.kallsyms.count("helper") == 2
 
 
+# -- the symbol source is held to the target's exports -------------------------------
+
+
+def _exports_kdir(tmp_path: Path, n: int, kallsyms_all: bool = True) -> Path:
+    kdir = make_kdir(tmp_path)
+    (kdir / "Module.symvers").write_text("".join(
+        f"0x{i:08x}\texp_{i}\tvmlinux\tEXPORT_SYMBOL\t\n" for i in range(n))
+        + "0x00000001\tmod_only\tsome_module\tEXPORT_SYMBOL\t\n")
+    if not kallsyms_all:
+        (kdir / ".config").write_text("CONFIG_LIVEPATCH=y\n")
+    return kdir
+
+
+def _kallsyms_with(tmp_path: Path, names: list[str]) -> Path:
+    path = tmp_path / "kallsyms-copy"
+    path.write_text("".join(f"ffffffff81{i:06x} T {n}\n" for i, n in enumerate(names)))
+    return path
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_symbol_source_of_another_kernel_is_refused(tmp_path: Path, cache: bool) -> None:
+    kdir = _exports_kdir(tmp_path, 200)
+    right = _kallsyms_with(tmp_path, ["_stext"] + [f"exp_{i}" for i in range(200)])
+    t = discover(kdir, kallsyms=right, running_release="0.0.0-not-it", cache=cache)
+    assert len(t.kallsyms) == 201  # module-only exports are not looked for
+    # another kernel's: 40 of the 200 exports absent (the module's export is not counted)
+    wrong = _kallsyms_with(tmp_path, ["_stext"] + [f"exp_{i}" for i in range(40, 200)])
+    if cache:  # the checked read below is then the symbol cache's (its name index)
+        _ = discover(kdir, kallsyms=wrong, running_release="x", check_symbols=False).kallsyms
+    t = discover(kdir, kallsyms=wrong, running_release="0.0.0-not-it", cache=cache)
+    with pytest.raises(KernelSourceError) as e:
+        _ = t.kallsyms
+    msg = str(e.value)
+    assert msg.startswith(f"{wrong}: 40 of the 200 vmlinux exports of {RELEASE} ")
+    assert "(exp_0, exp_1, exp_2, ...)" in msg and "--no-symbol-check" in msg
+    assert "\n" not in msg
+    again = discover(kdir, kallsyms=wrong, running_release="0.0.0-not-it", cache=cache,
+                     check_symbols=False)
+    assert len(again.kallsyms) == 161
+
+
+def test_symbol_source_check_slack_and_kallsyms_all(tmp_path: Path) -> None:
+    # a few missing (hand-made, filtered tables) pass: at most 10, or 1%
+    kdir = _exports_kdir(tmp_path / "a", 2000)
+    few = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(20, 2000)])
+    assert len(discover(kdir, kallsyms=few, running_release="x").kallsyms) == 1980
+    more = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(21, 2000)])
+    with pytest.raises(KernelSourceError, match="21 of the 2,000 vmlinux exports"):
+        _ = discover(kdir, kallsyms=more, running_release="x").kallsyms
+    # without CONFIG_KALLSYMS_ALL kallsyms has no data symbols, exported or not:
+    # only a source lacking most exports is refused
+    kdir = _exports_kdir(tmp_path / "b", 2000, kallsyms_all=False)
+    half = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(1000, 2000)])
+    assert len(discover(kdir, kallsyms=half, running_release="x").kallsyms) == 1000
+    cut = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(1001, 2000)])
+    with pytest.raises(KernelSourceError, match="1,001 of the 2,000"):
+        _ = discover(kdir, kallsyms=cut, running_release="x").kallsyms

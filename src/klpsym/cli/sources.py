@@ -20,7 +20,9 @@ target kernel (default: the running kernel):
   /usr/lib/debug/boot/vmlinux-R, /usr/lib/debug/lib/modules/R/vmlinux, a
   real /boot/System.map-R (Debian's is a placeholder), and the kernel's own
   image /boot/vmlinuz-R or /usr/lib/modules/R/vmlinuz (x86-64). The "target"
-  line names the source used."""
+  line names the source used.  A symbol source that lacks vmlinux exports
+  listed in the Module.symvers is refused as another kernel's (or
+  truncated); --no-symbol-check takes it anyway."""
 
 
 def add_source_flags(p: argparse.ArgumentParser) -> None:
@@ -46,6 +48,10 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symvers", metavar="FILE", type=Path, action="append", default=[],
                    help="extra Module.symvers of other out-of-tree modules whose exports this "
                         "module uses (repeatable)")
+    g.add_argument("--no-symbol-check", action="store_true",
+                   help="use the kallsyms/System.map/vmlinux even when vmlinux exports of the "
+                        "target's Module.symvers are missing from it (by default it is then "
+                        "refused as another kernel's, or truncated)")
     g.add_argument("--no-cache", action="store_true",
                    help="parse Module.symvers and kallsyms afresh instead of using the parsed "
                         "copies kept in ~/.cache/klpsym/symcache (also: KLPSYM_NO_CACHE=1)")
@@ -61,7 +67,7 @@ def target_from_args(args: argparse.Namespace) -> TargetKernel:
         kernel_dir=args.kernel_dir, kernel_release=args.kernel_release, kallsyms=args.kallsyms,
         system_map=args.system_map,
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
-        image=args.image, cache=not args.no_cache,
+        image=args.image, cache=not args.no_cache, check_symbols=not args.no_symbol_check,
     )
 
 

@@ -64,6 +64,12 @@ def name_hashes(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
     return out
 
 
+def hashes_of(names: Sequence[str]) -> np.ndarray:
+    """The :func:`name_hashes` of ``names``, in their order."""
+    blob, starts = encode_names(names)
+    return name_hashes(blob, starts[:-1], np.diff(starts) - 1)
+
+
 def encode_names(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Names as one '\\n'-separated UTF-8 blob and n+1 start offsets (names
     hold no newline: every source is read line by line)."""

@@ -247,6 +247,37 @@ class Symvers:
             return self._cols.has_module("vmlinux")
         return any(e.from_vmlinux for e in self.exports.values())
 
+    def vmlinux_exports_missing(self, present: np.ndarray) -> tuple[int, int, list[str]]:
+        """How many of vmlinux's exports are not among ``present`` (the
+        sorted 64-bit name hashes of a symbol source, see
+        :func:`klpsym.kernel.symcache.hashes_of`): (missing, vmlinux
+        exports, the first few missing names).  Set operations over the
+        cached hash columns: ~1 ms for a distribution kernel's 10k exports."""
+        if self._exports is None and self._cols is not None:
+            cols = self._cols
+            if "vmlinux" not in cols.modules:
+                return 0, 0, []
+            code = cols.modules.index("vmlinux")
+            idx = cols.index
+            rows = idx.order[cols.module[idx.order] == code]  # vmlinux rows, by hash
+            hashes = idx.hashes[cols.module[idx.order] == code]
+
+            def name(row: int) -> str:
+                return idx.name(row)
+        else:
+            names = [e.name for e in self.exports.values() if e.from_vmlinux]
+            hashes = symcache.hashes_of(names)
+            rows = np.arange(len(names))
+
+            def name(row: int) -> str:
+                return names[row]
+        pos = np.searchsorted(present, hashes)
+        found = np.zeros(len(hashes), dtype=bool)
+        inside = pos < len(present)
+        found[inside] = present[pos[inside]] == hashes[inside]
+        missing = np.sort(rows[~found])
+        return int(len(missing)), int(len(hashes)), [name(int(r)) for r in missing[:3]]
+
     @property
     def source(self) -> str:
         return " + ".join(self.sources) if self.sources else "<no Module.symvers>"

@@ -30,10 +30,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from klpsym.errors import KernelSourceError, param
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
+from klpsym.kernel.symcache import NameIndex, hashes_of
 from klpsym.kernel.symvers import Symvers, read_symvers
 from klpsym.kernel.system_map import is_debian_stub, read_system_map, reject_debian_stub
 from klpsym.kernel.version import (
@@ -54,6 +57,11 @@ class TargetKernel:
     kernel_dir: Path | None = None
     config: KernelConfig | None = None
     notes: list[str] = field(default_factory=list)
+    # The symbol file itself (None: no source, or one not read from a file),
+    # and whether it is held to the target's exports when read
+    # (:func:`check_symbol_source`; --no-symbol-check turns it off).
+    kallsyms_path: Path | None = None
+    check_symbols: bool = True
     _load_kallsyms: Callable[[], KallsymsTable] | None = field(default=None, repr=False)
     _kallsyms: KallsymsTable | None = field(default=None, repr=False)
 
@@ -70,7 +78,11 @@ class TargetKernel:
                     f"no kallsyms source for {self.release}; pass {param('kallsyms')}, "
                     f"{param('system_map')} or {param('vmlinux')}"
                 )
-            self._kallsyms = self._load_kallsyms()
+            table = self._load_kallsyms()
+            if self.check_symbols:
+                check_symbol_source(table, self.symvers, self.release, self.config,
+                                    self.kallsyms_path or self.kallsyms_source)
+            self._kallsyms = table
         return self._kallsyms
 
     @property
@@ -96,6 +108,50 @@ class TargetKernel:
         syms = (f"symbols from {self.kallsyms_source}" if self.kallsyms_source
                 else "no kallsyms source")
         return f"{self.release}{kdir}, exports from {self.symvers.source}, {syms}"
+
+
+# How many of vmlinux's exports a symbol source may lack and still be taken
+# for the target's.  The right file lacks none (bookworm 6.1, trixie 6.12,
+# sid 7.2: 0 of ~10.5k); another kernel's lacks hundreds (bookworm's
+# Module.symvers against trixie's kallsyms: 461 of 10,503, sid's: 851).
+# The slack is for hand-made and filtered tables.  Without
+# CONFIG_KALLSYMS_ALL a kallsyms has no data symbols, exported or not
+# (kernel/kallsyms.c, scripts/kallsyms.c): only a source missing most of
+# the exports (a truncated copy) is refused then.
+MISSING_EXPORTS_SLACK = 10
+MISSING_EXPORTS_FRACTION = 0.01
+MISSING_EXPORTS_FRACTION_NO_DATA = 0.5
+NO_SYMBOL_CHECK = param("check_symbols")  # --no-symbol-check on the command line
+
+
+def _sorted_name_hashes(table: KallsymsTable) -> np.ndarray:
+    """The sorted name hashes of ``table``: those of its cached name index
+    when it was read from the symbol cache, else made (~20 ms for 200k)."""
+    index = getattr(table, "_nidx", None)
+    if isinstance(index, NameIndex):
+        return index.hashes
+    return np.sort(hashes_of(table.names.tolist()))
+
+
+def check_symbol_source(table: KallsymsTable, symvers: Symvers, release: str,
+                        config: KernelConfig | None, source: Path | str) -> None:
+    """Refuse a symbol source that is not the target's: one that lacks
+    vmlinux exports the target's Module.symvers lists (another kernel's, a
+    truncated copy).  A wrong source would give each converted symbol its
+    position (POS) in another kernel, which can bind a duplicated name to
+    the wrong function at load time."""
+    missing, total, some = symvers.vmlinux_exports_missing(_sorted_name_hashes(table))
+    no_data = config is not None and not config.enabled("KALLSYMS_ALL")
+    allowed = max(MISSING_EXPORTS_SLACK, int(total * (
+        MISSING_EXPORTS_FRACTION_NO_DATA if no_data else MISSING_EXPORTS_FRACTION)))
+    if missing <= allowed:
+        return
+    example = ", ".join(some) + (", ..." if missing > len(some) else "")
+    raise KernelSourceError(
+        f"{source}: {missing:,} of the {total:,} vmlinux exports of {release} "
+        f"({symvers.source}) are missing from it ({example}): it is another kernel's or "
+        f"truncated; pass the symbols of {release} itself, or {NO_SYMBOL_CHECK} to use it anyway"
+    )
 
 
 # Where distributions install debug symbols (Debian's linux-image-<release>-dbg).
@@ -162,12 +218,14 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
              proc_kallsyms: Path | str = PROC_KALLSYMS,
              boot_dir: Path | str = "/boot",
              modules_root: Path | str = "/lib/modules",
-             debug_dir: Path | str = DEBUG_DIR, require_kallsyms: bool = True) -> TargetKernel:
+             debug_dir: Path | str = DEBUG_DIR, require_kallsyms: bool = True,
+             check_symbols: bool = True) -> TargetKernel:
     """Find the target kernel's files (see the module docstring).
 
     With ``require_kallsyms=False`` (``klpsym check``) a target that is not
     the running kernel may come without a kallsyms source; using
-    ``TargetKernel.kallsyms`` then raises.  ``cache`` False reads
+    ``TargetKernel.kallsyms`` then raises.  ``check_symbols`` False takes
+    the symbol source without :func:`check_symbol_source`.  ``cache`` False reads
     Module.symvers, .config and kallsyms without the symbol cache
     (:mod:`klpsym.kernel.symcache`).
 
@@ -301,7 +359,8 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
                         else ""))
     source, load = _symbol_source(flag, path, cfg, version, cache)
     return TargetKernel(version=version, symvers=merged, kallsyms_source=source,
-                        kernel_dir=kdir, config=cfg, notes=notes, _load_kallsyms=load)
+                        kernel_dir=kdir, config=cfg, notes=notes, kallsyms_path=path,
+                        check_symbols=check_symbols, _load_kallsyms=load)
 
 
 def _symbol_source(flag: str, path: Path, cfg: KernelConfig | None, version: KernelVersion,

@@ -1,0 +1,80 @@
+"""A symbol source of another Debian kernel is refused: its kallsyms lacks
+hundreds of the target's vmlinux exports; the target's own lacks none."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from elfbuilder import simple_module
+from klpsym.errors import KernelSourceError
+from klpsym.kernel.kallsyms import read_proc_kallsyms
+from klpsym.kernel.symcache import hashes_of
+from klpsym.kernel.symvers import read_symvers
+from klpsym.kernel.target import discover
+from klpsym.lab.provision import Kernel
+from klpsym.lab.qemu import capture_kallsyms
+
+pytestmark = pytest.mark.real
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
+def test_own_kallsyms_has_every_vmlinux_export(suite: str,
+                                               request: pytest.FixtureRequest) -> None:
+    kernel: Kernel = request.getfixturevalue(suite)
+    t = discover(kernel.kernel_dir, kallsyms=capture_kallsyms(kernel),
+                 running_release="0.0.0-not-it")
+    missing, total, _ = t.symvers.vmlinux_exports_missing(
+        np.sort(hashes_of(t.kallsyms.names.tolist())))
+    assert missing == 0 and total > 5000
+
+
+@pytest.mark.parametrize("other", ["trixie", "sid"])
+def test_another_kernels_kallsyms_is_refused(bookworm: Kernel, other: str,
+                                             request: pytest.FixtureRequest) -> None:
+    wrong: Kernel = request.getfixturevalue(other)
+    path = capture_kallsyms(wrong)
+    # the figure the refusal must give, counted here with plain Python sets
+    exports = {e.name for e in read_symvers(bookworm.kernel_dir / "Module.symvers")
+               if e.from_vmlinux}
+    names = set(read_proc_kallsyms(path, cache=False).names.tolist())
+    missing = len(exports - names)
+    assert missing > 0.01 * len(exports)
+    t = discover(bookworm.kernel_dir, kallsyms=path, running_release="0.0.0-not-it")
+    with pytest.raises(KernelSourceError) as e:
+        _ = t.kallsyms
+    assert str(e.value).startswith(
+        f"{path}: {missing:,} of the {len(exports):,} vmlinux exports of {bookworm.release} ")
+    # cheap: the check over the cached columns, against reading the table
+    t = discover(bookworm.kernel_dir, kallsyms=path, running_release="0.0.0-not-it",
+                 check_symbols=False)
+    start = time.perf_counter()
+    table = t.kallsyms
+    read = time.perf_counter() - start
+    from klpsym.kernel.target import check_symbol_source
+
+    start = time.perf_counter()
+    with pytest.raises(KernelSourceError):
+        check_symbol_source(table, t.symvers, t.release, t.config, path)
+    checked = time.perf_counter() - start
+    assert checked < max(0.01, read)
+
+
+def test_convert_refuses_another_kernels_kallsyms(bookworm: Kernel, trixie: Kernel,
+                                                   tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a module that needs the kallsyms: kallsyms_lookup_name is not exported since 5.7
+    module = tmp_path / "m.ko"
+    module.write_bytes(simple_module(release=bookworm.release).build())
+    run = subprocess.run(
+        [sys.executable, "-m", "klpsym.cli.main", "convert", str(module), "-o",
+         str(tmp_path / "out.ko"), "--kernel-dir", str(bookworm.kernel_dir),
+         "--kallsyms", str(capture_kallsyms(trixie))],
+        capture_output=True, text=True, check=False)
+    assert run.returncode == 2 and run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and "vmlinux exports of" in lines[0]
+    assert "--no-symbol-check" in lines[0] and not (tmp_path / "out.ko").exists()
