@@ -695,3 +695,20 @@ def test_names_from_the_file_are_printed_escaped(tmp_path: Path, tty: bool,
     text = raw.getvalue().decode()
     assert "nothing\\x0a" in text
     assert all(line.isprintable() for line in text.split("\n")), text
+
+
+def test_check_takes_every_target_flag(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """check's target is found with the same flags as convert's: it used to
+    drop --kernel-release, --no-cache and --no-symbol-check."""
+    import klpsym.kernel.target as target_mod
+    from klpsym.cli.check import target_for_check
+    from klpsym.cli.main import build_parser
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(target_mod, "discover", lambda **kw: seen.update(kw))
+    args = build_parser("check").parse_args(
+        ["check", "m.ko", "--kernel-release", "9.9.9-test", "--no-cache", "--no-symbol-check"])
+    target_for_check(args)
+    assert seen["kernel_release"] == "9.9.9-test"
+    assert seen["cache"] is False and seen["check_symbols"] is False

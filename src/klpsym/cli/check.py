@@ -69,9 +69,10 @@ def target_for_check(args: argparse.Namespace) -> TargetKernel:
     from klpsym.kernel.target import discover
 
     return discover(
-        kernel_dir=args.kernel_dir, kallsyms=args.kallsyms, system_map=args.system_map,
-        vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
-        image=args.image, require_kallsyms=False,
+        kernel_dir=args.kernel_dir, kernel_release=args.kernel_release, kallsyms=args.kallsyms,
+        system_map=args.system_map, vmlinux=args.vmlinux, symvers=tuple(args.symvers),
+        config=args.config, image=args.image, require_kallsyms=False, cache=not args.no_cache,
+        check_symbols=not args.no_symbol_check,
     )
 
 
