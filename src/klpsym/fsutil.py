@@ -32,27 +32,68 @@ TEMP_SUFFIX = ".klpsym-tmp"
 
 
 def read_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
-              fix: str = "") -> bytes:
+              fix: str = "", *, regular: bool = False) -> bytes:
     """The whole of a file, or one ``error`` line naming the file, its role
     (``what``: "kernel module", "Module.symvers") and, for a missing file,
-    the ``fix``."""
+    the ``fix``.  ``regular``: refuse anything but a regular file (see
+    :func:`open_regular`)."""
+    if not regular:
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise _read_error(e, path, what, error, fix) from None
+    fd = open_regular(path, what, error, fix)
     try:
-        return path.read_bytes()
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
     except OSError as e:
         raise _read_error(e, path, what, error, fix) from None
+
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
+                 fix: str = "") -> int:
+    """A read-only descriptor of ``path`` if it is a regular file, else one
+    ``error`` line.  Opened without blocking, so that a FIFO is refused at
+    once instead of waiting for a writer, and checked before anything is
+    read (``/dev/zero`` would be read until memory runs out)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise _read_error(e, path, what, error, fix) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        os.close(fd)
+        raise _read_error(e, path, what, error, fix) from None
+    if stat.S_ISREG(mode):
+        os.set_blocking(fd, True)
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise error(f"{path}: is a directory, expected the {what} file")
+    kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+    raise error(f"{path}: is {kind}, not a regular file; give the {what} file itself")
 
 
 def map_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
-             fix: str = "") -> mmap.mmap | bytes:
+             fix: str = "", *, regular: bool = False) -> mmap.mmap | bytes:
     """The whole of a file, mapped read-only instead of read where it can be
     (a non-empty regular file): a 20 MB module costs ~10 ms to read into
     memory, and its mapping ~1 ms, paid only for the pages used.  Errors as
-    :func:`read_file`'s.  The file must not be truncated while the map is in
-    use (a write that replaces it by rename, as klpsym's own, is fine)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise _read_error(e, path, what, error, fix) from None
+    :func:`read_file`'s, ``regular`` too.  The file must not be truncated
+    while the map is in use (a write that replaces it by rename, as
+    klpsym's own, is fine)."""
+    if regular:
+        fd = open_regular(path, what, error, fix)
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise _read_error(e, path, what, error, fix) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_size > 0:

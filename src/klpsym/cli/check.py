@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from klpsym.load.batch import check_paths, collect_modules
 
+    _require_files(args.modules)
     paths = collect_modules(args.modules)
     target = target_for_check(args)
     verbose = args.verbose or len(paths) == 1
@@ -115,6 +116,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 _last_report: list[object] = []
+
+
+def _require_files(named: list[Path]) -> None:
+    """A module named on the command line (not a directory) is a regular
+    file: /dev/zero would be read until memory runs out, a FIFO wait."""
+    import os
+
+    from klpsym.errors import ModuleError
+    from klpsym.fsutil import open_regular
+
+    for p in named:
+        if not p.is_dir() and p.exists():
+            os.close(open_regular(p, "kernel module", ModuleError))
 
 
 def exit_code(verdicts: list[ModuleVerdict]) -> int:

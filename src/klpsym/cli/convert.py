@@ -59,13 +59,14 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from klpsym.klp.convert import check_destination, convert_file
     from klpsym.klp.plan import parse_sympos
-    from klpsym.module.ko import read_module
+    from klpsym.module.ko import read_module, require_kernel_module
 
     sympos = parse_sympos(args.sympos)
     # The user's own mistakes (the destination, the module file) first, then
     # the target kernel, which may need headers or a kallsyms to be found.
     check_destination(args.module, args.output, args.in_place, args.dry_run)
     module = read_module(args.module, mapped=True)
+    require_kernel_module(module)
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
     result = convert_file(args.module, target, sympos, output=args.output,

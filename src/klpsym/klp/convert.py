@@ -4,6 +4,7 @@ atomically."""
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,9 +157,24 @@ def check_destination(path: Path, output: Path | None, in_place: bool, dry_run: 
     if not dry_run and output is None and not in_place:
         raise ConvertError(f"{path}: say where to write the result: {param('output')} OUTPUT.ko, "
                            f"or {param('in_place')} to replace the module")
+    if output is not None and str(output) == "-":
+        raise ConvertError(f"{param('output')} -: klpsym writes the module to a file, not to "
+                           "stdout; give a path (./- for a file named '-')")
+    if output is not None and _same_file(path, output):
+        raise ConvertError(f"{output}: is the input module {path}; pass {param('in_place')} to "
+                           f"replace it, or another {param('output')} OUTPUT")
     if output is not None and output.suffix in COMPRESSED_SUFFIXES:
         raise ConvertError(f"{output}: klpsym writes uncompressed modules; name the output .ko "
                            f"and compress it afterwards if you want (e.g. xz -k --check=crc32)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``b`` names the file ``a`` (the same inode: a hard or
+    symbolic link, another spelling of the path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return False
 
 
 def check_output(module: Module, data: Buffer, plan: Plan,

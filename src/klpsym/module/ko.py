@@ -55,7 +55,7 @@ def read_module(path: Path | str, *, mapped: bool = False) -> Module:
     it (see :func:`klpsym.fsutil.map_file`; for a large module read once,
     and not truncated while in use)."""
     path = Path(path)
-    raw = (map_file if mapped else read_file)(path, "kernel module", ModuleError)
+    raw = (map_file if mapped else read_file)(path, "kernel module", ModuleError, regular=True)
     return module_from_bytes(raw, path)
 
 
@@ -66,3 +66,15 @@ def module_from_bytes(raw: Buffer, path: Path) -> Module:
     elf = ElfFile.from_bytes(elf_part, str(path))
     return Module(path=path, data=data, elf=elf, signature=sig, modinfo=read_modinfo(elf),
                   compression=compression)
+
+
+def require_kernel_module(module: Module) -> None:
+    """Refuse an object file that is not a kernel module: without a
+    .modinfo section (kbuild's modpost step adds it, with the vermagic the
+    loader checks) it is a plain ``gcc -c`` object or a partial link, which
+    the kernel would not load."""
+    if module.elf.section_by_name(".modinfo") is None:
+        raise ModuleError(
+            f"{module.path}: not a kernel module (no .modinfo section: a plain object file, "
+            "not linked by kbuild's modpost); convert the .ko that 'make -C KDIR M=...' builds"
+        )
