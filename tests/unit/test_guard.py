@@ -265,7 +265,7 @@ def test_cli_no_guard_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     monkeypatch.setattr(cli_convert, "target_from_args", lambda args: crc_target())
     assert main(["convert", str(src), "-o", str(tmp_path / "a.ko"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["guard"] == {"action": "add", "symbol": GUARD_SYMBOL, "crc": CRC,
+    assert doc["guard"] == {"action": "add", "symbol": GUARD_SYMBOL, "crc": f"0x{CRC:08x}",
                             "version_tables": ["basic"]}
     assert main(["convert", str(src), "-o", str(tmp_path / "b.ko"), "--no-guard"]) == 0
     out = capsys.readouterr().out

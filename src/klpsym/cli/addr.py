@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if source.vmlinux is not None:
         found = with_sources(found, source.vmlinux)
     if args.json:
-        json.dump({"source": source.description, "runtime_addresses": source.runtime,
-                   "symbols": [to_json(f) for f in found]}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        from klpsym.cli.jsonout import dump
+
+        dump({"source": source.description, "runtime_addresses": source.runtime,
+              "symbols": [to_json(f) for f in found]}, sys.stdout)
         return 0
     with_files = source.vmlinux is not None
     rows = [["name", "POS", "type", "address"] + (["unit", "source"] if with_files else [])]
@@ -76,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
 
 def to_json(f: Found) -> dict[str, Any]:
     return {"name": f.name, "pos": f.pos, "count": f.count, "type": f.type,
-            "address": f.address, "address_hex": f"{f.address:#x}" if f.address else None,
+            "address": f.address or None,
             "unit": f.unit, "source": f.source}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +81,8 @@ def register(sub: Any) -> None:
                    help="run make inside this chroot, a system with the compiler the target's "
                         "headers call (needs root); KDIR must be inside it, DIR (and MO=) are "
                         "bind-mounted")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout (kbuild's output goes to stderr)")
     add_source_flags(p)
     add_finish_flags(p)
     p.set_defaults(run=run, make_args=[])
@@ -113,9 +118,15 @@ def run(args: argparse.Namespace) -> int:
     runner: Runner = HostRunner()
     if args.chroot is not None:
         runner = ChrootRunner(args.chroot)
-    out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
-                            tuple(args.symvers), guard=not args.no_guard, signer=signer,
-                            runner=runner)
+    with _stdout_to_stderr(args.json):
+        out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
+                                tuple(args.symvers), guard=not args.no_guard, signer=signer,
+                                runner=runner)
+    if args.json:
+        from klpsym.cli.jsonout import dump
+
+        dump(to_json(out, sign_notes), sys.stdout)
+        return 0
     if args.method != "klp":
         print(f"klpsym: method {out.method.label}: {out.reason}")
     if out.klp is not None:
@@ -123,6 +134,55 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_method_table(out)
     return 0
+
+
+@contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """With --json, what make and the compiler print goes to stderr (file
+    descriptor 1 is pointed at 2 meanwhile), so stdout holds the JSON only."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def to_json(out: MethodBuild, sign_notes: list[str]) -> dict[str, Any]:
+    """``build --json``'s object (see docs/json.md)."""
+    from klpsym.cli.jsonout import target_json
+
+    doc: dict[str, Any] = {"method": out.method.label, "reason": out.reason}
+    if out.klp is None:
+        return {**doc, "target": None, "output_dir": None, "modules": [
+            {"name": m.name, "ko": str(m.ko), "converted": [], "relocations_moved": 0,
+             "guard": None, "signed_with": None, "notes": [],
+             "declared": [{"name": s.name, "pos": s.pos, "kind": s.kind} for s in m.symbols]}
+            for m in out.modules], "notes": list(sign_notes)}
+    result = out.klp
+    modules = []
+    for m in result.modules:
+        conv = m.converted
+        modules.append({
+            "name": m.name, "ko": str(m.ko),
+            "converted": [{"name": s.name, "pos": s.pos, "relocations": s.relocations}
+                          for s in conv],
+            "relocations_moved": sum(sum(s.relocations.values()) for s in conv),
+            "guard": m.result.guard.action.value if m.result else None,
+            "signed_with": (m.result.signed_with.key if m.result and m.result.signed_with
+                            else None),
+            "notes": list(m.result.plan.notes) if m.result else [],
+            "declared": [],
+        })
+    return {**doc, "target": target_json(result.target),
+            "output_dir": None if result.output_dir is None else str(result.output_dir),
+            "modules": modules, "notes": list(sign_notes) + list(result.notes)}
 
 
 def print_method_table(out: MethodBuild) -> None:

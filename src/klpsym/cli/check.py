@@ -305,15 +305,14 @@ def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 def to_json(verdicts: list[ModuleVerdict], target: TargetKernel) -> dict[str, Any]:
     """The JSON report as one object (see :func:`write_json` for the text)."""
-    return {"target": _json_target(target), "exit_status": exit_code(verdicts),
-            "modules": [module_json(v) for v in verdicts]}
+    from klpsym.cli.jsonout import document, target_json
 
-
-def _json_target(target: TargetKernel) -> dict[str, Any]:
-    return {"release": target.release, "description": target.describe(), "notes": target.notes}
+    return document({"target": target_json(target), "exit_status": exit_code(verdicts),
+                     "modules": [module_json(v) for v in verdicts]})
 
 
 def module_json(v: ModuleVerdict, symbols: bool = True) -> dict[str, Any]:
+    from klpsym.cli.jsonout import hexify
     from klpsym.load.check import SYMBOL_FIELDS
 
     out = {
@@ -336,7 +335,7 @@ def module_json(v: ModuleVerdict, symbols: bool = True) -> dict[str, Any]:
     }
     if not symbols:
         del out["symbols"]
-    return out
+    return hexify(out)  # type: ignore[no-any-return]
 
 
 def json_module(v: ModuleVerdict) -> str:
@@ -353,8 +352,8 @@ def json_module(v: ModuleVerdict) -> str:
         if fmt is None:
             fmt = _symbol_format(r)
         name, crc, exporter_crc = r[0], r[6], r[7]
-        texts.append(fmt % (string(name), "null" if crc is None else int(crc),
-                            "null" if exporter_crc is None else int(exporter_crc)))
+        texts.append(fmt % (string(name), "null" if crc is None else f'"0x{crc:08x}"',
+                            "null" if exporter_crc is None else f'"0x{exporter_crc:08x}"'))
     return (f'{json.dumps(head)[:-1]}, "symbols": [{", ".join(texts)}], '
             f'"notes": {json.dumps(notes)}}}')
 
@@ -381,7 +380,9 @@ def write_json(verdicts: list[ModuleVerdict], modules: list[str], target: Target
     """The JSON report: the target and exit status indented, then each
     module's object on a line of its own (grep- and diff-friendly; encoding
     every symbol of a whole kernel's modules indented would take seconds)."""
-    head = json.dumps({"target": _json_target(target), "exit_status": exit_code(verdicts)},
-                      indent=2)
+    from klpsym.cli.jsonout import SCHEMA, target_json
+
+    head = json.dumps({"schema": SCHEMA, "target": target_json(target),
+                       "exit_status": exit_code(verdicts)}, indent=2)
     body = "[\n    " + ",\n    ".join(modules) + "\n  ]" if modules else "[]"
     out.write(f'{head[:-2]},\n  "modules": {body}\n}}\n')

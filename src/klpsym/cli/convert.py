@@ -74,10 +74,9 @@ def run(args: argparse.Namespace) -> int:
                           guard=not args.no_guard, signer=signer, module=module)
     result.plan.notes.extend(sign_notes)
     if args.json:
-        import json
+        from klpsym.cli.jsonout import dump
 
-        json.dump(to_json(result, args.dry_run), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        dump(to_json(result, args.dry_run), sys.stdout)
     elif args.dry_run:
         print_plan(result.plan, result.guard)
     else:
@@ -157,14 +156,14 @@ def _print_finish(result: ConvertResult) -> None:
 
 
 def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
+    from klpsym.cli.jsonout import target_json
     from klpsym.klp.guard import GUARD_SYMBOL as guard_symbol
 
     plan = result.plan
     return {
         "module": str(plan.module.path),
         "module_name": plan.module.name,
-        "target": {"description": plan.target.describe(), "release": plan.version.release,
-                   "kallsyms": plan.target.kallsyms_source},
+        "target": target_json(plan.target),
         "dry_run": dry_run,
         "output": None if result.output is None or dry_run else str(result.output),
         "written": result.written,

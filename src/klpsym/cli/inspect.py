@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
                                           for o, s in data["strings"]["strings"]]
         if "modinfo" in data:
             data["modinfo"] = [{"key": k, "value": v} for k, v in data["modinfo"]]
-        json.dump({"module": str(m.path), **data}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        from klpsym.cli.jsonout import dump
+
+        dump({"module": str(m.path), **data}, sys.stdout)
         return 0
     for i, p in enumerate(printers):
         if i:

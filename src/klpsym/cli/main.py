@@ -64,7 +64,8 @@ EXIT_INTERRUPTED = 130
 
 # The lower layers' parameters whose option is not the parameter spelt
 # with dashes.
-_OPTIONS = {"output": "-o", "guard": "--no-guard", "key": "--sign-key", "cert": "--sign-cert"}
+_OPTIONS = {"output": "-o", "guard": "--no-guard", "key": "--sign-key", "cert": "--sign-cert",
+            "check_symbols": "--no-symbol-check"}
 
 
 def option(param: str) -> str:
@@ -150,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except KlpsymError as e:
         print(error_line(e), file=sys.stderr)
+        _json_error(argv, message(e))
         return EXIT_ERROR
     except InternalError as e:
         report_bug(e)
@@ -161,6 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+
+
+def _json_error(argv: Sequence[str] | None, message: str) -> None:
+    """Under --json, the error as a JSON object on stdout too (docs/json.md),
+    so that a script reading stdout learns why there is no result."""
+    from klpsym.cli.jsonout import error_document, wants_json
+
+    if argv is not None and wants_json(tuple(argv)):
+        import json
+
+        print(json.dumps(error_document(message, 2), indent=2))
 
 
 def entry() -> NoReturn:
