@@ -195,37 +195,49 @@ def print_method_table(out: MethodBuild) -> None:
 
 
 def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """What was built and converted: a table on a terminal, aligned plain
+    columns otherwise (a pipe, DKMS's make.log)."""
+    from klpsym.cli.text import columns, is_terminal
 
-    # markup=False and printable(): names come from the modules, as they are
-    console = Console(highlight=False, markup=False,
-                      width=None if sys.stdout.isatty() else 200)
-    console.print(printable(f"klpsym: built for {result.target.release} "
-                            f"(symbols from {result.target.kallsyms_source})"))
+    head = [printable(f"klpsym: built for {result.target.release} "
+                      f"(symbols from {result.target.kallsyms_source})")]
     if result.output_dir is not None:
-        console.print(printable(f"output in {result.output_dir} (MO=)"))
-    table = Table()
-    for col in ("module", "converted", "relocations", "guard", "signed"):
-        table.add_column(col, no_wrap=col == "module")
+        head.append(printable(f"output in {result.output_dir} (MO=)"))
+    rows = []
     for m in result.modules:
         conv = m.converted
         names = ", ".join(s.name + (f",{s.pos}" if s.pos else "") for s in conv) or "-"
         moved = sum(sum(s.relocations.values()) for s in conv)
-        table.add_row(printable(str(m.ko.relative_to(result.objdir)
-                                    if m.ko.is_relative_to(result.objdir) else m.ko)),
-                      printable(names), str(moved),
-                      m.result.guard.action.value if m.result else "-",
-                      "yes" if m.result and m.result.signed_with else "no")
+        rows.append((str(m.ko.relative_to(result.objdir)
+                         if m.ko.is_relative_to(result.objdir) else m.ko),
+                     names, str(moved), m.result.guard.action.value if m.result else "-",
+                     "yes" if m.result and m.result.signed_with else "no"))
+    tail = [f"signed with {s}" for s in sorted(
+        {m.result.signed_with.describe() for m in result.modules
+         if m.result and m.result.signed_with})]
+    tail += [f"note: {note}" for note in notes or []]
+    tail += [f"note: {m.name}: {note}" for m in result.modules
+             for note in (m.result.plan.notes if m.result else [])]
+    tail += [f"note: {note}" for note in result.notes]
+    tail = [printable(line) for line in tail]
+    if not is_terminal():
+        print("\n".join(head + columns([BUILD_COLUMNS, *rows]) + tail))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    # markup=False and printable(): names come from the modules, as they are
+    console = Console(highlight=False, markup=False)
+    for line in head:
+        console.print(line)
+    table = Table()
+    for col in BUILD_COLUMNS:
+        table.add_column(col, no_wrap=col == "module")
+    for row in rows:
+        table.add_row(*(printable(x) for x in row))
     console.print(table)
-    signers = {m.result.signed_with.describe() for m in result.modules
-               if m.result and m.result.signed_with}
-    for s in sorted(signers):
-        console.print(printable(f"signed with {s}"))
-    for note in notes or []:
-        console.print(printable(f"note: {note}"))
-    for m in result.modules:
-        for note in m.result.plan.notes if m.result else []:
-            console.print(printable(f"note: {m.name}: {note}"))
-    for note in result.notes:
-        console.print(printable(f"note: {note}"))
+    for line in tail:
+        console.print(line)
+
+
+BUILD_COLUMNS = ("module", "converted", "relocations", "guard", "signed")

@@ -7,14 +7,14 @@ import gc
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags
+from klpsym.cli.text import columns, is_terminal
 
 _json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
 
@@ -61,6 +61,9 @@ def register(sub: Any) -> None:
                    help="read modules in N processes (default: one per CPU)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show every module's symbols, not only the failing ones' problems")
+    p.add_argument("--failed", action="store_true",
+                   help="list only the modules that would not load (the counts stay those of "
+                        "every module)")
     add_source_flags(p)
     p.set_defaults(run=run)
 
@@ -105,10 +108,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         assert checked.rendered is not None
         write_json(checked.verdicts, checked.rendered, target, sys.stdout)
-    elif sys.stdout.isatty():
-        print_verdicts(checked.verdicts, target, verbose=verbose)
+    elif is_terminal():
+        print_verdicts(checked.verdicts, target, verbose=verbose, named=args.modules,
+                       failed=args.failed)
     else:
-        print_plain(checked.verdicts, target, verbose=verbose, out=sys.stdout)
+        print_plain(checked.verdicts, target, verbose=verbose, out=sys.stdout,
+                    failed=args.failed)
     # Kept until the next run: freeing a whole kernel's verdicts one by one
     # costs ~5 ms, and the program ends without freeing them (cli.main.entry).
     _last_report[:] = [checked]
@@ -190,37 +195,58 @@ def _markup(text: str) -> str:
     return escape(printable(text))
 
 
-def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool) -> None:
-    """The report on a terminal, through rich."""
+def shown_path(path: str, named: list[Path]) -> str:
+    """``path`` relative to the directory the user named that holds it
+    (``drivers/net/foo.ko`` for ``check /lib/modules/R/kernel``): the
+    terminal's module column, which an absolute path filled."""
+    for d in named:
+        prefix = str(d).rstrip("/") + "/"
+        if prefix != "/" and path.startswith(prefix) and len(path) > len(prefix):
+            return path[len(prefix):]
+    return path
+
+
+def print_verdicts(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool,
+                   named: list[Path] | None = None, failed: bool = False,
+                   console: Any = None) -> None:
+    """The report on a terminal, through rich: module paths relative to
+    the directories named, each reason wrapped in its column (not cut to
+    '…'), only the failing modules with ``failed``."""
     from rich.console import Console
     from rich.table import Table
 
     from klpsym.load.check import summary_reason
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    if console is None:
+        console = Console(highlight=False)
+    named = named or []
     console.print(f"target {_markup(target.describe())}")
     for note in target.notes:
         console.print(f"note: {_markup(note)}")
-    if len(verdicts) > 1:
+    shown = [v for v in verdicts if not v.would_load] if failed else verdicts
+    if len(verdicts) > 1 and shown:
         table = Table()
-        for col in SUMMARY_COLUMNS:
-            table.add_column(col, no_wrap=col != "why / needs")
-        for v in verdicts:
-            table.add_row(_markup(v.path), f"[{_STYLE[v.verdict.value]}]{v.verdict.value}[/]",
+        table.add_column(SUMMARY_COLUMNS[0], overflow="fold", ratio=2)
+        table.add_column(SUMMARY_COLUMNS[1], no_wrap=True)
+        table.add_column(SUMMARY_COLUMNS[2], overflow="fold", ratio=3, min_width=20)
+        for v in shown:
+            table.add_row(_markup(shown_path(v.path, named)),
+                          f"[{_STYLE[v.verdict.value]}]{v.verdict.value}[/]",
                           _markup(summary_reason(v)))
         console.print(table)
-    for v in verdicts:
+    for v in shown:
         if verbose or not v.would_load:
-            _print_details(console, v)
+            _print_details(console, v, named)
     console.print(_counts(verdicts))
 
 
-def _print_details(console: Any, v: ModuleVerdict) -> None:
+def _print_details(console: Any, v: ModuleVerdict, named: list[Path]) -> None:
     from rich.table import Table
 
     from klpsym.load.check import Verdict, summary_reason
 
     path, name, verdict = _heading(v)
+    path = shown_path(path, named)
     console.print(f"\n[bold]{_markup(path)}[/] ({_markup(name)}): "
                   f"[{_STYLE[v.verdict.value]}]{_markup(verdict)}[/]")
     if v.verdict == Verdict.ERROR:
@@ -233,7 +259,10 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
     if v.symbols:
         table = Table(title=None)
         for col in SYMBOL_COLUMNS:
-            table.add_column(col, no_wrap=col not in ("why",))
+            # names fold rather than push "why" off the edge (then an empty
+            # column of '…' rows)
+            table.add_column(col, no_wrap=col in ("fate", "ok"), overflow="fold",
+                             ratio=3 if col == "why" else 2 if col == "symbol" else None)
         for s in v.symbols:
             sym, fate, provider, flags, ok, why = _symbol_row(s)
             table.add_row(_markup(sym), fate, _markup(provider), _markup(flags),
@@ -251,17 +280,18 @@ def _print_details(console: Any, v: ModuleVerdict) -> None:
 
 
 def print_plain(verdicts: list[ModuleVerdict], target: TargetKernel, verbose: bool,
-                out: TextIO) -> None:
+                out: TextIO, failed: bool = False) -> None:
     """The same report as plain text, for a pipe or a file: the same lines
     and columns, without rich (whose table costs ~0.3 ms a row: seconds for
     a whole kernel's modules)."""
     from klpsym.load.check import summary_reason
 
     lines = [f"target {target.describe()}"] + [f"note: {note}" for note in target.notes]
-    if len(verdicts) > 1:
-        lines += _columns([SUMMARY_COLUMNS] + [(v.path, v.verdict.value, summary_reason(v))
-                                               for v in verdicts])
-    for v in verdicts:
+    shown = [v for v in verdicts if not v.would_load] if failed else verdicts
+    if len(verdicts) > 1 and shown:
+        lines += columns([SUMMARY_COLUMNS] + [(v.path, v.verdict.value, summary_reason(v))
+                                              for v in shown])
+    for v in shown:
         if verbose or not v.would_load:
             lines += _plain_details(v)
     lines.append(_counts(verdicts))
@@ -284,7 +314,7 @@ def _plain_details(v: ModuleVerdict) -> list[str]:
     if v.symbols:
         rows = [(sym, fate, provider, flags, "yes" if ok else "no", why)
                 for sym, fate, provider, flags, ok, why in map(_symbol_row, v.symbols)]
-        lines += ["  " + line for line in _columns([SYMBOL_COLUMNS, *rows])]
+        lines += ["  " + line for line in columns([SYMBOL_COLUMNS, *rows])]
     for p in v.problems:
         lines.append(f"  {'error' if p.fatal else 'warning'} [{p.stage.value}] {p.message}")
         lines += [f"      kernel: {line}" for line in p.kernel]
@@ -292,15 +322,6 @@ def _plain_details(v: ModuleVerdict) -> list[str]:
         lines.append(f"  taints: {''.join(v.taints)}")
     lines += [f"  note: {note}" for note in v.notes]
     return lines
-
-
-def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    """Rows as left-aligned columns two spaces apart (the last one ragged)."""
-    if not "".join(chain.from_iterable(rows)).isprintable():  # one pass, mostly
-        rows = [tuple(map(printable, row)) for row in rows]  # widths as printed
-    widths = [max(map(len, col)) for col in zip(*rows, strict=True)][:-1]
-    return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-                      + [row[-1]]).rstrip() for row in rows]
 
 
 def to_json(verdicts: list[ModuleVerdict], target: TargetKernel) -> dict[str, Any]:

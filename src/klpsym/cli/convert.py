@@ -89,35 +89,46 @@ def _relocs(counts: dict[str, int]) -> str:
 
 
 def print_plan(plan: Plan, guard: GuardPlan) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The --dry-run plan: a table on a terminal, aligned plain columns
+    otherwise (a pipe, a file, a build log)."""
+    from klpsym.cli.text import columns, is_terminal
     from klpsym.klp.classify import Fate
 
-    # Piped output is not wrapped at 80 columns: it is read by scripts and logs.
-    # markup=False: a symbol name like "[bold]" is a name, not a style
-    console = Console(highlight=False, markup=False,
-                      width=None if sys.stdout.isatty() else 200)
-    console.print(printable(f"module {plan.module.path} ({plan.module.name})"))
-    console.print(printable(f"target {plan.target.describe()}"))
-    table = Table()
-    for col in ("symbol", "kind", "POS", "type", "address", "relocations"):
-        table.add_column(col, no_wrap=col != "relocations")
     order = {Fate.CONVERT: 0, Fate.LIVEPATCH: 1, Fate.MODULE_EXPORT: 2, Fate.EXPORTED: 3,
              Fate.WEAK: 4, Fate.MISSING: 5}
+    rows = []
     for s in sorted(plan.symbols, key=lambda s: (order[s.fate], s.name)):
         fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else "")
         c = s.candidate
-        cells = (s.name, fate, "" if s.pos is None else str(s.pos), c.type if c else "",
-                 f"{c.address:#x}" if c and c.address else "", _relocs(s.relocations))
-        table.add_row(*(printable(x) for x in cells))
-    console.print(table)
+        rows.append((s.name, fate, "" if s.pos is None else str(s.pos), c.type if c else "",
+                     f"{c.address:#x}" if c and c.address else "", _relocs(s.relocations)))
     n = len(plan.to_convert)
-    console.print(f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
-                  f"relocation{'s' * (plan.relocations_to_move != 1)} to move")
-    console.print(guard.describe())
-    for note in plan.notes:
-        console.print(printable(f"note: {note}"))
+    head = [printable(f"module {plan.module.path} ({plan.module.name})"),
+            printable(f"target {plan.target.describe()}")]
+    tail = [f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
+            f"relocation{'s' * (plan.relocations_to_move != 1)} to move",
+            guard.describe()] + [printable(f"note: {note}") for note in plan.notes]
+    if not is_terminal():
+        print("\n".join(head + columns([PLAN_COLUMNS, *rows]) + tail))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    # markup=False: a symbol name like "[bold]" is a name, not a style
+    console = Console(highlight=False, markup=False)
+    for line in head:
+        console.print(line)
+    table = Table()
+    for col in PLAN_COLUMNS:
+        table.add_column(col, no_wrap=col != "relocations")
+    for row in rows:
+        table.add_row(*(printable(x) for x in row))
+    console.print(table)
+    for line in tail:
+        console.print(line)
+
+
+PLAN_COLUMNS = ("symbol", "kind", "POS", "type", "address", "relocations")
 
 
 def print_result(result: ConvertResult) -> None:
