@@ -1,0 +1,6 @@
+"""``python -m klpsym``: the ``klpsym`` program."""
+
+from klpsym.cli.main import entry
+
+if __name__ == "__main__":
+    entry()
