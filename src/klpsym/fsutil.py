@@ -109,6 +109,17 @@ def map_file(path: Path, what: str, error: type[KlpsymError] = KlpsymError,
         os.close(fd)
 
 
+def not_a_file(path: Path, given_as: str) -> str:
+    """Why ``path`` (an input given as ``given_as``: a
+    :func:`klpsym.errors.param` reference) is not a file to read: a
+    directory, something else, or nothing."""
+    if path.is_dir():
+        return f"{path}: is a directory ({given_as}); pass the file itself"
+    if path.exists():
+        return f"{path}: not a regular file ({given_as}); pass the file itself"
+    return f"{path}: no such file ({given_as})"
+
+
 def _read_error(e: OSError, path: Path, what: str, error: type[KlpsymError],
                 fix: str) -> KlpsymError:
     hint = f"; {fix}" if fix else ""

@@ -78,3 +78,23 @@ def test_convert_refuses_another_kernels_kallsyms(bookworm: Kernel, trixie: Kern
     lines = run.stderr.splitlines()
     assert len(lines) == 1 and "vmlinux exports of" in lines[0]
     assert "--no-symbol-check" in lines[0] and not (tmp_path / "out.ko").exists()
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
+def test_sympos_examples_name_a_duplicated_symbol(suite: str,
+                                                  request: pytest.FixtureRequest) -> None:
+    """The --sympos NAME=N examples of the help texts and the README name a
+    symbol that has at least N entries in each lab kernel's kallsyms."""
+    import re
+    from pathlib import Path
+
+    from klpsym.cli import convert, insmod
+
+    kernel: Kernel = request.getfixturevalue(suite)
+    table = read_proc_kallsyms(capture_kallsyms(kernel))
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    examples = re.findall(r"--sympos ([A-Za-z_]\w*)=(\d+)",
+                          convert.EPILOG + insmod.EPILOG + readme)
+    assert examples
+    for name, pos in examples:
+        assert table.count(name) >= int(pos), (name, pos, table.count(name))

@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument("modules", metavar="MODULE", type=Path, nargs="+",
                    help="module files or directories (searched recursively)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
-    p.add_argument("-j", "--jobs", type=int, metavar="N",
+    p.add_argument("-j", "--jobs", type=_jobs, metavar="N",
                    help="read modules in N processes (default: one per CPU)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show every module's symbols, not only the failing ones' problems")
@@ -66,6 +66,17 @@ def register(sub: Any) -> None:
                         "every module)")
     add_source_flags(p)
     p.set_defaults(run=run)
+
+
+def _jobs(text: str) -> int:
+    """-j N: a number of processes, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give at least 1 process")
+    return n
 
 
 def target_for_check(args: argparse.Namespace) -> TargetKernel:

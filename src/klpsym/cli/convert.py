@@ -22,7 +22,7 @@ examples:
   # built with KBUILD_MODPOST_WARN=1 (modpost: "kallsyms_lookup_name" undefined!)
   klpsym convert hello.ko -o hello.klp.ko
   klpsym convert hello.ko --dry-run              # show the plan, write nothing
-  klpsym convert hello.ko --in-place --sympos show_state=2
+  klpsym convert hello.ko --in-place --sympos c_start=2
   # for another kernel: its headers and a copy of its kallsyms
   klpsym convert hello.ko -o out.ko --kernel-dir /usr/src/linux-headers-6.1.0-56-amd64 \\
       --kallsyms kallsyms-6.1.0-56.txt

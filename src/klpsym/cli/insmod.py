@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise MethodError(
             f"{given}: a load takes this boot's addresses from /proc/kallsyms; other "
             "sources only with --print-args")
+    _check_vermagic(args)
     plan = plan_insmod(args.module, symbols_from_args(args), parse_sympos(args.sympos),
                        args.params)
     for note in plan.notes:
@@ -69,3 +70,28 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     return proc.returncode
+
+
+def _check_vermagic(args: argparse.Namespace) -> None:
+    """The module is for the kernel whose symbols are used: the running
+    one's (/proc/kallsyms) by default, --kernel-dir's when given.  Said
+    first, as the vermagic: a module of another release would otherwise be
+    refused for the first symbol that kernel lacks or has elsewhere."""
+    import os
+
+    from klpsym.kernel.version import read_kernel_version
+    from klpsym.module.ko import read_module
+
+    given = args.kallsyms or args.system_map or args.vmlinux
+    if args.kernel_dir is not None:
+        release, whose = read_kernel_version(args.kernel_dir).release, "--kernel-dir's"
+    elif not given:
+        release, whose = os.uname().release, "the running kernel's (/proc/kallsyms)"
+    else:
+        return  # a copied symbol file of a kernel not named: nothing to compare
+    built_for = read_module(args.module).modinfo.vermagic_release
+    if built_for is not None and built_for != release:
+        raise MethodError(
+            f"{args.module}: built for {built_for} (its vermagic), but the symbols are "
+            f"{whose}, {release}; run this on {built_for}, or give its symbols with "
+            "--kallsyms/--system-map/--vmlinux and --kernel-dir")

@@ -37,8 +37,13 @@ def register(sub: Any) -> None:
         description="Show the inside of a kernel module: its ELF header, sections, symbols, "
                     "relocations, .modinfo, exports, symbol versions, livepatch symbols and "
                     "signature.", epilog=EPILOG,
+        usage="klpsym inspect MODULE [--header] [--sections] [--symbols] [--relocs [SECTION]]"
+              "\n                      [--strings SECTION] [--modinfo] [--exports] "
+              "[--versions] [--klp]\n                      [--signature] [--json]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("module", metavar="MODULE", type=Path,
+    # Optional for argparse only: `inspect --relocs m.ko` (readelf's order)
+    # gives the file to --relocs, and run() takes it back (_module_of).
+    p.add_argument("module", metavar="MODULE", type=Path, nargs="?",
                    help="a .ko, .ko.xz, .ko.zst or .ko.gz file")
     p.add_argument("--header", action="store_true", help="the ELF header (readelf -h)")
     p.add_argument("--sections", action="store_true", help="section headers (readelf -S)")
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from klpsym.module.ko import read_module
     from klpsym.view import inspect as views
 
-    m = read_module(args.module)
+    m = read_module(_module_of(args))
     data: dict[str, Any] = {}
     printers: list[Callable[[], None]] = []
 
@@ -111,6 +116,19 @@ def run(args: argparse.Namespace) -> int:
             print()
         p()
     return 0
+
+
+def _module_of(args: argparse.Namespace) -> Path:
+    """The module named: as MODULE, or as --relocs' value when it came
+    right after --relocs with nothing after it (readelf's `-r FILE`)."""
+    from klpsym.errors import ModuleError
+
+    if args.module is not None:
+        return Path(args.module)
+    if args.relocs:
+        module, args.relocs = Path(args.relocs), ""
+        return module
+    raise ModuleError("inspect: give the module file (klpsym inspect MODULE [views])")
 
 
 def _line(text: str = "") -> None:

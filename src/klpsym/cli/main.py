@@ -127,7 +127,46 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS if command is None else (command,):
         importlib.import_module(f"klpsym.cli.{name}").register(sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """No parser takes a prefix of a flag (--kall for --kallsyms): a
+    script's abbreviation would break, or change meaning, when a flag with
+    the same prefix is added."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, argv: Sequence[str],
+                    args: argparse.Namespace, extra: list[str]) -> NoReturn:
+    """An unknown argument, said by the parser it was meant for (the
+    command's, with its usage, for one after the command) with the closest
+    flag it has."""
+    import difflib
+
+    target, commands = parser, []
+    argv = list(argv)
+    if args.command is not None and args.command in argv \
+            and argv.index(extra[0]) > argv.index(args.command):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                target = action.choices[args.command]
+                nested = getattr(args, "lab_command", None)
+                for inner in target._actions:
+                    if isinstance(inner, argparse._SubParsersAction) and nested in inner.choices:
+                        commands.append(nested)
+                        target = inner.choices[nested]
+    flags = [s for a in target._actions for s in a.option_strings]
+    word = extra[0].split("=", 1)[0]
+    close = difflib.get_close_matches(word, flags, n=1, cutoff=0.6) if word.startswith("-") \
+        else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    target.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def version_text() -> str:
@@ -171,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:
             argv = sys.argv[1:]
         parser = _parser_for(argv)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            _refuse_unknown(parser, argv, args, extra)
         if args.command is None:
             parser.print_help()
             return EXIT_ERROR

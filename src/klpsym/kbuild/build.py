@@ -417,10 +417,16 @@ def _failure(directory: Path, modules: list[BuiltModule], siblings: set[str],
                     "the environment (the symvers listing the unexported symbols), so modpost "
                     "called them undefined; write 'KBUILD_EXTRA_SYMBOLS +=' instead")
         return f"kbuild failed in {directory} (make exit {rc}); see its messages above"
-    mod, name = missing[0]
-    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    return (f"{mod}.ko: undefined symbol {name}{more} is neither exported by kernel "
-            f"{target.release} ({target.symvers.source}) nor in its kallsyms "
-            f"({target.kallsyms_source}), so modpost refused it; check the name, or add the "
+    # every one named (up to 8, as convert does): "x (and 1 more)" hid the other
+    mods = {mod for mod, _ in missing}
+    names = ", ".join(name if len(mods) == 1 else f"{name} ({mod}.ko)"
+                      for mod, name in missing[:8])
+    names += f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+    one = len(missing) == 1
+    head = f"{missing[0][0]}.ko: undefined" if len(mods) == 1 else "undefined"
+    return (f"{head} symbol{'' if one else 's'} {names} {'is' if one else 'are'} neither "
+            f"exported by kernel {target.release} ({target.symvers.source}) nor in its "
+            f"kallsyms ({target.kallsyms_source}), so modpost refused {'it' if one else 'them'}; "
+            "check the name, or add the "
             f"exporting module's Module.symvers with {param('symvers')}")
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from klpsym.elf.constants import STB, STT
 from klpsym.errors import KernelSourceError, param
+from klpsym.fsutil import not_a_file
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import AmbiguousSymbolError, KallsymsTable, SymbolNotFoundError, is_text
 from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
@@ -70,7 +71,7 @@ def open_symbols(kallsyms: Path | str | None = None, system_map: Path | str | No
         return SymbolSource(read_proc_kallsyms(proc_kallsyms), str(proc_kallsyms), True)
     flag, path = given[0]
     if not path.is_file():
-        raise KernelSourceError(f"{path}: no such file ({param(flag)})")
+        raise KernelSourceError(not_a_file(path, param(flag)))
     if flag == "kallsyms":
         return SymbolSource(read_proc_kallsyms(path), f"kallsyms {path}", True)
     version: KernelVersion | None = None

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.errors import KernelSourceError, param
+from klpsym.fsutil import not_a_file
 from klpsym.kernel.config import KernelConfig
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.proc_kallsyms import PROC_KALLSYMS, read_proc_kallsyms
@@ -298,7 +299,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
             )
     for p in extra_symvers:
         if not p.is_file():
-            raise KernelSourceError(f"{p}: no such file ({param('symvers')})")
+            raise KernelSourceError(not_a_file(p, param("symvers")))
         parts.append(read_symvers(p, cache=cache))
     merged = Symvers().merge(*parts)
     if not merged.has_vmlinux_exports():
@@ -333,7 +334,7 @@ def discover(kernel_dir: Path | str | None = None, kallsyms: Path | str | None =
     if given:
         flag, path = given[0]
         if not path.is_file():
-            raise KernelSourceError(f"{path}: no such file ({param(flag)})")
+            raise KernelSourceError(not_a_file(path, param(flag)))
     elif is_host:
         flag, path = "", Path(proc_kallsyms)
     else:
