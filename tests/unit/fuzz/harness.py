@@ -675,7 +675,7 @@ def target_inspect(fz: Fuzzer, data: bytes) -> list[Finding]:
             bad = error_line(err, [src.name])
             if bad:
                 found.append(Finding("inspect", "bad-exit", what + bad, data))
-            if out:
+            if out and not (as_json and json_error(out)):
                 found.append(Finding("inspect", "bad-output",
                                      what + f"exit 2 after printing {out[:200]!r}", data))
         elif rc == EXIT_BUG:
@@ -687,7 +687,7 @@ def target_inspect(fz: Fuzzer, data: bytes) -> list[Finding]:
                 found.append(Finding("inspect", "bad-output", what + f"stderr {err[:300]!r}",
                                      data))
             if as_json:
-                want = {"module"} | ({INSPECT_VIEWS.get(v, "strings") for v in views
+                want = {"schema", "module"} | ({INSPECT_VIEWS.get(v, "strings") for v in views
                                      if v.startswith("--")} if views else {"summary"})
                 try:
                     keys = set(json.loads(out))
@@ -707,6 +707,18 @@ def target_inspect(fz: Fuzzer, data: bytes) -> list[Finding]:
     return found
 
 
+def json_error(out: str) -> bool:
+    """Whether ``out`` is --json's error object (docs/json.md), which a
+    refused run prints on stdout besides its error line."""
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        return False
+    return (isinstance(doc, dict) and set(doc) == {"schema", "error"}
+            and isinstance(doc["error"], dict) and doc["error"].get("exit") == 2
+            and isinstance(doc["error"].get("message"), str))
+
+
 def check_report(rc: int, out: str, err: str, paths: list[Path],
                  as_json: bool) -> list[tuple[str, str]]:
     """What is wrong with ``klpsym check``'s answer for ``paths``:
@@ -723,7 +735,7 @@ def check_report(rc: int, out: str, err: str, paths: list[Path],
         bad = error_line(err, [p.name for p in paths])
         if rc != 2 or bad:
             return [("bad-exit", f"exit {rc} and {bad or 'an error line'}")]
-        if out:
+        if out and not (as_json and json_error(out)):
             return [("bad-output", f"an error line and a report: {out[:200]!r}")]
         return []
     names = [str(p) for p in paths]
