@@ -98,6 +98,8 @@ def test_check_on_a_terminal_reads(tmp_path: Path, width: int) -> None:
                 f"a_symbol_that_nobody_exports_anywhere_{i}: neither exported by "
                 f"{check_target().release} nor in its kallsyms (+1 more)")))
         assert text.rstrip().endswith("4 fails, 4 loads")
+        # each problem's stage, as off a terminal (rich took "[symbol]" for a style)
+        assert re.search(r"^  error \[symbol\] a_symbol_that", text, re.M), text
 
 
 def _summary_rows(text: str) -> list[tuple[str, str, str]]:

@@ -281,7 +281,8 @@ def _print_details(console: Any, v: ModuleVerdict, named: list[Path]) -> None:
         console.print(table)
     for p in v.problems:
         mark = "[red]error[/]" if p.fatal else "warning"
-        console.print(f"  {mark} [{p.stage.value}] {_markup(p.message)}")
+        # \[ : the stage is text, not a rich style tag (it vanished before)
+        console.print(f"  {mark} \\[{p.stage.value}] {_markup(p.message)}")
         for line in p.kernel:
             console.print(f"      kernel: {_markup(line)}")
     if v.taints:
