@@ -119,3 +119,36 @@ def test_build_names_every_missing_symbol() -> None:
         "undefined symbols no_such_a (a.ko), no_such_b (a.ko), no_such_c (b.ko) are neither")
 
 
+
+
+def test_ambiguous_name_names_the_candidates_sources_with_vmlinux(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmlinux_builder import STB_LOCAL, STT_FILE, XSym, sample_image
+
+    img = sample_image("6.1.0-99-test")
+    # each "dup" in .text after its own compilation unit's STT_FILE entry
+    dups = [i for i, s in enumerate(img.symbols) if s.name == "dup" and s.section == ".text"]
+    for n, i in enumerate(reversed(dups)):
+        img.symbols.insert(i, XSym(f"unit_{len(dups) - n}.c", 0, 0xFFF1, STB_LOCAL, STT_FILE))
+    vml = tmp_path / "vmlinux"
+    vml.write_bytes(img.to_bytes())
+    kdir = tmp_path / "build"
+    (kdir / "include" / "generated").mkdir(parents=True)
+    (kdir / "include" / "generated" / "utsrelease.h").write_text(
+        '#define UTS_RELEASE "6.1.0-99-test"\n')
+    (kdir / "Module.symvers").write_text("0x1\tglobal_var\tvmlinux\tEXPORT_SYMBOL\t\n")
+    (kdir / ".config").write_text("CONFIG_LIVEPATCH=y\nCONFIG_KALLSYMS_ALL=y\n")
+    ko = tmp_path / "m.ko"
+    ko.write_bytes(simple_module(("dup",), (), release="6.1.0-99-test").build())
+    argv = ["convert", str(ko), "--dry-run", "--kernel-dir", str(kdir)]
+    assert main([*argv, "--vmlinux", str(vml)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("klpsym: error: dup is ambiguous") and err.count("\n") == 1
+    assert (f"(from {vml}: POS 1 in unit_1.c; POS 2 in unit_2.c; POS 3 in unit_3.c; "
+            "POS 4 in unit_3.c; POS 5 in unit_3.c)") in err
+    ks = tmp_path / "kallsyms"
+    ks.write_text("".join(f"ffffffff8100{i}000 t dup\n" for i in range(1, 4))
+                  + "ffffffff82000000 D global_var\n")
+    assert main([*argv, "--kallsyms", str(ks)]) == 2  # no vmlinux: addresses only, as before
+    err = capsys.readouterr().err
+    assert err.startswith("klpsym: error: dup is ambiguous") and "(from" not in err

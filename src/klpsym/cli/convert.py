@@ -12,6 +12,8 @@ from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
+    from klpsym.errors import KlpsymError
+    from klpsym.kernel.target import TargetKernel
     from klpsym.klp.convert import ConvertResult
     from klpsym.klp.guard import GuardPlan
     from klpsym.klp.plan import Plan
@@ -57,6 +59,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.errors import ConvertError
     from klpsym.klp.convert import check_destination, convert_file
     from klpsym.klp.plan import parse_sympos
     from klpsym.module.ko import read_module, require_kernel_module
@@ -69,9 +72,12 @@ def run(args: argparse.Namespace) -> int:
     require_kernel_module(module)
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
-    result = convert_file(args.module, target, sympos, output=args.output,
-                          in_place=args.in_place, dry_run=args.dry_run,
-                          guard=not args.no_guard, signer=signer, module=module)
+    try:
+        result = convert_file(args.module, target, sympos, output=args.output,
+                              in_place=args.in_place, dry_run=args.dry_run,
+                              guard=not args.no_guard, signer=signer, module=module)
+    except ConvertError as e:
+        raise _with_sources(e, target, args.vmlinux) from None
     result.plan.notes.extend(sign_notes)
     if args.json:
         from klpsym.cli.jsonout import dump
@@ -82,6 +88,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_result(result)
     return 0
+
+
+def _with_sources(error: KlpsymError, target: TargetKernel,
+                  vmlinux: Path | None) -> KlpsymError:
+    """An ambiguous name's error with, when --vmlinux was given, where each
+    candidate comes from (its compilation unit, and file:line where the
+    vmlinux has DWARF): addresses alone do not say which one to pick."""
+    import re
+
+    from klpsym.kernel.symbols import Query, lookup, with_sources
+
+    m = re.match(r"(\S+) is ambiguous: ", str(error))
+    if vmlinux is None or m is None:
+        return error
+    try:
+        found = with_sources(lookup(target.kallsyms, [Query(m.group(1), None)]), vmlinux)
+    except KlpsymError:
+        return error
+    # addr2line says "FILE:?" where the vmlinux has no line table: the unit then
+    where = "; ".join(f"POS {f.pos} in {src}" for f in found
+                      for src in [f.source if f.source and not f.source.endswith(":?")
+                                  else f.unit] if src)
+    if not where:
+        return error
+    return type(error)(f"{error} (from {vmlinux}: {where})")
 
 
 def _relocs(counts: dict[str, int]) -> str:
