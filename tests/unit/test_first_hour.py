@@ -152,3 +152,24 @@ def test_ambiguous_name_names_the_candidates_sources_with_vmlinux(
     assert main([*argv, "--kallsyms", str(ks)]) == 2  # no vmlinux: addresses only, as before
     err = capsys.readouterr().err
     assert err.startswith("klpsym: error: dup is ambiguous") and "(from" not in err
+
+
+def test_dry_run_with_a_missing_symbol_shows_the_plan(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_convert import target
+
+    monkeypatch.setattr("klpsym.cli.convert.target_from_args", lambda args: target())
+    ko = tmp_path / "m.ko"
+    ko.write_bytes(simple_module(("kallsyms_lookup_name", "no_such_symbol"), ("_printk",))
+                   .build())
+    assert main(["convert", str(ko), "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[3:]
+            if len(line.split()) > 1 and not line.startswith(("1 ", "note"))}
+    assert rows["no_such_symbol"] == "missing" and rows["kallsyms_lookup_name"] == "convert"
+    assert rows["_printk"] == "exported"
+    assert err.count("\n") == 1 and "no_such_symbol is neither exported" in err
+    assert not list(tmp_path.glob("*.klp*"))
+    assert main(["convert", str(ko), "-o", str(tmp_path / "o.ko")]) == 2  # not a dry run
+    assert capsys.readouterr().out == ""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.klp.convert import ConvertResult
     from klpsym.klp.guard import GuardPlan
     from klpsym.klp.plan import Plan
+    from klpsym.module.ko import Module
 
 EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
                               in_place=args.in_place, dry_run=args.dry_run,
                               guard=not args.no_guard, signer=signer, module=module)
     except ConvertError as e:
+        if args.dry_run and not args.json:
+            _show_missing(module, target, sympos)
         raise _with_sources(e, target, args.vmlinux) from None
     result.plan.notes.extend(sign_notes)
     if args.json:
@@ -88,6 +91,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_result(result)
     return 0
+
+
+def _show_missing(module: Module, target: TargetKernel, sympos: dict[str, int]) -> None:
+    """--dry-run refused for symbols found nowhere: print the plan anyway,
+    with them as ``missing`` rows beside the rest, before the error line
+    (what a dry run is for: seeing everything that would happen)."""
+    from klpsym.kernel.version import klp_sym_name_max
+    from klpsym.klp.plan import Fate, Plan, classify_symbols
+
+    try:
+        symbols = classify_symbols(module, target, sympos)
+    except KlpsymError:
+        return  # refused for another reason (an ambiguous name): the error says it
+    if any(s.fate == Fate.MISSING for s in symbols):
+        print_plan(Plan(module, target, target.version, klp_sym_name_max(target.version),
+                        symbols, list(target.notes)), None)
+        sys.stdout.flush()
 
 
 def _with_sources(error: KlpsymError, target: TargetKernel,
@@ -119,7 +139,7 @@ def _relocs(counts: dict[str, int]) -> str:
     return " ".join(f"{sec}:{n}" for sec, n in sorted(counts.items())) or "-"
 
 
-def print_plan(plan: Plan, guard: GuardPlan) -> None:
+def print_plan(plan: Plan, guard: GuardPlan | None) -> None:
     """The --dry-run plan: a table on a terminal, aligned plain columns
     otherwise (a pipe, a file, a build log)."""
     from klpsym.cli.text import columns, is_terminal
@@ -137,8 +157,9 @@ def print_plan(plan: Plan, guard: GuardPlan) -> None:
     head = [printable(f"module {plan.module.path} ({plan.module.name})"),
             printable(f"target {plan.target.describe()}")]
     tail = [f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
-            f"relocation{'s' * (plan.relocations_to_move != 1)} to move",
-            guard.describe()] + [printable(f"note: {note}") for note in plan.notes]
+            f"relocation{'s' * (plan.relocations_to_move != 1)} to move"]
+    tail += [guard.describe()] if guard is not None else []
+    tail += [printable(f"note: {note}") for note in plan.notes]
     if not is_terminal():
         print("\n".join(head + columns([PLAN_COLUMNS, *rows]) + tail))
         return
