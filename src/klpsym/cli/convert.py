@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
 from klpsym.cli.main import printable
 from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
+from klpsym.errors import KlpsymError
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
-    from klpsym.errors import KlpsymError
     from klpsym.kernel.target import TargetKernel
     from klpsym.klp.convert import ConvertResult
     from klpsym.klp.guard import GuardPlan
