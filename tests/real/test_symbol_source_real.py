@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,16 @@ def test_sympos_examples_name_a_duplicated_symbol(suite: str,
     assert examples
     for name, pos in examples:
         assert table.count(name) >= int(pos), (name, pos, table.count(name))
+
+
+def test_addr_with_kernel_dir_checks_the_source(bookworm: Kernel, trixie: Kernel) -> None:
+    def addr(kallsyms: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "klpsym", "addr", "c_start", "--kallsyms",
+                               str(kallsyms), "--kernel-dir", str(bookworm.kernel_dir), *extra],
+                              capture_output=True, text=True, check=False, timeout=600)
+
+    assert addr(capture_kallsyms(bookworm)).returncode == 0
+    wrong = addr(capture_kallsyms(trixie))
+    assert wrong.returncode == 2 and "vmlinux exports of" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1
+    assert addr(capture_kallsyms(trixie), "--no-symbol-check").returncode == 0

@@ -96,16 +96,37 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
                         "--system-map/--vmlinux rules")
     g.add_argument("--config", metavar="FILE", type=Path,
                    help="the target's .config (CONFIG_KALLSYMS_ALL) for --system-map/--vmlinux")
+    g.add_argument("--no-symbol-check", action="store_true",
+                   help="with --kernel-dir, use the symbol source even when vmlinux exports of "
+                        "its Module.symvers are missing from it")
 
 
 def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
+    """The symbol source; with --kernel-dir, held to that kernel's exports
+    as convert's is (:func:`klpsym.kernel.target.check_symbol_source`)."""
     from klpsym.kernel.symbols import SymbolSource, open_symbols
 
-    if getattr(args, "image", None) is not None:
+    image = getattr(args, "image", None)
+    if image is not None:
         from klpsym.kernel.image import read_image
         from klpsym.kernel.version import read_kernel_version
 
         version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
-        return SymbolSource(read_image(args.image, version), f"image {args.image}", False)
-    return open_symbols(args.kallsyms, args.system_map, args.vmlinux,
-                        kernel_dir=args.kernel_dir, config=args.config)
+        source = SymbolSource(read_image(image, version), f"image {image}", False)
+    else:
+        source = open_symbols(args.kallsyms, args.system_map, args.vmlinux,
+                              kernel_dir=args.kernel_dir, config=args.config)
+    own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
+    if own is not None and own.is_file() and not args.no_symbol_check:
+        from klpsym.kernel.config import KernelConfig
+        from klpsym.kernel.symvers import read_symvers
+        from klpsym.kernel.target import check_symbol_source
+        from klpsym.kernel.version import read_kernel_version
+
+        cfg_path = args.config or Path(args.kernel_dir) / ".config"
+        cfg = KernelConfig.from_path(cfg_path) if Path(cfg_path).is_file() else None
+        check_symbol_source(source.table, read_symvers(own),
+                            read_kernel_version(args.kernel_dir).release, cfg,
+                            args.kallsyms or args.system_map or args.vmlinux or image
+                            or source.description)
+    return source
