@@ -73,7 +73,7 @@ def test_a_directory_as_symbol_file_is_called_a_directory(tmp_path: Path,
         '#define UTS_RELEASE "6.1.0-99-test"\n')
     (kdir / "Module.symvers").write_text("0x1\tphys_base\tvmlinux\tEXPORT_SYMBOL\t\n")
     for flag in ("kallsyms", "system_map", "vmlinux"):
-        with pytest.raises(KernelSourceError, match=r"is a directory \(--"):
+        with pytest.raises(KernelSourceError, match=rf"is a directory \({flag}=\)"):
             discover(kdir, running_release="x", **{flag: tmp_path})  # type: ignore[arg-type]
     assert main(["addr", "x", "--kallsyms", str(tmp_path)]) == 2
     assert f"{tmp_path}: is a directory (--kallsyms)" in capsys.readouterr().err

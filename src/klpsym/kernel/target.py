@@ -151,7 +151,8 @@ def check_symbol_source(table: KallsymsTable, symvers: Symvers, release: str,
     raise KernelSourceError(
         f"{source}: {missing:,} of the {total:,} vmlinux exports of {release} "
         f"({symvers.source}) are missing from it ({example}): it is another kernel's or "
-        f"truncated; pass the symbols of {release} itself, or {NO_SYMBOL_CHECK} to use it anyway"
+        f"truncated; pass the symbols of {release} itself, or turn this check off "
+        f"({NO_SYMBOL_CHECK})"
     )
 
 
