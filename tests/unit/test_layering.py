@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lab", ("klpsym.lab",)),
     # `python -m klpsym.lab` is `klpsym lab`: a command-line entry, like
     # klpsym.cli.main, though it must live in the lab's package.
-    ("commands", ("klpsym.cli", "klpsym.lab.__main__")),
+    ("commands", ("klpsym.cli", "klpsym.lab.__main__", "klpsym.__main__")),
 )
 
 
