@@ -13,7 +13,7 @@ import pytest
 
 from elfbuilder import simple_module
 from klpsym.errors import KernelSourceError
-from klpsym.kernel.kallsyms import read_proc_kallsyms
+from klpsym.kernel.proc_kallsyms import read_proc_kallsyms
 from klpsym.kernel.symcache import hashes_of
 from klpsym.kernel.symvers import read_symvers
 from klpsym.kernel.target import discover
