@@ -80,7 +80,8 @@ def test_single_and_composite(bookworm: Kernel, kallsyms: Path, tmp_path: Path) 
             assert n not in syms
             # modpost took the name as a vmlinux export with CRC 0
             assert re.search(rf'\{{\s*0, "{n}" \}}', versions(d / ko_name))
-        row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"│ {ko_name}"))
+        # piped: the table as plain columns (box tables are for terminals)
+        row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"{ko_name} "))
         assert all(n in row for n in wanted), proc.stdout
         assert syms.get("_printk") == "UND"  # exported: untouched
 
@@ -125,7 +126,7 @@ def test_rebuild_is_idempotent(bookworm: Kernel, kallsyms: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CC [M]" not in proc.stdout  # nothing recompiled
     assert (d / "call_func.ko").read_bytes() == first
-    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("│ call_func.ko"))
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("call_func.ko "))
     assert "kallsyms_lookup_name" in row  # still in the table
 
 
@@ -151,7 +152,7 @@ def test_make_snippet(bookworm: Kernel, kallsyms: Path, tmp_path: Path) -> None:
     syms = symbols(d / "snippet.ko")
     assert syms[".klp.sym.vmlinux.kallsyms_lookup_name,0"] == "OS [0xff20]"
     assert syms[".klp.sym.vmlinux.kptr_restrict,0"] == "OS [0xff20]"
-    assert any(ln.startswith("│ snippet.ko") for ln in proc.stdout.splitlines()), proc.stdout
+    assert any(ln.startswith("snippet.ko ") for ln in proc.stdout.splitlines()), proc.stdout
 
 
 def test_extra_symbols_replaced_by_the_makefile(bookworm: Kernel, kallsyms: Path,
@@ -254,8 +255,9 @@ def test_mo_output_dir_on_7x(sid: Kernel, tmp_path: Path) -> None:
     assert "\ttm_provider_lookup\t" in exports and "kallsyms_lookup_name" not in exports
     for ko, wanted in (("tm_provider.ko", "kallsyms_lookup_name"),
                        ("tm_user.ko", "dmesg_restrict")):
-        row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"│ {ko} "))
-        assert wanted in row and "│ add " in row and "│ yes " in row, proc.stdout
+        row = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"{ko} "))
+        cells = row.split()  # module, converted, relocations, guard, signed
+        assert wanted in cells[1] and cells[-2:] == ["add", "yes"], proc.stdout
         syms = symbols(out / ko)
         assert syms[f".klp.sym.vmlinux.{wanted},0"] == "OS [0xff20]" and wanted not in syms
         assert syms["klp_enable_patch"] == "UND"  # the guard
