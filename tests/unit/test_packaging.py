@@ -4,7 +4,6 @@ bash completion and a man page generated from the parser."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -30,25 +29,16 @@ def test_python_dash_m_klpsym() -> None:
     assert run.returncode == 2
 
 
-@pytest.mark.parametrize("python_reader", [False, True])
-def test_version_names_the_module_reader(python_reader: bool) -> None:
+def test_version_names_the_module_reader() -> None:
     from klpsym import __version__
+    from klpsym.load.fastread import fast_facts
 
-    env = dict(os.environ)
-    env.pop("KLPSYM_PYTHON_READER", None)
-    if python_reader:
-        env["KLPSYM_PYTHON_READER"] = "1"
     run = subprocess.run([sys.executable, "-m", "klpsym", "--version"], capture_output=True,
-                         text=True, check=True, timeout=600, env=env)
+                         text=True, check=True, timeout=600)
     lines = run.stdout.splitlines()
     assert lines[0] == f"klpsym {__version__}"
-    try:
-        from klpsym.load import _cfacts
-    except ImportError:
-        assert lines[1] == "module reader: Python (the compiled reader is not built)"
-    else:
-        assert lines[1] == ("module reader: Python (KLPSYM_PYTHON_READER is set)"
-                            if python_reader else f"module reader: compiled ({_cfacts.__file__})")
+    assert lines[1] == f"module reader: Python ({fast_facts.__module__})"
+    assert lines[2].startswith("Python 3.")
 
 
 def _every_flag() -> dict[str, set[str]]:

@@ -98,7 +98,8 @@ def _show_missing(module: Module, target: TargetKernel, sympos: dict[str, int]) 
     with them as ``missing`` rows beside the rest, before the error line
     (what a dry run is for: seeing everything that would happen)."""
     from klpsym.kernel.version import klp_sym_name_max
-    from klpsym.klp.plan import Fate, Plan, classify_symbols
+    from klpsym.klp.classify import Fate
+    from klpsym.klp.plan import Plan, classify_symbols
 
     try:
         symbols = classify_symbols(module, target, sympos)

@@ -170,20 +170,15 @@ def _refuse_unknown(parser: argparse.ArgumentParser, argv: Sequence[str],
 
 
 def version_text() -> str:
-    """``klpsym --version``: the version, and which reader `check` uses for
-    modules: the compiled one (klpsym.load._cfacts, built by setup.py where
-    a C compiler is found) or the pure-Python one (about 1.7 times slower
-    over a whole kernel; KLPSYM_PYTHON_READER=1 forces it)."""
+    """``klpsym --version``: the version, the reader `check` reads modules
+    with (the module that holds it: one Python reader since the compiled
+    one was dropped; a report of speed starts from knowing which), and the
+    Python running it."""
     import platform
 
-    try:
-        from klpsym.load import _cfacts
-    except ImportError:
-        reader = "Python (the compiled reader is not built)"
-    else:
-        reader = ("Python (KLPSYM_PYTHON_READER is set)" if os.environ.get("KLPSYM_PYTHON_READER")
-                  else f"compiled ({_cfacts.__file__})")
-    return (f"klpsym {__version__}\nmodule reader: {reader}\n"
+    from klpsym.load.fastread import fast_facts
+
+    return (f"klpsym {__version__}\nmodule reader: Python ({fast_facts.__module__})\n"
             f"Python {platform.python_version()} ({sys.executable})")
 
 
