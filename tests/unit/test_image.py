@@ -346,7 +346,7 @@ def test_kallsyms_command_prints_proc_kallsyms_format(tmp_path: Path,
     doc = json.loads(capsys.readouterr().out)
     assert doc["source"] == f"image {img}" and doc["runtime_addresses"] is False
     assert [(s["address"], s["type"], s["name"]) for s in doc["symbols"]] == \
-        rows_for("v6.1-seqs")
+        [(f"{a:#x}", t, n) for a, t, n in rows_for("v6.1-seqs")]  # hex: docs/json.md
     # a saved /proc/kallsyms as the source: the same lines back
     saved = tmp_path / "kallsyms"
     saved.write_text(out + "ffffffffc0000000 t mod_fn\t[some_module]\n")
@@ -375,7 +375,7 @@ def test_addr_with_image(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     dup = [a for a, _, n in rows_for("v7.0") if n == "duplicated_static"]
     assert doc["source"] == f"image {img}" and doc["runtime_addresses"] is False
     assert [(s["name"], s["pos"], s["address"]) for s in doc["symbols"]] == \
-        [("jiffies", 0, want["jiffies"]), ("duplicated_static", 2, dup[1])]
+        [("jiffies", 0, f"{want['jiffies']:#x}"), ("duplicated_static", 2, f"{dup[1]:#x}")]
 
 
 def test_insmod_takes_image_only_for_print_args(tmp_path: Path,

@@ -102,6 +102,8 @@ def test_every_printed_key_is_documented(tmp_path: Path, capsys: pytest.CaptureF
     ksyms.write_text("ffffffff81000000 T _stext\nffffffff81100000 t c_start\n")
     seen["addr"] = keys_of(run_json(["addr", "c_start", "--kallsyms", str(ksyms), "--json"],
                                     capsys))
+    seen["kallsyms"] = keys_of(run_json(["kallsyms", "--kallsyms", str(ksyms), "--json"],
+                                        capsys))
     seen["error"] = keys_of(run_json(["convert", str(tmp_path / "nope.ko"), "--dry-run",
                                       "--json"], capsys))
     for command, keys in seen.items():

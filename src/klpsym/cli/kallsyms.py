@@ -77,10 +77,14 @@ def run(args: argparse.Namespace) -> int:
         names = table.names.tolist()
         types = table.types.tolist()
         addrs = table.addresses.tolist()
-        json.dump({"source": source, "runtime_addresses": runtime,
+        from klpsym.cli.jsonout import SCHEMA
+
+        # addresses as hex strings, as every --json (docs/json.md); made
+        # here, not through jsonout.hexify: a kernel has ~200k of them
+        json.dump({"schema": SCHEMA, "source": source, "runtime_addresses": runtime,
                    "has_addresses": table.has_addresses, "notes": list(table.notes),
                    "count": len(table),
-                   "symbols": [{"address": a, "type": t, "name": n}
+                   "symbols": [{"address": f"{a:#x}", "type": t, "name": n}
                                for a, t, n in zip(addrs, types, names, strict=True)]},
                   out, separators=(",", ":"))
         out.write("\n")
