@@ -82,7 +82,7 @@ def _check_vermagic(args: argparse.Namespace) -> None:
     from klpsym.kernel.version import read_kernel_version
     from klpsym.module.ko import read_module
 
-    given = args.kallsyms or args.system_map or args.vmlinux
+    given = args.kallsyms or args.system_map or args.vmlinux or getattr(args, "image", None)
     if args.kernel_dir is not None:
         release, whose = read_kernel_version(args.kernel_dir).release, "--kernel-dir's"
     elif not given:
