@@ -142,5 +142,7 @@ def test_sdist_and_wheel_ship_the_licence_and_metadata(tmp_path: Path) -> None:
     text = meta.decode()
     assert "License-Expression: GPL-2.0-only" in text and "License-File: LICENSE" in text
     assert "Classifier: Operating System :: POSIX :: Linux" in text
+    assert "Programming Language :: C" not in text  # pure Python since the C reader went
+    assert wheel.name.endswith("-py3-none-any.whl")
     assert "Classifier: Topic :: System :: Operating System Kernels :: Linux" in text
     assert not re.search(r"^Project-URL:", text, re.M)  # none exist yet: none invented
