@@ -108,7 +108,7 @@ def test_ambiguous_name_lists_candidates_and_the_flag(tmp_path: Path) -> None:
     src = write(tmp_path, simple_module(("show_state",)))
     with pytest.raises(ConvertError) as e:
         convert_file(src, target(), {}, output=tmp_path / "out.ko")
-    msg = str(e.value)
+    msg = message(e.value)  # as the command line shows it
     assert "3 symbols of that name" in msg and "--sympos show_state=N" in msg
     assert "1: type t at 0xffffffff81172300" in msg and "3: type t at 0xffffffff81300000" in msg
     assert "\n" not in msg

@@ -184,9 +184,8 @@ def _options() -> set[str]:
     return found - {"-h", "--help", "--version"}
 
 
-# Modules below the CLI whose errors still name its options; each is a
-# follow-up (klp.plan: being reworked by another change).
-STILL_NAMING_OPTIONS = {"klpsym.klp.plan"}
+# Modules below the CLI whose errors still name its options (none left).
+STILL_NAMING_OPTIONS: set[str] = set()
 
 
 def options_in_errors(src: Path, options: set[str]) -> dict[str, list[str]]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from klpsym.elf.constants import EM, SHN, STB
-from klpsym.errors import ConvertError
+from klpsym.errors import ConvertError, param
 from klpsym.kernel.kallsyms import Candidate
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.version import (
@@ -38,6 +38,8 @@ from klpsym.klp.classify import Fate, classify_unexported, export_fate
 from klpsym.klp.names import parse_symbol_name
 from klpsym.module.ko import Module
 from klpsym.module.license import GPL_COMPATIBLE, is_gpl_compatible
+
+SYMPOS = param("sympos")  # the caller's sympos= (the CLI's --sympos)
 
 
 @dataclass
@@ -83,9 +85,9 @@ def parse_sympos(items: list[str]) -> dict[str, int]:
     for item in items:
         name, sep, num = item.rpartition("=")
         if not sep or not name or not num.isdigit():
-            raise ConvertError(f"--sympos {item!r}: expected NAME=N, e.g. --sympos show_state=2")
+            raise ConvertError(f"{SYMPOS} {item!r}: expected NAME=N, e.g. {SYMPOS} c_start=2")
         if name in out and out[name] != int(num):
-            raise ConvertError(f"--sympos {name} is given twice with different positions")
+            raise ConvertError(f"{SYMPOS} {name} is given twice with different positions")
         out[name] = int(num)
     return out
 
@@ -148,8 +150,8 @@ def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -
     for name in unknown:
         used = next((s for s in symbols if s.name == name), None)
         if used is None:
-            raise ConvertError(f"--sympos {name}: {where} does not use a symbol named {name}")
-        raise ConvertError(f"--sympos {name}: {name} is {used.fate.value}, not converted; "
+            raise ConvertError(f"{SYMPOS} {name}: {where} does not use a symbol named {name}")
+        raise ConvertError(f"{SYMPOS} {name}: {name} is {used.fate.value}, not converted; "
                            "drop the flag")
 
     missing = [s.name for s in symbols if s.fate == Fate.MISSING]
@@ -160,7 +162,7 @@ def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -
             f"{where}: undefined symbol{'s' if len(missing) > 1 else ''} {shown} "
             f"{'are' if len(missing) > 1 else 'is'} neither exported by kernel {target.release} "
             f"({target.symvers.source}) nor in its kallsyms ({target.kallsyms_source}); "
-            "check the name, or add the exporting module's Module.symvers with --symvers"
+            f"check the name, or add the exporting module's Module.symvers with {param('symvers')}"
         )
 
     plan = Plan(module, target, version, name_width, symbols, notes)
@@ -175,7 +177,7 @@ def _target_version(module: Module, target: TargetKernel) -> KernelVersion:
         raise ConvertError(
             f"{module.path}: built for kernel {built_for} (vermagic) but the target kernel is "
             f"{target.release}; rebuild the module against {target.release}'s headers, or point "
-            f"--kernel-dir at {built_for}'s"
+            f"{param('kernel_dir')} at {built_for}'s"
         )
     return target.version
 
@@ -197,10 +199,10 @@ def _classify(index: int, name: str, weak: bool, module: Module, target: TargetK
             listing = "; ".join(_describe(c) for c in candidates)
             raise ConvertError(
                 f"{name} is ambiguous: {len(candidates)} symbols of that name in "
-                f"{target.kallsyms.source} ({listing}); pick one with --sympos {name}=N"
+                f"{target.kallsyms.source} ({listing}); pick one with {SYMPOS} {name}=N"
             )
         raise ConvertError(
-            f"--sympos {name}={wanted}: {target.kallsyms.source} has {len(candidates)} "
+            f"{SYMPOS} {name}={wanted}: {target.kallsyms.source} has {len(candidates)} "
             f"symbol{'s' if len(candidates) > 1 else ''} named {name}; use 1..{len(candidates)}"
         )
     return SymbolPlan(index, name, Fate.CONVERT, pos=found.pos, candidate=found.candidate,
