@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -216,10 +217,24 @@ def test_archive_move_is_said_followed_and_pruned(
     assert sorted(p.name for p in debs.iterdir()) == linked
     assert kernel.home.is_dir() and (kernel.home / "complete").is_file()
 
+    # The memo of apt's last answer names the older kernel (as it did before
+    # the archive moved, while an apt-get update that found nothing new left
+    # the lists' stamp as it was): strict mode asks apt, and gets today's.
+    memo = tmp_path.resolve() / "resolved-bookworm-amd64.json"
+    data = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**data, "release": old_release, "version": old_version}))
+    (old / "root").mkdir(parents=True)
+    (old / "kernel.json").write_text(json.dumps(
+        {"suite": "bookworm", "release": old_release, "version": old_version, "packages": []}))
+    (old / "complete").write_text("then\n")
+    assert provision("bookworm", tmp_path, chroot=False, strict=False).release == old_release
+    assert provision("bookworm", tmp_path, chroot=False, strict=True) == kernel
+
     def apt_down(*args: object, **kwargs: object) -> object:
         raise LabError("apt is down")
 
     monkeypatch.setattr(prov, "_current", apt_down)
+    shutil.rmtree(old)
     assert provision("bookworm", tmp_path, chroot=False, strict=False, say=said.append) == kernel
     assert said == [f"bookworm: apt could not say which kernel is current (apt is down);"
                     f" using the cached {kernel.label}"]

@@ -180,13 +180,18 @@ class Resolved:
     version: str
 
 
-def resolve(cache: Path, suite: str, flavour: str, apt: Apt = HOST_APT) -> Resolved:
-    """The current kernel of the metapackage ``linux-image-<flavour>`` (cached per apt lists)."""
+def resolve(cache: Path, suite: str, flavour: str, apt: Apt = HOST_APT, *,
+            memo_ok: bool = True) -> Resolved:
+    """The current kernel of the metapackage ``linux-image-<flavour>``.  The
+    answer is kept in a memo keyed on the apt lists' stamp and reused while
+    ``memo_ok`` and the stamp is unchanged; with ``memo_ok=False`` apt is asked
+    (an ``apt-get update`` that finds nothing new leaves the stamp as it was, so
+    only asking apt proves the answer is today's)."""
     memo = cache / f"resolved-{suite}-{flavour}.json"
     stamp = lists_stamp(apt)
     try:
         data = json.loads(memo.read_text())
-        if stamp is not None and data.get("lists_stamp") == stamp:
+        if memo_ok and stamp is not None and data.get("lists_stamp") == stamp:
             return Resolved(str(data["release"]), str(data["version"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass

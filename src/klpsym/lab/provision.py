@@ -158,15 +158,17 @@ def _apt_for(cache: Path, suite: str) -> Apt:
     return HOST_APT if host_codename() == suite else private_apt(cache, suite)
 
 
-def _current(cache: Path, suite: str, flavour: str, apt: Apt, refresh: bool) -> Resolved:
+def _current(cache: Path, suite: str, flavour: str, apt: Apt, refresh: bool,
+             strict: bool) -> Resolved:
     """The archive's current kernel of ``suite`` (lists refreshed first when
-    ``refresh``, or when a private suite's are missing or a day old)."""
+    ``refresh``, or when a private suite's are missing or a day old; apt asked
+    again, not the memo of its last answer, when ``refresh`` or ``strict``)."""
     if apt is HOST_APT:
         if refresh:
             update_host(apt)
     else:
         update_private(apt, suite, force=refresh)
-    return resolve(cache, suite, flavour, apt)
+    return resolve(cache, suite, flavour, apt, memo_ok=not (refresh or strict))
 
 
 def provision(
@@ -211,7 +213,7 @@ def provision(
     with locked(cache, suite):
         kernels.mkdir(parents=True, exist_ok=True)
         try:
-            resolved = _current(cache, suite, flavour, apt, refresh)
+            resolved = _current(cache, suite, flavour, apt, refresh, strict)
         except LabError as e:
             cached = cached_kernels(kernels)
             if not cached or strict:
