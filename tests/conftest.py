@@ -87,6 +87,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(tier)
 
 
+_TIER_SECONDS = pytest.StashKey[dict[str, float]]()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each tier's time (setup, call and teardown of its tests, session
+    fixtures included where they ran), for the summary README's table quotes."""
+    tier = next((t for t in TIERS if report.nodeid.startswith(f"tests/{t}/")), None)
+    if tier is not None and _CONFIG is not None:
+        times = _CONFIG.stash.setdefault(_TIER_SECONDS, {})
+        times[tier] = times.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    times = config.stash.get(_TIER_SECONDS, {})
+    if times:
+        terminalreporter.write_line("tier times: " + ", ".join(
+            f"{t} {times[t]:.0f} s" for t in TIERS if t in times))
+
+
 #: What a test may skip for on CI: a fact of the kernel under test, of one boot
 #: (KASLR), or of the host, which no setup step of the suite changes.  Any other
 #: skip (a tool missing, a suite not provisioned) is a hole on CI: it fails there.
@@ -106,7 +125,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                            f"facts of a kernel, a boot or the host ({', '.join(FACTS)}) may skip")
 
 
+_CONFIG: pytest.Config | None = None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _CONFIG
+    _CONFIG = config
     # tests import the synthetic ELF builder as a plain module
     import sys
     import tempfile
