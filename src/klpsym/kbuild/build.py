@@ -56,14 +56,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import KbuildError, param
+from klpsym.errors import KbuildError, KlpsymError
+from klpsym.kbuild.gate import ModpostGate
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
-from klpsym.kernel.symvers import read_symvers
+from klpsym.kernel.symvers import MODULE_NS_PREFIX, read_symvers
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.classify import Fate
 from klpsym.klp.convert import ConvertResult, convert_file
@@ -252,7 +252,7 @@ def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
     kdir = target.kernel_dir
     if kdir is None or not (kdir / "Makefile").is_file():
         raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
-                          f"kernel's build/headers dir with {param('kernel_dir')}")
+                          "kernel's build/headers dir with --kernel-dir")
     check_make_args(make_args, target)
     args, output = output_dir(make_args, directory, target)
     return directory, kdir, args, output
@@ -272,48 +272,16 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     runner = runner or HostRunner()
     directory, kdir, make_args, output = prepare(directory, target, make_args)
     objdir = output or directory
+    stage = _Stage(directory, objdir, target, sympos, runner)
 
-    # Stage 1: the objects and modules.order, no modpost.
-    rc = _make(kdir, directory, make_args, "modules_check", runner=runner, output=output)
-    if rc != 0:
-        raise KbuildError(f"kbuild failed compiling {directory} (make exit {rc}); see its "
-                          "messages above")
-    objs = modules_in_order(objdir, runner.host_path)
-    modules: list[BuiltModule] = []
-    siblings: set[str] = set()
-    for obj in objs:
-        module = read_module(obj)
-        used = {n for n in module.elf.symtab.names() if n}
-        mine = {k: v for k, v in sympos.items() if k in used}
-        symbols = classify_symbols(module, target, mine)
-        siblings |= _exported_names(module.elf.symtab.names())
-        modules.append(BuiltModule(module.name, obj, obj.with_suffix(".ko"), symbols))
-    unused = sorted(set(sympos) - {s.name for m in modules for s in m.symbols
-                                   if s.fate == Fate.CONVERT})
-    if unused:
-        raise KbuildError(f"{param('sympos')} {unused[0]}: no module in {directory} uses "
-                          f"{unused[0]} as "
-                          "an unexported symbol; drop the flag")
-
-    # The names modpost should take as exported: convertible, and exported by
-    # no module being built (modpost would call that an export "twice").
-    resolved = sorted({s.name for m in modules for s in m.symbols if s.fate == Fate.CONVERT
-                       and s.name not in siblings and s.name not in target.symvers})
-
-    # Exports for named modules only that these modules may not use are converted
-    # like unexported symbols, but modpost still sees the export and refuses it.
-    nsdeps = _module_only_exports(modules, target)
-    if nsdeps:
-        _check_namespace_imports(modules, target)
-
-    # Stage 2: modpost (strict) and the final link.
+    # One kbuild run; modpost waits at the gate while klpsym classifies the
+    # objects and writes the names it may take as exported.
+    nsdeps = stage.nsdeps
     nsdeps_file = objdir / "modules.nsdeps"  # modpost's working dir
     had_nsdeps_file = nsdeps_file.exists()
-    with tempfile.TemporaryDirectory(prefix="klpsym-build-") as tmp:
-        gen = Path(tmp) / "klpsym.symvers"
-        gen.write_text(extra_symvers_text(resolved))
-        args, env = _extra_symbols(make_args, [*(p.resolve() for p in extra_symvers), gen],
-                                   runner)
+    with ModpostGate(objdir, stage.symvers_text) as gate:
+        args, env = _extra_symbols(make_args, [*(p.resolve() for p in extra_symvers),
+                                               *gate.files], runner)
         if nsdeps:
             env["KBUILD_NSDEPS"] = "1"
         try:
@@ -321,10 +289,25 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         finally:
             if nsdeps and not had_nsdeps_file:
                 nsdeps_file.unlink(missing_ok=True)
+    error = gate.error or stage.refusal
+    if error is not None and not isinstance(error, Exception):
+        raise error  # KeyboardInterrupt and the like, in the gate's thread
     if rc != 0:
-        raise KbuildError(_failure(directory, modules, siblings, target, rc, resolved))
+        if isinstance(error, KlpsymError):
+            raise error  # klpsym's reason, after modpost's own messages
+        raise KbuildError(stage.failure(rc, gate.opened))
+    if error is not None:
+        _remove_unconverted(stage.order)
+        raise error
+    modules = stage.classified()
+    if not gate.opened:  # no modpost run (nothing changed): not checked yet
+        try:
+            stage.check(modules)
+        except KlpsymError:
+            _remove_unconverted(stage.order)
+            raise
 
-    # Stage 3: convert each .ko in place, with the exports just built.
+    # Convert each .ko in place, with the exports just built.
     own = objdir / "Module.symvers"
     final = target
     if own.is_file() and own.stat().st_size:
@@ -335,8 +318,103 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
         m.result = convert_file(m.ko, final, mine, in_place=True, guard=guard, signer=signer)
     notes = [f"{name} is exported for named modules only ({ns}) and converted like an "
              "unexported symbol; modpost's warning about its namespace is expected"
-             for name, ns in nsdeps.items()]
-    return BuildResult(directory, final, modules, resolved, notes, output)
+             for name, ns in _module_only_exports(modules, target).items()]
+    return BuildResult(directory, final, modules, stage.resolved, notes, output)
+
+
+class _Stage:
+    """What klpsym learns from the objects kbuild compiled: each module's
+    symbols with their fate (:func:`klpsym.klp.plan.classify_symbols`), and
+    the names modpost may take as exported."""
+
+    def __init__(self, directory: Path, objdir: Path, target: TargetKernel,
+                 sympos: Mapping[str, int], runner: Runner) -> None:
+        self.directory, self.objdir, self.target = directory, objdir, target
+        self.sympos, self.runner = sympos, runner
+        self.modules: list[BuiltModule] | None = None
+        self.siblings: set[str] = set()
+        self.resolved: list[str] = []
+        self.order: list[Path] = []
+        self.refusal: KlpsymError | None = None
+        # Exports for named modules only that these modules may not use are
+        # converted like unexported symbols, but modpost still sees the export
+        # and refuses it unless KBUILD_NSDEPS (see _module_only_exports);
+        # which modules use them is known only once modpost runs.
+        self.nsdeps = _has_module_only_exports(target)
+
+    def classified(self) -> list[BuiltModule]:
+        """The modules of modules.order, classified (once)."""
+        if self.modules is None:
+            objs = modules_in_order(self.objdir, self.runner.host_path)
+            self.order = [o.with_suffix(".ko") for o in objs]
+            modules: list[BuiltModule] = []
+            siblings: set[str] = set()
+            for obj in objs:
+                module = read_module(obj)
+                names = module.elf.symtab.names()
+                used = {n for n in names if n}
+                mine = {k: v for k, v in self.sympos.items() if k in used}
+                symbols = classify_symbols(module, self.target, mine)
+                siblings |= _exported_names(names)
+                modules.append(BuiltModule(module.name, obj, obj.with_suffix(".ko"), symbols))
+            self.modules, self.siblings = modules, siblings
+            # The names modpost should take as exported: convertible, and
+            # exported by no module being built (modpost would call that an
+            # export "twice").
+            self.resolved = sorted({s.name for m in modules for s in m.symbols
+                                    if s.fate == Fate.CONVERT and s.name not in siblings
+                                    and s.name not in self.target.symvers})
+        return self.modules
+
+    def check(self, modules: Sequence[BuiltModule]) -> None:
+        """klpsym's own refusals: a --sympos no module needs; a namespace not
+        imported, which modpost no longer checks under KBUILD_NSDEPS."""
+        unused = sorted(set(self.sympos) - {s.name for m in modules for s in m.symbols
+                                            if s.fate == Fate.CONVERT})
+        if unused:
+            raise KbuildError(f"--sympos {unused[0]}: no module in {self.directory} uses "
+                              f"{unused[0]} as an unexported symbol; drop the flag")
+        if self.nsdeps:
+            _check_namespace_imports(modules, self.target)
+
+    def symvers_text(self) -> str:
+        """The generated symvers, for the gate (modpost waits meanwhile).
+        A refusal (:meth:`check`) is kept in :attr:`refusal` and the names
+        still go to modpost, so that its own errors come first; klpsym's
+        follows once make is done."""
+        modules = self.classified()
+        try:
+            self.check(modules)
+        except KlpsymError as e:
+            self.refusal = e
+        return extra_symvers_text(self.resolved)
+
+    def failure(self, rc: int, gated: bool) -> str:
+        """klpsym's line after a failed make.  ``gated``: modpost read the
+        generated symvers, so the objects were all compiled; else make
+        failed before modpost, or the module's makefile dropped the file."""
+        generic = f"kbuild failed in {self.directory} (make exit {rc}); see its messages above"
+        if not gated and extra_symbols_assignment(self.directory) is None:
+            return generic
+        try:
+            modules = self.classified()
+        except KlpsymError:
+            return generic
+        return _failure(self.directory, modules, self.siblings, self.target, rc,
+                        () if gated else self.resolved)
+
+
+def _remove_unconverted(kos: Sequence[Path]) -> None:
+    """kbuild linked these .ko files, then klpsym refused to convert them:
+    removed, so that nothing unconverted looks built (as when modpost fails,
+    and kbuild links nothing)."""
+    for ko in kos:
+        ko.unlink(missing_ok=True)
+
+
+def _has_module_only_exports(target: TargetKernel) -> bool:
+    return any(ns.startswith(MODULE_NS_PREFIX)
+               for _, _, ns, _ in target.symvers.fields().values())
 
 
 def _module_only_exports(modules: Sequence[BuiltModule],
