@@ -130,6 +130,41 @@ def test_rebuild_is_idempotent(bookworm: Kernel, kallsyms: Path, tmp_path: Path)
     assert "kallsyms_lookup_name" in row  # still in the table
 
 
+def test_one_kbuild_run_and_a_no_change_rebuild_runs_no_modpost(
+        bookworm: Kernel, kallsyms: Path, tmp_path: Path) -> None:
+    """Issue 19: klpsym build runs make once (modpost waits for the names at
+    klpsym's gate), and a rebuild where nothing changed runs no modpost and
+    leaves the converted .ko as it was."""
+    d = copy("two_modules", tmp_path)
+    shim, log = tmp_path / "bin", tmp_path / "make.log"
+    shim.mkdir()
+    real_make = shutil.which("make")
+    assert real_make is not None
+    (shim / "make").write_text(  # logs the top-level make runs only
+        f'#!/bin/sh\n[ -n "$MAKELEVEL" ] || echo "$*" >> {log}\nexec {real_make} "$@"\n')
+    (shim / "make").chmod(0o755)
+    env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}")
+    cmd = [*KLPSYM, "build", str(d), "--kernel-dir", str(bookworm.kernel_dir), "--kallsyms",
+           str(kallsyms)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = log.read_text().splitlines()
+    assert len(runs) == 1 and runs[0].endswith(" modules"), runs
+    assert proc.stdout.count("MODPOST") == 1
+    built = {ko: (d / ko).read_bytes() for ko in ("tm_provider.ko", "tm_user.ko")}
+    assert symbols(d / "tm_user.ko")[".klp.sym.vmlinux.dmesg_restrict,0"] == "OS [0xff20]"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(log.read_text().splitlines()) == 2
+    assert "MODPOST" not in proc.stdout and "CC [M]" not in proc.stdout
+    assert {ko: (d / ko).read_bytes() for ko in built} == built
+    assert any(ln.startswith("│ tm_user.ko") and "dmesg_restrict" in ln
+               for ln in proc.stdout.splitlines()), proc.stdout
+    assert not (d / ".klpsym-modpost").exists()
+
+
 def test_mo_refused_on_61(bookworm: Kernel, kallsyms: Path, tmp_path: Path) -> None:
     d = copy("call_func", tmp_path)
     proc = klpsym_build(bookworm, kallsyms, d, "--", f"MO={tmp_path}/out")

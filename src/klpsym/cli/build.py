@@ -16,6 +16,7 @@ from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.kbuild import BuildResult
+    from klpsym.kbuild.make import KbuildRun
     from klpsym.kbuild.methods import MethodBuild
 
 # klpsym.kbuild.methods.AUTO and klpsym.methods.header.METHODS, without
@@ -25,12 +26,12 @@ METHODS = ("klp", "kallsyms", "kprobe")
 
 EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
 
-How: kbuild compiles the objects (make ... modules_check); klpsym classifies
-each module's undefined symbols; the ones the target has in kallsyms but does
-not export are given to modpost in a generated symvers file
-(KBUILD_EXTRA_SYMBOLS), so modpost stays strict: any other undefined symbol
-still fails the build.  Then kbuild links the .ko files and klpsym converts
-each in place.
+How: one 'make modules'; when kbuild has compiled the objects, modpost waits
+while klpsym classifies each module's undefined symbols; the ones the target
+has in kallsyms but does not export are given to modpost in a generated
+symvers file (KBUILD_EXTRA_SYMBOLS, through .klpsym-modpost/ in the build
+dir), so modpost stays strict: any other undefined symbol still fails the
+build.  Then kbuild links the .ko files and klpsym converts each in place.
 
 A separate output dir: '-- MO=OUTDIR' (kernels >= 6.13; refused for older
 ones, whose kbuild has none).  kbuild then writes the objects,
@@ -106,6 +107,33 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.kbuild.make import start_early
+
+    # make starts first, so that klpsym's imports and the target's tables load
+    # while kbuild compiles; modpost waits for them (klpsym.kbuild.gate).
+    started = start_early(args.directory, args.kernel_dir, args.kernel_release,
+                          args.make_args, args.symvers,
+                          {"KLPSYM_METHOD": "klp"}) if _may_start_early(args) else None
+    try:
+        return _run(args, started)
+    finally:
+        if started is not None:
+            started.close()
+
+
+def _may_start_early(args: argparse.Namespace) -> bool:
+    """Whether make may start before the arguments are all checked: the klp
+    method on this machine, and no file argument that is missing (a typo is
+    said before kbuild prints anything); --sympos is parsed by klp.plan;
+    --json sends make's output to stderr, which the early make does not."""
+    files = [args.kallsyms, args.system_map, args.vmlinux, args.config, *args.symvers,
+             getattr(args, "sign_key", None), getattr(args, "sign_cert", None)]
+    return (args.method == "klp" and args.chroot is None and not args.sympos
+            and not args.json and all(f is None or Path(f).is_file() for f in files))
+
+
+def _run(args: argparse.Namespace, started: KbuildRun | None) -> int:
+    from klpsym.cli.text import is_terminal
     from klpsym.kbuild import ChrootRunner, HostRunner, Runner
     from klpsym.kbuild.build import check_module_dir
     from klpsym.kbuild.methods import build_with_method
@@ -118,10 +146,13 @@ def run(args: argparse.Namespace) -> int:
     runner: Runner = HostRunner()
     if args.chroot is not None:
         runner = ChrootRunner(args.chroot)
+    if started is not None and is_terminal():  # while make runs: print_table's table
+        import rich.console
+        import rich.table  # noqa: F401
     with _stdout_to_stderr(args.json):
         out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
                                 tuple(args.symvers), guard=not args.no_guard, signer=signer,
-                                runner=runner)
+                                runner=runner, started=started)
     if args.json:
         from klpsym.cli.jsonout import dump
 

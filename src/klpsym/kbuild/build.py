@@ -4,11 +4,12 @@ kbuild builds an external module in two stages (scripts/Makefile.modpost,
 Linux 6.1): first the objects, one ``<m>.o`` per module (for a composite
 module the ``ld -r`` of its parts) and ``modules.order``; then modpost checks
 every undefined symbol against Module.symvers and writes ``<m>.mod.c``; then
-``<m>.ko`` is linked.  :func:`build` runs the first stage alone (the
-``modules_check`` goal, which depends on ``modules.order`` only), classifies
-each ``<m>.o``'s undefined symbols with :func:`klpsym.klp.plan.classify_symbols`,
-and hands the convertible ones to modpost as a generated symvers file in
-``KBUILD_EXTRA_SYMBOLS``::
+``<m>.ko`` is linked.  :func:`build` runs ``make modules`` once
+(:class:`klpsym.kbuild.make.KbuildRun`); when modpost starts, it waits at
+klpsym's gate (:mod:`klpsym.kbuild.gate`) while klpsym classifies each
+``<m>.o``'s undefined symbols with :func:`klpsym.klp.plan.classify_symbols`
+and writes the convertible ones into a symvers file that modpost then reads
+(through ``KBUILD_EXTRA_SYMBOLS``)::
 
     0x00000000<TAB>NAME<TAB>vmlinux<TAB>EXPORT_SYMBOL_GPL<TAB>
 
@@ -32,7 +33,16 @@ Why this keeps modpost strict and is safe (6.1 scripts/mod/modpost.c):
 
 Then kbuild links the .ko files and each is converted in place, with the
 exports of the modules just built (the dir's Module.symvers) added so one
-module may use another's.
+module may use another's.  A rebuild where nothing changed runs no modpost
+(its command line, gate included, is the same as last time); the objects are
+classified afterwards then, and the .ko files, converted before, are left as
+they are.
+
+Why not hand modpost every unexported name of the target's kallsyms, without
+waiting: 6.1's modpost keeps symbols in a 1024-bucket hash, and with the
+78,079 unexported names of bookworm's kallsyms it took 0.88-1.24 s against
+0.22 s without them (2026-12-04); and a module that exports a name that is
+also a static vmlinux symbol would fail with "exported twice".
 
 ``MO=OUTDIR`` (Linux 6.13+, commit 11b3d5175e6b "kbuild: support building
 external modules in a separate build directory") moves everything kbuild
@@ -54,16 +64,25 @@ Nothing here parses arguments or prints tables.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from klpsym.errors import KbuildError, KlpsymError
-from klpsym.kbuild.gate import ModpostGate
+from klpsym.kbuild.make import (
+    MO_SINCE,
+    MODULE_ONLY_SINCE,
+    KbuildRun,
+    check_args,
+    check_kernel_dir,
+    check_module_dir,
+    extra_symbols,
+    make_argv,
+    split_output,
+)
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
-from klpsym.kernel.symvers import MODULE_NS_PREFIX, read_symvers
+from klpsym.kernel.symvers import Export, ExportFields, Symvers, read_symvers
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.classify import Fate
 from klpsym.klp.convert import ConvertResult, convert_file
@@ -74,10 +93,10 @@ from klpsym.module.ko import read_module
 # Symbols an EXPORT_SYMBOL() leaves in the object: __ksymtab_NAME up to 6.4,
 # __export_symbol_NAME since 6.5 (commit ddb5cdbafaaa "kbuild: generate
 # KSYMTAB entries by modpost").
+__all__ = ["MO_SINCE", "BuildResult", "BuiltModule", "build", "check_make_args",
+           "check_module_dir", "extra_symvers_text", "output_dir", "prepare"]
+
 _EXPORT_MARKERS = ("__ksymtab_", "__export_symbol_")
-# MO= (external module output dir) came with Linux 6.13 (commit 11b3d5175e6b
-# "kbuild: support building external modules in a separate build directory").
-MO_SINCE = (6, 13)
 # A makefile assignment to KBUILD_EXTRA_SYMBOLS other than += and ?= replaces
 # the environment's value, which is where the generated symvers is.
 _EXTRA_SYMBOLS_SET = re.compile(
@@ -137,62 +156,13 @@ def _exported_names(symbol_names: Sequence[str]) -> set[str]:
 
 def check_make_args(make_args: Sequence[str], target: TargetKernel) -> None:
     """Refuse make arguments that would build something else than DIR."""
-    for arg in make_args:
-        name = arg.split("=", 1)[0] if "=" in arg else ""
-        if name in ("M", "SUBDIRS", "KBUILD_EXTMOD"):
-            raise KbuildError(f"make argument {arg!r}: the module directory is klpsym build's "
-                              "DIR argument; drop it")
-        if name == "MO" and target.version < MO_SINCE:
-            raise KbuildError(
-                f"make argument {arg!r}: kernel {target.release}'s kbuild has no MO= "
-                "(a separate output dir for external modules came in Linux 6.13); build in "
-                "the source dir, or copy it and build the copy")
-        if name == "KBUILD_EXTMOD_OUTPUT":
-            raise KbuildError(f"make argument {arg!r}: give the output dir as MO=DIR")
-        if name == "KBUILD_MODPOST_WARN":
-            raise KbuildError(f"make argument {arg!r}: klpsym build keeps modpost strict; "
-                              "drop it")
+    check_args(make_args, target.version.as_tuple, target.release)
 
 
 def output_dir(make_args: Sequence[str], directory: Path, target: TargetKernel,
                environ: Mapping[str, str] | None = None) -> tuple[list[str], Path | None]:
-    """``make_args`` without ``MO=``, and the separate output dir it names
-    (None: kbuild writes into ``directory``), made ready for make.
-
-    After :func:`check_make_args`.  A relative MO= is taken from the current
-    dir (make would take it from KDIR, its ``-C``); the last MO= wins, as in
-    make; without one, 6.13+ kbuild takes ``KBUILD_EXTMOD_OUTPUT`` from the
-    environment, and so does this.  The dir is created (a chroot's bind mount
-    needs it) and the source dir must not hold an in-place build's
-    modules.order, which 6.13+ kbuild refuses (``outputmakefile``: "The
-    external module source tree is not clean")."""
-    environ = os.environ if environ is None else environ
-    rest: list[str] = []
-    value: str | None = None
-    for arg in make_args:
-        if arg.startswith("MO="):
-            value = arg[3:]
-        else:
-            rest.append(arg)
-    if value is None and target.version >= MO_SINCE:
-        value = environ.get("KBUILD_EXTMOD_OUTPUT")
-    if not value:
-        return rest, None
-    out = Path(os.path.abspath(Path(value).expanduser()))
-    if os.path.realpath(out) == os.path.realpath(directory):
-        return rest, None
-    if out.exists() and not out.is_dir():
-        raise KbuildError(f"MO={value}: {out} is not a directory; name a dir for kbuild's output")
-    if (directory / "modules.order").exists():
-        raise KbuildError(
-            f"{directory}: holds an earlier build made in the source dir (modules.order), and "
-            f"kbuild refuses MO= while it does; clean it with 'make -C KDIR M={directory} "
-            "clean' first")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KbuildError(f"MO={value}: cannot create {out} ({e.strerror})") from None
-    return rest, out
+    """:func:`klpsym.kbuild.make.split_output` for ``target``."""
+    return split_output(make_args, directory, target.version.as_tuple, environ)
 
 
 def _make(kdir: Path, directory: Path, make_args: Sequence[str], goal: str,
@@ -201,46 +171,12 @@ def _make(kdir: Path, directory: Path, make_args: Sequence[str], goal: str,
     """make -C KDIR M=DIR [MO=OUTPUT] ... GOAL where ``runner`` runs it
     (default: here); ``env`` is added to make's environment."""
     runner = runner or HostRunner()
-    jobs = [] if any(a.startswith("-j") or a == "--jobs" or a.startswith("--jobs=")
-                     for a in make_args) else [f"-j{os.cpu_count() or 1}"]
-    mo = [] if output is None else [f"MO={runner.guest_path(output)}"]
-    args = ["-C", str(runner.guest_path(kdir)), f"M={runner.guest_path(directory)}", *mo,
-            *jobs, *make_args, goal]
     # kbuild's own output goes straight to the user's terminal.
-    return runner.make(args, env).returncode
+    return runner.make(make_argv(kdir, directory, make_args, goal, runner, output),
+                       env).returncode
 
 
-def _extra_symbols(make_args: Sequence[str], files: Sequence[Path],
-                   runner: Runner | None = None) -> tuple[list[str], dict[str, str]]:
-    """make arguments and environment additions that add ``files`` to
-    KBUILD_EXTRA_SYMBOLS (as ``runner``'s make sees them).
-
-    The environment, not the command line: a command-line value would override
-    the module Makefile's own ``KBUILD_EXTRA_SYMBOLS +=`` (Makefile.modpost
-    includes it); an environment value is appended to.  A value the user gave
-    on the make command line is extended instead."""
-    runner = runner or HostRunner()
-    add = " ".join(str(runner.guest_path(f)) for f in files)
-    args = list(make_args)
-    for i, arg in enumerate(args):
-        if arg.startswith("KBUILD_EXTRA_SYMBOLS="):
-            args[i] = f"{arg} {add}"
-            return args, {}
-    mine = [str(runner.guest_path(Path(p)))
-            for p in os.environ.get("KBUILD_EXTRA_SYMBOLS", "").split()]
-    return args, {"KBUILD_EXTRA_SYMBOLS": " ".join([*mine, add])}
-
-
-def check_module_dir(directory: Path) -> Path:
-    """``directory`` resolved, if it is a module dir kbuild can build (the
-    CLI checks it before it looks for the target kernel)."""
-    directory = directory.resolve()
-    if not directory.is_dir():
-        raise KbuildError(f"{directory}: no such directory")
-    if not ((directory / "Kbuild").is_file() or (directory / "Makefile").is_file()):
-        raise KbuildError(f"{directory}: has neither a Kbuild nor a Makefile "
-                          "(expected 'obj-m := NAME.o')")
-    return directory
+_extra_symbols = extra_symbols
 
 
 def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
@@ -249,10 +185,7 @@ def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
     module dir (resolved) and the kernel's kbuild dir, both checked; the make
     arguments checked, with MO= turned into the output dir (or None)."""
     directory = check_module_dir(directory)
-    kdir = target.kernel_dir
-    if kdir is None or not (kdir / "Makefile").is_file():
-        raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
-                          "kernel's build/headers dir with --kernel-dir")
+    kdir = check_kernel_dir(target.kernel_dir)
     check_make_args(make_args, target)
     args, output = output_dir(make_args, directory, target)
     return directory, kdir, args, output
@@ -261,46 +194,48 @@ def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
 def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
           make_args: Sequence[str] = (), extra_symvers: Sequence[Path] = (), *,
           guard: bool = True, signer: Signer | None = None,
-          runner: Runner | None = None) -> BuildResult:
+          runner: Runner | None = None, started: KbuildRun | None = None) -> BuildResult:
     """Build every module in ``directory`` for ``target`` and convert each .ko
     in place (in the ``MO=`` dir of ``make_args`` if any); see the module
     docstring.  ``extra_symvers`` (the --symvers
     files, already part of ``target.symvers``) go to modpost too.  ``guard``
     and ``signer`` are :func:`klpsym.klp.convert.convert_file`'s.  ``runner``
     runs make (default: on this machine; a ChrootRunner for a chroot with the
-    target's compiler, where ``target.kernel_dir`` must be)."""
+    target's compiler, where ``target.kernel_dir`` must be).  ``started``:
+    the make run :func:`klpsym.kbuild.make.start_early` began for this
+    build, used if it is the one this build would start (else stopped)."""
     runner = runner or HostRunner()
-    directory, kdir, make_args, output = prepare(directory, target, make_args)
+    try:
+        directory, kdir, make_args, output = prepare(directory, target, make_args)
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
     objdir = output or directory
     stage = _Stage(directory, objdir, target, sympos, runner)
 
     # One kbuild run; modpost waits at the gate while klpsym classifies the
     # objects and writes the names it may take as exported.
-    nsdeps = stage.nsdeps
-    nsdeps_file = objdir / "modules.nsdeps"  # modpost's working dir
-    had_nsdeps_file = nsdeps_file.exists()
-    with ModpostGate(objdir, stage.symvers_text) as gate:
-        args, env = _extra_symbols(make_args, [*(p.resolve() for p in extra_symvers),
-                                               *gate.files], runner)
-        if nsdeps:
-            env["KBUILD_NSDEPS"] = "1"
-        try:
-            rc = _make(kdir, directory, args, "modules", env, runner, output)
-        finally:
-            if nsdeps and not had_nsdeps_file:
-                nsdeps_file.unlink(missing_ok=True)
-    error = gate.error or stage.refusal
+    run = KbuildRun(kdir, directory, make_args, output, [p.resolve() for p in extra_symvers],
+                    nsdeps=target.version >= MODULE_ONLY_SINCE, runner=runner)
+    if started is not None and (started.key != run.key or not isinstance(runner, HostRunner)):
+        started.close()
+        started = None
+    run = started or run.start()
+    run.attach(stage.symvers_text)
+    rc = run.wait()
+    error = run.gate.error or stage.refusal
     if error is not None and not isinstance(error, Exception):
         raise error  # KeyboardInterrupt and the like, in the gate's thread
     if rc != 0:
         if isinstance(error, KlpsymError):
             raise error  # klpsym's reason, after modpost's own messages
-        raise KbuildError(stage.failure(rc, gate.opened))
+        raise KbuildError(stage.failure(rc, run.gated))
     if error is not None:
         _remove_unconverted(stage.order)
         raise error
     modules = stage.classified()
-    if not gate.opened:  # no modpost run (nothing changed): not checked yet
+    if not run.gated:  # no modpost run (nothing changed): not checked yet
         try:
             stage.check(modules)
         except KlpsymError:
@@ -311,7 +246,8 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     own = objdir / "Module.symvers"
     final = target
     if own.is_file() and own.stat().st_size:
-        final = dataclasses.replace(target, symvers=target.symvers.merge(read_symvers(own)))
+        final = dataclasses.replace(target, symvers=_WithSiblings(target.symvers,
+                                                                  read_symvers(own)))
     for m in modules:
         used = {s.name for s in m.symbols}
         mine = {k: v for k, v in sympos.items() if k in used}
@@ -340,7 +276,7 @@ class _Stage:
         # converted like unexported symbols, but modpost still sees the export
         # and refuses it unless KBUILD_NSDEPS (see _module_only_exports);
         # which modules use them is known only once modpost runs.
-        self.nsdeps = _has_module_only_exports(target)
+        self.nsdeps = target.version >= MODULE_ONLY_SINCE
 
     def classified(self) -> list[BuiltModule]:
         """The modules of modules.order, classified (once)."""
@@ -404,17 +340,51 @@ class _Stage:
                         () if gated else self.resolved)
 
 
+class _WithSiblings(Symvers):
+    """The target's exports and those of the modules just built, as
+    :meth:`Symvers.merge` gives them, without making an Export of each of the
+    target's ~30,000 (~50 ms: one run's conversion of a small module costs
+    less).  A name both export is refused as merge refuses it (modpost has
+    said "exported twice" before, for a vmlinux export)."""
+
+    def __init__(self, base: Symvers, siblings: Symvers) -> None:
+        super().__init__(None, [*base.sources, *(s for s in siblings.sources
+                                                 if s not in base.sources)],
+                         base.layouts | siblings.layouts)
+        self._base, self._siblings = base, siblings
+        self._exports = None
+        for e in siblings:
+            prev = base.get(e.name)
+            if prev is not None and prev.module != e.module:
+                base.merge(siblings)  # raises merge's error
+
+    @property
+    def exports(self) -> dict[str, Export]:
+        return {**self._base.exports, **self._siblings.exports}
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        self._base.prefetch(names)
+        self._siblings.prefetch(names)
+
+    def __len__(self) -> int:
+        return len(self.exports)
+
+    def get(self, name: str) -> Export | None:
+        return self._siblings.get(name) or self._base.get(name)
+
+    def fields(self) -> dict[str, ExportFields]:
+        return {**self._base.fields(), **self._siblings.fields()}
+
+    def has_vmlinux_exports(self) -> bool:
+        return self._base.has_vmlinux_exports() or self._siblings.has_vmlinux_exports()
+
+
 def _remove_unconverted(kos: Sequence[Path]) -> None:
     """kbuild linked these .ko files, then klpsym refused to convert them:
     removed, so that nothing unconverted looks built (as when modpost fails,
     and kbuild links nothing)."""
     for ko in kos:
         ko.unlink(missing_ok=True)
-
-
-def _has_module_only_exports(target: TargetKernel) -> bool:
-    return any(ns.startswith(MODULE_NS_PREFIX)
-               for _, _, ns, _ in target.symvers.fields().values())
 
 
 def _module_only_exports(modules: Sequence[BuiltModule],
@@ -429,8 +399,10 @@ def _module_only_exports(modules: Sequence[BuiltModule],
     only with ``KBUILD_NSDEPS`` set (scripts/Makefile.modpost since v5.4, which
     also makes modpost write ``modules.nsdeps`` into its working directory:
     for external modules since 6.13 the output dir, the module dir or MO=;
-    such exports came later).  So klpsym sets KBUILD_NSDEPS for the modpost run, removes the
-    nsdeps file, and checks the namespace imports itself
+    such exports came later).  So klpsym sets KBUILD_NSDEPS for the modpost run
+    on every target that can have such exports (6.16+: whether a module uses
+    one is known only when modpost is already running, at the gate), removes
+    the nsdeps file, and checks the namespace imports itself
     (:func:`_check_namespace_imports`) so that nothing else is let through."""
     out: dict[str, str] = {}
     for m in modules:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from klpsym.errors import KbuildError, param
 from klpsym.kbuild.build import BuildResult, _make, build, prepare
+from klpsym.kbuild.make import KbuildRun
 from klpsym.kbuild.runner import HostRunner, Runner, modules_in_order
 from klpsym.kernel.target import TargetKernel
 from klpsym.klp.sign import Signer
@@ -86,16 +87,19 @@ class MethodBuild:
 def build_with_method(directory: Path, target: TargetKernel, requested: str,
                       sympos: Mapping[str, int], make_args: Sequence[str] = (),
                       extra_symvers: Sequence[Path] = (), *, guard: bool = True,
-                      signer: Signer | None = None,
-                      runner: Runner | None = None) -> MethodBuild:
-    """Build with the chosen method; ``guard`` and ``signer`` are the klp
-    method's (see :func:`klpsym.kbuild.build.build`)."""
+                      signer: Signer | None = None, runner: Runner | None = None,
+                      started: KbuildRun | None = None) -> MethodBuild:
+    """Build with the chosen method; ``guard``, ``signer`` and ``started``
+    are the klp method's (see :func:`klpsym.kbuild.build.build`)."""
     method, reason = choose_method(requested, target)
     out = MethodBuild(method, reason)
+    if started is not None and method != Method.KLP:
+        started.close()
+        started = None
     with method_env(method):
         if method == Method.KLP:
             out.klp = build(directory, target, sympos, make_args, extra_symvers, guard=guard,
-                            signer=signer, runner=runner)
+                            signer=signer, runner=runner, started=started)
             return out
         if sympos:
             raise KbuildError(f"{param('sympos')} is for the klp method; with {method.label}, "

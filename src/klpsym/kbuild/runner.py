@@ -57,9 +57,24 @@ class Runner(Protocol):
         else they go to this process's own."""
         ...
 
+    def start(self, args: Sequence[str],
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        """``make ARGS`` started in the background, its output going to this
+        process's stdout and stderr."""
+        ...
+
     def describe(self) -> str:
         """Where make runs, for messages ("this machine", "chroot /x")."""
         ...
+
+
+def _start(argv: Sequence[str], env: Mapping[str, str] | None,
+           what: str) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                                env=None if env is None else dict(env), text=True)
+    except FileNotFoundError:
+        raise KbuildError(f"{argv[0]!r} is not installed; {what}") from None
 
 
 def _run(argv: Sequence[str], env: Mapping[str, str] | None, capture: bool,
@@ -76,6 +91,10 @@ def _run(argv: Sequence[str], env: Mapping[str, str] | None, capture: bool,
         raise KbuildError(f"make timed out after {timeout:g} s ({what})") from None
 
 
+_MAKE_MISSING = ("install make and the compiler the kernel headers use "
+                 "(Debian: build-essential)")
+
+
 class HostRunner:
     """make on this machine, with this process's environment."""
 
@@ -89,9 +108,12 @@ class HostRunner:
              capture: bool = False,
              timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         full = None if not env else {**os.environ, **env}
-        return _run(["make", *args], full, capture, timeout,
-                    "install make and the compiler the kernel headers use "
-                    "(Debian: build-essential)")
+        return _run(["make", *args], full, capture, timeout, _MAKE_MISSING)
+
+    def start(self, args: Sequence[str],
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        full = None if not env else {**os.environ, **env}
+        return _start(["make", *args], full, _MAKE_MISSING)
 
     def describe(self) -> str:
         return "this machine"
@@ -142,6 +164,15 @@ class ChrootRunner:
     def make(self, args: Sequence[str], env: Mapping[str, str] | None = None, *,
              capture: bool = False,
              timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        return _run(self._argv(args, env), {"PATH": CHROOT_PATH}, capture, timeout,
+                    "apt-get install util-linux")
+
+    def start(self, args: Sequence[str],
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        return _start(self._argv(args, env), {"PATH": CHROOT_PATH},
+                      "apt-get install util-linux")
+
+    def _argv(self, args: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
         self._check()
         mount_point = self.root / HOST_MOUNT.relative_to("/")
         mount_point.mkdir(parents=True, exist_ok=True)
@@ -156,11 +187,10 @@ class ChrootRunner:
                      + " ".join(q(f"{k}={v}") for k, v in clean.items())
                      + " make " + " ".join(q(a) for a in args))
         # A private mount and pid namespace: the tmpfs, the binds and the new
-        # /proc vanish with it (nothing to unmount, even after a kill).
-        argv = ["unshare", "--fork", "--pid", "--mount", "--propagation", "private",
-                f"--mount-proc={self.root / 'proc'}", "sh", "-c", "\n".join(lines)]
-        return _run(argv, {"PATH": CHROOT_PATH}, capture, timeout,
-                    "apt-get install util-linux")
+        # /proc vanish with it (nothing to unmount, even after a kill), and
+        # so does make (--kill-child: unshare killed kills it).
+        return ["unshare", "--fork", "--kill-child", "--pid", "--mount", "--propagation",
+                "private", f"--mount-proc={self.root / 'proc'}", "sh", "-c", "\n".join(lines)]
 
 
 def modules_in_order(directory: Path,

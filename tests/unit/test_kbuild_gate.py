@@ -1,0 +1,102 @@
+"""klpsym.kbuild.gate: modpost's -i files read through the gate, by a
+stand-in for modpost that reads them as 6.1's read_text_file() does (open,
+fstat, read st_size bytes), in command-line order or last first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from klpsym.kbuild.gate import GATE_DIR, ModpostGate
+
+# modpost's read_dump() of each -i file in turn: what it read from each.
+READER = r"""
+import json, os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    data = b""
+    while len(data) < size:
+        data += os.read(fd, size - len(data))
+    os.close(fd)
+    print(json.dumps(data.decode()))
+"""
+
+
+def read_like_modpost(files: list[Path]) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", READER, *map(str, files)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("last_first", [False, True])
+def test_modpost_reads_what_produce_wrote(tmp_path: Path, last_first: bool) -> None:
+    calls: list[int] = []
+
+    def produce() -> str:
+        calls.append(1)
+        return "0x00000000\tfoo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
+
+    with ModpostGate(tmp_path, produce) as gate:
+        files = gate.files[::-1] if last_first else gate.files
+        got = read_like_modpost(files)
+        assert gate.opened
+    assert got == ["", "", "0x00000000\tfoo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n", "", ""]
+    assert calls == [1]
+    assert not (tmp_path / GATE_DIR).exists()
+
+
+def test_modpost_waits_for_produce(tmp_path: Path) -> None:
+    """The symvers is complete before modpost reads it, however long
+    produce() takes."""
+    release = threading.Event()
+
+    def produce() -> str:
+        release.wait(30)
+        return "late\n"
+
+    with ModpostGate(tmp_path, produce) as gate:
+        reader = subprocess.Popen([sys.executable, "-c", READER, *map(str, gate.files)],
+                                  stdout=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            reader.wait(0.5)  # held at the gate
+        release.set()
+        out, _ = reader.communicate(timeout=60)
+    assert [json.loads(line) for line in out.splitlines()] == ["", "", "late\n", "", ""]
+
+
+def test_no_modpost_run_closes_without_produce(tmp_path: Path) -> None:
+    """make ended without modpost (nothing changed, a compile error): close()
+    releases the waiting threads and removes the dir; produce never runs."""
+    def produce() -> str:
+        raise AssertionError("produce ran")
+
+    gate = ModpostGate(tmp_path, produce).__enter__()
+    threads = list(gate._threads)
+    gate.close()
+    assert not any(t.is_alive() for t in threads)
+    assert not gate.opened and gate.error is None
+    assert not (tmp_path / GATE_DIR).exists()
+
+
+def test_a_failing_produce_gives_modpost_an_empty_file(tmp_path: Path) -> None:
+    def produce() -> str:
+        raise ValueError("no")
+
+    with ModpostGate(tmp_path, produce) as gate:
+        assert read_like_modpost(gate.files) == ["", "", "", "", ""]
+    assert isinstance(gate.error, ValueError)
+
+
+def test_a_killed_runs_leftovers_are_replaced(tmp_path: Path) -> None:
+    (tmp_path / GATE_DIR).mkdir()
+    (tmp_path / GATE_DIR / "begin").write_text("stale")
+    with ModpostGate(tmp_path, lambda: "x\n") as gate:
+        assert gate.begin.is_fifo() and gate.end.is_fifo()
+        assert gate.symvers.read_text() == ""
+        assert read_like_modpost(gate.files)[2] == "x\n"
