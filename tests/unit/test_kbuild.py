@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from klpsym.cli.main import build_parser
-from klpsym.errors import KbuildError
+from klpsym.errors import KbuildError, KlpsymError
 from klpsym.kbuild import extra_symvers_text, modules_in_order
 from klpsym.kbuild.build import (
     _exported_names,
@@ -231,3 +231,21 @@ def test_cli_build_module_dir_is_checked_before_the_kernel(
     rc = main(["build", str(mod), "--kernel-dir", str(tmp_path / "no-such-kdir")])
     err = capsys.readouterr().err
     assert rc == 2 and said in err and "no-such-kdir" not in err, err
+
+
+def test_target_exports_with_the_siblings_answers_as_merge() -> None:
+    from klpsym.kbuild.build import _WithSiblings
+
+    base = parse_symvers("0x1\ta\tvmlinux\tEXPORT_SYMBOL\t\n"
+                         "0x2\tb\tvmlinux\tEXPORT_SYMBOL_GPL\tNS\n", "kernel")
+    own = parse_symvers("0x3\tc\t/m/prov\tEXPORT_SYMBOL_GPL\t\n", "own")
+    both, merged = _WithSiblings(base, own), base.merge(own)
+    both.prefetch(["a", "c", "x"])
+    for name in ("a", "b", "c", "x"):
+        assert both.get(name) == merged.get(name)
+        assert (name in both) == (name in merged)
+    assert both.fields() == merged.fields() and both.exports == merged.exports
+    assert len(both) == 3 and both.source == merged.source
+    clash = parse_symvers("0x4\ta\t/m/other\tEXPORT_SYMBOL\t\n", "own")
+    with pytest.raises(KlpsymError, match="a is exported by /m/other"):
+        _WithSiblings(base, clash)

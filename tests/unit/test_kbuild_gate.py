@@ -100,3 +100,63 @@ def test_a_killed_runs_leftovers_are_replaced(tmp_path: Path) -> None:
         assert gate.begin.is_fifo() and gate.end.is_fifo()
         assert gate.symvers.read_text() == ""
         assert read_like_modpost(gate.files)[2] == "x\n"
+
+
+FAKE_KBUILD = """\
+modules:
+\t@for f in $$KBUILD_EXTRA_SYMBOLS; do cat $$f; done > $(M)/modpost-read
+"""
+
+
+def fake_kernel(tmp_path: Path, release: str = "6.1.0-test") -> tuple[Path, Path]:
+    """A kbuild dir whose 'make modules' reads KBUILD_EXTRA_SYMBOLS as
+    modpost does (in order, to the end), and a module dir."""
+    kdir, mod = tmp_path / "kdir", tmp_path / "mod"
+    (kdir / "include/generated").mkdir(parents=True)
+    (kdir / "include/generated/utsrelease.h").write_text(f'#define UTS_RELEASE "{release}"\n')
+    (kdir / "Makefile").write_text(FAKE_KBUILD)
+    mod.mkdir()
+    (mod / "Kbuild").write_text("obj-m := m.o\n")
+    return kdir, mod
+
+
+def test_started_early_make_reads_the_symvers_through_the_gate(tmp_path: Path) -> None:
+    from klpsym.kbuild.make import start_early
+
+    kdir, mod = fake_kernel(tmp_path)
+    run = start_early(mod, kdir, None, [], [], {"KLPSYM_METHOD": "klp"})
+    assert run is not None and not run.nsdeps and run.output is None
+    run.attach(lambda: "0x00000000\tfoo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n")
+    assert run.wait() == 0 and run.gated
+    assert (mod / "modpost-read").read_text() == "0x00000000\tfoo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
+    assert not (mod / GATE_DIR).exists()
+
+
+def test_no_early_start_when_the_arguments_need_the_kernel_tables(tmp_path: Path) -> None:
+    """start_early leaves every mistake to the full path (which says it
+    before make runs): nothing is started."""
+    from klpsym.kbuild.make import start_early
+
+    kdir, mod = fake_kernel(tmp_path, "6.1.0-test")
+    assert start_early(mod, kdir, None, ["M=/elsewhere"], [], {}) is None
+    assert start_early(mod, kdir, None, ["MO=/out"], [], {}) is None  # no MO= before 6.13
+    assert start_early(mod, tmp_path / "nokdir", None, [], [], {}) is None
+    assert start_early(tmp_path / "nomod", kdir, None, [], [], {}) is None
+    assert start_early(mod, kdir, "6.2.0-other", [], [], {}) is None
+    assert start_early(mod, kdir, None, [], [tmp_path / "missing.symvers"], {}) is None
+    assert not (mod / GATE_DIR).exists() and not (mod / "modpost-read").exists()
+
+
+def test_early_release_reads_as_read_kernel_version(tmp_path: Path) -> None:
+    from klpsym.kbuild.make import _release
+    from klpsym.kernel.version import read_kernel_version
+
+    kdir, _ = fake_kernel(tmp_path, "7.2.13+deb14-amd64")
+    full = read_kernel_version(kdir)
+    assert _release(kdir) == ((full.major, full.minor, 0), full.release)
+    (kdir / "include/generated/utsrelease.h").unlink()
+    (kdir / "include/config").mkdir()
+    (kdir / "include/config/kernel.release").write_text("6.13.2\n")
+    full = read_kernel_version(kdir)
+    assert _release(kdir) == ((full.major, full.minor, 0), full.release) == ((6, 13, 0),
+                                                                              "6.13.2")
