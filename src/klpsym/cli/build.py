@@ -114,11 +114,31 @@ def run(args: argparse.Namespace) -> int:
     started = start_early(args.directory, args.kernel_dir, args.kernel_release,
                           args.make_args, args.symvers,
                           {"KLPSYM_METHOD": "klp"}) if _may_start_early(args) else None
+    key = None
     try:
-        return _run(args, started)
+        if started is not None:
+            from klpsym.kbuild import stamp
+
+            key = stamp.inputs(sys.argv[1:], _named_files(args, started.kdir))
+            # Nothing changed: make ends without modpost; the last report
+            # holds if the inputs and the .ko files are the same (no kernel
+            # table is loaded then).
+            if started.idle() and started.returncode_now() == 0:
+                report = stamp.recorded_report(started.objdir, key)
+                if report is not None:
+                    sys.stdout.write(report)
+                    return 0
+        return _run(args, started, key)
     finally:
         if started is not None:
             started.close()
+
+
+def _named_files(args: argparse.Namespace, kdir: Path) -> list[Path | None]:
+    return [args.kallsyms, args.system_map, args.vmlinux, args.config, *args.symvers,
+            getattr(args, "sign_key", None), getattr(args, "sign_cert", None),
+            kdir / "Module.symvers", kdir / ".config",
+            kdir / "include/generated/utsrelease.h", kdir / "include/config/kernel.release"]
 
 
 def _may_start_early(args: argparse.Namespace) -> bool:
@@ -132,7 +152,8 @@ def _may_start_early(args: argparse.Namespace) -> bool:
             and not args.json and all(f is None or Path(f).is_file() for f in files))
 
 
-def _run(args: argparse.Namespace, started: KbuildRun | None) -> int:
+def _run(args: argparse.Namespace, started: KbuildRun | None,
+         key: dict[str, object] | None = None) -> int:
     from klpsym.cli.text import is_terminal
     from klpsym.kbuild import ChrootRunner, HostRunner, Runner
     from klpsym.kbuild.build import check_module_dir
@@ -161,7 +182,11 @@ def _run(args: argparse.Namespace, started: KbuildRun | None) -> int:
     if args.method != "klp":
         print(f"klpsym: method {out.method.label}: {out.reason}")
     if out.klp is not None:
-        print_table(out.klp, sign_notes)
+        report = print_table(out.klp, sign_notes)
+        if key is not None:
+            from klpsym.kbuild import stamp
+
+            stamp.save(out.klp.objdir, key, report)
     else:
         print_method_table(out)
     return 0
@@ -225,9 +250,10 @@ def print_method_table(out: MethodBuild) -> None:
         print("load with: klpsym insmod MODULE.ko (it passes the addresses from /proc/kallsyms)")
 
 
-def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
+def print_table(result: BuildResult, notes: list[str] | None = None) -> str:
     """What was built and converted: a table on a terminal, aligned plain
-    columns otherwise (a pipe, DKMS's make.log)."""
+    columns otherwise (a pipe, DKMS's make.log).  Returns what it printed
+    (the table as plain text)."""
     from klpsym.cli.text import columns, is_terminal
 
     head = [printable(f"klpsym: built for {result.target.release} "
@@ -252,13 +278,14 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
     tail += [f"note: {note}" for note in result.notes]
     tail = [printable(line) for line in tail]
     if not is_terminal():
-        print("\n".join(head + columns([BUILD_COLUMNS, *rows]) + tail))
-        return
+        text = "\n".join(head + columns([BUILD_COLUMNS, *rows]) + tail) + "\n"
+        sys.stdout.write(text)
+        return text
     from rich.console import Console
     from rich.table import Table
 
     # markup=False and printable(): names come from the modules, as they are
-    console = Console(highlight=False, markup=False)
+    console = Console(highlight=False, markup=False, record=True)
     for line in head:
         console.print(line)
     table = Table()
@@ -269,6 +296,7 @@ def print_table(result: BuildResult, notes: list[str] | None = None) -> None:
     console.print(table)
     for line in tail:
         console.print(line)
+    return console.export_text()
 
 
 BUILD_COLUMNS = ("module", "converted", "relocations", "guard", "signed")

@@ -203,6 +203,39 @@ class KbuildRun:
         """modpost reached the gate (and read the generated symvers)."""
         return self.gate.opened
 
+    def idle(self, poll: float = 0.02) -> bool:
+        """Wait until make ends (True) or shows it builds something (False):
+        modpost reached the gate, or a file was made, changed or removed in
+        the output dir (a compile writes its .d file there first), other than
+        the ``.tmp_PID`` files of kbuild's compiler checks (try-run, which
+        every run makes, TMPOUT being the module dir)."""
+        proc = self._proc
+        assert proc is not None
+        ended = threading.Event()
+
+        def reap() -> None:
+            proc.wait()
+            ended.set()
+
+        def state() -> frozenset[tuple[str, int]] | None:
+            try:
+                with os.scandir(self.objdir) as it:
+                    return frozenset((e.name, e.stat(follow_symlinks=False).st_mtime_ns)
+                                     for e in it if not e.name.startswith(".tmp_"))
+            except OSError:
+                return None
+
+        threading.Thread(target=reap, daemon=True).start()
+        before = state()
+        while not ended.wait(poll):
+            if self.gate.opened or state() != before:
+                return False
+        return not self.gate.opened and state() == before
+
+    def returncode_now(self) -> int | None:
+        """make's exit status if it has ended, else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def wait(self) -> int:
         """make's exit status, once it has ended (the gate is then closed)."""
         assert self._proc is not None
