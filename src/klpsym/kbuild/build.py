@@ -69,7 +69,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpsym.errors import KbuildError, KlpsymError
+from klpsym.errors import KbuildError, KlpsymError, param
 from klpsym.kbuild.make import (
     MO_SINCE,
     MODULE_ONLY_SINCE,
@@ -308,7 +308,7 @@ class _Stage:
         unused = sorted(set(self.sympos) - {s.name for m in modules for s in m.symbols
                                             if s.fate == Fate.CONVERT})
         if unused:
-            raise KbuildError(f"--sympos {unused[0]}: no module in {self.directory} uses "
+            raise KbuildError(f"{param('sympos')} {unused[0]}: no module in {self.directory} uses "
                               f"{unused[0]} as an unexported symbol; drop the flag")
         if self.nsdeps:
             _check_namespace_imports(modules, self.target)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from klpsym.errors import KbuildError
+from klpsym.errors import KbuildError, param
 from klpsym.kbuild.gate import ModpostGate
 from klpsym.kbuild.runner import HostRunner, Runner
 
@@ -107,7 +107,7 @@ def check_module_dir(directory: Path) -> Path:
 def check_kernel_dir(kdir: Path | None) -> Path:
     if kdir is None or not (kdir / "Makefile").is_file():
         raise KbuildError(f"{kdir or 'the target kernel'}: no kbuild Makefile; pass the "
-                          "kernel's build/headers dir with --kernel-dir")
+                          f"kernel's build/headers dir with {param('kernel_dir')}")
     return kdir
 
 
