@@ -160,3 +160,33 @@ def test_early_release_reads_as_read_kernel_version(tmp_path: Path) -> None:
     full = read_kernel_version(kdir)
     assert _release(kdir) == ((full.major, full.minor, 0), full.release) == ((6, 13, 0),
                                                                               "6.13.2")
+
+
+def test_stamp_holds_while_inputs_and_outputs_stay(tmp_path: Path) -> None:
+    """kbuild.stamp: the recorded report comes back for the same command
+    line and files, and not once any of them changed."""
+    import os
+
+    from klpsym.kbuild import stamp
+
+    objdir, kallsyms = tmp_path / "m", tmp_path / "kallsyms"
+    objdir.mkdir()
+    kallsyms.write_text("ffffffff81000000 T _stext\n")
+    (objdir / "modules.order").write_text("a.o\nb.o\n")
+    for name in ("a.ko", "b.ko", "Module.symvers"):
+        (objdir / name).write_bytes(b"x")
+    argv = ["build", str(objdir), "--kallsyms", str(kallsyms)]
+    key = stamp.inputs(argv, [kallsyms, None])
+    assert stamp.recorded_report(objdir, key) is None  # nothing recorded yet
+    stamp.save(objdir, key, "the report\n")
+    assert stamp.recorded_report(objdir, stamp.inputs(argv, [kallsyms])) == "the report\n"
+    assert stamp.recorded_report(objdir, stamp.inputs([*argv, "--no-guard"], [kallsyms])) is None
+    (objdir / "b.ko").write_bytes(b"y")  # relinked by kbuild
+    assert stamp.recorded_report(objdir, key) is None
+    stamp.save(objdir, key, "again\n")
+    assert stamp.recorded_report(objdir, key) == "again\n"
+    os.utime(kallsyms, ns=(1, 1))  # another kallsyms copy
+    assert stamp.recorded_report(objdir, stamp.inputs(argv, [kallsyms])) is None
+    (objdir / "a.ko").unlink()
+    stamp.save(objdir, key, "no")  # not recorded; the old record no longer holds
+    assert stamp.recorded_report(objdir, key) is None
