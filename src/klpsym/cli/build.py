@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if started is not None:
             from klpsym.kbuild import stamp
 
-            key = stamp.inputs(sys.argv[1:], _named_files(args, started.kdir))
+            key = stamp.inputs(_arguments(args), _named_files(args, started.kdir))
             # Nothing changed: make ends without modpost; the last report
             # holds if the inputs and the .ko files are the same (no kernel
             # table is loaded then).
@@ -132,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if started is not None:
             started.close()
+
+
+def _arguments(args: argparse.Namespace) -> list[str]:
+    """The parsed command line, as text (for the build stamp)."""
+    return [f"{k}={v!s}" for k, v in sorted(vars(args).items()) if k != "run"]
 
 
 def _named_files(args: argparse.Namespace, kdir: Path) -> list[Path | None]:
