@@ -190,3 +190,26 @@ def test_stamp_holds_while_inputs_and_outputs_stay(tmp_path: Path) -> None:
     (objdir / "a.ko").unlink()
     stamp.save(objdir, key, "no")  # not recorded; the old record no longer holds
     assert stamp.recorded_report(objdir, key) is None
+
+
+def test_stamp_guesses_whether_make_will_build(tmp_path: Path) -> None:
+    import os
+
+    from klpsym.kbuild import stamp
+
+    d = tmp_path / "m"
+    (d / "src").mkdir(parents=True)
+    (d / "src/a.c").write_text("int a;\n")
+    (d / "Kbuild").write_text("obj-m := a.o\n")
+    (d / "modules.order").write_text("a.o\n")
+    (d / "a.ko").write_bytes(b"x")
+    (d / "Module.symvers").write_bytes(b"")
+    key = stamp.inputs(["build"], [])
+    assert not stamp.likely_current(d, d, key)  # no record yet
+    stamp.save(d, key, "r\n")
+    old = os.stat(d / stamp.STAMP).st_mtime_ns - 10**9
+    for f in (d / "src/a.c", d / "Kbuild"):
+        os.utime(f, ns=(old, old))
+    assert stamp.likely_current(d, d, key)
+    os.utime(d / "src/a.c", ns=(old + 2 * 10**9, old + 2 * 10**9))  # edited since
+    assert not stamp.likely_current(d, d, key)

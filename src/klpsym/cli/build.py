@@ -122,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
             key = stamp.inputs(_arguments(args), _named_files(args, started.kdir))
             # Nothing changed: make ends without modpost; the last report
             # holds if the inputs and the .ko files are the same (no kernel
-            # table is loaded then).
-            if started.idle() and started.returncode_now() == 0:
+            # table is loaded then).  When make will probably build, the
+            # target loads at once, beside it.
+            if (stamp.likely_current(started.objdir, started.directory, key)
+                    and started.idle() and started.returncode_now() == 0):
                 report = stamp.recorded_report(started.objdir, key)
                 if report is not None:
                     sys.stdout.write(report)

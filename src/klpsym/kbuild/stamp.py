@@ -74,6 +74,33 @@ def save(objdir: Path, key: dict[str, object], report: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_SOURCES = (".c", ".h", ".S", ".s", ".lds")
+_MAKEFILES = ("Kbuild", "Makefile")
+
+
+def likely_current(objdir: Path, directory: Path, key: dict[str, object]) -> bool:
+    """Whether make will probably find nothing to do: the record holds and
+    no source or makefile under ``directory`` is newer than it.  A guess,
+    to choose when to load the target (at once, or only if make turns out
+    to build something); make decides."""
+    try:
+        stamp_time = os.stat(objdir / STAMP).st_mtime_ns
+    except OSError:
+        return False
+    if recorded_report(objdir, key) is None:
+        return False
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.endswith(_SOURCES) or name in _MAKEFILES:
+                try:
+                    if os.stat(os.path.join(root, name)).st_mtime_ns > stamp_time:
+                        return False
+                except OSError:
+                    return False
+    return True
+
+
 def recorded_report(objdir: Path, key: dict[str, object]) -> str | None:
     """What the last build printed, if it was made from these inputs and its
     outputs are untouched; else None."""
