@@ -25,8 +25,11 @@ nothing changed (right after it).  The symbol cache is warm (a first build
 of each dir, not timed, fills it): the edit-build-test loop's state.
 Each run's CPU is that of the whole process tree (RUSAGE_CHILDREN).
 
-Target (issue 19): klpsym build <= 1.10x plain kbuild on every case (wall,
-median); moonshot 1.03x.  Exit 1 when a case misses 1.10x.
+Target (issue 19): klpsym build <= 1.10x plain kbuild on every case;
+moonshot 1.03x.  Judged by the median of the pairs' ratios (each pair ran
+back to back, so both saw the same load; on a shared machine the medians of
+each tool's times can come from rounds of different load), and the ratio
+of the medians is printed beside it.  Exit 1 when a case misses 1.10x.
 
 The kernel: bookworm's from the lab cache (``klpsym lab provision``),
 unless --kernel-dir and --kallsyms are given.
@@ -260,12 +263,12 @@ def main() -> int:
             pc, kc = statistics.median(c for _, c in p), statistics.median(c for _, c in k)
             pairs = statistics.median(kk[0] / pp[0] for pp, kk in zip(p, k, strict=True))
             ratio = kw / pw
-            if ratio > TARGET:
+            if pairs > TARGET:  # the paired figure: both tools saw the same load
                 missed.append(f"{name}/{kind}")
             label = "clean" if kind == "clean" else "no change"
             print(f"| {name} | {label} | {pw:.3f} s | {kw:.3f} s | **{ratio:.3f}x** | "
                   f"{pairs:.3f}x | {pc:.3f} s | {kc:.3f} s |")
-    print(f"target <= {TARGET:.2f}x (moonshot {MOONSHOT:.2f}x): "
+    print(f"target <= {TARGET:.2f}x by the median of pair ratios (moonshot {MOONSHOT:.2f}x): "
           + ("met on every case" if not missed else "missed: " + ", ".join(missed)))
     return 1 if missed else 0
 
