@@ -137,8 +137,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _arguments(args: argparse.Namespace) -> list[str]:
-    """The parsed command line, as text (for the build stamp)."""
-    return [f"{k}={v!s}" for k, v in sorted(vars(args).items()) if k != "run"]
+    """The parsed command line, as text, and whether stdout is a terminal
+    (the report is a table there, plain columns elsewhere): for the build
+    stamp."""
+    from klpsym.cli.text import is_terminal
+
+    return [f"{k}={v!s}" for k, v in sorted(vars(args).items()) if k != "run"] + [
+        f"terminal={is_terminal()}"]
 
 
 def _named_files(args: argparse.Namespace, kdir: Path) -> list[Path | None]:
