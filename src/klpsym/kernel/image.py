@@ -64,35 +64,28 @@ dropped as soon as it is seen.  Anything that does not fit is an
 :class:`ImageError` naming the file and what is missing, never a table read
 from the wrong places.  (Damage that keeps the tables consistent, such as a
 changed byte inside an offset, cannot be told from a real table.)
+
+The container (bzImage, decompression, segments) is ``kernel.vmlinuz``; what
+stays here is one unit, the tables: their layouts, finding them and decoding
+them, each step checking the one before (about 500 lines of code under this
+description).
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import mmap
 import re
-import struct
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from klpsym.errors import KernelSourceError, param
+from klpsym.errors import param
 from klpsym.kernel import symcache
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.symcache import NameIndex
 from klpsym.kernel.version import KernelVersion
-
-EM_X86_64 = 62
-
-
-class ImageError(KernelSourceError):
-    """A kernel image whose kallsyms cannot be read (damaged, foreign, or a
-    layout this reader does not know)."""
-
+from klpsym.kernel.vmlinuz import ImageError, VmlinuxStream, load_segments, open_image
 
 # -- the layouts ------------------------------------------------------------------
 
@@ -124,203 +117,7 @@ def layout_for(version: KernelVersion) -> Layout:
     return Layout("v5.8", "offsets-first", 8, False, False, None)
 
 
-# -- decompression ----------------------------------------------------------------
-
-# (format, magic) as scripts/extract-vmlinux knows them.
-_MAGICS: tuple[tuple[str, bytes], ...] = (
-    ("gzip", b"\x1f\x8b\x08"),
-    ("xz", b"\xfd7zXZ\x00"),
-    ("zstd", b"\x28\xb5\x2f\xfd"),
-    ("lz4", b"\x02\x21\x4c\x18"),
-    ("bzip2", b"BZh"),
-    ("lzma", b"\x5d\x00\x00"),
-)
-
-
-class _Stream:
-    """The vmlinux, decompressed only as far as it is read: kallsyms sits in
-    .rodata, in the first half of the image, so the rest (.data, .init,
-    relocations, the section table) is never decompressed."""
-
-    CHUNK = 1 << 21
-
-    def __init__(self, source: str, kind: str, blob: bytes | memoryview) -> None:
-        self.source, self.kind = source, kind
-        self.buf = bytearray()  # the vmlinux from file offset ``base`` on
-        self.base = 0
-        self.done = False
-        # The kernel's build appends the uncompressed size (le32) to the
-        # compressed vmlinux (scripts/Makefile.lib size_append).
-        self.expected = int.from_bytes(bytes(blob[-4:]), "little") \
-            if kind != "vmlinux" and len(blob) >= 4 else None
-        self._next = self._reader(kind, blob)
-
-    def _reader(self, kind: str, blob: bytes | memoryview) -> Callable[[int], bytes]:
-        if kind == "vmlinux":
-            at = [0]
-
-            def plain(n: int) -> bytes:
-                out = bytes(blob[at[0]: at[0] + n])
-                at[0] += len(out)
-                return out
-            return plain
-        if kind == "gzip":
-            z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            pending: list[bytes | memoryview] = [blob]
-
-            def gz(n: int) -> bytes:
-                if z.eof or not pending:
-                    return b""
-                out = z.decompress(pending[0], n)
-                pending[0] = z.unconsumed_tail
-                if not pending[0] and not out:
-                    pending.clear()
-                return out
-            return gz
-        if kind in ("xz", "lzma", "bzip2"):
-            d: lzma.LZMADecompressor | bz2.BZ2Decompressor = (
-                bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor(
-                    format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE))
-            first: list[bytes | memoryview] = [blob]
-
-            def lz(n: int) -> bytes:
-                if d.eof:
-                    return b""
-                data = first.pop() if first else b""
-                if not data and d.needs_input:
-                    return b""
-                return d.decompress(data, n)
-            return lz
-        if kind == "zstd":
-            import zstandard
-
-            zd = zstandard.ZstdDecompressor().decompressobj()
-            at = [0]
-
-            def zs(n: int) -> bytes:
-                # Input a slice at a time (the output of one is ~4 times its
-                # size); the frame's end stops it before the appended size.
-                out = b""
-                while not out and at[0] < len(blob) and not zd.eof:
-                    piece = blob[at[0]: at[0] + (1 << 18)]
-                    at[0] += len(piece)
-                    try:
-                        out = zd.decompress(piece)
-                    except zstandard.ZstdError as e:
-                        raise ValueError(str(e)) from None
-                return out
-            return zs
-        return self._lz4(blob)
-
-    @staticmethod
-    def _lz4(blob: bytes | memoryview) -> Callable[[int], bytes]:
-        """The kernel's lz4 payload: ``lz4 -l`` legacy frames (magic
-        0x184C2102, then per block a u32 compressed size and an LZ4 block of
-        at most 8 MB), as lib/decompress_unlz4.c reads them.  The blocks are
-        decoded by the ``lz4`` package (BSD-licensed bindings of the
-        reference library): a decoder in Python would take seconds."""
-        import lz4.block  # type: ignore[import-untyped]
-
-        data = bytes(blob)
-        pos = [4]
-
-        def block(n: int) -> bytes:
-            while pos[0] + 4 <= len(data):
-                (size,) = struct.unpack_from("<I", data, pos[0])
-                if size == 0x184C2102:  # a concatenated frame
-                    pos[0] += 4
-                    continue
-                if size == 0 or pos[0] + 4 + size > len(data):
-                    return b""  # the appended output size, or the end
-                try:
-                    out: bytes = lz4.block.decompress(data[pos[0] + 4: pos[0] + 4 + size],
-                                                      uncompressed_size=_LZ4_LEGACY_BLOCK)
-                except lz4.block.LZ4BlockError as e:
-                    raise ValueError(str(e)) from None
-                pos[0] += 4 + size
-                return out
-            return b""
-        return block
-
-    def end(self) -> int:
-        """The file offset decompressed up to."""
-        return self.base + len(self.buf)
-
-    def drop_before(self, pos: int) -> None:
-        """Forget the vmlinux before file offset ``pos`` (never read again)."""
-        if pos > self.base:
-            del self.buf[: pos - self.base]
-            self.base = pos
-
-    def ensure(self, n: int) -> bool:
-        """Decompress until file offset ``n`` (False if it ends before)."""
-        while self.end() < n and not self.done:
-            try:
-                out = self._next(max(self.CHUNK, n - self.end()))
-            except ImportError as e:
-                raise ImageError(f"{self.source}: {self.kind}-compressed, and the Python "
-                                 f"module '{e.name}' is missing; pip install {e.name}") from None
-            except _DECOMPRESS_ERRORS as e:
-                raise ImageError(f"{self.source}: its {self.kind} payload does not decompress "
-                                 f"({e}); the image is damaged or truncated") from None
-            if not out:
-                self.done = True
-                if self.expected is not None and self.end() < self.expected:
-                    raise ImageError(f"{self.source}: its {self.kind} payload ends after "
-                                     f"{self.end()} of {self.expected} bytes (truncated "
-                                     "or damaged image)")
-            self.buf += out
-        return self.end() >= n
-
-
-_LZ4_LEGACY_BLOCK = 8 << 20  # lz4's legacy format: blocks of 8 MB uncompressed
-
-
-def _payload(image: bytes | memoryview) -> tuple[int, int] | None:
-    """(offset, length) of a bzImage's compressed payload, from its header."""
-    if len(image) < 0x250 or bytes(image[0x202:0x206]) != b"HdrS":
-        return None
-    (proto,) = struct.unpack_from("<H", image, 0x206)
-    if proto < 0x0208:
-        return None
-    setup_sects = image[0x1F1] or 4
-    offset, length = struct.unpack_from("<II", image, 0x248)
-    start = (setup_sects + 1) * 512 + offset
-    if length == 0 or start + length > len(image):
-        return (start, -1)  # a bzImage whose payload goes past its end
-    return start, length
-
-
-_DECOMPRESS_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, RuntimeError)
-
-
-def open_image(image: bytes | memoryview, source: str) -> tuple[_Stream, str]:
-    """The vmlinux in ``image`` as a stream, and how it was stored
-    ("vmlinux", "bzImage, xz", ...)."""
-    head = bytes(image[:8])
-    if head[:4] == b"\x7fELF":
-        return _Stream(source, "vmlinux", image), "vmlinux"
-    found = _payload(image)
-    if found is not None:
-        start, length = found
-        if length < 0:
-            raise ImageError(f"{source}: bzImage whose payload goes past the end of the file "
-                             "(truncated image)")
-        blob = image[start: start + length]
-        kind = next((k for k, m in _MAGICS if bytes(blob[:8]).startswith(m)), None)
-        if kind is None:
-            raise ImageError(f"{source}: bzImage payload in an unknown compression "
-                             f"(starts {bytes(blob[:4]).hex()}); klpsym reads gzip, xz, lzma, "
-                             "bzip2, zstd and lz4")
-        return _Stream(source, kind, blob), f"bzImage, {kind}"
-    for kind, magic in _MAGICS:
-        if head.startswith(magic):  # a bare compressed vmlinux (vmlinux.gz, ...)
-            return _Stream(source, kind, image), kind
-    raise ImageError(f"{source}: not a kernel image (no bzImage header, no ELF vmlinux, "
-                     "no compressed vmlinux)")
-
-
-# -- the ELF --------------------------------------------------------------------
+_BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\0]*) \(")
 
 
 @dataclass(frozen=True)
@@ -329,40 +126,6 @@ class _Rodata:
 
     data: np.ndarray  # uint8
     addr: int  # the link-time address of data[0]
-
-
-def _segments(stream: _Stream) -> list[tuple[int, int, int]]:
-    """(file offset, size, address) of the ELF's PT_LOAD segments, from the
-    program headers at its start (the section table is at the end)."""
-    src = stream.source
-    stream.ensure(64)
-    elf = stream.buf
-    if len(elf) < 64 or elf[:4] != b"\x7fELF":
-        raise ImageError(f"{src}: the vmlinux inside is truncated (no ELF header)")
-    if elf[4] != 2 or elf[5] != 1:
-        raise ImageError(f"{src}: vmlinux is not a 64-bit little-endian ELF; klpsym reads "
-                         "x86-64 kernel images")
-    (machine,) = struct.unpack_from("<H", elf, 18)
-    if machine != EM_X86_64:
-        raise ImageError(f"{src}: vmlinux is for ELF machine {machine}, not x86-64; klpsym "
-                         "reads x86-64 kernel images")
-    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
-    if phentsize != 56 or phnum == 0 or not stream.ensure(phoff + 56 * phnum):
-        raise ImageError(f"{src}: vmlinux has no program headers (truncated?)")
-    out = []
-    for i in range(phnum):
-        p_type, _fl, off, vaddr, _pa, filesz, _ms, _al = struct.unpack_from(
-            "<IIQQQQQQ", stream.buf, phoff + 56 * i)
-        if p_type == PT_LOAD and filesz:
-            out.append((off, filesz, vaddr))
-    if not out:
-        raise ImageError(f"{src}: vmlinux has no loadable segment")
-    return out
-
-
-PT_LOAD = 1
-_BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\0]*) \(")
 
 
 # -- the tables -----------------------------------------------------------------
@@ -452,7 +215,7 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
                         version: KernelVersion | None = None) -> KallsymsTable:
     """:func:`read_image_kallsyms` of the image's bytes."""
     stream, how = open_image(image, source)
-    segments = _segments(stream)
+    segments = load_segments(stream)
     # Decompress until the token table (the anchor) has been seen.
     searched = 0  # file offsets
     banner_searched = 0
@@ -528,12 +291,12 @@ def _segment_of(segments: list[tuple[int, int, int]], pos: int,
     raise ImageError(f"{source}: the kallsyms token table is outside every loadable segment")
 
 
-def _view_start(stream: _Stream, seg: tuple[int, int, int]) -> int:
+def _view_start(stream: VmlinuxStream, seg: tuple[int, int, int]) -> int:
     """The file offset where the kept part of segment ``seg`` starts."""
     return max(seg[0], stream.base)
 
 
-def _view(stream: _Stream, seg: tuple[int, int, int]) -> _Rodata:
+def _view(stream: VmlinuxStream, seg: tuple[int, int, int]) -> _Rodata:
     """The kept part of segment ``seg`` as an array: a view of the stream's
     buffer, which cannot grow while it lives.  Offsets in the tables are
     relative to its start."""
@@ -544,7 +307,7 @@ def _view(stream: _Stream, seg: tuple[int, int, int]) -> _Rodata:
                                  offset=start - stream.base), addr + (start - off))
 
 
-def _tokens_in(stream: _Stream, segments: list[tuple[int, int, int]], pos: int,
+def _tokens_in(stream: VmlinuxStream, segments: list[tuple[int, int, int]], pos: int,
                layout: Layout) -> _Tokens | None:
     """The token table whose "0" is at file offset ``pos``, if it is one."""
     seg = next((s for s in segments if s[0] <= pos < s[0] + s[1]), None)

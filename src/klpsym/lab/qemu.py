@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
-import os
 import re
 import secrets
 import shutil
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from klpsym.errors import LabError
+from klpsym.fsutil import atomic_write
 from klpsym.lab.cpio import CpioWriter
 from klpsym.lab.provision import Kernel
 
@@ -161,9 +161,7 @@ def base_initramfs(cache_dir: Path) -> Path:
     w.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     w.file("etc/group", b"root:x:0:\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.part")
-    tmp.write_bytes(bytes(w))
-    os.replace(tmp, path)
+    atomic_write(path, bytes(w))
     return path
 
 
@@ -432,7 +430,5 @@ def capture_kallsyms(kernel: Kernel, *, timeout: float = BOOT_TIMEOUT) -> Path:
             raise LabError(f"kallsyms from {kernel.release} has only {len(lines)} lines")
         if not any(ln.endswith(b" _stext") and not ln.startswith(b"0" * 16) for ln in lines):
             raise LabError(f"kallsyms from {kernel.release} has no _stext address (kptr_restrict?)")
-        tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
-        tmp.write_bytes(text)
-        os.replace(tmp, dest)
+        atomic_write(dest, text)
     return dest

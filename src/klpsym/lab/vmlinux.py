@@ -14,99 +14,31 @@ addresses are the link-time ones.
 
 from __future__ import annotations
 
-import bz2
-import lzma
-import os
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 from klpsym.elf.constants import ElfData
 from klpsym.elf.segments import read_program_headers, segment_notes
 from klpsym.errors import LabError
+from klpsym.fsutil import atomic_write
+from klpsym.kernel.vmlinuz import MAGICS, ImageError, read_vmlinux
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18  # include/xen/interface/elfnote.h
 
-# (name, magic) as in scripts/extract-vmlinux; order = preference when scanning.
-_MAGICS: tuple[tuple[str, bytes], ...] = (
-    ("xz", b"\xfd7zXZ\x00"),
-    ("gzip", b"\x1f\x8b\x08"),
-    ("zstd", b"\x28\xb5\x2f\xfd"),
-    ("bzip2", b"BZh"),
-    ("lzma", b"\x5d\x00\x00\x00"),
-    ("lz4", b"\x02\x21\x4c\x18"),
-    ("lzo", b"\x89\x4c\x5a"),
-)
-
-
-def _decompress(kind: str, data: bytes) -> bytes:
-    """Decompress one stream, ignoring trailing bytes (the kernel appends the size)."""
-    if kind == "xz":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
-    if kind == "lzma":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
-    if kind == "gzip":
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
-    if kind == "bzip2":
-        return bz2.BZ2Decompressor().decompress(data)
-    if kind == "zstd":
-        if shutil.which("zstd") is None:
-            raise LabError("vmlinuz is zstd-compressed but 'zstd' is missing; apt-get install zstd")
-        proc = subprocess.run(
-            ["zstd", "-dcq"], input=data, capture_output=True, timeout=300, check=False
-        )
-        # zstd complains about the trailing size word but has written the frame.
-        return proc.stdout
-    raise LabError(f"vmlinuz payload is {kind}-compressed, which klpsym cannot decompress")
-
-
-def _is_elf(blob: bytes) -> bool:
-    return blob[:4] == b"\x7fELF"
-
-
-def _payload(image: bytes) -> tuple[int, int] | None:
-    """(offset, length) of the compressed payload from the bzImage header, if any."""
-    if len(image) < 0x250 or image[0x202:0x206] != b"HdrS":
-        return None
-    (version,) = struct.unpack_from("<H", image, 0x206)
-    if version < 0x0208:
-        return None
-    setup_sects = image[0x1F1] or 4
-    offset, length = struct.unpack_from("<II", image, 0x248)
-    start = (setup_sects + 1) * 512 + offset
-    if length == 0 or start + length > len(image):
-        return None
-    return start, length
-
-
 def decompress_vmlinuz(image: bytes) -> bytes:
-    """The vmlinux ELF inside a bzImage; LabError if none is found."""
-    found = _payload(image)
-    if found is not None:
-        start, length = found
-        blob = image[start : start + length]
-        for kind, magic in _MAGICS:
-            if blob.startswith(magic):
-                try:
-                    out = _decompress(kind, blob)
-                except (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError):
-                    break
-                if _is_elf(out):
-                    return out
-                break
+    """The vmlinux ELF inside a bzImage (read by :mod:`klpsym.kernel.vmlinuz`,
+    which the image symbol source uses too); LabError if none is found."""
+    try:
+        return read_vmlinux(image, "vmlinuz")
+    except ImageError:
+        pass
     # Fallback: scan for every magic like scripts/extract-vmlinux.
-    for kind, magic in _MAGICS:
+    for _kind, magic in MAGICS:
         pos = image.find(magic)
         while pos >= 0:
             try:
-                out = _decompress(kind, image[pos:])
-            except (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, LabError):
-                out = b""
-            if _is_elf(out):
-                return out
-            pos = image.find(magic, pos + 1)
+                return read_vmlinux(image[pos:], "vmlinuz")
+            except ImageError:
+                pos = image.find(magic, pos + 1)
     raise LabError("no compressed vmlinux found in the vmlinuz; is it an x86 bzImage?")
 
 
@@ -117,9 +49,7 @@ def extract_vmlinux(vmlinuz: Path, dest: Path) -> Path:
     except OSError as exc:
         raise LabError(f"cannot read {vmlinuz}: {exc.strerror}") from None
     out = decompress_vmlinuz(image)
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_bytes(out)
-    os.replace(tmp, dest)
+    atomic_write(dest, out)
     return dest
 
 

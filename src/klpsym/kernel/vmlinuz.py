@@ -1,0 +1,280 @@
+"""The vmlinux inside a kernel image (an x86 bzImage, a bare compressed
+vmlinux, or vmlinux itself), decompressed only as far as it is read, and its
+loadable segments.  Shared by the image symbol source (``kernel.image``) and
+the lab, which boots the whole vmlinux.
+
+An x86 bzImage gives its compressed payload in the setup header (boot
+protocol 2.08+: ``payload_offset``/``payload_length`` at 0x248/0x24c,
+Documentation/arch/x86/boot.rst); the payload is the vmlinux ELF compressed
+with gzip, xz, lzma, bzip2, zstd or lz4 (the kernel's ``lz4 -l`` legacy
+frames), recognised by its magic.  Only x86-64 (ELF64 little-endian,
+EM_X86_64) is read.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import lzma
+import struct
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from klpsym.elf.constants import EI, ELF_MAGIC, EM, PT, ElfClass, ElfData
+from klpsym.elf.layout import layout_for
+from klpsym.elf.segments import read_program_headers
+from klpsym.errors import KernelSourceError
+
+_LAYOUT = layout_for(ElfClass.ELF64, ElfData.LSB)
+
+
+class ImageError(KernelSourceError):
+    """A kernel image whose kallsyms cannot be read (damaged, foreign, or a
+    layout this reader does not know)."""
+
+
+# -- decompression ----------------------------------------------------------------
+
+# (format, magic) as scripts/extract-vmlinux knows them.
+_MAGICS: tuple[tuple[str, bytes], ...] = (
+    ("gzip", b"\x1f\x8b\x08"),
+    ("xz", b"\xfd7zXZ\x00"),
+    ("zstd", b"\x28\xb5\x2f\xfd"),
+    ("lz4", b"\x02\x21\x4c\x18"),
+    ("bzip2", b"BZh"),
+    ("lzma", b"\x5d\x00\x00"),
+)
+
+
+class VmlinuxStream:
+    """The vmlinux, decompressed only as far as it is read: kallsyms sits in
+    .rodata, in the first half of the image, so the rest (.data, .init,
+    relocations, the section table) is never decompressed."""
+
+    CHUNK = 1 << 21
+
+    def __init__(self, source: str, kind: str, blob: bytes | memoryview) -> None:
+        self.source, self.kind = source, kind
+        self.buf = bytearray()  # the vmlinux from file offset ``base`` on
+        self.base = 0
+        self.done = False
+        # The kernel's build appends the uncompressed size (le32) to the
+        # compressed vmlinux (scripts/Makefile.lib size_append).
+        self.expected = int.from_bytes(bytes(blob[-4:]), "little") \
+            if kind != "vmlinux" and len(blob) >= 4 else None
+        self._next = self._reader(kind, blob)
+
+    def _reader(self, kind: str, blob: bytes | memoryview) -> Callable[[int], bytes]:
+        if kind == "vmlinux":
+            at = [0]
+
+            def plain(n: int) -> bytes:
+                out = bytes(blob[at[0]: at[0] + n])
+                at[0] += len(out)
+                return out
+            return plain
+        if kind == "gzip":
+            z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending: list[bytes | memoryview] = [blob]
+
+            def gz(n: int) -> bytes:
+                if z.eof or not pending:
+                    return b""
+                out = z.decompress(pending[0], n)
+                pending[0] = z.unconsumed_tail
+                if not pending[0] and not out:
+                    pending.clear()
+                return out
+            return gz
+        if kind in ("xz", "lzma", "bzip2"):
+            d: lzma.LZMADecompressor | bz2.BZ2Decompressor = (
+                bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor(
+                    format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE))
+            first: list[bytes | memoryview] = [blob]
+
+            def lz(n: int) -> bytes:
+                if d.eof:
+                    return b""
+                data = first.pop() if first else b""
+                if not data and d.needs_input:
+                    return b""
+                return d.decompress(data, n)
+            return lz
+        if kind == "zstd":
+            import zstandard
+
+            zd = zstandard.ZstdDecompressor().decompressobj()
+            at = [0]
+
+            def zs(n: int) -> bytes:
+                # Input a slice at a time (the output of one is ~4 times its
+                # size); the frame's end stops it before the appended size.
+                out = b""
+                while not out and at[0] < len(blob) and not zd.eof:
+                    piece = blob[at[0]: at[0] + (1 << 18)]
+                    at[0] += len(piece)
+                    try:
+                        out = zd.decompress(piece)
+                    except zstandard.ZstdError as e:
+                        raise ValueError(str(e)) from None
+                return out
+            return zs
+        return self._lz4(blob)
+
+    @staticmethod
+    def _lz4(blob: bytes | memoryview) -> Callable[[int], bytes]:
+        """The kernel's lz4 payload: ``lz4 -l`` legacy frames (magic
+        0x184C2102, then per block a u32 compressed size and an LZ4 block of
+        at most 8 MB), as lib/decompress_unlz4.c reads them.  The blocks are
+        decoded by the ``lz4`` package (BSD-licensed bindings of the
+        reference library): a decoder in Python would take seconds."""
+        import lz4.block  # type: ignore[import-untyped]
+
+        data = bytes(blob)
+        pos = [4]
+
+        def block(n: int) -> bytes:
+            while pos[0] + 4 <= len(data):
+                (size,) = struct.unpack_from("<I", data, pos[0])
+                if size == 0x184C2102:  # a concatenated frame
+                    pos[0] += 4
+                    continue
+                if size == 0 or pos[0] + 4 + size > len(data):
+                    return b""  # the appended output size, or the end
+                try:
+                    out: bytes = lz4.block.decompress(data[pos[0] + 4: pos[0] + 4 + size],
+                                                      uncompressed_size=_LZ4_LEGACY_BLOCK)
+                except lz4.block.LZ4BlockError as e:
+                    raise ValueError(str(e)) from None
+                pos[0] += 4 + size
+                return out
+            return b""
+        return block
+
+    def end(self) -> int:
+        """The file offset decompressed up to."""
+        return self.base + len(self.buf)
+
+    def drop_before(self, pos: int) -> None:
+        """Forget the vmlinux before file offset ``pos`` (never read again)."""
+        if pos > self.base:
+            del self.buf[: pos - self.base]
+            self.base = pos
+
+    def ensure(self, n: int) -> bool:
+        """Decompress until file offset ``n`` (False if it ends before)."""
+        while self.end() < n and not self.done:
+            try:
+                out = self._next(max(self.CHUNK, n - self.end()))
+            except ImportError as e:
+                raise ImageError(f"{self.source}: {self.kind}-compressed, and the Python "
+                                 f"module '{e.name}' is missing; pip install {e.name}") from None
+            except _DECOMPRESS_ERRORS as e:
+                raise ImageError(f"{self.source}: its {self.kind} payload does not decompress "
+                                 f"({e}); the image is damaged or truncated") from None
+            if not out:
+                self.done = True
+                if self.expected is not None and self.end() < self.expected:
+                    raise ImageError(f"{self.source}: its {self.kind} payload ends after "
+                                     f"{self.end()} of {self.expected} bytes (truncated "
+                                     "or damaged image)")
+            self.buf += out
+        return self.end() >= n
+
+
+_LZ4_LEGACY_BLOCK = 8 << 20  # lz4's legacy format: blocks of 8 MB uncompressed
+
+
+def bzimage_payload(image: bytes | memoryview) -> tuple[int, int] | None:
+    """(offset, length) of a bzImage's compressed payload, from its header."""
+    if len(image) < 0x250 or bytes(image[0x202:0x206]) != b"HdrS":
+        return None
+    (proto,) = struct.unpack_from("<H", image, 0x206)
+    if proto < 0x0208:
+        return None
+    setup_sects = image[0x1F1] or 4
+    offset, length = struct.unpack_from("<II", image, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    if length == 0 or start + length > len(image):
+        return (start, -1)  # a bzImage whose payload goes past its end
+    return start, length
+
+
+_DECOMPRESS_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, RuntimeError)
+
+
+def open_image(image: bytes | memoryview, source: str) -> tuple[VmlinuxStream, str]:
+    """The vmlinux in ``image`` as a stream, and how it was stored
+    ("vmlinux", "bzImage, xz", ...)."""
+    head = bytes(image[:8])
+    if head[:4] == b"\x7fELF":
+        return VmlinuxStream(source, "vmlinux", image), "vmlinux"
+    found = bzimage_payload(image)
+    if found is not None:
+        start, length = found
+        if length < 0:
+            raise ImageError(f"{source}: bzImage whose payload goes past the end of the file "
+                             "(truncated image)")
+        blob = image[start: start + length]
+        kind = next((k for k, m in _MAGICS if bytes(blob[:8]).startswith(m)), None)
+        if kind is None:
+            raise ImageError(f"{source}: bzImage payload in an unknown compression "
+                             f"(starts {bytes(blob[:4]).hex()}); klpsym reads gzip, xz, lzma, "
+                             "bzip2, zstd and lz4")
+        return VmlinuxStream(source, kind, blob), f"bzImage, {kind}"
+    for kind, magic in _MAGICS:
+        if head.startswith(magic):  # a bare compressed vmlinux (vmlinux.gz, ...)
+            return VmlinuxStream(source, kind, image), kind
+    raise ImageError(f"{source}: not a kernel image (no bzImage header, no ELF vmlinux, "
+                     "no compressed vmlinux)")
+
+
+# -- the ELF --------------------------------------------------------------------
+
+
+def load_segments(stream: VmlinuxStream) -> list[tuple[int, int, int]]:
+    """(file offset, size, address) of the ELF's PT_LOAD segments, from the
+    program headers at its start (the section table is at the end)."""
+    src = stream.source
+    ehdr_type = _LAYOUT.ehdr
+    stream.ensure(ehdr_type.itemsize)
+    elf = bytes(stream.buf[: ehdr_type.itemsize])
+    if len(elf) < ehdr_type.itemsize or elf[:4] != ELF_MAGIC:
+        raise ImageError(f"{src}: the vmlinux inside is truncated (no ELF header)")
+    if elf[EI.CLASS] != ElfClass.ELF64 or elf[EI.DATA] != ElfData.LSB:
+        raise ImageError(f"{src}: vmlinux is not a 64-bit little-endian ELF; klpsym reads "
+                         "x86-64 kernel images")
+    ehdr = np.frombuffer(elf, dtype=ehdr_type, count=1)[0]
+    if int(ehdr["e_machine"]) != EM.X86_64:
+        raise ImageError(f"{src}: vmlinux is for ELF machine {int(ehdr['e_machine'])}, not "
+                         "x86-64; klpsym reads x86-64 kernel images")
+    end = int(ehdr["e_phoff"]) + int(ehdr["e_phentsize"]) * int(ehdr["e_phnum"])
+    if int(ehdr["e_phnum"]) == 0 or not stream.ensure(end):
+        raise ImageError(f"{src}: vmlinux has no program headers (truncated?)")
+    found = read_program_headers(io.BytesIO(bytes(stream.buf[:end])))
+    if found is None or len(found.headers) < int(ehdr["e_phnum"]):
+        raise ImageError(f"{src}: vmlinux has no program headers (truncated?)")
+    out = [(int(ph["p_offset"]), int(ph["p_filesz"]), int(ph["p_vaddr"]))
+           for ph in found.headers if int(ph["p_type"]) == PT.LOAD and int(ph["p_filesz"])]
+    if not out:
+        raise ImageError(f"{src}: vmlinux has no loadable segment")
+    return out
+
+
+def read_vmlinux(image: bytes | memoryview, source: str) -> bytes:
+    """The whole vmlinux ELF in ``image`` (the lab boots it through its PVH
+    entry); ImageError when there is none or it does not decompress."""
+    stream, _how = open_image(image, source)
+    if stream.kind == "vmlinux":
+        return bytes(image)
+    stream.ensure(stream.expected if stream.expected else 1 << 40)
+    out = bytes(stream.buf)
+    if out[:4] != ELF_MAGIC:
+        raise ImageError(f"{source}: its {stream.kind} payload is not an ELF vmlinux")
+    return out
+
+
+#: The compressions a vmlinux may be stored in, with their magic numbers.
+MAGICS = _MAGICS
