@@ -1,0 +1,280 @@
+"""IBT thunks: a converted module never takes the address of a kernel function
+that may have lost its ENDBR64.
+
+On a kernel built with CONFIG_X86_KERNEL_IBT=y (Debian's from 6.12 on) every
+indirect call or jump must land on an ENDBR64, and at boot the kernel
+overwrites the ENDBR64 of each vmlinux function whose address vmlinux never
+takes (objtool's ``.ibt_endbr_seal`` list, apply_seal_endbr(),
+arch/x86/kernel/alternative.c, v5.18 commit ed53a0d97192 "x86/alternative:
+Implement .retpoline_sites support" .. "x86/ibt: Implement
+FineIBT"; the sealing itself since v5.18, commit 3c6f9f772c0b "x86/ibt,objtool:
+Add IBT_NOSEAL()").  Unexported functions are the ones most likely sealed
+(``kallsyms_lookup_name`` is, on Debian's 6.12 and 7.x): an indirect call to
+one is a #CP, ``Missing ENDBR: NAME`` (arch/x86/kernel/cet.c).
+
+So, on such a target, every relocation that takes the address of an
+unexported function -- anything but the rel32 of a direct ``call``/``jmp``/
+``jcc``, which the CPU never checks -- is redirected to a module-local thunk
+
+    endbr64                 f3 0f 1e fa
+    jmp NAME                e9 <rel32: a klp relocation, R_X86_64_PLT32 NAME-4>
+    int3 x 7                (padding to 16 bytes)
+
+one per function, in the core text section ``.text.klpsym_ibt`` (SHF_ALLOC |
+SHF_EXECINSTR: layout_sections() puts it with the module's core text, which
+stays after init, so ``__init`` users share the thunk).  The thunk is a
+global STT_FUNC symbol ``__klpsym_ibt_NAME`` (appended, so no index moves).
+Pointer identity changes: the module's ``&NAME`` is the thunk, not the
+kernel's ``NAME``.  Data symbols are left alone; function or data is the
+plan's ``kind`` (addresses against the text ranges, letters only where
+trusted), and where that cannot tell, a direct branch to the symbol in the
+module says it is a function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from klpsym.elf import ElfFile, Section
+from klpsym.elf.constants import R_X86_64, SHF, SHT, STB, STT
+from klpsym.errors import ConvertError
+from klpsym.klp.apply import KLP_RELA_FLAGS
+from klpsym.klp.names import klp_section_name
+
+ENDBR64 = b"\xf3\x0f\x1e\xfa"
+THUNK_SECTION = ".text.klpsym_ibt"
+THUNK_PREFIX = "__klpsym_ibt_"
+THUNK_SIZE = 16
+JMP_OFFSET = 4  # the e9 opcode; its rel32 follows
+_PAD = b"\xcc" * (THUNK_SIZE - len(ENDBR64) - 5)
+_BRANCH_TYPES = (int(R_X86_64.PC32), int(R_X86_64.PLT32))
+
+
+def thunk_bytes() -> bytes:
+    """One thunk before its relocation is applied (the rel32 is zero: the
+    x86_64 loader refuses to relocate over nonzero bytes)."""
+    return ENDBR64 + b"\xe9" + b"\0" * 4 + _PAD
+
+
+def ibt_config(config: object | None) -> bool | None:
+    """Whether a target's .config (:class:`klpsym.kernel.config.KernelConfig`)
+    has CONFIG_X86_KERNEL_IBT=y; None when the .config is unknown."""
+    if config is None:
+        return None
+    enabled = getattr(config, "enabled", None)
+    return bool(enabled("CONFIG_X86_KERNEL_IBT")) if enabled is not None else None
+
+
+def branch_mask(elf: ElfFile, target: Section | None, rela: np.ndarray) -> np.ndarray:
+    """Per relocation of ``rela`` (applied to ``target``): whether it is the
+    rel32 of a direct branch -- PC32/PLT32 with addend -4 in an executable
+    section, right after an ``e8`` (call), ``e9`` (jmp) or ``0f 8x`` (jcc)
+    opcode.  A RIP-relative operand's rel32 follows a ModRM byte (mod 00,
+    r/m 101: 05, 0d, .. 3d), never e8/e9/8x after 0f, so the bytes tell."""
+    n = len(rela)
+    out = np.zeros(n, dtype=bool)
+    if not n or target is None or not target.flags & SHF.EXECINSTR or target.type == SHT.NOBITS:
+        return out
+    types = elf.layout.r_type(rela["r_info"])
+    offsets = rela["r_offset"].astype(np.int64)
+    data = np.frombuffer(target.content(), dtype=np.uint8)
+    cand = (np.isin(types, _BRANCH_TYPES) & (rela["r_addend"].astype(np.int64) == -4)
+            & (offsets >= 1) & (offsets + 4 <= len(data)))
+    idx = np.flatnonzero(cand)
+    if not len(idx):
+        return out
+    off = offsets[idx]
+    op1 = data[off - 1]
+    op2 = np.where(off >= 2, data[np.maximum(off - 2, 0)], 0)
+    direct = (op1 == 0xE8) | (op1 == 0xE9) | ((op2 == 0x0F) & (op1 >= 0x80) & (op1 <= 0x8F))
+    out[idx[direct]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class ThunkUse:
+    """One relocation that takes a function's address: where, and its type."""
+
+    section: str  # the relocated section
+    offset: int
+    type: int
+
+
+@dataclass
+class Thunk:
+    name: str  # the kernel function
+    symbol_index: int  # its (undefined, to-be-converted) symbol in the module
+    uses: list[ThunkUse] = field(default_factory=list)
+
+    @property
+    def symbol(self) -> str:
+        return THUNK_PREFIX + self.name
+
+
+@dataclass
+class IbtPlan:
+    """What the IBT pass does to one module."""
+
+    target_ibt: bool | None  # CONFIG_X86_KERNEL_IBT=y (None: .config unknown)
+    enabled: bool  # thunks wanted (not --no-ibt-thunks)
+    thunks: list[Thunk] = field(default_factory=list)  # address-taken functions
+
+    @property
+    def applies(self) -> bool:
+        return bool(self.target_ibt) and self.enabled and bool(self.thunks)
+
+    def notes(self) -> list[str]:
+        """What the plan and the result print about it."""
+        if not self.thunks:
+            return []
+        names = ", ".join(t.name for t in self.thunks)
+        if not self.target_ibt:
+            if self.target_ibt is None:
+                return [f"target .config unknown: could not check CONFIG_X86_KERNEL_IBT; {names} "
+                        "keep their addresses taken directly, which faults (Missing ENDBR) on "
+                        "IBT hardware if the kernel has IBT"]
+            return []
+        if not self.enabled:
+            return [f"WARNING: no IBT thunks (--no-ibt-thunks): the module takes the address of "
+                    f"{t.name} ({len(t.uses)} relocation{'s' * (len(t.uses) != 1)}); on IBT "
+                    f"hardware an indirect call there faults with \"Missing ENDBR: {t.name}\" "
+                    "if the kernel sealed it" for t in self.thunks]
+        return [f"IBT thunk {t.symbol} ({THUNK_SECTION}+{i * THUNK_SIZE:#x}: endbr64; jmp "
+                f"{t.name}) takes {len(t.uses)} address-taking relocation"
+                f"{'s' * (len(t.uses) != 1)}: "
+                + ", ".join(f"{u.section}+{u.offset:#x}" for u in t.uses[:6])
+                + (f" and {len(t.uses) - 6} more" if len(t.uses) > 6 else "")
+                + f"; the module's &{t.name} is the thunk"
+                for i, t in enumerate(self.thunks)]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target_ibt": self.target_ibt,
+            "enabled": self.enabled,
+            "section": THUNK_SECTION if self.applies else None,
+            "thunks": [{"function": t.name, "symbol": t.symbol,
+                        "offset": i * THUNK_SIZE if self.applies else None,
+                        "relocations": [{"section": u.section, "offset": u.offset,
+                                         "type": u.type} for u in t.uses]}
+                       for i, t in enumerate(self.thunks)],
+        }
+
+
+def address_uses(elf: ElfFile, symbol_indexes: list[int]) -> tuple[dict[int, list[ThunkUse]],
+                                                                     dict[int, int]]:
+    """For each symbol: the ordinary relocations of allocated sections that
+    take its address (not a branch displacement), and how many are direct
+    branches to it."""
+    wanted = np.zeros(len(elf.symtab), dtype=bool)
+    wanted[np.asarray(symbol_indexes, dtype=np.int64)] = True
+    uses: dict[int, list[ThunkUse]] = {i: [] for i in symbol_indexes}
+    branches: dict[int, int] = dict.fromkeys(symbol_indexes, 0)
+    for sec in elf.rela_sections():
+        target = sec.info_section
+        if sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        if not len(syms) or int(syms.max()) >= len(wanted):
+            continue
+        hit = np.flatnonzero(wanted[syms])
+        if not len(hit):
+            continue
+        branch = branch_mask(elf, target, rela[hit])
+        types = elf.layout.r_type(rela["r_info"][hit])
+        for j, k in enumerate(hit.tolist()):
+            s = int(syms[k])
+            if branch[j]:
+                branches[s] += 1
+            else:
+                uses[s].append(ThunkUse(target.name, int(rela["r_offset"][k]), int(types[j])))
+    return uses, branches
+
+
+def plan_ibt(elf: ElfFile, convert: list[tuple[int, str, str]], target_ibt: bool | None,
+             enabled: bool) -> IbtPlan:
+    """Which converted functions the module takes the address of.
+
+    ``convert``: (symbol index, name, kind) of each symbol to convert, kind
+    ``"text"``, ``"data"`` or ``""`` (cannot tell).  A symbol of unknown kind
+    that the module also branches to directly is a function; one it only
+    takes the address of is refused on an IBT target (a thunk in front of
+    data would corrupt it, no thunk in front of a function would fault)."""
+    plan = IbtPlan(target_ibt, enabled)
+    if not convert or target_ibt is False:
+        return plan
+    uses, branches = address_uses(elf, [i for i, _, _ in convert])
+    for index, name, kind in sorted(convert, key=lambda c: c[1]):
+        if not uses[index] or kind == "data":
+            continue
+        if kind == "" and not branches[index]:
+            if target_ibt and enabled:
+                raise ConvertError(
+                    f"{name}: the module takes its address and the target has IBT, but its "
+                    "kallsyms entry does not say whether it is a function (no addresses); "
+                    "give a kallsyms with addresses (read as root) or a System.map, or "
+                    "--no-ibt-thunks if it is data")
+            continue
+        plan.thunks.append(Thunk(name, index, uses[index]))
+    return plan
+
+
+def apply_ibt(elf: ElfFile, plan: IbtPlan) -> None:
+    """Add the thunks and redirect the address-taking relocations to them.
+
+    Run before :func:`klpsym.klp.apply.apply_conversions`: each thunk's jmp
+    is a klp relocation against the symbol still undefined here, which the
+    conversion then renames into its ``.klp.sym`` form."""
+    if not plan.applies:
+        return
+    if elf.section_by_name(THUNK_SECTION) is not None:
+        raise ConvertError(f"{elf.name}: already has a {THUNK_SECTION} section, yet takes "
+                           "unexported functions' addresses directly; the module is corrupt")
+    symtab = elf.symtab
+    layout = elf.layout
+    execs = [s for s in elf.sections if s.flags & SHF.EXECINSTR and s.flags & SHF.ALLOC]
+    text = elf.new_section(THUNK_SECTION, SHT.PROGBITS, flags=int(SHF.ALLOC | SHF.EXECINSTR),
+                           addralign=THUNK_SIZE,
+                           data=thunk_bytes() * len(plan.thunks))
+    elf.insert_section(text, after=execs[-1] if execs else None)
+    klp = elf.new_section(klp_section_name(THUNK_SECTION), SHT.RELA, flags=int(KLP_RELA_FLAGS),
+                          addralign=8, entsize=layout.rela.itemsize, link=symtab.section,
+                          info_section=text)
+    jumps = np.zeros(len(plan.thunks), dtype=layout.rela)
+    redirect = np.zeros(len(symtab), dtype=np.int64)  # old symbol -> thunk symbol
+    for i, t in enumerate(plan.thunks):
+        s = symtab.append_undefined(t.symbol, STB.GLOBAL, STT.FUNC)
+        symtab.section_ref[s] = text.uid
+        symtab.array["st_value"][s] = i * THUNK_SIZE
+        symtab.array["st_size"][s] = THUNK_SIZE - len(_PAD)
+        redirect[t.symbol_index] = s
+        jumps[i]["r_offset"] = i * THUNK_SIZE + JMP_OFFSET + 1
+        jumps[i]["r_info"] = _r_info(t.symbol_index, int(R_X86_64.PLT32))
+        jumps[i]["r_addend"] = -4
+    klp.table = jumps
+    elf.insert_section(klp, after=text)
+
+    taken = {(u.section, u.offset) for t in plan.thunks for u in t.uses}
+    for sec in list(elf.rela_sections()):
+        target = sec.info_section
+        if sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        if not len(syms) or int(syms.max()) >= len(redirect):
+            continue
+        hit = np.flatnonzero(redirect[syms] != 0)
+        pick = [k for k in hit.tolist() if (target.name, int(rela["r_offset"][k])) in taken]
+        if not pick:
+            continue
+        table = rela.copy()
+        types = layout.r_type(table["r_info"][pick])
+        table["r_info"][pick] = _r_info(redirect[syms[pick]], types)
+        sec.table = table
+
+
+def _r_info(sym: int | np.ndarray, type: int | np.ndarray) -> np.ndarray:
+    """ELF64_R_INFO."""
+    return (np.asarray(sym).astype(np.uint64) << np.uint64(32)) | np.asarray(type).astype(np.uint64)
