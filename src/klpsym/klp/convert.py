@@ -24,7 +24,7 @@ from klpsym.klp.guard import (
     guard_problems,
     plan_guard,
 )
-from klpsym.klp.ibt import IbtPlan, apply_ibt, ibt_config, plan_ibt
+from klpsym.klp.ibt import IbtPlan, apply_ibt, ibt_config, plan_ibt, target_vmlinux
 from klpsym.klp.plan import Plan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import (
@@ -98,8 +98,9 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         raise ConvertError(f"{path}: a relocation of a symbol to convert breaks the x86_64 "
                            f"module loader's rules: {moved[0]}{more}; it would not load, "
                            "converted or not")
-    ibt = plan_ibt(module.elf, [(s.index, s.name, s.kind) for s in plan.to_convert],
-                   ibt_config(target.config), ibt_thunks)
+    ibt = plan_ibt(module.elf, [(s.index, s.name, s.kind, s.candidate.address if s.candidate
+                                 else None) for s in plan.to_convert],
+                   ibt_config(target.config), ibt_thunks, target_vmlinux(target.kallsyms_source))
     plan.notes.extend(ibt.notes())
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)

@@ -34,6 +34,7 @@ module says it is a function.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -107,6 +108,7 @@ class Thunk:
     name: str  # the kernel function
     symbol_index: int  # its (undefined, to-be-converted) symbol in the module
     uses: list[ThunkUse] = field(default_factory=list)
+    sealed: bool | None = None  # in the target vmlinux's .ibt_endbr_seal (None: unknown)
 
     @property
     def symbol(self) -> str:
@@ -130,6 +132,8 @@ class IbtPlan:
         if not self.thunks:
             return []
         names = ", ".join(t.name for t in self.thunks)
+        seal = {True: " (sealed: its ENDBR64 is removed at boot)",
+                False: " (not sealed in the target's vmlinux)", None: ""}
         if not self.target_ibt:
             if self.target_ibt is None:
                 return [f"target .config unknown: could not check CONFIG_X86_KERNEL_IBT; {names} "
@@ -138,15 +142,16 @@ class IbtPlan:
             return []
         if not self.enabled:
             return [f"WARNING: no IBT thunks (--no-ibt-thunks): the module takes the address of "
-                    f"{t.name} ({len(t.uses)} relocation{'s' * (len(t.uses) != 1)}); on IBT "
-                    f"hardware an indirect call there faults with \"Missing ENDBR: {t.name}\" "
-                    "if the kernel sealed it" for t in self.thunks]
+                    f"{t.name}{seal[t.sealed]} ({len(t.uses)} relocation"
+                    f"{'s' * (len(t.uses) != 1)}); on IBT hardware an indirect call there faults "
+                    f"with \"Missing ENDBR: {t.name}\" if the kernel sealed it"
+                    for t in self.thunks]
         return [f"IBT thunk {t.symbol} ({THUNK_SECTION}+{i * THUNK_SIZE:#x}: endbr64; jmp "
                 f"{t.name}) takes {len(t.uses)} address-taking relocation"
                 f"{'s' * (len(t.uses) != 1)}: "
                 + ", ".join(f"{u.section}+{u.offset:#x}" for u in t.uses[:6])
                 + (f" and {len(t.uses) - 6} more" if len(t.uses) > 6 else "")
-                + f"; the module's &{t.name} is the thunk"
+                + f"; the module's &{t.name} is the thunk{seal[t.sealed]}"
                 for i, t in enumerate(self.thunks)]
 
     def to_json(self) -> dict[str, object]:
@@ -157,7 +162,8 @@ class IbtPlan:
             "thunks": [{"function": t.name, "symbol": t.symbol,
                         "offset": i * THUNK_SIZE if self.applies else None,
                         "relocations": [{"section": u.section, "offset": u.offset,
-                                         "type": u.type} for u in t.uses]}
+                                         "type": u.type} for u in t.uses],
+                        "sealed": t.sealed}
                        for i, t in enumerate(self.thunks)],
         }
 
@@ -193,20 +199,23 @@ def address_uses(elf: ElfFile, symbol_indexes: list[int]) -> tuple[dict[int, lis
     return uses, branches
 
 
-def plan_ibt(elf: ElfFile, convert: list[tuple[int, str, str]], target_ibt: bool | None,
-             enabled: bool) -> IbtPlan:
+def plan_ibt(elf: ElfFile, convert: list[tuple[int, str, str, int | None]],
+             target_ibt: bool | None, enabled: bool, vmlinux: Path | None = None) -> IbtPlan:
     """Which converted functions the module takes the address of.
 
-    ``convert``: (symbol index, name, kind) of each symbol to convert, kind
-    ``"text"``, ``"data"`` or ``""`` (cannot tell).  A symbol of unknown kind
+    ``convert``: (symbol index, name, kind, address) of each symbol to
+    convert, kind ``"text"``, ``"data"`` or ``""`` (cannot tell), address
+    link-time or None.  ``vmlinux``: the target's, whose seal list says
+    which of the functions are sealed (:func:`sealed_addresses`).  A symbol of unknown kind
     that the module also branches to directly is a function; one it only
     takes the address of is refused on an IBT target (a thunk in front of
     data would corrupt it, no thunk in front of a function would fault)."""
     plan = IbtPlan(target_ibt, enabled)
     if not convert or target_ibt is False:
         return plan
-    uses, branches = address_uses(elf, [i for i, _, _ in convert])
-    for index, name, kind in sorted(convert, key=lambda c: c[1]):
+    uses, branches = address_uses(elf, [c[0] for c in convert])
+    sealed = sealed_addresses(vmlinux) if vmlinux is not None and target_ibt else None
+    for index, name, kind, address in sorted(convert, key=lambda c: c[1]):
         if not uses[index] or kind == "data":
             continue
         if kind == "" and not branches[index]:
@@ -217,7 +226,9 @@ def plan_ibt(elf: ElfFile, convert: list[tuple[int, str, str]], target_ibt: bool
                     "give a kallsyms with addresses (read as root) or a System.map, or "
                     "--no-ibt-thunks if it is data")
             continue
-        plan.thunks.append(Thunk(name, index, uses[index]))
+        state = (is_sealed(sealed, address) if sealed is not None and address is not None
+                 else None)
+        plan.thunks.append(Thunk(name, index, uses[index], state))
     return plan
 
 
@@ -278,3 +289,42 @@ def apply_ibt(elf: ElfFile, plan: IbtPlan) -> None:
 def _r_info(sym: int | np.ndarray, type: int | np.ndarray) -> np.ndarray:
     """ELF64_R_INFO."""
     return (np.asarray(sym).astype(np.uint64) << np.uint64(32)) | np.asarray(type).astype(np.uint64)
+
+
+SEAL_SECTION = ".ibt_endbr_seal"
+
+
+def sealed_addresses(vmlinux: Path) -> np.ndarray:
+    """The (link-time) addresses of the functions a kernel seals at boot:
+    vmlinux's ``.ibt_endbr_seal``, objtool's list of ENDBR64 it found unused
+    (tools/objtool/check.c create_ibt_endbr_seal_sections(), v5.18+), one
+    s32 a function, each relative to its own place (``.long addr - .``);
+    apply_seal_endbr() overwrites the ENDBR64 at each.  Sorted uint64.
+    The section is in vmlinux and in the ELF a bzImage's payload
+    decompresses to (``klpsym.lab.vmlinux``), even without a symbol table.
+    A kernel without IBT has no such section: ConvertError."""
+    elf = ElfFile.from_path(vmlinux, relocatable_only=False)
+    sec = elf.section_by_name(SEAL_SECTION)
+    if sec is None:
+        raise ConvertError(f"{vmlinux}: has no {SEAL_SECTION} section; the kernel is built "
+                           "without CONFIG_X86_KERNEL_IBT (nothing is sealed), or this is not "
+                           "its vmlinux")
+    data = bytes(sec.content())
+    count = len(data) // 4
+    rel = np.frombuffer(data, dtype=np.dtype("<i4"), count=count).astype(np.int64)
+    places = np.uint64(sec.addr) + np.arange(count, dtype=np.uint64) * np.uint64(4)
+    out: np.ndarray = np.sort((places.astype(np.int64) + rel).astype(np.uint64))
+    return out
+
+
+def is_sealed(sealed: np.ndarray, address: int) -> bool:
+    """Whether the function at ``address`` (link-time) is in the seal list."""
+    i = int(np.searchsorted(sealed, np.uint64(address)))
+    return i < len(sealed) and int(sealed[i]) == address
+
+
+def target_vmlinux(kallsyms_source: str) -> Path | None:
+    """The vmlinux a target's symbols come from (``--vmlinux``), if they do."""
+    if kallsyms_source.startswith("vmlinux "):
+        return Path(kallsyms_source.removeprefix("vmlinux "))
+    return None
