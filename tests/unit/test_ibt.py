@@ -224,3 +224,32 @@ def test_thunk_symbol_is_defined_func(tmp_path: Path) -> None:
     assert int(st.types[i]) == STT_FUNC and int(st.binds[i]) == STB_GLOBAL
     assert int(st.section_ref[i]) > 0 and int(st.array["st_shndx"][i]) != SHN.LIVEPATCH
     assert np.count_nonzero(np.array(st.names()) == THUNK) == 1
+
+
+def test_cli_dry_run_json_and_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``klpsym convert --dry-run --json`` names the thunk and the relocations
+    through it; ``--no-ibt-thunks`` says the warning instead."""
+    import json
+
+    from elfbuilder import SYNTH_RELEASE
+    from klpsym.cli.main import main
+
+    kdir = tmp_path / "kdir"
+    (kdir / "include/config").mkdir(parents=True)
+    (kdir / "include/config/kernel.release").write_text(SYNTH_RELEASE + "\n")
+    (kdir / ".config").write_text(IBT)
+    (kdir / "Module.symvers").write_text(
+        "0x1\t_printk\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tklp_enable_patch\tvmlinux\tEXPORT_SYMBOL_GPL\t\n")
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("".join(f"{a:016x} {t} {n}\n" for a, t, n in KALLSYMS))
+    src = tmp_path / "m.ko"
+    src.write_bytes(ibt_module().build())
+    common = [str(src), "--dry-run", "--kernel-dir", str(kdir), "--kallsyms", str(kallsyms)]
+    assert main(["convert", *common, "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    thunk = [n for n in notes if n.startswith(f"IBT thunk {THUNK} ")]
+    assert len(thunk) == 1 and ".data+0x0" in thunk[0] and ".init.data+0x0" in thunk[0], notes
+    assert main(["convert", *common, "--no-ibt-thunks"]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING: no IBT thunks (--no-ibt-thunks): the module takes the address of {FN}" \
+        in out, out

@@ -6,7 +6,10 @@
  *   .rodata   - a const table                   -> .rela.rodata    R_X86_64_64
  *   .data     - a writable slot (exit uses it)  -> .rela.data      R_X86_64_64
  *   __initdata - a slot only init reads         -> .rela.init.data R_X86_64_64
- *   code      - the address loaded in init      -> .rela.init.text 32S (or PC32 of a lea)
+ *   code      - the address loaded in init      -> .rela.init.text 32S (mov $imm32)
+ *   lea       - a RIP-relative lea (inline asm)  -> .rela.init.text PC32, not a branch
+ *   callback  - ipi_mb (kernel/sched/membarrier.c, static, unexported) handed
+ *               to smp_call_function_single(), which calls it indirectly
  *
  * kallsyms_lookup_name is unexported (since 5.7) and its address is never
  * taken inside vmlinux, so on CONFIG_X86_KERNEL_IBT=y kernels (Debian 6.12
@@ -21,9 +24,11 @@
  */
 #include <linux/module.h>
 #include <linux/kernel.h>
+#include <linux/smp.h>
 
 unsigned long kallsyms_lookup_name(const char *name);
 typedef unsigned long (*lookup_fn)(const char *name);
+void ipi_mb(void *info);
 
 static const lookup_fn ro_table[] = { kallsyms_lookup_name };
 static lookup_fn rw_slot = kallsyms_lookup_name;
@@ -61,6 +66,21 @@ static int __init ibt_ptrs_init(void)
 	fn = kallsyms_lookup_name;
 	OPTIMIZER_HIDE_VAR(fn);	/* keep the load of the address in code */
 	ok &= report("code", fn);
+	asm ("lea kallsyms_lookup_name(%%rip), %0" : "=r" (fn));
+	ok &= report("lea", fn);
+
+	{
+		smp_call_func_t cb = ipi_mb;
+		int cpu = get_cpu();
+		int ret;
+
+		OPTIMIZER_HIDE_VAR(cb);
+		ret = smp_call_function_single(cpu, cb, NULL, 1);
+		put_cpu();
+		ok &= ret == 0;
+		pr_info("klptest ibt_ptrs: how=callback fn=%px head=%4phN ret=%d match=%d\n",
+			cb, (void *)cb, ret, ret == 0);
+	}
 	pr_info("klptest ibt_ptrs: result=%s\n", ok ? "OK" : "MISMATCH");
 	return 0;
 }
