@@ -1,16 +1,15 @@
 """IBT thunks: a converted module never takes the address of a kernel function
 that may have lost its ENDBR64.
 
-On a kernel built with CONFIG_X86_KERNEL_IBT=y (Debian's from 6.12 on) every
-indirect call or jump must land on an ENDBR64, and at boot the kernel
+On a kernel built with CONFIG_X86_KERNEL_IBT=y (v5.18 on; Debian's from 6.12)
+every indirect call or jump must land on an ENDBR64, and at boot the kernel
 overwrites the ENDBR64 of each vmlinux function whose address vmlinux never
-takes (objtool's ``.ibt_endbr_seal`` list, apply_seal_endbr(),
-arch/x86/kernel/alternative.c, v5.18 commit ed53a0d97192 "x86/alternative:
-Implement .retpoline_sites support" .. "x86/ibt: Implement
-FineIBT"; the sealing itself since v5.18, commit 3c6f9f772c0b "x86/ibt,objtool:
-Add IBT_NOSEAL()").  Unexported functions are the ones most likely sealed
+takes: objtool lists them in ``.ibt_endbr_seal``, and apply_ibt_endbr()
+(v5.18; apply_seal_endbr() since v6.2), arch/x86/kernel/alternative.c,
+poisons each.  Unexported functions are the ones most likely sealed
 (``kallsyms_lookup_name`` is, on Debian's 6.12 and 7.x): an indirect call to
-one is a #CP, ``Missing ENDBR: NAME`` (arch/x86/kernel/cet.c).
+one is a #CP, ``Missing ENDBR: NAME`` (exc_control_protection(),
+arch/x86/kernel/traps.c in v5.18, arch/x86/kernel/cet.c since v6.6).
 
 So, on such a target, every relocation that takes the address of an
 unexported function -- anything but the rel32 of a direct ``call``/``jmp``/
@@ -40,7 +39,8 @@ import numpy as np
 
 from klpsym.elf import ElfFile, Section
 from klpsym.elf.constants import R_X86_64, SHF, SHT, STB, STT
-from klpsym.errors import ConvertError
+from klpsym.errors import ConvertError, param
+from klpsym.kernel.config import KernelConfig
 from klpsym.klp.apply import KLP_RELA_FLAGS
 from klpsym.klp.names import klp_section_name
 
@@ -59,13 +59,10 @@ def thunk_bytes() -> bytes:
     return ENDBR64 + b"\xe9" + b"\0" * 4 + _PAD
 
 
-def ibt_config(config: object | None) -> bool | None:
-    """Whether a target's .config (:class:`klpsym.kernel.config.KernelConfig`)
-    has CONFIG_X86_KERNEL_IBT=y; None when the .config is unknown."""
-    if config is None:
-        return None
-    enabled = getattr(config, "enabled", None)
-    return bool(enabled("CONFIG_X86_KERNEL_IBT")) if enabled is not None else None
+def ibt_config(config: KernelConfig | None) -> bool | None:
+    """Whether a target's .config has CONFIG_X86_KERNEL_IBT=y; None when the
+    .config is unknown."""
+    return None if config is None else config.enabled("CONFIG_X86_KERNEL_IBT")
 
 
 def branch_mask(elf: ElfFile, target: Section | None, rela: np.ndarray) -> np.ndarray:
@@ -224,7 +221,7 @@ def plan_ibt(elf: ElfFile, convert: list[tuple[int, str, str, int | None]],
                     f"{name}: the module takes its address and the target has IBT, but its "
                     "kallsyms entry does not say whether it is a function (no addresses); "
                     "give a kallsyms with addresses (read as root) or a System.map, or "
-                    "--no-ibt-thunks if it is data")
+                    f"{param('no_ibt_thunks')} if it is data")
             continue
         state = (is_sealed(sealed, address) if sealed is not None and address is not None
                  else None)

@@ -329,8 +329,8 @@ def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> l
     """On an IBT target (CONFIG_X86_KERNEL_IBT=y): every klp relocation of an
     allocated section that refers to a livepatch symbol of a function in
     ``functions`` is the rel32 of a direct branch (an indirect call to a
-    sealed function faults: "Missing ENDBR: %pS", arch/x86/kernel/cet.c
-    since v5.18), and every IBT thunk (``__klpsym_ibt_NAME``) starts with
+    sealed function faults: "Missing ENDBR: %pS", IBT since v5.18), and
+    every IBT thunk (``__klpsym_ibt_NAME``) starts with
     ENDBR64 and jumps to NAME through a klp relocation."""
     if elf.machine != EM.X86_64 or not elf.has_symtab:
         return []
