@@ -69,6 +69,7 @@ def ibt_module(*, addresses: bool = True) -> ElfBuilder:
     rodata = b.section(".rodata", SHT_PROGBITS, SHF_ALLOC, bytes(8), 8)
     initdata = b.section(".init.data", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, bytes(8), 8)
     b.module()
+    b.this_module("synthetic")
     b.symbol(".text", text, STB_LOCAL, STT_SECTION)
     b.symbol("init_module", text, STB_GLOBAL, STT_FUNC, 0, 31)
     fn = b.symbol(FN)
@@ -253,3 +254,30 @@ def test_cli_dry_run_json_and_flag(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert f"WARNING: no IBT thunks (--no-ibt-thunks): the module takes the address of {FN}" \
         in out, out
+
+
+def test_check_reports_an_unthunked_function_on_an_ibt_target(tmp_path: Path) -> None:
+    """``klpsym check`` of a module converted with the thunks off (or by
+    another tool): it loads, with a warning and the kernel's Missing ENDBR
+    line, on an IBT target only; the thunked module has no such warning."""
+    from klpsym.load.check import Stage, Verdict, check_modules
+    from klpsym.load.facts import module_facts
+
+    convert(tmp_path, ibt_module(), IBT, "off.ko", ibt_thunks=False)
+    convert(tmp_path, ibt_module(), IBT, "on.ko")
+    off = module_facts(tmp_path / "off.ko")
+    assert sorted(w for n, w in off.klp_addresses if n == FN) == [
+        ".data+0x0 (R_X86_64_64)", ".init.data+0x0 (R_X86_64_64)", ".rodata+0x0 (R_X86_64_64)",
+        ".text+0x13 (R_X86_64_PC32)", ".text+0x1a (R_X86_64_32S)"]
+    # dmesg_restrict's address is taken too, but it is data
+    assert any(n == "dmesg_restrict" for n, _ in off.klp_addresses)
+    (v,) = check_modules([off], target(config=IBT))
+    assert v.verdict == Verdict.LOADS, [p.message for p in v.problems]
+    ibt = [p for p in v.problems if p.stage == Stage.KLP and not p.fatal]
+    assert len(ibt) == 1 and ibt[0].symbol == FN, v.problems
+    assert ibt[0].kernel == (f"Missing ENDBR: {FN}+0x0",)
+    assert "takes the address of kallsyms_lookup_name directly" in ibt[0].message
+    (v,) = check_modules([off], target(config=NO_IBT))
+    assert not [p for p in v.problems if p.stage == Stage.KLP], v.problems
+    (v,) = check_modules([module_facts(tmp_path / "on.ko")], target(config=IBT))
+    assert not [p for p in v.problems if p.stage == Stage.KLP], v.problems

@@ -38,11 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from klpsym.elf import ElfFile, Section
-from klpsym.elf.constants import R_X86_64, SHF, SHT, STB, STT
+from klpsym.elf.constants import EM, R_X86_64, SHF, SHN, SHT, STB, STT
+from klpsym.elf.describe import relocation_type
 from klpsym.errors import ConvertError, param
 from klpsym.kernel.config import KernelConfig
+from klpsym.kernel.kallsyms import Candidate
+from klpsym.kernel.target import TargetKernel
+from klpsym.kernel.version import kallsyms_letters_tell_data
 from klpsym.klp.apply import KLP_RELA_FLAGS
-from klpsym.klp.names import klp_section_name
+from klpsym.klp.names import VMLINUX, klp_section_name, parse_symbol_name
 
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 THUNK_SECTION = ".text.klpsym_ibt"
@@ -325,3 +329,47 @@ def target_vmlinux(kallsyms_source: str) -> Path | None:
     if kallsyms_source.startswith("vmlinux "):
         return Path(kallsyms_source.removeprefix("vmlinux "))
     return None
+
+
+def klp_address_uses(elf: ElfFile, name_width: int) -> list[tuple[str, str]]:
+    """Every klp relocation of an allocated section that takes the address of
+    a vmlinux livepatch symbol (not a branch displacement), as (NAME, where:
+    ``SECTION+OFFSET (TYPE)``), in file order.  Whether NAME is a function
+    is the target's to say (:func:`symbol_kind`)."""
+    if elf.machine != EM.X86_64 or not elf.has_symtab:
+        return []
+    symtab = elf.symtab
+    is_klp = symtab.section_ref == -int(SHN.LIVEPATCH)
+    out: list[tuple[str, str]] = []
+    for sec in elf.rela_sections():
+        target = sec.info_section
+        if not sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        if not len(syms) or int(syms.max()) >= len(symtab):
+            continue
+        hit = np.flatnonzero(is_klp[syms])
+        if not len(hit):
+            continue
+        branch = branch_mask(elf, target, rela[hit])
+        types = elf.layout.r_type(rela["r_info"][hit])
+        for j, k in enumerate(hit.tolist()):
+            if branch[j]:
+                continue
+            parsed = parse_symbol_name(symtab.name(int(syms[k])), name_width)
+            if parsed is None or parsed.objname != VMLINUX:
+                continue
+            where = (f"{target.name}+{int(rela['r_offset'][k]):#x} "
+                     f"({relocation_type(EM.X86_64, int(types[j]))})")
+            out.append((parsed.name, where))
+    return out
+
+
+def symbol_kind(target: TargetKernel, candidate: Candidate) -> str:
+    """``"text"``, ``"data"`` or ``""``, as klp.plan decides it for a symbol to
+    convert: KallsymsTable.kind() by address, letters only where trusted
+    (kallsyms_letters_tell_data(), or klpsym's own System.map/vmlinux reader)."""
+    trusted = (kallsyms_letters_tell_data(target.version)
+               or target.kallsyms_source.startswith(("System.map ", "vmlinux ")))
+    return target.kallsyms.kind(candidate, letters_tell_data=trusted)
