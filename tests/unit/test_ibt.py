@@ -148,6 +148,11 @@ def test_thunks_on_an_ibt_target(tmp_path: Path) -> None:
     where = {(u.section, u.offset) for u in ibt.thunks[0].uses}
     assert where == {(".text", 19), (".text", 26), (".data", 0), (".rodata", 0),
                      (".init.data", 0)}
+    as_json = ibt.to_json()
+    assert as_json["section"] == THUNK_SECTION and as_json["target_ibt"] is True
+    [one] = as_json["thunks"]
+    assert one["function"] == FN and one["symbol"] == THUNK and one["offset"] == 0
+    assert {(r["section"], r["offset"]) for r in one["relocations"]} == where
     note = next(n for n in res.plan.notes if "IBT thunk" in n)  # type: ignore[attr-defined]
     assert THUNK in note and ".rodata+0x0" in note and ".text+0x13" in note
 

@@ -278,8 +278,8 @@ def _ibt(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
             Stage.KLP, f"takes the address of {name} directly{state} at {', '.join(places[:3])}"
             f"{f' and {len(places) - 3} more' if len(places) > 3 else ''}: the kernel has IBT, "
             "so on IBT hardware a call through it faults; convert the original module with "
-            "klpsym and its IBT thunks (the default), which put endbr64 in between", (f"Missing ENDBR: {name}+0x0",), symbol=name,
-            fatal=False))
+            "klpsym and its IBT thunks (the default), which put endbr64 in between",
+            (f"Missing ENDBR: {name}+0x0",), symbol=name, fatal=False))
 
 
 def _klp_resolve(ctx: Checker, use: KlpUse) -> Problem | None:
