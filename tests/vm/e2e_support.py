@@ -46,6 +46,7 @@ MODULE_SOURCES = {
     "sympos": REPO / "tests/modules/sympos",
     "module_ns": REPO / "tests/modules/module_ns",
     "hello_klp": REPO / "examples/hello_klp",
+    "ibt_ptrs": REPO / "tests/modules/ibt_ptrs",
 }
 
 # The suites every end-to-end case runs on (one boot per suite per test file).
@@ -75,6 +76,7 @@ REFERENCES: dict[str, set[str]] = {
     "sympos": {SYMPOS_NAME},
     "module_ns": {"cr4_read_shadow"},
     "hello_klp": {"kallsyms_lookup_name"},
+    "ibt_ptrs": {"kallsyms_lookup_name", "ipi_mb"},
 }
 
 # Symbols whose same-boot /proc/kallsyms lines the guest sends back.
@@ -108,6 +110,36 @@ def converted_names(kdir: Path, module: str) -> set[str]:
 def restricted_names(kdir: Path, module: str) -> set[str]:
     """The references this kernel exports for other named modules only."""
     return {n for n in REFERENCES[module] if restricted(kdir, n, module)}
+
+# klpsym's IBT thunks (klpsym.klp.ibt): on a CONFIG_X86_KERNEL_IBT=y kernel
+# a module's &NAME of an unexported function is its thunk __klpsym_ibt_NAME.
+IBT_THUNK_PREFIX = "__klpsym_ibt_"
+
+
+def has_ibt(kernel: Kernel) -> bool:
+    """The kernel is built with CONFIG_X86_KERNEL_IBT=y (its .config)."""
+    return "CONFIG_X86_KERNEL_IBT=y" in kernel.config.read_text().splitlines()
+
+
+def thunk_kv(name: str, module: str) -> str:
+    """A guest script line: ``kv ibt_thunk_NAME ADDRESS``, the address of the
+    loaded ``module``'s IBT thunk for NAME (empty when there is none)."""
+    return (f"kv ibt_thunk_{name} \"$(grep ' {IBT_THUNK_PREFIX}{name}[[:space:]]\\[{module}\\]' "
+            "/proc/kallsyms | cut -d' ' -f1)\"\n")
+
+
+def function_pointer(kernel: Kernel, case: CaseResult, name: str, kernel_address: int) -> int:
+    """What a module converted by default holds as &NAME of an unexported
+    function: on an IBT kernel its own thunk (``thunk_kv`` recorded it),
+    elsewhere the kernel's function, and no thunk."""
+    thunk = case.kv.get(f"ibt_thunk_{name}")
+    assert thunk is not None, f"the guest did not record the thunk of {name}: {case.log()}"
+    if not has_ibt(kernel):
+        assert thunk == "", (name, thunk)
+        return kernel_address
+    assert thunk, f"{kernel.release} has IBT but the module has no thunk for {name}"
+    return int(thunk, 16)
+
 
 CONVERT_TIMEOUT = 120.0
 BOOT_TIMEOUT = 300.0

@@ -27,8 +27,10 @@ from e2e_support import (
     GuestRun,
     assert_steps_ok,
     boot_guest,
+    function_pointer,
     hex_addr,
     restricted,
+    thunk_kv,
 )
 
 from klpsym.kbuild import ChrootRunner
@@ -117,11 +119,13 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
         files["two_files.ko"] = mo_out / "two_files.ko"
     script = GUEST_HELPERS + (
         "begin two_modules\ninsmod /lab/tm_provider.ko; kv provider_rc $?\n"
+        + thunk_kv("kallsyms_lookup_name", "tm_provider") +
         "load /lab/tm_user.ko\nkv sysctl_dmesg_restrict $(cat /proc/sys/kernel/dmesg_restrict)\n"
         "end two_modules\n"
-        "begin snippet\nload /lab/snippet.ko\n"
+        "begin snippet\nload /lab/snippet.ko\n" + thunk_kv("kallsyms_lookup_name", "snippet") +
         "kv sysctl_kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\nend snippet\n"
-        "begin module_ns\nload /lab/module_ns.ko\nend module_ns\n"
+        "begin module_ns\nload /lab/module_ns.ko\n" + thunk_kv("cr4_read_shadow", "module_ns") +
+        "end module_ns\n"
         f"grep -E ' ({'|'.join(NAMES)})$' /proc/kallsyms | sed 's/^/@@kallsyms /'\n"
     )
     if has_mo(kernel):
@@ -131,25 +135,27 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
     yield Run(built, mo, (mo_src, mo_out), boot_guest(kernel, files, script))
 
 
-def test_klpsym_build_two_modules(run: Run) -> None:
+def test_klpsym_build_two_modules(kernel: Kernel, run: Run) -> None:
     case = run.case("two_modules")
     assert case.kv.get("provider_rc") == "0", case.log()
     assert case.kv.get("insmod_rc") == "0", case.log()  # tm_user, after tm_provider
     prov = case.record("tm_provider", "fn")
-    assert hex_addr(prov["fn"]) == run.addr("kallsyms_lookup_name"), prov
+    want = function_pointer(kernel, case, "kallsyms_lookup_name", run.addr("kallsyms_lookup_name"))
+    assert hex_addr(prov["fn"]) == want, prov
     user = case.record("tm_user", "addr", "got")
     want = run.addr("dmesg_restrict")
     assert hex_addr(user["addr"]) == want and hex_addr(user["got"]) == want, user
     assert user["match"] == "1" and user["value"] == case.kv["sysctl_dmesg_restrict"], user
 
 
-def test_make_snippet_module(run: Run) -> None:
+def test_make_snippet_module(kernel: Kernel, run: Run) -> None:
     case = run.case("snippet")
     assert case.kv.get("insmod_rc") == "0", case.log()
     rec = case.record("snippet", "addr", "got", "fn")
     want = run.addr("kptr_restrict")
     assert hex_addr(rec["addr"]) == want and hex_addr(rec["got"]) == want, rec
-    assert hex_addr(rec["fn"]) == run.addr("kallsyms_lookup_name"), rec
+    want = function_pointer(kernel, case, "kallsyms_lookup_name", run.addr("kallsyms_lookup_name"))
+    assert hex_addr(rec["fn"]) == want, rec
     assert rec["match"] == "1" and rec["value"] == case.kv["sysctl_kptr_restrict"], rec
 
 
@@ -159,7 +165,11 @@ def test_module_only_export(kernel: Kernel, run: Run) -> None:
     case = run.case("module_ns")
     assert case.kv.get("insmod_rc") == "0", case.log()
     rec = case.record("module_ns", "fn", "shadow", "cr4")
-    assert hex_addr(rec["fn"]) == run.addr("cr4_read_shadow"), rec
+    if restricted(kernel.kernel_dir, "cr4_read_shadow", "module_ns"):
+        want = function_pointer(kernel, case, "cr4_read_shadow", run.addr("cr4_read_shadow"))
+    else:  # an ordinary import: the kernel's own address
+        want = run.addr("cr4_read_shadow")
+    assert hex_addr(rec["fn"]) == want, rec
     assert rec["match"] == "1" and rec["pae"] == "1", rec
     out = run.built["klpsym build module_ns"].stdout
     row = next(ln for ln in out.splitlines() if ln.startswith("module_ns.ko "))

@@ -46,8 +46,10 @@ from e2e_support import (
     GuestRun,
     assert_steps_ok,
     boot_guest,
+    function_pointer,
     hex_addr,
     klpsym,
+    thunk_kv,
 )
 
 from klpsym.elf import ElfFile
@@ -109,7 +111,8 @@ def guest_script() -> str:
 
     def loads(name: str) -> None:
         parts.append(f"begin {name}\nload /lab/{name}.ko\n"
-                     f"rmmod call_func; kv rmmod_rc $?\nend {name}\n")
+                     + thunk_kv("kallsyms_lookup_name", "call_func")
+                     + f"rmmod call_func; kv rmmod_rc $?\nend {name}\n")
 
     def refused(name: str) -> None:
         parts.append(f"begin {name}\nload /lab/{name}.ko\n"
@@ -228,7 +231,9 @@ def test_guarded_module_loads_and_resolves(run: SuiteRun, name: str) -> None:
         rec = case.record("call_func", name=sym)
         assert hex_addr(rec["got"]) == run.addr(sym) and rec["match"] == "1", rec
     fn = case.record("call_func", "fn")
-    assert hex_addr(fn["fn"]) == run.addr("kallsyms_lookup_name"), fn
+    want = function_pointer(run.kernel, case, "kallsyms_lookup_name",
+                            run.addr("kallsyms_lookup_name"))
+    assert hex_addr(fn["fn"]) == want, fn
     assert case.record("call_func", result="OK")
     log = "\n".join(case.dmesg)
     for bad in ("no symbol version", "disagrees about version", "Unknown symbol"):

@@ -71,7 +71,7 @@ run klpsym check /lab/klpsym_klp.ko
 end check_unconverted
 
 begin convert
-run klpsym convert /lab/klpsym_klp.ko -o {CONVERTED} --sympos c_start=2
+run klpsym convert /lab/klpsym_klp.ko -o {CONVERTED} --sympos c_start=2 --no-ibt-thunks
 end convert
 
 begin check

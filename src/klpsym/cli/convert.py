@@ -54,6 +54,11 @@ def register(sub: Any) -> None:
                    help="print the plan (symbol, kind, POS, relocations per section); "
                         "write nothing")
     p.add_argument("--json", action="store_true", help="print the plan/result as JSON")
+    p.add_argument("--no-ibt-thunks", action="store_true",
+                   help="on an IBT target (CONFIG_X86_KERNEL_IBT=y), take unexported functions' "
+                        "addresses directly instead of through endbr64 thunks; each such "
+                        "function is named in a warning (an indirect call to it faults on IBT "
+                        "hardware if the kernel sealed it)")
     add_source_flags(p)
     add_finish_flags(p)
     p.set_defaults(run=run)
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = convert_file(args.module, target, sympos, output=args.output,
                               in_place=args.in_place, dry_run=args.dry_run,
-                              guard=not args.no_guard, signer=signer, module=module)
+                              guard=not args.no_guard, signer=signer, module=module,
+                              ibt_thunks=not args.no_ibt_thunks)
     except ConvertError as e:
         if args.dry_run and not args.json:
             _show_missing(module, target, sympos)

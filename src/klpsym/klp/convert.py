@@ -24,9 +24,11 @@ from klpsym.klp.guard import (
     guard_problems,
     plan_guard,
 )
+from klpsym.klp.ibt import IbtPlan, apply_ibt, ibt_config, plan_ibt, target_vmlinux
 from klpsym.klp.plan import Plan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import (
+    ibt_problems,
     loader_problems,
     moved_relocation_problems,
     relocation_changes,
@@ -45,6 +47,7 @@ class ConvertResult:
     moved: dict[str, int] = field(default_factory=dict)
     guard: GuardPlan = field(default_factory=lambda: GuardPlan(GuardAction.NOT_NEEDED))
     signed_with: Signer | None = None  # the output was signed with it
+    ibt: IbtPlan = field(default_factory=lambda: IbtPlan(None, True))
 
     @property
     def module(self) -> Module:
@@ -54,14 +57,17 @@ class ConvertResult:
 def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                  output: Path | None = None, in_place: bool = False,
                  dry_run: bool = False, guard: bool = True,
-                 signer: Signer | None = None, module: Module | None = None) -> ConvertResult:
+                 signer: Signer | None = None, module: Module | None = None,
+                 ibt_thunks: bool = True) -> ConvertResult:
     """Convert ``path`` for ``target`` and write it to ``output`` (or in place).
 
     ``guard``: add the load-time guard (:mod:`klpsym.klp.guard`) when the
     output has livepatch symbols.  ``signer``: sign the output
     (:mod:`klpsym.klp.sign`); an input signed before keeps its signature only
     when its bytes are written unchanged.  ``module``: ``path`` already read
-    (:func:`read_module` with ``mapped=True``)."""
+    (:func:`read_module` with ``mapped=True``).  ``ibt_thunks``: on an IBT
+    target, take unexported functions' addresses through thunks
+    (:mod:`klpsym.klp.ibt`); off, each is named in a warning."""
     check_destination(path, output, in_place, dry_run)
     if module is None:
         module = read_module(path, mapped=True)
@@ -92,6 +98,10 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         raise ConvertError(f"{path}: a relocation of a symbol to convert breaks the x86_64 "
                            f"module loader's rules: {moved[0]}{more}; it would not load, "
                            "converted or not")
+    ibt = plan_ibt(module.elf, [(s.index, s.name, s.kind, s.candidate.address if s.candidate
+                                 else None) for s in plan.to_convert],
+                   ibt_config(target.config), ibt_thunks, target_vmlinux(target.kallsyms_source))
+    plan.notes.extend(ibt.notes())
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:
@@ -101,7 +111,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         plan.notes.append(f"the input was {module.compression.value}-compressed; the output is "
                           "an uncompressed .ko")
     dest = path if in_place else output
-    result = ConvertResult(plan, dest, guard=guard_plan)
+    result = ConvertResult(plan, dest, guard=guard_plan, ibt=ibt)
     changes = bool(plan.to_convert) or guard_plan.adds
     if changes and module.signature is not None:
         plan.notes.append(
@@ -123,6 +133,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
             result.written = True
         return result
     elf = module.elf
+    apply_ibt(elf, ibt)
     result.moved = apply_conversions(elf, plan.conversions)
     apply_guard(elf, guard_plan)
     # Streamed into an unnamed temporary file, checked there, then put in
@@ -137,7 +148,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
             # cache keeps them), the rest no longer counts in its memory:
             # ~10 MB less at the peak for amdgpu.ko.
             module.data.madvise(mmap.MADV_DONTNEED)
-        check_output(module, out.map(), plan, guard_plan)
+        check_output(module, out.map(), plan, guard_plan, ibt)
         if signer is not None:
             elf_bytes = bytes(out.map())
             signed = signer.sign(elf_bytes, str(dest))
@@ -178,17 +189,25 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(module: Module, data: Buffer, plan: Plan,
-                 guard: GuardPlan | None = None) -> None:
+                 guard: GuardPlan | None = None, ibt: IbtPlan | None = None) -> None:
     """Re-read the converted bytes and hold them to the loader's rules; a
-    failure here is a klpsym bug, and nothing is written."""
+    failure here is a klpsym bug, and nothing is written.  With IBT thunks
+    the input is compared with the thunks added (the only change before
+    the conversion), and the output held to the IBT rule."""
     try:
         before = ElfFile.from_bytes(module.elf_bytes, f"{module.path} (input)")
         after = ElfFile.from_bytes(data, f"{module.path} (converted)")
+        ibt_checks: list[str] = []
+        if ibt is not None and ibt.target_ibt:
+            if ibt.applies:
+                apply_ibt(before, ibt)
+            ibt_checks = ibt_problems(after, _thunked(ibt), plan.name_width)
         problems = (loader_problems(after, plan.name_width)
                     + relocation_changes(before, after)
                     + symbol_changes(before, after, plan.name_width,
                                      (GUARD_SYMBOL,) if guard and guard.adds else ())
-                    + (guard_problems(before, after, guard) if guard else []))
+                    + (guard_problems(before, after, guard) if guard else [])
+                    + ibt_checks)
     except KlpsymError as e:
         problems = [f"the output cannot be re-read: {e}"]
     if problems:
@@ -197,3 +216,9 @@ def check_output(module: Module, data: Buffer, plan: Plan,
             f"({problems[0]}{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}); "
             "nothing was written"
         )
+
+
+def _thunked(ibt: IbtPlan) -> list[str]:
+    """The functions the IBT rule holds the output to: the address-taken
+    ones, unless the user turned thunks off (then warned about them)."""
+    return [t.name for t in ibt.thunks] if ibt.enabled else []

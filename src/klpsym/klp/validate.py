@@ -6,12 +6,14 @@ it is written into place.  Each rule names the kernel code it follows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, SHF, SHN, SHT, STB
+from klpsym.elf.describe import relocation_type
+from klpsym.klp.ibt import ENDBR64, JMP_OFFSET, THUNK_PREFIX, branch_mask
 from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
 from klpsym.klp.x86 import X86_64_SIZES
 
@@ -321,3 +323,63 @@ def _symbol_sections(elf: ElfFile, rank: dict[str, int]) -> np.ndarray:
     out = np.where(real, 0, ref)
     out[real] = table[ref[real]]
     return out
+
+
+def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> list[str]:
+    """On an IBT target (CONFIG_X86_KERNEL_IBT=y): every klp relocation of an
+    allocated section that refers to a livepatch symbol of a function in
+    ``functions`` is the rel32 of a direct branch (an indirect call to a
+    sealed function faults: "Missing ENDBR: %pS", IBT since v5.18), and
+    every IBT thunk (``__klpsym_ibt_NAME``) starts with
+    ENDBR64 and jumps to NAME through a klp relocation."""
+    if elf.machine != EM.X86_64 or not elf.has_symtab:
+        return []
+    symtab = elf.symtab
+    is_klp_sym = symtab.section_ref == -int(SHN.LIVEPATCH)
+    wanted = set(functions)
+    function_of: dict[int, str] = {}
+    for i in np.flatnonzero(is_klp_sym).tolist():
+        parsed = parse_symbol_name(symtab.name(i), name_width)
+        if parsed is not None and parsed.objname == VMLINUX and parsed.name in wanted:
+            function_of[i] = parsed.name
+    problems: list[str] = []
+    jumps: dict[tuple[str, int], str] = {}  # (section, offset of a rel32) -> function
+    for sec in elf.rela_sections():
+        target = sec.info_section
+        if not sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        hit = np.flatnonzero([int(s) in function_of for s in syms.tolist()])
+        if not len(hit):
+            continue
+        branch = branch_mask(elf, target, rela[hit])
+        types = elf.layout.r_type(rela["r_info"][hit])
+        for j, k in enumerate(hit.tolist()):
+            name = function_of[int(syms[k])]
+            offset = int(rela["r_offset"][k])
+            if branch[j]:
+                jumps[(target.name, offset)] = name
+                continue
+            type_name = relocation_type(EM.X86_64, int(types[j]))
+            problems.append(f"{target.name}+{offset:#x} ({type_name}) takes the address of "
+                            f"{name} directly; on IBT hardware a call through it faults: "
+                            f"\"Missing ENDBR: {name}\" (thunk it: klpsym convert without "
+                            "--no-ibt-thunks)")
+    names = symtab.names()
+    for i, symname in enumerate(names):
+        if not symname.startswith(THUNK_PREFIX) or int(symtab.section_ref[i]) <= 0:
+            continue
+        function = symname[len(THUNK_PREFIX):]
+        home = elf.section_by_uid(int(symtab.section_ref[i]))
+        value = int(symtab.array["st_value"][i])
+        if home is None or not home.flags & SHF.EXECINSTR or not home.flags & SHF.ALLOC:
+            problems.append(f"IBT thunk {symname} is not in an allocated executable section")
+            continue
+        head = bytes(home.content()[value:value + JMP_OFFSET + 1])
+        if head != ENDBR64 + b"\xe9":
+            problems.append(f"IBT thunk {symname} at {home.name}+{value:#x} does not start with "
+                            f"endbr64; jmp (bytes {head.hex()})")
+        elif jumps.get((home.name, value + JMP_OFFSET + 1)) != function:
+            problems.append(f"IBT thunk {symname}'s jmp has no klp relocation to {function}")
+    return problems

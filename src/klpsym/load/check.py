@@ -48,6 +48,7 @@ from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.vermagic import same_magic
 from klpsym.kernel.version import supports_klp_for_plain_modules
 from klpsym.klp.classify import Fate
+from klpsym.klp.ibt import is_sealed, sealed_addresses, symbol_kind, target_vmlinux
 from klpsym.klp.names import VMLINUX
 from klpsym.load.checker import BatchExports, Checker, batch_exports
 from klpsym.load.model import KlpUse, ModuleFacts
@@ -243,6 +244,42 @@ def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
         if problem is not None:
             v.problems.append(problem)
             return  # klp_resolve_symbols() stops at the first failure
+    _ibt(f, ctx, v)
+
+
+def _ibt(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
+    """On a CONFIG_X86_KERNEL_IBT=y kernel, a klp relocation that takes an
+    unexported function's address: the module loads, and on IBT hardware
+    its first indirect call there is a #CP, "Missing ENDBR" (klp.ibt)."""
+    cfg = ctx.target.config
+    if not f.klp_addresses or cfg is None or not cfg.enabled("X86_KERNEL_IBT"):
+        return
+    if not ctx.target.has_kallsyms:
+        return
+    vmlinux = target_vmlinux(ctx.target.kallsyms_source)
+    sealed = sealed_addresses(vmlinux) if vmlinux is not None else None
+    pos = {u.name: u.pos for u in f.klp_uses}
+    where: dict[str, list[str]] = {}
+    for name, at in f.klp_addresses:
+        where.setdefault(name, []).append(at)
+    for name, places in where.items():
+        cands = ctx.kallsyms_candidates(name) or []
+        p = pos.get(name, 0)
+        if not cands or p > len(cands) or (p == 0 and len(cands) > 1):
+            continue  # _klp_resolve() said so
+        cand = cands[max(p, 1) - 1]
+        if symbol_kind(ctx.target, cand) != "text":
+            continue
+        state = ""
+        if sealed is not None and cand.address:
+            state = (" (sealed: its ENDBR64 is removed at boot)" if is_sealed(sealed, cand.address)
+                     else " (not sealed in the target's vmlinux)")
+        v.problems.append(Problem(
+            Stage.KLP, f"takes the address of {name} directly{state} at {', '.join(places[:3])}"
+            f"{f' and {len(places) - 3} more' if len(places) > 3 else ''}: the kernel has IBT, "
+            "so on IBT hardware a call through it faults; convert the original module with "
+            "klpsym and its IBT thunks (the default), which put endbr64 in between",
+            (f"Missing ENDBR: {name}+0x0",), symbol=name, fatal=False))
 
 
 def _klp_resolve(ctx: Checker, use: KlpUse) -> Problem | None:

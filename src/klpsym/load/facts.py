@@ -102,9 +102,11 @@ def facts_of(module: Module) -> ModuleFacts:
     f.has_klp = bool(len(symtab.special(SHN.LIVEPATCH))) or any(
         s.flags & _SHF_RELA_LIVEPATCH for s in elf.sections)
     if f.has_klp:
+        from klpsym.klp.ibt import klp_address_uses
         from klpsym.klp.validate import loader_problems
 
         f.klp_static = loader_problems(elf, _KLP_NAME_WIDTH)
+        f.klp_addresses = klp_address_uses(elf, _KLP_NAME_WIDTH)
         f.klp_uses = _klp_uses(module)
     f.bad_relocations = [(name, t) for name, types in unhandled_relocation_types(elf)
                          for t in types]

@@ -59,6 +59,8 @@ class ModuleFacts:
     common: list[str] = field(default_factory=list)
     klp_uses: list[KlpUse] = field(default_factory=list)
     klp_static: list[str] = field(default_factory=list)  # klp.validate.loader_problems
+    # klp relocations taking a vmlinux symbol's address: klp.ibt.klp_address_uses
+    klp_addresses: list[tuple[str, str]] = field(default_factory=list)
     has_klp: bool = False
     bad_relocations: list[tuple[str, int]] = field(default_factory=list)  # (section, type)
     exports: list[ExportFact] = field(default_factory=list)
