@@ -23,6 +23,21 @@
 #include <linux/kallsyms.h>	/* declares kallsyms_lookup_name() */
 #include <linux/jiffies.h>	/* jiffies: an EXPORTED variable */
 
+/*
+ * Where a function pointer leads.  On a kernel built with IBT (Debian from
+ * 6.12) klpsym makes the module's &f of an unexported function point at a
+ * small thunk in the module, "endbr64; jmp f", because the kernel may have
+ * sealed f itself against indirect calls (README, IBT): follow it.
+ */
+static unsigned long leads_to(unsigned long p)
+{
+	const u8 *b = (const u8 *)p;
+
+	if (b[0] == 0xf3 && b[1] == 0x0f && b[2] == 0x1e && b[3] == 0xfa && b[4] == 0xe9)
+		return p + 9 + *(const s32 *)(b + 5);
+	return p;
+}
+
 static int __init hello_klp_init(void)
 {
 	/*
@@ -39,17 +54,18 @@ static int __init hello_klp_init(void)
 	 * 2. Look up something that is NOT exported: the function we are
 	 *    calling.  Its address comes back from the kernel's symbol table;
 	 *    the direct reference (taken by the loader from the livepatch
-	 *    relocation) must agree with it.
+	 *    relocation, through klpsym's thunk on an IBT kernel) must lead
+	 *    to it.
 	 */
 	unsigned long self_by_name = kallsyms_lookup_name("kallsyms_lookup_name");
 	unsigned long self_by_link = (unsigned long)kallsyms_lookup_name;
 
-	int ok = by_name == by_link && self_by_name == self_by_link && by_name;
+	int ok = by_name == by_link && self_by_name == leads_to(self_by_link) && by_name;
 
 	pr_info("klptest hello: jiffies_by_name=%px jiffies_by_link=%px\n",
 		(void *)by_name, (void *)by_link);
-	pr_info("klptest hello: kallsyms_lookup_name=%px by_link=%px\n",
-		(void *)self_by_name, (void *)self_by_link);
+	pr_info("klptest hello: kallsyms_lookup_name=%px by_link=%px leads_to=%px\n",
+		(void *)self_by_name, (void *)self_by_link, (void *)leads_to(self_by_link));
 	pr_info("klptest hello: result=%s\n", ok ? "OK" : "MISMATCH");
 	return 0;
 }

@@ -342,5 +342,5 @@ def test_hello_klp_demo(guest: GuestRun, converted: dict[str, Converted]) -> Non
     assert j["jiffies_by_name"] == j["jiffies_by_link"], j
     k = case.record("hello", "kallsyms_lookup_name")
     guest.check_addr(k["kallsyms_lookup_name"], "kallsyms_lookup_name")
-    assert k["kallsyms_lookup_name"] == k["by_link"]
+    assert k["kallsyms_lookup_name"] == k["by_link"] == k["leads_to"]
     assert case.record("hello", result="OK")
