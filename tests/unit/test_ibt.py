@@ -252,9 +252,20 @@ def test_cli_dry_run_json_and_flag(tmp_path: Path, capsys: pytest.CaptureFixture
     src.write_bytes(ibt_module().build())
     common = [str(src), "--dry-run", "--kernel-dir", str(kdir), "--kallsyms", str(kallsyms)]
     assert main(["convert", *common, "--json"]) == 0
-    notes = json.loads(capsys.readouterr().out)["notes"]
+    doc = json.loads(capsys.readouterr().out)
+    notes = doc["notes"]
     thunk = [n for n in notes if n.startswith(f"IBT thunk {THUNK} ")]
     assert len(thunk) == 1 and ".data+0x0" in thunk[0] and ".init.data+0x0" in thunk[0], notes
+    # the same as data: which relocations go through which thunk
+    ibt = doc["ibt"]
+    assert ibt["target_ibt"] is True and ibt["enabled"] is True
+    (entry,) = ibt["thunks"]
+    assert entry["function"] == FN and entry["symbol"] == THUNK and entry["offset"] == 0
+    where = {(r["section"], r["offset"]) for r in entry["relocations"]}
+    assert {(".data", 0), (".init.data", 0)} <= where, entry
+    from test_json import documented, keys_of
+
+    assert not keys_of(ibt) - documented("convert"), sorted(keys_of(ibt) - documented("convert"))
     assert main(["convert", *common, "--no-ibt-thunks"]) == 0
     out = capsys.readouterr().out
     assert f"WARNING: no IBT thunks (--no-ibt-thunks): the module takes the address of {FN}" \

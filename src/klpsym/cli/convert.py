@@ -256,5 +256,6 @@ def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
         "guard": {"action": result.guard.action.value, "symbol": guard_symbol,
                   "crc": result.guard.crc, "version_tables": list(result.guard.tables)},
         "signed_with": None if result.signed_with is None else result.signed_with.key,
+        "ibt": result.ibt.to_json(),
         "notes": plan.notes,
     }
