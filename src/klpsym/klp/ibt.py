@@ -32,6 +32,7 @@ module says it is a function.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,6 +332,39 @@ def target_vmlinux(kallsyms_source: str) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class KlpReference:
+    """One relocation of a ``.klp.rela`` section of an allocated section."""
+
+    target: Section  # the section it applies to
+    offset: int
+    symbol: int  # its symbol's index
+    type: int
+    branch: bool  # the rel32 of a direct call or jump (branch_mask)
+
+
+def klp_references(elf: ElfFile, wanted: np.ndarray) -> Iterator[KlpReference]:
+    """The klp relocations of allocated sections whose symbol is marked in
+    ``wanted`` (a bool per symbol table entry), in file order; a symbol index
+    outside the table marks nothing."""
+    for sec in elf.rela_sections():
+        target = sec.info_section
+        if not sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        inside = syms < len(wanted)
+        hit = np.flatnonzero(inside & wanted[np.where(inside, syms, 0)]) if len(wanted) \
+            else np.zeros(0, dtype=np.int64)
+        if not len(hit):
+            continue
+        branch = branch_mask(elf, target, rela[hit])
+        types = elf.layout.r_type(rela["r_info"][hit])
+        for j, k in enumerate(hit.tolist()):
+            yield KlpReference(target, int(rela["r_offset"][k]), int(syms[k]), int(types[j]),
+                               bool(branch[j]))
+
+
 def klp_address_uses(elf: ElfFile, name_width: int) -> list[tuple[str, str]]:
     """Every klp relocation of an allocated section that takes the address of
     a vmlinux livepatch symbol (not a branch displacement), as (NAME, where:
@@ -339,30 +373,15 @@ def klp_address_uses(elf: ElfFile, name_width: int) -> list[tuple[str, str]]:
     if elf.machine != EM.X86_64 or not elf.has_symtab:
         return []
     symtab = elf.symtab
-    is_klp = symtab.section_ref == -int(SHN.LIVEPATCH)
     out: list[tuple[str, str]] = []
-    for sec in elf.rela_sections():
-        target = sec.info_section
-        if not sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+    for ref in klp_references(elf, symtab.section_ref == -int(SHN.LIVEPATCH)):
+        if ref.branch:
             continue
-        rela = elf.rela(sec)
-        syms = elf.layout.r_sym(rela["r_info"])
-        if not len(syms) or int(syms.max()) >= len(symtab):
+        parsed = parse_symbol_name(symtab.name(ref.symbol), name_width)
+        if parsed is None or parsed.objname != VMLINUX:
             continue
-        hit = np.flatnonzero(is_klp[syms])
-        if not len(hit):
-            continue
-        branch = branch_mask(elf, target, rela[hit])
-        types = elf.layout.r_type(rela["r_info"][hit])
-        for j, k in enumerate(hit.tolist()):
-            if branch[j]:
-                continue
-            parsed = parse_symbol_name(symtab.name(int(syms[k])), name_width)
-            if parsed is None or parsed.objname != VMLINUX:
-                continue
-            where = (f"{target.name}+{int(rela['r_offset'][k]):#x} "
-                     f"({relocation_type(EM.X86_64, int(types[j]))})")
-            out.append((parsed.name, where))
+        out.append((parsed.name, f"{ref.target.name}+{ref.offset:#x} "
+                                 f"({relocation_type(EM.X86_64, ref.type)})"))
     return out
 
 

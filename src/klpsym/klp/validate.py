@@ -13,7 +13,7 @@ import numpy as np
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, SHF, SHN, SHT, STB
 from klpsym.elf.describe import relocation_type
-from klpsym.klp.ibt import ENDBR64, JMP_OFFSET, THUNK_PREFIX, branch_mask
+from klpsym.klp.ibt import ENDBR64, JMP_OFFSET, THUNK_PREFIX, klp_references
 from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
 from klpsym.klp.x86 import X86_64_SIZES
 
@@ -344,28 +344,18 @@ def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> l
             function_of[i] = parsed.name
     problems: list[str] = []
     jumps: dict[tuple[str, int], str] = {}  # (section, offset of a rel32) -> function
-    for sec in elf.rela_sections():
-        target = sec.info_section
-        if not sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
+    marked = np.zeros(len(symtab), dtype=bool)
+    marked[list(function_of)] = True
+    for ref in klp_references(elf, marked):
+        name = function_of[ref.symbol]
+        if ref.branch:
+            jumps[(ref.target.name, ref.offset)] = name
             continue
-        rela = elf.rela(sec)
-        syms = elf.layout.r_sym(rela["r_info"])
-        hit = np.flatnonzero([int(s) in function_of for s in syms.tolist()])
-        if not len(hit):
-            continue
-        branch = branch_mask(elf, target, rela[hit])
-        types = elf.layout.r_type(rela["r_info"][hit])
-        for j, k in enumerate(hit.tolist()):
-            name = function_of[int(syms[k])]
-            offset = int(rela["r_offset"][k])
-            if branch[j]:
-                jumps[(target.name, offset)] = name
-                continue
-            type_name = relocation_type(EM.X86_64, int(types[j]))
-            problems.append(f"{target.name}+{offset:#x} ({type_name}) takes the address of "
-                            f"{name} directly; on IBT hardware a call through it faults: "
-                            f"\"Missing ENDBR: {name}\" (thunk it: klpsym convert without "
-                            "--no-ibt-thunks)")
+        type_name = relocation_type(EM.X86_64, ref.type)
+        problems.append(f"{ref.target.name}+{ref.offset:#x} ({type_name}) takes the address of "
+                        f"{name} directly; on IBT hardware a call through it faults: "
+                        f"\"Missing ENDBR: {name}\" (thunk it: klpsym convert without "
+                        "--no-ibt-thunks)")
     names = symtab.names()
     for i, symname in enumerate(names):
         if not symname.startswith(THUNK_PREFIX) or int(symtab.section_ref[i]) <= 0:
