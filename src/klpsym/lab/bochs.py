@@ -47,6 +47,8 @@ from klpsym.lab.qemu import (
     _read,
     _tail,
     base_initramfs,
+    exit_marker,
+    script_result,
 )
 
 BOCHS = "bochs"
@@ -172,7 +174,7 @@ def boot(
         rc.write_text(text)
         # The debugger is compiled into Debian's bochs: run, do not stop at its prompt.
         rcfile.write_text("continue\n")
-        marker = f"\nklpsym-lab-exit {nonce} ".encode()
+        marker = exit_marker(nonce)
         start = time.monotonic()
         proc = subprocess.Popen(
             [progs[BOCHS], "-q", "-f", str(rc), "-rc", str(rcfile)],
@@ -213,18 +215,10 @@ def boot(
         bochs_log = _read(log)
     if failure:
         raise BootError(f"{kernel.release} under Bochs: {failure}", console)
-    pos = raw.rfind(marker)
-    if pos < 0:
+    done = script_result(raw, nonce, console, seconds)
+    if done is None:
         why = _crash_line(console) if console.strip() else (
             f"bochs exited with {proc.returncode}: {_tail(stderr + bochs_log, 2)}")
         raise BootError(f"{kernel.release} stopped under Bochs before the script finished: {why}",
                         console)
-    status_text = raw[pos + len(marker):].split(b"\n", 1)[0]
-    out = raw[:pos]
-    return BootResult(
-        console=console,
-        output=out.decode(errors="replace"),
-        seconds=seconds,
-        exit_status=int(status_text or b"0"),
-        output_bytes=out,
-    )
+    return done

@@ -368,13 +368,28 @@ def boot(
         raw = result.read_bytes() if result.exists() else b""
     if proc.returncode != 0:
         raise BootError(f"{QEMU} exited with {proc.returncode}: {_tail(proc.stderr, 1)}", console)
-    marker = f"\nklpsym-lab-exit {nonce} ".encode()
-    pos = raw.rfind(marker)
-    if pos < 0:
+    done = script_result(raw, nonce, console, seconds)
+    if done is None:
         raise BootError(
             f"{kernel.release} stopped before the script finished: {_crash_line(console)}",
             console,
         )
+    return done
+
+
+def exit_marker(nonce: str) -> bytes:
+    """What /init writes on the result port (ttyS1) after the script's
+    output: ``\\nklpsym-lab-exit NONCE STATUS\\n`` (the script cannot fake it)."""
+    return f"\nklpsym-lab-exit {nonce} ".encode()
+
+
+def script_result(raw: bytes, nonce: str, console: str, seconds: float) -> BootResult | None:
+    """The script's output and exit status from the result port's bytes,
+    or None when the guest stopped before the script finished."""
+    marker = exit_marker(nonce)
+    pos = raw.rfind(marker)
+    if pos < 0:
+        return None
     status_text = raw[pos + len(marker) :].split(b"\n", 1)[0]
     out = raw[:pos]
     return BootResult(
