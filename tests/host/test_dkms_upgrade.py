@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +55,7 @@ FLAVOUR = "cloud-amd64"
 PACKAGES = ("dkms", "openssl", "python3", "python3-numpy", "python3-rich",
             "python3-zstandard", "python3-lz4", "python3-cffi-backend")
 OUT = "/klpsym/out"
+SCRATCH = "klpsym-dkms-upgrade-"
 
 # Each step's output and status go to /klpsym/out/<step>.log and .rc.
 SCRIPT = """R=@RELEASE@
@@ -131,7 +133,11 @@ def upgrade() -> Iterator[Upgrade]:
                        ("VERSION", VERSION), ("MODULE", MODULE)):
         script = script.replace(f"@{key}@", value)
     # Not /tmp (often a tmpfs, and R's image, modules and initramfs take ~300 MB).
-    scratch = Path(tempfile.mkdtemp(prefix="klpsym-dkms-upgrade-", dir="/var/tmp"))
+    # A killed run's scratch stays (its mounts do not: they lived in its namespace).
+    for stale in Path("/var/tmp").glob(f"{SCRATCH}*"):
+        if time.time() - stale.stat().st_mtime > 24 * 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH, dir="/var/tmp"))
     try:
         _prepare(upper(scratch), kernel)
         proc = run_in(root, scratch, script)
