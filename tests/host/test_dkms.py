@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,25 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dkms_support import (
+    EXAMPLE,
+    MODULE,
+    NAME,
+    VERSION,
+    boot_and_load,
+    check_converted,
+    check_loaded,
+)
 
-from klpsym.elf.constants import SHF, SHN, SHT
 from klpsym.kernel.target import symbol_file_candidates
-from klpsym.kernel.version import KernelVersion, ksym_name_len
-from klpsym.klp.validate import loader_problems
 from klpsym.lab.debug import debug_files
 from klpsym.lab.provision import Kernel
-from klpsym.lab.qemu import BootError, BootResult, boot
+from klpsym.lab.qemu import BootError, BootResult
 from klpsym.module.ko import read_module
 from klpsym.module.signature import MODULE_SIG_STRING, split_signature
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "dkms"
-NAME, VERSION = "klpsym-dkms-example", "1.0"
-MODULE = "klpsym_dkms_example"
 DKMS_TREE = Path("/var/lib/dkms")
 MOK_CERT = DKMS_TREE / "mok.pub"  # dkms 3.0.10's default, generated on first use
 DKMS_TIMEOUT = 600.0
-BOOT_TIMEOUT = 300.0
 
 
 @dataclass
@@ -137,16 +137,8 @@ def run(bookworm: Kernel, host_lock: None) -> Iterator[Run]:
                 installed.read_bytes() if installed.is_file() else b"",
                 logs[0].read_text() if logs else "")
         if r.installed_bytes:
-            script = (
-                f"insmod /lab/{MODULE}.ko; echo \"@@rc $?\"\n"
-                "dmesg | grep 'klptest dkms:' | sed 's/^/@@dmesg /'\n"
-                "grep -E ' (kallsyms_lookup_name|kptr_restrict)$' /proc/kallsyms"
-                " | sed 's/^/@@kallsyms /'\n"
-                "echo \"@@kptr_restrict $(cat /proc/sys/kernel/kptr_restrict)\"\n"
-            )
             try:
-                r.boot = boot(kernel, {f"{MODULE}.ko": installed}, script,
-                              timeout=BOOT_TIMEOUT, kaslr=True)
+                r.boot = boot_and_load(kernel, installed)
             except BootError as exc:
                 r.boot_error = exc
         yield r
@@ -182,19 +174,7 @@ def test_installed_module_is_converted_and_valid(run: Run) -> None:
     out = run.ok("install").stdout
     assert f"/lib/modules/{run.kernel.release}/updates/dkms" in out, out
     assert run.installed_bytes, f"{run.installed} was not installed"
-    module = read_module(run.installed)
-    elf = module.elf
-    klp_syms = sorted(elf.symtab.name(i) for i in range(len(elf.symtab))
-                      if elf.symtab.section_ref[i] == -int(SHN.LIVEPATCH))
-    assert klp_syms == [".klp.sym.vmlinux.kallsyms_lookup_name,0",
-                        ".klp.sym.vmlinux.kptr_restrict,0"]
-    klp = [s for s in elf.sections if s.flags & SHF.RELA_LIVEPATCH]
-    assert [s.name for s in klp] == [".klp.rela.vmlinux..init.text"]
-    want = SHF.RELA_LIVEPATCH | SHF.INFO_LINK | SHF.ALLOC  # STRIP[0]="no" keeps INFO_LINK
-    assert all(s.type == SHT.RELA and s.flags & want == want for s in klp)
-    assert len(elf.rela(klp[0])) == 5
-    width = ksym_name_len(KernelVersion.parse(run.kernel.release))
-    assert loader_problems(elf, width) == []
+    check_converted(run.installed, run.kernel.release)
 
 
 def test_dkms_signature_covers_the_converted_module(run: Run, tmp_path: Path) -> None:
@@ -234,18 +214,5 @@ def test_installed_module_loads_in_qemu(run: Run) -> None:
     if run.boot_error is not None:
         pytest.fail(f"the guest did not finish: {run.boot_error}\n"
                     f"{run.boot_error.console_tail()}")
-    assert run.boot is not None and run.boot.exit_status == 0
-    out = run.boot.output
-    assert "@@rc 0" in out, run.boot.console[-3000:]
-    kallsyms = {f[3]: int(f[1], 16) for f in (ln.split() for ln in out.splitlines())
-                if len(f) == 4 and f[0] == "@@kallsyms"}
-    m = re.search(r"klptest dkms: (.*)$", out, re.MULTILINE)
-    assert m, out
-    rec = dict(kv.split("=", 1) for kv in m.group(1).split())
-    assert int(rec["fn"], 16) == kallsyms["kallsyms_lookup_name"], (rec, kallsyms)
-    assert int(rec["addr"], 16) == kallsyms["kptr_restrict"], (rec, kallsyms)
-    assert int(rec["got"], 16) == kallsyms["kptr_restrict"], (rec, kallsyms)
-    sysctl = re.search(r"^@@kptr_restrict (\d+)$", out, re.MULTILINE)
-    assert sysctl and rec["value"] == sysctl.group(1) and rec["match"] == "1", rec
-    for bad in ("BUG:", "Oops", "general protection", "Call Trace", "WARNING:"):
-        assert bad not in run.boot.console, run.boot.console[-3000:]
+    assert run.boot is not None
+    check_loaded(run.boot, run.kernel.release)

@@ -53,24 +53,26 @@ def chroot_home(cache: Path, suite: str, packages: Sequence[str]) -> Path:
     return chroots_dir(cache, suite) / key
 
 
-def _debootstrap(home: Path, suite: str, packages: Sequence[str]) -> None:
-    """``debootstrap --variant=minbase`` of ``suite`` with ``packages`` into ``home``."""
+def debootstrap(home: Path, suite: str, packages: Sequence[str], *,
+                what: str = "build chroot") -> None:
+    """``debootstrap --variant=minbase`` of ``suite`` with ``packages`` into
+    ``home``/root (``what`` it is, for the messages)."""
     if is_complete(home):
         return
     if shutil.which("debootstrap") is None:
         raise LabError(
-            f"building for Debian {suite} needs a {suite} chroot, and debootstrap is missing;"
+            f"creating the {suite} {what} needs debootstrap, which is missing;"
             " run scripts/bootstrap or 'apt-get install debootstrap'"
         )
     if os.geteuid() != 0:
-        raise LabError(f"creating the {suite} build chroot needs root (debootstrap); run as root")
+        raise LabError(f"creating the {suite} {what} needs root (debootstrap); run as root")
     with staged_dir(home, remove=remove_tree) as tmp:
         run(
             [
                 "debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
                 f"--keyring={DEBIAN_KEYRING}", suite, tmp / "root", mirror(),
             ],  # fmt: skip
-            what=f"debootstrap of the {suite} build chroot",
+            what=f"debootstrap of the {suite} {what}",
             timeout=DEBOOTSTRAP_TIMEOUT,
             fix=f"see {tmp}/root/debootstrap/debootstrap.log; check that {mirror()} is reachable",
         )
@@ -126,7 +128,7 @@ def with_chroot(cache: Path, kernel: Kernel, apt: Apt) -> Kernel:
     packages = chroot_packages(kernel, apt)
     assert packages is not None
     home = chroot_home(cache, kernel.suite, packages)
-    _debootstrap(home, kernel.suite, packages)
+    debootstrap(home, kernel.suite, packages)
     root = home / "root"
     if not (root / "usr" / "bin" / kernel.compiler).exists():
         raise LabError(

@@ -48,6 +48,7 @@ from klpsym.lab.chroot import (
 )
 from klpsym.lab.staging import staged_dir
 from klpsym.lab.store import (
+    DEFAULT_FLAVOUR,
     LAYOUT,
     MANIFEST,
     Kernel,
@@ -113,7 +114,8 @@ def _check(kernel: Kernel) -> None:
 
 
 
-def _build(kernels: Path, debs: Path, suite: str, resolved: Resolved, apt: Apt) -> Kernel:
+def _build(kernels: Path, debs: Path, suite: str, flavour: str, resolved: Resolved,
+           apt: Apt) -> Kernel:
     release, version = resolved.release, resolved.version
     pkgs = package_set(release, version, apt)
     download(pkgs, debs, apt)
@@ -141,6 +143,7 @@ def _build(kernels: Path, debs: Path, suite: str, resolved: Resolved, apt: Apt) 
         _check(kernel_from(tmp, suite, release, version))
         manifest = {
             "suite": suite,
+            "flavour": flavour,
             "release": release,
             "version": version,
             "packages": [
@@ -175,13 +178,17 @@ def provision(
     suite: str = "bookworm",
     cache_dir: Path | None = None,
     *,
-    flavour: str = "amd64",
+    flavour: str = DEFAULT_FLAVOUR,
     chroot: bool | None = None,
     refresh: bool = False,
     strict: bool | None = None,
     say: Say | None = None,
 ) -> Kernel:
     """The current Debian ``suite`` kernel of ``flavour``, downloaded and unpacked once.
+
+    ``flavour`` names the metapackage, ``linux-image-<flavour>``: ``amd64``, or
+    another flavour of the suite such as ``cloud-amd64``.  A suite's kernels
+    of every flavour live side by side in its cache directory.
 
     The host's apt answers for the host's own suite; any other suite is looked
     up through a private apt (sources, lists and cache under ``cache/apt/<suite>``,
@@ -215,7 +222,7 @@ def provision(
         try:
             resolved = _current(cache, suite, flavour, apt, refresh, strict)
         except LabError as e:
-            cached = cached_kernels(kernels)
+            cached = cached_kernels(kernels, flavour)
             if not cached or strict:
                 if not any(kernels.iterdir()):
                     kernels.rmdir()
@@ -233,14 +240,14 @@ def provision(
             home = kernels / home_name(resolved.release, resolved.version)
             loaded = load(home)
             if loaded is None:
-                others = [k.label for k in cached_kernels(kernels)]
+                others = [k.label for k in cached_kernels(kernels, flavour)]
                 if say:
                     also = (f"; the cache also holds {', '.join(others)}, which the archive no"
                             f" longer serves as {suite}'s current kernel ('klpsym lab prune"
                             f" {suite}' removes it)" if others else "")
                     say(f"{suite}: provisioning {resolved.release} ({resolved.version}),"
                         f" the archive's current kernel{also}")
-                loaded = _build(kernels, cache / "debs", suite, resolved, apt)
+                loaded = _build(kernels, cache / "debs", suite, flavour, resolved, apt)
             kernel = loaded
         return with_chroot(cache, kernel, apt) if chroot else kernel
 
@@ -257,6 +264,31 @@ class Pruned:
     notes: list[str] = field(default_factory=list)
 
 
+def _prune_keeps(cache: Path, suite: str, flavour: str, out: Pruned) -> Kernel | None:
+    """The kernel of ``suite`` and ``flavour`` that prune keeps (added to
+    ``out.kept``): the archive's current one, or the newest cached one when
+    apt cannot answer."""
+    kernels = kernels_dir(cache, suite)
+    cached = cached_kernels(kernels, flavour)
+    name = suite if flavour == DEFAULT_FLAVOUR else f"{suite} {flavour}"
+    keep: Kernel | None = None
+    try:
+        resolved = resolve(cache, suite, flavour, _apt_for(cache, suite))
+    except LabError as e:
+        if cached:
+            keep = cached[0]
+            out.notes.append(f"{name}: apt could not say which kernel is current"
+                             f" ({e}); kept the newest cached, {keep.label}")
+    else:
+        keep = load(kernels / home_name(resolved.release, resolved.version))
+        if keep is None:
+            out.notes.append(f"{name}: the archive's current kernel, {resolved.release}"
+                             f" ({resolved.version}), is not provisioned yet")
+    if keep is not None:
+        out.kept.append(keep)
+    return keep
+
+
 def _suites_in(cache: Path) -> list[str]:
     names = {p.name for d in cache.glob("kernels*") if d.is_dir() for p in d.iterdir()
              if p.is_dir()}
@@ -269,14 +301,15 @@ def prune(
     suites: list[str] | None = None,
     cache_dir: Path | None = None,
     *,
-    flavour: str = "amd64",
+    flavour: str = DEFAULT_FLAVOUR,
     dry_run: bool = False,
 ) -> Pruned:
     """Remove from the cache what the archive no longer serves: for each suite
     (default: every suite the cache has), every kernel but the archive's
-    current one (when apt cannot answer, the newest cached one is kept, and a
-    note says so), kernel and chroot trees of older cache layouts, chroots
-    the kept kernel does not use, the kernels' copies inside the kept chroots,
+    current one of each flavour the cache holds, ``flavour`` included (when
+    apt cannot answer, the newest cached one is kept, and a note says so),
+    kernel and chroot trees of older cache layouts, chroots the kept kernel
+    (of ``flavour``) does not use, the kernels' copies inside the kept chroots,
     and the .debs no kept kernel names.  Each suite is pruned under its lock."""
     cache = (cache_dir or default_cache_dir()).expanduser().resolve()
     out = Pruned()
@@ -290,24 +323,11 @@ def prune(
     for suite in chosen:
         with locked(cache, suite):
             kernels = kernels_dir(cache, suite)
-            cached = cached_kernels(kernels)
-            keep: Kernel | None = None
-            try:
-                resolved = resolve(cache, suite, flavour, _apt_for(cache, suite))
-            except LabError as e:
-                if cached:
-                    keep = cached[0]
-                    out.notes.append(f"{suite}: apt could not say which kernel is current"
-                                     f" ({e}); kept the newest cached, {keep.label}")
-            else:
-                keep = load(kernels / home_name(resolved.release, resolved.version))
-                if keep is None:
-                    out.notes.append(f"{suite}: the archive's current kernel, {resolved.release}"
-                                     f" ({resolved.version}), is not provisioned yet")
-            if keep is not None:
-                out.kept.append(keep)
+            flavours = sorted({flavour} | {k.flavour for k in cached_kernels(kernels, None)})
+            kept = [k for f in flavours if (k := _prune_keeps(cache, suite, f, out)) is not None]
+            keep = next((k for k in kept if k.flavour == flavour), None)
             for home in sorted(kernels.glob("*")) if kernels.is_dir() else []:
-                if keep is None or home != keep.home:
+                if home not in {k.home for k in kept}:
                     remove(home)
             for old in sorted(cache.glob(f"kernels*/{suite}")) + sorted(
                     cache.glob(f"chroots*/{suite}")):
@@ -325,7 +345,7 @@ def prune(
                         remove(linked)
     kept_debs = set()
     for kernels in cache.glob(f"kernels-v{LAYOUT}/*"):
-        for kernel in cached_kernels(kernels):
+        for kernel in cached_kernels(kernels, None):
             if kernel.home in out.removed:
                 continue
             try:

@@ -11,10 +11,15 @@ Cache layout (``default_cache_dir()``, i.e. ``$KLPSYM_CACHE`` or
     kernels-v<LAYOUT>/<suite>/<release>_<version>/   one provisioned kernel ("home")
         root/                                  the packages, dpkg-deb -x'ed
         vmlinux                                uncompressed, for the PVH boot
-        kernel.json                            the manifest: suite, release, version, packages
+        kernel.json                            the manifest: suite, flavour, release, version,
+                                               packages
         complete                               marker: written last (klpsym.lab.staging)
         kallsyms                               captured by qemu.capture_kallsyms
     chroots-v<LAYOUT>/<suite>/<key>/root/      a build chroot (debootstrap)
+    machines-v<LAYOUT>/<suite>/<key>/root/     a machine to install kernels in (klpsym.lab.machine)
+
+A suite's kernels of every flavour share its directory; the manifest says
+which flavour each one is (``amd64`` when it does not: older manifests).
 
 ``LAYOUT`` is in the names of the kernel and chroot dirs: bump it whenever
 what a tree holds or how it is made changes, so that trees made by an older
@@ -42,6 +47,7 @@ CHROOT_KERNELS = "klpsym/kernels"  # inside a chroot: hard-linked copies of kern
 #: 2: kbuild runs in the chroot through klpsym.kbuild.ChrootRunner (bind mounts
 #: under /klpsym/host), and trees are provisioned under per-suite locks.
 LAYOUT = 2
+DEFAULT_FLAVOUR = "amd64"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class Kernel:
     # A debootstrap of the suite with its compiler and the headers inside (see
     # chroot_kernel_dir), for suites other than the host's; None for the host's.
     chroot: Path | None = None
+    # The metapackage it was resolved through: linux-image-<flavour>.
+    flavour: str = DEFAULT_FLAVOUR
 
     @property
     def kallsyms_cache(self) -> Path:
@@ -97,7 +105,8 @@ def home_name(release: str, version: str) -> str:
     return f"{release}_{version.replace(':', '%3a')}"
 
 
-def kernel_from(home: Path, suite: str, release: str, version: str) -> Kernel:
+def kernel_from(home: Path, suite: str, release: str, version: str,
+                flavour: str = DEFAULT_FLAVOUR) -> Kernel:
     root = home / "root"
     kernel_dir = root / "usr" / "src" / f"linux-headers-{release}"
     modules_dir = root / "lib" / "modules" / release
@@ -122,6 +131,7 @@ def kernel_from(home: Path, suite: str, release: str, version: str) -> Kernel:
         modules_dir=modules_dir,
         home=home,
         compiler=compiler_of(kernel_dir),
+        flavour=flavour,
     )
 
 
@@ -131,16 +141,18 @@ def load(home: Path) -> Kernel | None:
         return None
     try:
         data = json.loads((home / MANIFEST).read_text())
-        return kernel_from(home, str(data["suite"]), str(data["release"]), str(data["version"]))
+        return kernel_from(home, str(data["suite"]), str(data["release"]), str(data["version"]),
+                           str(data.get("flavour", DEFAULT_FLAVOUR)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def cached_kernels(kernels: Path) -> list[Kernel]:
-    """The complete kernels under ``kernels``, the most recently completed first."""
+def cached_kernels(kernels: Path, flavour: str | None = DEFAULT_FLAVOUR) -> list[Kernel]:
+    """The complete kernels of ``flavour`` (None: of any) under ``kernels``,
+    the most recently completed first."""
     homes = [h for h in kernels.glob("*") if is_complete(h)] if kernels.is_dir() else []
     found = (load(h) for h in sorted(homes, key=completed_at, reverse=True))
-    return [k for k in found if k is not None]
+    return [k for k in found if k is not None and flavour in (None, k.flavour)]
 
 
 @contextmanager
