@@ -27,7 +27,7 @@ from elfbuilder import (
     SYNTH_RELEASE,
     ElfBuilder,
 )
-from klpsym.cli.main import message
+from klpsym.cli.main import main, message
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHN
 from klpsym.errors import ConvertError, ModuleError
@@ -35,8 +35,11 @@ from klpsym.klp.classify import Fate
 from klpsym.klp.convert import convert_file
 from klpsym.klp.plan import classify_symbols, make_plan, parse_sympos
 from klpsym.klp.validate import loader_problems
+from klpsym.load.check import Stage, check_modules
+from klpsym.load.facts import module_facts
 from klpsym.module.kallsyms import TargetModules, module_kallsyms
 from klpsym.module.ko import read_module
+from klpsym.view import inspect as views
 
 STT_FILE = 4
 
@@ -84,6 +87,7 @@ def livepatch(names: tuple[str, ...], *, is_livepatch: bool = True,
     if is_livepatch:
         entries["livepatch"] = "Y"
     b.modinfo(**entries)
+    b.this_module("lp")
     b.symbol(".text", text, STB_LOCAL, STT_SECTION)
     b.symbol("init_module", text, STB_GLOBAL, STT_FUNC, 0, 16)
     # A livepatch registers itself: klp_enable_patch (so no guard is added).
@@ -421,3 +425,49 @@ def test_elf_remove_symbols_renumbers_relocations(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="cannot remove a symbol"):
         again.remove_symbols(drop)
     assert gone.index == 1
+
+
+def converted_livepatch(tmp_path: Path) -> Path:
+    tm = target_module(tmp_path)
+    src = write(tmp_path, livepatch(("lp_only", "dmesg_restrict")))
+    convert_file(src, target(), {}, output=tmp_path / "out.ko", targets=targets(tm))
+    return tmp_path / "out.ko"
+
+
+def test_inspect_recognises_a_livepatch_and_its_objects(tmp_path: Path) -> None:
+    out = converted_livepatch(tmp_path)
+    k = views.klp(read_module(out))
+    assert k["livepatch"] and k["objects"] == ["lp_target", "vmlinux"]
+    assert k["problems"] == []  # a valid livepatch is never called invalid
+    s = views.summary(read_module(out))
+    assert s["livepatch"] and s["klp_objects"] == ["lp_target", "vmlinux"]
+    # Not a livepatch: the same sections are ones the loader skips.
+    plain = views.klp(read_module(write(tmp_path, livepatch((), is_livepatch=False), "p.ko")))
+    assert not plain["livepatch"] and plain["objects"] == []
+    # An unconverted livepatch with annotations shows them.
+    ann = write(tmp_path, livepatch(("homonym",), annotations={"lp_target": [("homonym", 2)]}),
+                "a.ko")
+    assert views.klp(read_module(ann))["annotations"] == [
+        {"object": "lp_target", "name": "homonym", "pos": 2}]
+
+
+def test_inspect_prints_livepatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = converted_livepatch(tmp_path)
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "livepatch module (MODULE_INFO livepatch)" in text
+    assert "objects: lp_target, vmlinux" in text
+    assert main(["inspect", str(out), "--klp"]) == 0
+    text = capsys.readouterr().out
+    assert "a livepatch module" in text and "all follow the loader's rules" in text
+
+
+def test_check_applies_module_objects_when_the_target_is_loaded(tmp_path: Path) -> None:
+    out = converted_livepatch(tmp_path)
+    facts = module_facts(out)
+    assert facts.livepatch and facts.klp_static == []
+    (v,) = check_modules([facts], target())
+    assert not [p for p in v.problems if p.stage == Stage.KLP]
+    assert any("needs target module lp_target" in n for n in v.notes)
+    lp_only = next(s for s in v.symbols if s.name == "lp_only")
+    assert lp_only.ok and lp_only.provider == "lp_target" and lp_only.fate == Fate.LIVEPATCH
