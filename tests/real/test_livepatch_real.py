@@ -1,0 +1,89 @@
+"""A livepatch module built against Debian bookworm's real 6.1 headers (no
+boot): ``klpsym build --target-module`` on tests/modules/lpc_patch, which
+uses statics of tests/modules/lpc_target through klpsym.h's
+KLP_MODULE_RELOC/KLP_SYMPOS.  The proof that such a module works in QEMU
+is tests/vm's."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from klpsym.elf import ElfFile
+from klpsym.elf.constants import SHN
+from klpsym.lab.provision import Kernel
+from klpsym.lab.qemu import capture_kallsyms
+
+REPO = Path(__file__).resolve().parents[2]
+KLPSYM = [sys.executable, "-m", "klpsym.cli.main"]
+MAKE_KLPSYM = f"KLPSYM={sys.executable} -m klpsym.cli.main"
+
+
+@pytest.fixture(scope="module")
+def kallsyms(bookworm: Kernel) -> Path:
+    return capture_kallsyms(bookworm)
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KLPSYM, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def built(bookworm: Kernel, kallsyms: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("lpc")
+    for name in ("lpc_target", "lpc_patch"):
+        shutil.copytree(REPO / "tests/modules" / name, tmp / name)
+    source = ("--kernel-dir", bookworm.kernel_dir, "--kallsyms", kallsyms)
+    proc = run("build", tmp / "lpc_target", *source)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    target = tmp / "lpc_target" / "lpc_target.ko"
+    proc = run("build", tmp / "lpc_patch", *source, "--target-module", target,
+               "--", MAKE_KLPSYM)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "undefined!" not in proc.stdout + proc.stderr
+    return target, tmp / "lpc_patch" / "lpc_patch.ko"
+
+
+def test_build_converts_module_objects_and_drops_annotations(
+        built: tuple[Path, Path]) -> None:
+    _, ko = built
+    elf = ElfFile.from_path(ko)
+    st = elf.symtab
+    names = st.names()
+    klp = {names[i] for i in st.special(SHN.LIVEPATCH).tolist()}
+    assert klp == {".klp.sym.lpc_target.homonym,2", ".klp.sym.lpc_target.lpc_data,0",
+                   ".klp.sym.vmlinux.kallsyms_lookup_name,0"}, klp
+    sections = [s.name for s in elf.sections]
+    assert ".klp.rela.lpc_target..text" in sections
+    assert ".klp.rela.vmlinux..text" in sections
+    assert not [s for s in sections if "module_relocs" in s]
+    assert "lpc_target_relocs" not in names
+
+
+def test_the_annotation_section_is_exact_before_conversion(bookworm: Kernel,
+                                                           built: tuple[Path, Path]) -> None:
+    """klpsym.h's KLP_MODULE_RELOC with the kernel's headers and gcc: the
+    object file (before conversion) has the section by its exact name, one
+    12-byte entry with POS 2, kept although static and unused."""
+    _, ko = built
+    obj = ElfFile.from_path(ko.with_suffix(".o"))
+    sec = obj.section_by_name(".klp.module_relocs.lpc_target")
+    assert sec is not None and sec.size == 12
+    assert bytes(sec.content())[8:12] == (2).to_bytes(4, "little")
+
+
+def test_inspect_and_check_accept_the_livepatch(bookworm: Kernel, kallsyms: Path,
+                                                built: tuple[Path, Path]) -> None:
+    _, ko = built
+    proc = run("inspect", ko, "--klp")
+    assert proc.returncode == 0, proc.stderr
+    assert "a livepatch module" in proc.stdout and "objects: lpc_target, vmlinux" in proc.stdout
+    assert "all follow the loader's rules" in proc.stdout
+    proc = run("check", ko, "--kernel-dir", bookworm.kernel_dir, "--kallsyms", kallsyms)
+    assert "needs target module lpc_target" in proc.stdout, proc.stdout + proc.stderr
