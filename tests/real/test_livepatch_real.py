@@ -9,14 +9,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHN
+from klpsym.errors import ModuleError
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
+from klpsym.module.kallsyms import TargetModules
 
 REPO = Path(__file__).resolve().parents[2]
 KLPSYM = [sys.executable, "-m", "klpsym.cli.main"]
@@ -87,3 +90,19 @@ def test_inspect_and_check_accept_the_livepatch(bookworm: Kernel, kallsyms: Path
     assert "all follow the loader's rules" in proc.stdout
     proc = run("check", ko, "--kernel-dir", bookworm.kernel_dir, "--kallsyms", kallsyms)
     assert "needs target module lpc_target" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
+def test_target_module_by_name_in_the_kernel_tree(kernel_of: Callable[[str], Kernel],
+                                                  suite: str) -> None:
+    """--target-module NAME finds the module in the provisioned kernel's
+    /lib/modules/R tree (Debian's are .ko.xz since trixie) and reads its
+    symbol table in file order: ext4's kallsyms has ext4_fill_super."""
+    kernel = kernel_of(suite)
+    (ext4,) = TargetModules(["ext4"], kernel.release, kernel.kernel_dir).given
+    assert ext4.name == "ext4" and ext4.path.is_relative_to(kernel.root)
+    assert ext4.path.name in ("ext4.ko", "ext4.ko.xz", "ext4.ko.zst")
+    (cand,) = ext4.candidates("ext4_fill_super")
+    assert ext4.kind(cand) == "text" and bool(ext4.core[cand.index])
+    with pytest.raises(ModuleError, match="has no module of that name"):
+        _ = TargetModules(["no_such_module"], kernel.release, kernel.kernel_dir).given

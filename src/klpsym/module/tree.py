@@ -6,7 +6,8 @@ ext4``); its ``.ko`` (compressed or not, as Debian ships them) is then
 looked up in the target's tree: the directory its headers hang from
 (``/lib/modules/<release>/build`` is a link into the headers package), the
 tree of the root the headers were unpacked into (a provisioned lab
-kernel), then ``/lib/modules/<release>``.
+kernel; ``lib/modules`` or ``usr/lib/modules``), then
+``/lib/modules/<release>`` and ``/usr/lib/modules/<release>``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def module_roots(release: str, kernel_dir: Path | None) -> list[Path]:
     if kernel_dir is not None:
         if kernel_dir.name == "build":
             roots.append(kernel_dir.parent)
-        roots += [p / "lib" / "modules" / release for p in kernel_dir.resolve().parents]
-    roots.append(Path("/lib/modules") / release)
+        for p in kernel_dir.resolve().parents:
+            # Debian ships modules under /usr/lib/modules since trixie
+            # (merged /usr); an unpacked package tree has no /lib link.
+            roots += [p / "lib" / "modules" / release, p / "usr" / "lib" / "modules" / release]
+    roots += [Path("/lib/modules") / release, Path("/usr/lib/modules") / release]
     out: list[Path] = []
     for r in roots:
         if r not in out and (r / "kernel").is_dir():
