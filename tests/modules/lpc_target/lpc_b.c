@@ -3,7 +3,7 @@
 
 static int lpc_data = 0xb0;
 
-static noinline int homonym(void)
+static __attribute__((__noipa__)) __used int homonym(void)
 {
 	return READ_ONCE(lpc_data);
 }
