@@ -1,8 +1,8 @@
-"""A livepatch module built against Debian's real headers (no boot; bookworm with gcc 12, trixie with gcc 14): ``klpsym build
---target-module`` on tests/modules/lpc_patch, which
-uses statics of tests/modules/lpc_target through klpsym.h's
-KLP_MODULE_RELOC/KLP_SYMPOS.  The proof that such a module works in QEMU
-is tests/vm's."""
+"""A livepatch module built against Debian's real headers (no boot;
+bookworm with gcc 12, trixie with gcc 14 in its chroot): ``klpsym build
+--target-module`` on tests/modules/lpc_patch, which uses statics of
+tests/modules/lpc_target through klpsym.h's KLP_MODULE_RELOC/KLP_SYMPOS.
+The proof that such a module works in QEMU is tests/vm's."""
 
 from __future__ import annotations
 
