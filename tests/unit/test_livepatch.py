@@ -471,3 +471,14 @@ def test_check_applies_module_objects_when_the_target_is_loaded(tmp_path: Path) 
     assert any("needs target module lp_target" in n for n in v.notes)
     lp_only = next(s for s in v.symbols if s.name == "lp_only")
     assert lp_only.ok and lp_only.provider == "lp_target" and lp_only.fate == Fate.LIVEPATCH
+
+
+def test_module_function_address_on_ibt_target_is_noted(tmp_path: Path) -> None:
+    tm = target_module(tmp_path)
+    src = write(tmp_path, livepatch(("lp_only",)))  # .data holds &lp_only
+    ibt = target(config="CONFIG_LIVEPATCH=y\nCONFIG_KALLSYMS_ALL=y\nCONFIG_X86_KERNEL_IBT=y\n")
+    res = convert_file(src, ibt, {}, dry_run=True, targets=targets(tm))
+    assert any("lp_target:lp_only: the module takes its address directly" in n
+               for n in res.plan.notes)
+    res = convert_file(src, target(), {}, dry_run=True, targets=targets(tm))
+    assert not any("takes its address" in n for n in res.plan.notes)

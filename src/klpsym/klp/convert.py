@@ -25,7 +25,14 @@ from klpsym.klp.guard import (
     guard_problems,
     plan_guard,
 )
-from klpsym.klp.ibt import IbtPlan, apply_ibt, ibt_config, plan_ibt, target_vmlinux
+from klpsym.klp.ibt import (
+    IbtPlan,
+    address_uses,
+    apply_ibt,
+    ibt_config,
+    plan_ibt,
+    target_vmlinux,
+)
 from klpsym.klp.names import VMLINUX
 from klpsym.klp.plan import Plan, make_plan
 from klpsym.klp.sign import Signer
@@ -116,6 +123,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                                 if s.objname == VMLINUX],
                    ibt_config(target.config), ibt_thunks, target_vmlinux(target.kallsyms_source))
     plan.notes.extend(ibt.notes())
+    plan.notes.extend(_module_function_addresses(module, plan, ibt))
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:
@@ -245,3 +253,17 @@ def annotation_problems(elf: ElfFile) -> list[str]:
     are removed with their relocations and symbols)."""
     return [f"{sec.name}: annotation section left in the output"
             for sec in annotation_sections(elf)]
+
+
+def _module_function_addresses(module: Module, plan: Plan, ibt: IbtPlan) -> list[str]:
+    """On an IBT target, a target module's function whose address the
+    livepatch takes is not thunked (thunks are for vmlinux's functions):
+    x86 module_finalize() seals a module's unused ENDBRs too
+    (apply_seal_endbr(), v6.2 on), so an indirect call may fault."""
+    functions = [s for s in plan.to_convert if s.objname != VMLINUX and s.kind == "text"]
+    if not ibt.target_ibt or not functions:
+        return []
+    uses, _ = address_uses(module.elf, [s.index for s in functions])
+    return [f"{s.objname}:{s.name}: the module takes its address directly (not through an "
+            "IBT thunk; those are for vmlinux functions); on IBT hardware an indirect call "
+            f"through it faults if {s.objname} sealed it" for s in functions if uses[s.index]]
