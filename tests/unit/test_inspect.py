@@ -40,7 +40,8 @@ def test_summary_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert {"key": "license", "value": "GPL"} in data["modinfo"]  # type: ignore[operator]
     relocs = data["relocations"]
     assert isinstance(relocs, list) and [r["section"] for r in relocs] == [".rela.text"]
-    assert data["klp"] == {"symbols": [], "sections": [], "problems": []}
+    assert data["klp"] == {"symbols": [], "sections": [], "problems": [], "livepatch": False,
+                           "objects": [], "annotations": []}
 
 
 def test_compressed_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

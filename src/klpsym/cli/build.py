@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
 from klpsym.cli.main import printable
-from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
+from klpsym.cli.sources import (
+    LIVEPATCH_HELP,
+    SOURCES_HELP,
+    add_source_flags,
+    add_target_module_flag,
+    target_from_args,
+    targets_from_args,
+)
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.kbuild import BuildResult
@@ -24,7 +31,7 @@ if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
 AUTO = "auto"
 METHODS = ("klp", "kallsyms", "kprobe")
 
-EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
+EPILOG = SOURCES_HELP + "\n\n" + LIVEPATCH_HELP + "\n\n" + FINISH_HELP + """
 
 How: one 'make modules'; when kbuild has compiled the objects, modpost waits
 while klpsym classifies each module's undefined symbols; the ones the target
@@ -73,9 +80,11 @@ def register(sub: Any) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", type=Path, nargs="?", default=Path("."),
                    help="the module's source dir, with its Kbuild or Makefile (default: .)")
-    p.add_argument("--sympos", metavar="NAME=N", action="append", default=[],
+    add_target_module_flag(p)
+    p.add_argument("--sympos", metavar="[OBJ:]NAME=N", action="append", default=[],
                    help="which of several same-name kallsyms entries to use (1-based, in "
-                        "kallsyms order; repeatable)")
+                        "kallsyms order; repeatable); OBJ:NAME=N: in livepatch target module "
+                        "OBJ (its symbol table order)")
     p.add_argument("--method", choices=[*METHODS, AUTO], default="klp",
                    help="klpsym.h's method for modules that use it (default: klp)")
     p.add_argument("--chroot", metavar="ROOT", type=Path,
@@ -161,6 +170,7 @@ def _may_start_early(args: argparse.Namespace) -> bool:
     files = [args.kallsyms, args.system_map, args.vmlinux, args.config, *args.symvers,
              getattr(args, "sign_key", None), getattr(args, "sign_cert", None)]
     return (args.method == "klp" and args.chroot is None and not args.sympos
+            and not args.target_module
             and not args.json and all(f is None or Path(f).is_file() for f in files))
 
 
@@ -176,6 +186,7 @@ def _run(args: argparse.Namespace, started: KbuildRun | None,
     check_module_dir(args.directory)  # the user's own mistake first, then the target
     target = target_from_args(args)
     signer, sign_notes = signer_from_args(args, target)
+    targets = targets_from_args(args, target)
     runner: Runner = HostRunner()
     if args.chroot is not None:
         runner = ChrootRunner(args.chroot)
@@ -185,7 +196,7 @@ def _run(args: argparse.Namespace, started: KbuildRun | None,
     with _stdout_to_stderr(args.json):
         out = build_with_method(args.directory, target, args.method, sympos, args.make_args,
                                 tuple(args.symvers), guard=not args.no_guard, signer=signer,
-                                runner=runner, started=started)
+                                runner=runner, started=started, targets=targets)
     if args.json:
         from klpsym.cli.jsonout import dump
 

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
 from klpsym.cli.main import printable
-from klpsym.cli.sources import SOURCES_HELP, add_source_flags, target_from_args
+from klpsym.cli.sources import (
+    LIVEPATCH_HELP,
+    SOURCES_HELP,
+    add_source_flags,
+    add_target_module_flag,
+    target_from_args,
+    targets_from_args,
+)
 from klpsym.errors import KlpsymError
 
 if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
@@ -17,9 +24,10 @@ if TYPE_CHECKING:  # imported when the command runs: `klpsym --help` stays fast
     from klpsym.klp.convert import ConvertResult
     from klpsym.klp.guard import GuardPlan
     from klpsym.klp.plan import Plan
+    from klpsym.module.kallsyms import TargetModules
     from klpsym.module.ko import Module
 
-EPILOG = SOURCES_HELP + "\n\n" + FINISH_HELP + """
+EPILOG = SOURCES_HELP + "\n\n" + LIVEPATCH_HELP + "\n\n" + FINISH_HELP + """
 
 examples:
   # built with KBUILD_MODPOST_WARN=1 (modpost: "kallsyms_lookup_name" undefined!)
@@ -31,6 +39,8 @@ examples:
       --kallsyms kallsyms-6.1.0-56.txt
   # signed with your Secure Boot / MOK key
   klpsym convert hello.ko -o hello.klp.ko --sign-key MOK.priv --sign-cert MOK.der
+  # a livepatch module that also uses statics of the module it patches
+  klpsym convert lp.ko -o lp.klp.ko --target-module ext4 --sympos ext4:ext4_fill_super=1
 
 exit status: 0 converted (or nothing to convert), 2 refused or bad input
 (one line on stderr says why; nothing is written)."""
@@ -47,9 +57,11 @@ def register(sub: Any) -> None:
     out.add_argument("-o", "--output", metavar="OUT", type=Path,
                      help="write the converted module here (atomically)")
     out.add_argument("--in-place", action="store_true", help="replace MODULE.ko (atomically)")
-    p.add_argument("--sympos", metavar="NAME=N", action="append", default=[],
+    p.add_argument("--sympos", metavar="[OBJ:]NAME=N", action="append", default=[],
                    help="which of several same-name kallsyms entries to use (1-based, in "
-                        "kallsyms order; repeatable)")
+                        "kallsyms order; repeatable); OBJ:NAME=N: in livepatch target module "
+                        "OBJ (its symbol table order)")
+    add_target_module_flag(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (symbol, kind, POS, relocations per section); "
                         "write nothing")
@@ -77,15 +89,16 @@ def run(args: argparse.Namespace) -> int:
     module = read_module(args.module, mapped=True)
     require_kernel_module(module)
     target = target_from_args(args)
+    targets = targets_from_args(args, target)
     signer, sign_notes = signer_from_args(args, target)
     try:
         result = convert_file(args.module, target, sympos, output=args.output,
                               in_place=args.in_place, dry_run=args.dry_run,
                               guard=not args.no_guard, signer=signer, module=module,
-                              ibt_thunks=not args.no_ibt_thunks)
+                              ibt_thunks=not args.no_ibt_thunks, targets=targets)
     except ConvertError as e:
         if args.dry_run and not args.json:
-            _show_missing(module, target, sympos)
+            _show_missing(module, target, sympos, targets)
         raise _with_sources(e, target, args.vmlinux) from None
     result.plan.notes.extend(sign_notes)
     if args.json:
@@ -99,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_missing(module: Module, target: TargetKernel, sympos: dict[str, int]) -> None:
+def _show_missing(module: Module, target: TargetKernel, sympos: dict[str, int],
+                  targets: TargetModules) -> None:
     """--dry-run refused for symbols found nowhere: print the plan anyway,
     with them as ``missing`` rows beside the rest, before the error line
     (what a dry run is for: seeing everything that would happen)."""
@@ -108,7 +122,7 @@ def _show_missing(module: Module, target: TargetKernel, sympos: dict[str, int]) 
     from klpsym.klp.plan import Plan, classify_symbols
 
     try:
-        symbols = classify_symbols(module, target, sympos)
+        symbols = classify_symbols(module, target, sympos, targets)
     except KlpsymError:
         return  # refused for another reason (an ambiguous name): the error says it
     if any(s.fate == Fate.MISSING for s in symbols):
@@ -153,10 +167,12 @@ def print_plan(plan: Plan, guard: GuardPlan | None) -> None:
     from klpsym.klp.classify import Fate
 
     order = {Fate.CONVERT: 0, Fate.LIVEPATCH: 1, Fate.MODULE_EXPORT: 2, Fate.EXPORTED: 3,
-             Fate.WEAK: 4, Fate.MISSING: 5}
+             Fate.WEAK: 4, Fate.MISSING: 5, Fate.TARGET_MODULE: 6, Fate.IGNORED: 7}
     rows = []
     for s in sorted(plan.symbols, key=lambda s: (order[s.fate], s.name)):
-        fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else "")
+        fate = s.fate.value + (f" ({s.provider})" if s.fate == Fate.MODULE_EXPORT else
+                               f" ({s.objname})" if s.fate in (Fate.CONVERT, Fate.LIVEPATCH)
+                               and s.objname != "vmlinux" else "")
         c = s.candidate
         rows.append((s.name, fate, "" if s.pos is None else str(s.pos), c.type if c else "",
                      f"{c.address:#x}" if c and c.address else "", _relocs(s.relocations)))
@@ -165,6 +181,9 @@ def print_plan(plan: Plan, guard: GuardPlan | None) -> None:
             printable(f"target {plan.target.describe()}")]
     tail = [f"{n} symbol{'s' * (n != 1)} to convert, {plan.relocations_to_move} "
             f"relocation{'s' * (plan.relocations_to_move != 1)} to move"]
+    if plan.objects:
+        tail.append(f"livepatch module: needs target module{'s' * (len(plan.objects) != 1)} "
+                    f"{', '.join(plan.objects)} (klp relocations applied when each is loaded)")
     tail += [guard.describe()] if guard is not None else []
     tail += [printable(f"note: {note}") for note in plan.notes]
     if not is_terminal():
@@ -204,12 +223,17 @@ def print_result(result: ConvertResult) -> None:
         _print_finish(result)
         return
     moved = sum(result.moved.values())
-    names = ", ".join(f"{s.name}" + (f",{s.pos}" if s.pos else "") for s in plan.to_convert[:6])
+    names = ", ".join((f"{s.objname}:" if s.objname != "vmlinux" else "") + f"{s.name}"
+                      + (f",{s.pos}" if s.pos else "") for s in plan.to_convert[:6])
     more = f" and {n - 6} more" if n > 6 else ""
+    kind = ".klp.rela" if plan.objects else ".klp.rela.vmlinux"
     print(printable(
         f"{plan.module.path} -> {result.output}: converted {n} symbol{'s' * (n != 1)} "
         f"({names}{more}), moved {moved} relocation{'s' * (moved != 1)} into "
-        f"{len(result.moved)} .klp.rela.vmlinux section{'s' * (len(result.moved) != 1)}"))
+        f"{len(result.moved)} {kind} section{'s' * (len(result.moved) != 1)}"))
+    if plan.objects:
+        print(printable(f"livepatch module: needs target module"
+                        f"{'s' * (len(plan.objects) != 1)} {', '.join(plan.objects)}"))
     _print_finish(result)
 
 
@@ -227,6 +251,7 @@ def _print_finish(result: ConvertResult) -> None:
 
 def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
     from klpsym.cli.jsonout import target_json
+    from klpsym.klp.classify import Fate
     from klpsym.klp.guard import GUARD_SYMBOL as guard_symbol
 
     plan = result.plan
@@ -247,9 +272,14 @@ def to_json(result: ConvertResult, dry_run: bool) -> dict[str, Any]:
                 "address": s.candidate.address if s.candidate and s.candidate.address else None,
                 "candidates": s.candidates,
                 "relocations": s.relocations,
+                "object": s.objname if s.fate in (Fate.CONVERT, Fate.LIVEPATCH) else None,
             }
             for s in plan.symbols
         ],
+        "livepatch": plan.livepatch,
+        "objects": plan.objects,
+        "annotations": [{"object": a.objname, "name": a.name, "pos": a.pos}
+                        for a in plan.annotations],
         "converted": len(plan.to_convert),
         "relocations_moved": sum(result.moved.values()) if result.written else 0,
         "relocations_to_move": plan.relocations_to_move,

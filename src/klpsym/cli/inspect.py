@@ -158,9 +158,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("counts", f"{counts['sections']} sections, {counts['symbols']} symbols "
                    f"({counts['undefined']} undefined), {counts['relocations']} relocations, "
                    f"{counts['exports']} exports, {counts['versions']} versions"),
-        ("livepatch", f"{counts['klp_symbols']} klp symbols in {counts['klp_sections']} "
-                      f"sections: {', '.join(s['klp_sections'])}" if counts["klp_sections"]
-         else "none"),
+        ("livepatch", ("livepatch module (MODULE_INFO livepatch); " if s["livepatch"] else "")
+         + (f"{counts['klp_symbols']} klp symbols in {counts['klp_sections']} "
+            f"sections: {', '.join(s['klp_sections'])}; objects: {', '.join(s['klp_objects'])}"
+            if counts["klp_sections"] else "no klp sections" if s["livepatch"] else "none")),
     ]
     sig = s["signature"]
     rows.append(("signature", "none" if sig is None else
@@ -278,6 +279,13 @@ def _print_versions(v: dict[str, Any]) -> None:
 
 
 def _print_klp(v: dict[str, Any]) -> None:
+    if v["livepatch"]:
+        _line("a livepatch module (MODULE_INFO(livepatch, \"Y\"))" + (
+            f"; objects: {', '.join(v['objects'])} (a module object's sections are applied "
+            "when that module is loaded)" if v["objects"] else ""))
+    for a in v["annotations"]:
+        _line(f"annotation: KLP_SYMPOS({printable(a['name'])}, {a['pos']}) in object "
+              f"{printable(a['object'])} (klpsym convert removes it)")
     if not v["symbols"] and not v["sections"]:
         _line("no livepatch symbols or sections")
         return

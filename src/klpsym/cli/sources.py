@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
     from klpsym.kernel.symbols import SymbolSource
     from klpsym.kernel.target import TargetKernel
+    from klpsym.module.kallsyms import TargetModules
 
 SOURCES_HELP = """\
 target kernel (default: the running kernel):
@@ -69,6 +70,33 @@ def target_from_args(args: argparse.Namespace) -> TargetKernel:
         vmlinux=args.vmlinux, symvers=tuple(args.symvers), config=args.config,
         image=args.image, cache=not args.no_cache, check_symbols=not args.no_symbol_check,
     )
+
+
+LIVEPATCH_HELP = """\
+livepatch modules (MODULE_INFO(livepatch, "Y")):
+  may also reference unexported symbols of the modules they patch: give each
+  with --target-module (its .ko, or its name, found in the target's
+  /lib/modules/R tree; a KLP_MODULE_RELOC(OBJ) annotation finds OBJ by name).
+  A name must be in one object only and unique there, else choose with
+  klpsym.h's KLP_MODULE_RELOC(OBJ)/KLP_SYMPOS(NAME, POS) or --sympos
+  OBJ:NAME=POS (POS counts in the module's symbol table order)."""
+
+
+def add_target_module_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-module", metavar="PATH.ko|NAME", action="append", default=[],
+                   help="a module a livepatch module patches, whose unexported symbols it "
+                        "references (its .ko, or its name in the target kernel's module "
+                        "tree; repeatable)")
+
+
+def targets_from_args(args: argparse.Namespace, target: TargetKernel) -> TargetModules:
+    from klpsym.module.kallsyms import TargetModules
+
+    config = target.config
+    return TargetModules(
+        args.target_module, target.release, target.kernel_dir,
+        kallsyms_all=config is None or config.enabled("CONFIG_KALLSYMS_ALL"),
+        module_unload=config is None or config.enabled("CONFIG_MODULE_UNLOAD"))
 
 
 SYMBOL_SOURCE_HELP = """\

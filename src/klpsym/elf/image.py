@@ -140,6 +140,26 @@ class ElfImage:
         self.sections.remove(section)
 
 
+    def remove_symbols(self, drop: np.ndarray) -> None:
+        """Remove the symbols where the bool mask ``drop`` is true, and
+        renumber every relocation's symbol; a symbol a remaining relocation
+        uses cannot be removed."""
+        symtab = self.symtab
+        tables = [(sec, self.rela(sec)) for sec in self.rela_sections()]
+        for sec, rela in tables:
+            syms = self.layout.r_sym(rela["r_info"])
+            if len(syms) and bool(np.any(drop[syms])):
+                raise ElfError(f"{self.name}: cannot remove a symbol {sec.name} uses")
+        remap = symtab.remove(drop)
+        for sec, rela in tables:
+            if not len(rela):
+                continue
+            new = rela.copy()
+            syms = self.layout.r_sym(rela["r_info"])
+            new["r_info"] = self.layout.r_info(remap[syms], self.layout.r_type(rela["r_info"]))
+            sec.table = new
+
+
 def _fail(name: str, what: str) -> ElfError:
     return ElfError(f"{name}: {what}")
 

@@ -102,6 +102,11 @@ class Layout:
         """ELF64_R_TYPE."""
         return (r_info & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
+    @staticmethod
+    def r_info(sym: np.ndarray, type: np.ndarray) -> np.ndarray:
+        """ELF64_R_INFO: symbol index and type packed."""
+        return (sym.astype(np.uint64) << np.uint64(32)) | type.astype(np.uint64)
+
 
 @cache
 def layout_for(elf_class: ElfClass, data: ElfData) -> Layout:

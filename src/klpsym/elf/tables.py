@@ -208,6 +208,28 @@ class SymbolTable:
             self._names.append(name)
         return len(self.array) - 1
 
+    def remove(self, drop: np.ndarray) -> np.ndarray:
+        """Remove the symbols where the bool mask ``drop`` is true (never
+        entry 0) and return each old index's new one (-1: removed).  The
+        caller renumbers what refers to symbols (relocations:
+        :meth:`klpsym.elf.image.ElfImage.remove_symbols`).  sh_info, the
+        index of the first non-local symbol, follows."""
+        if len(drop) != len(self.array) or (len(drop) and bool(drop[0])):
+            raise ElfError(f"{self.section.name}: cannot remove the null symbol")
+        keep = ~drop
+        remap = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
+        first_global = int(self.section.info)
+        self.section.info = first_global - int(drop[:first_global].sum())
+        self.array = self.array[keep].copy()
+        self.section_ref = self.section_ref[keep].copy()
+        self._orig_ref = self._orig_ref[keep].copy()
+        self._orig_shndx = self._orig_shndx[keep].copy()
+        if self._orig_xindex is not None:
+            self._orig_xindex = self._orig_xindex[keep].copy()
+        if self._names is not None:
+            self._names = [n for n, k in zip(self._names, keep.tolist(), strict=True) if k]
+        return remap
+
     @property
     def binds(self) -> np.ndarray:
         return (self.array["st_info"] >> 4).astype(np.int64)

@@ -74,6 +74,38 @@
 #include <linux/uaccess.h>
 #include <linux/version.h>
 
+/*
+ * Livepatch modules (MODULE_INFO(livepatch, "Y")): which object and which
+ * of several same-name symbols a reference means, as the kernel's
+ * never-merged klp-convert (v7, 2023) spelled it, for 'klpsym convert' and
+ * 'klpsym build' to read (and remove from the output):
+ *
+ *	extern int homonym(void);		// a static of module lp_target
+ *	KLP_MODULE_RELOC(lp_target) lp_target_relocs[] = {
+ *		KLP_SYMPOS(homonym, 2),		// its 2nd "homonym" (module kallsyms order)
+ *	};
+ *
+ * Each entry is a struct klp_module_reloc (12 bytes, packed) in section
+ * ".klp.module_relocs.<obj>"; the array is kept even if static and unused.
+ * A kernel header that defines these already (a patched linux/livepatch.h)
+ * wins.
+ */
+#ifndef KLP_MODULE_RELOC
+struct klp_module_reloc {
+	union {
+		void *sym;
+		u64 sym64;	/* 64 bits whatever the pointer size */
+	};
+	u32 sympos;
+} __attribute__((__packed__));
+
+#define KLP_MODULE_RELOC(obj)						\
+	struct klp_module_reloc						\
+	__attribute__((__used__, __section__(".klp.module_relocs." #obj)))
+#define KLP_SYMPOS(symbol, pos)						\
+	{ .sym = (void *)&(symbol), .sympos = (pos) }
+#endif
+
 /* 'klpsym insmod' reads these from .modinfo: the method, then one
  * "NAME,POS,func|var" per declared symbol. */
 #define __KLPSYM_INFO(name, pos, kind) \

@@ -30,6 +30,13 @@ Why this keeps modpost strict and is safe (6.1 scripts/mod/modpost.c):
   SHN_LIVEPATCH, which simplify_symbols() skips, so resolve_symbol() and
   check_version() never see it.
 * vmlinux is never a module dependency (add_depends() skips it).
+* A livepatch module's names that resolve in a target module
+  (``--target-module``, :mod:`klpsym.module.kallsyms`) are classified
+  ``convert`` like vmlinux's and go into the same file, filed under
+  ``vmlinux`` too: so modpost resolves them, and adds no ``depends=`` on the
+  target (a livepatch loads before or after its target; klp_module_coming()
+  applies the relocations when the target comes).  The conversion then
+  writes them as ``.klp.sym.<module>.NAME,POS`` in ``.klp.rela.<module>.*``.
 
 Then kbuild links the .ko files and each is converted in place, with the
 exports of the modules just built (the dir's Module.symvers) added so one
@@ -88,6 +95,7 @@ from klpsym.klp.classify import Fate
 from klpsym.klp.convert import ConvertResult, convert_file
 from klpsym.klp.plan import SymbolPlan, classify_symbols
 from klpsym.klp.sign import Signer
+from klpsym.module.kallsyms import TargetModules
 from klpsym.module.ko import read_module
 
 # Symbols an EXPORT_SYMBOL() leaves in the object: __ksymtab_NAME up to 6.4,
@@ -194,7 +202,8 @@ def prepare(directory: Path, target: TargetKernel, make_args: Sequence[str],
 def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
           make_args: Sequence[str] = (), extra_symvers: Sequence[Path] = (), *,
           guard: bool = True, signer: Signer | None = None,
-          runner: Runner | None = None, started: KbuildRun | None = None) -> BuildResult:
+          runner: Runner | None = None, started: KbuildRun | None = None,
+          targets: TargetModules | None = None) -> BuildResult:
     """Build every module in ``directory`` for ``target`` and convert each .ko
     in place (in the ``MO=`` dir of ``make_args`` if any); see the module
     docstring.  ``extra_symvers`` (the --symvers
@@ -203,7 +212,9 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     runs make (default: on this machine; a ChrootRunner for a chroot with the
     target's compiler, where ``target.kernel_dir`` must be).  ``started``:
     the make run :func:`klpsym.kbuild.make.start_early` began for this
-    build, used if it is the one this build would start (else stopped)."""
+    build, used if it is the one this build would start (else stopped).
+    ``targets``: the modules a livepatch module may reference
+    (:class:`klpsym.module.kallsyms.TargetModules`)."""
     runner = runner or HostRunner()
     try:
         directory, kdir, make_args, output = prepare(directory, target, make_args)
@@ -212,7 +223,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
             started.close()
         raise
     objdir = output or directory
-    stage = _Stage(directory, objdir, target, sympos, runner)
+    stage = _Stage(directory, objdir, target, sympos, runner, targets)
 
     # One kbuild run; modpost waits at the gate while klpsym classifies the
     # objects and writes the names it may take as exported.
@@ -250,8 +261,9 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
                                                                   read_symvers(own)))
     for m in modules:
         used = {s.name for s in m.symbols}
-        mine = {k: v for k, v in sympos.items() if k in used}
-        m.result = convert_file(m.ko, final, mine, in_place=True, guard=guard, signer=signer)
+        mine = {k: v for k, v in sympos.items() if _sympos_name(k) in used}
+        m.result = convert_file(m.ko, final, mine, in_place=True, guard=guard, signer=signer,
+                                targets=targets)
     notes = [f"{name} is exported for named modules only ({ns}) and converted like an "
              "unexported symbol; modpost's warning about its namespace is expected"
              for name, ns in _module_only_exports(modules, target).items()]
@@ -264,9 +276,10 @@ class _Stage:
     the names modpost may take as exported."""
 
     def __init__(self, directory: Path, objdir: Path, target: TargetKernel,
-                 sympos: Mapping[str, int], runner: Runner) -> None:
+                 sympos: Mapping[str, int], runner: Runner,
+                 targets: TargetModules | None = None) -> None:
         self.directory, self.objdir, self.target = directory, objdir, target
-        self.sympos, self.runner = sympos, runner
+        self.sympos, self.runner, self.targets = sympos, runner, targets
         self.modules: list[BuiltModule] | None = None
         self.siblings: set[str] = set()
         self.resolved: list[str] = []
@@ -289,8 +302,8 @@ class _Stage:
                 module = read_module(obj)
                 names = module.elf.symtab.names()
                 used = {n for n in names if n}
-                mine = {k: v for k, v in self.sympos.items() if k in used}
-                symbols = classify_symbols(module, self.target, mine)
+                mine = {k: v for k, v in self.sympos.items() if _sympos_name(k) in used}
+                symbols = classify_symbols(module, self.target, mine, self.targets)
                 siblings |= _exported_names(names)
                 modules.append(BuiltModule(module.name, obj, obj.with_suffix(".ko"), symbols))
             self.modules, self.siblings = modules, siblings
@@ -305,8 +318,8 @@ class _Stage:
     def check(self, modules: Sequence[BuiltModule]) -> None:
         """klpsym's own refusals: a --sympos no module needs; a namespace not
         imported, which modpost no longer checks under KBUILD_NSDEPS."""
-        unused = sorted(set(self.sympos) - {s.name for m in modules for s in m.symbols
-                                            if s.fate == Fate.CONVERT})
+        converted = {s.name for m in modules for s in m.symbols if s.fate == Fate.CONVERT}
+        unused = sorted(k for k in self.sympos if _sympos_name(k) not in converted)
         if unused:
             raise KbuildError(f"{param('sympos')} {unused[0]}: no module in {self.directory} uses "
                               f"{unused[0]} as an unexported symbol; drop the flag")
@@ -377,6 +390,11 @@ class _WithSiblings(Symvers):
 
     def has_vmlinux_exports(self) -> bool:
         return self._base.has_vmlinux_exports() or self._siblings.has_vmlinux_exports()
+
+
+def _sympos_name(key: str) -> str:
+    """The symbol name of a ``--sympos`` key (``NAME`` or ``OBJ:NAME``)."""
+    return key.rpartition(":")[2]
 
 
 def _remove_unconverted(kos: Sequence[Path]) -> None:

@@ -31,6 +31,7 @@ from klpsym.kernel.target import TargetKernel
 from klpsym.klp.sign import Signer
 from klpsym.methods.header import Method
 from klpsym.methods.insmod import DeclaredSymbol, declared_symbols
+from klpsym.module.kallsyms import TargetModules
 from klpsym.module.ko import read_module
 
 ENV = "KLPSYM_METHOD"
@@ -88,9 +89,10 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
                       sympos: Mapping[str, int], make_args: Sequence[str] = (),
                       extra_symvers: Sequence[Path] = (), *, guard: bool = True,
                       signer: Signer | None = None, runner: Runner | None = None,
-                      started: KbuildRun | None = None) -> MethodBuild:
-    """Build with the chosen method; ``guard``, ``signer`` and ``started``
-    are the klp method's (see :func:`klpsym.kbuild.build.build`)."""
+                      started: KbuildRun | None = None,
+                      targets: TargetModules | None = None) -> MethodBuild:
+    """Build with the chosen method; ``guard``, ``signer``, ``started`` and
+    ``targets`` are the klp method's (see :func:`klpsym.kbuild.build.build`)."""
     method, reason = choose_method(requested, target)
     out = MethodBuild(method, reason)
     if started is not None and method != Method.KLP:
@@ -99,7 +101,7 @@ def build_with_method(directory: Path, target: TargetKernel, requested: str,
     with method_env(method):
         if method == Method.KLP:
             out.klp = build(directory, target, sympos, make_args, extra_symvers, guard=guard,
-                            signer=signer, runner=runner, started=started)
+                            signer=signer, runner=runner, started=started, targets=targets)
             return out
         if sympos:
             raise KbuildError(f"{param('sympos')} is for the klp method; with {method.label}, "

@@ -31,6 +31,9 @@ class PosError(Enum):
     AMBIGUOUS = "ambiguous"  # POS 0 (or none chosen) for a name of several entries
     BEYOND = "beyond"  # POS N with fewer than N entries
     NEGATIVE = "negative"  # not a POS
+    # A module object's entry (choose_pos_in_both):
+    INIT_ONLY = "init-only"  # the entry is gone from the module's kallsyms after its init
+    SHIFTED = "shifted"  # an entry gone after init comes before it: its POS changes then
 
 
 class PosChoice(NamedTuple, Generic[_E]):
@@ -61,3 +64,26 @@ def listed_pos(candidate: _Entry, count: int) -> int:
     """The POS that designates ``candidate`` with no other choice: 0 for the
     only entry of its name, else its own."""
     return 0 if count == 1 else candidate.pos
+
+
+def choose_pos_in_both(candidates: Sequence[_E], kept: Sequence[bool],
+                       wanted: int | None) -> PosChoice[_E]:
+    """:func:`choose_pos` for a module object, whose kallsyms has two
+    copies (:mod:`klpsym.module.kallsyms`): ``candidates`` are the name's
+    entries in the init-time copy (the whole symtab), ``kept`` says which of
+    them the core copy keeps.  klp_module_coming() resolves against the
+    init-time copy when the target loads after the livepatch, and
+    klp_enable_patch() against the core copy when it is already loaded
+    (kernel/module/kallsyms.c add_kallsyms(), do_init_module(); v5.8 ..
+    v7.x), so a POS is only written where it designates the same entry in
+    both: counted in the init-time copy, the entry kept after init, and no
+    entry dropped after init before it (else its POS would shift)."""
+    choice = choose_pos(candidates, wanted)
+    if choice.chosen is None:
+        return choice
+    at = choice.chosen.pos - 1
+    if not kept[at]:
+        return PosChoice(choice.pos, None, choice.entries, PosError.INIT_ONLY)
+    if not all(kept[:at]):
+        return PosChoice(choice.pos, None, choice.entries, PosError.SHIFTED)
+    return choice

@@ -14,6 +14,7 @@ from klpsym.elf.file import Buffer
 from klpsym.errors import ConvertError, InternalError, KlpsymError, param
 from klpsym.fsutil import AtomicOutput, atomic_write
 from klpsym.kernel.target import TargetKernel
+from klpsym.klp.annotations import annotation_sections, read_annotations, remove_annotations
 from klpsym.klp.apply import apply_conversions
 from klpsym.klp.classify import Fate
 from klpsym.klp.guard import (
@@ -24,7 +25,15 @@ from klpsym.klp.guard import (
     guard_problems,
     plan_guard,
 )
-from klpsym.klp.ibt import IbtPlan, apply_ibt, ibt_config, plan_ibt, target_vmlinux
+from klpsym.klp.ibt import (
+    IbtPlan,
+    address_uses,
+    apply_ibt,
+    ibt_config,
+    plan_ibt,
+    target_vmlinux,
+)
+from klpsym.klp.names import VMLINUX
 from klpsym.klp.plan import Plan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import (
@@ -36,6 +45,7 @@ from klpsym.klp.validate import (
 )
 from klpsym.klp.x86 import unhandled_relocation_types
 from klpsym.module.compression import COMPRESSED_SUFFIXES
+from klpsym.module.kallsyms import TargetModules
 from klpsym.module.ko import Module, read_module
 
 
@@ -58,7 +68,8 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                  output: Path | None = None, in_place: bool = False,
                  dry_run: bool = False, guard: bool = True,
                  signer: Signer | None = None, module: Module | None = None,
-                 ibt_thunks: bool = True) -> ConvertResult:
+                 ibt_thunks: bool = True,
+                 targets: TargetModules | None = None) -> ConvertResult:
     """Convert ``path`` for ``target`` and write it to ``output`` (or in place).
 
     ``guard``: add the load-time guard (:mod:`klpsym.klp.guard`) when the
@@ -67,7 +78,10 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
     when its bytes are written unchanged.  ``module``: ``path`` already read
     (:func:`read_module` with ``mapped=True``).  ``ibt_thunks``: on an IBT
     target, take unexported functions' addresses through thunks
-    (:mod:`klpsym.klp.ibt`); off, each is named in a warning."""
+    (:mod:`klpsym.klp.ibt`); off, each is named in a warning.  ``targets``:
+    the modules a livepatch module may reference (``--target-module``);
+    the KLP_MODULE_RELOC annotations are removed from the output
+    (:mod:`klpsym.klp.annotations`)."""
     check_destination(path, output, in_place, dry_run)
     if module is None:
         module = read_module(path, mapped=True)
@@ -77,8 +91,12 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
             f"modules, so {param('in_place')} would replace it with a file of another format under "
             f"the same name; write it with {param('output')} NAME.ko instead (and compress that "
             "yourself)")
-    plan = make_plan(module, target, sympos)
-    broken = loader_problems(module.elf, plan.name_width)
+    # The annotations are read, then removed first: removing their symbols
+    # renumbers the symbol table, which every later step indexes.
+    annotations = read_annotations(module.elf)
+    remove_annotations(module.elf)
+    plan = make_plan(module, target, sympos, targets, annotations)
+    broken = loader_problems(module.elf, plan.name_width, livepatch=plan.livepatch)
     if broken:
         # Refused here, so that a failed check of the output below is always
         # klpsym's own fault, and no output is one the loader refuses.
@@ -98,10 +116,14 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         raise ConvertError(f"{path}: a relocation of a symbol to convert breaks the x86_64 "
                            f"module loader's rules: {moved[0]}{more}; it would not load, "
                            "converted or not")
+    # Thunks are for vmlinux functions (sealed by apply_seal_endbr() at
+    # boot); a module object's are not thunked (noted below).
     ibt = plan_ibt(module.elf, [(s.index, s.name, s.kind, s.candidate.address if s.candidate
-                                 else None) for s in plan.to_convert],
+                                 else None) for s in plan.to_convert
+                                if s.objname == VMLINUX],
                    ibt_config(target.config), ibt_thunks, target_vmlinux(target.kallsyms_source))
     plan.notes.extend(ibt.notes())
+    plan.notes.extend(_module_function_addresses(module, plan, ibt))
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:
@@ -112,7 +134,7 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
                           "an uncompressed .ko")
     dest = path if in_place else output
     result = ConvertResult(plan, dest, guard=guard_plan, ibt=ibt)
-    changes = bool(plan.to_convert) or guard_plan.adds
+    changes = bool(plan.to_convert) or guard_plan.adds or bool(plan.annotations)
     if changes and module.signature is not None:
         plan.notes.append(
             "the module's signature was removed (it no longer matches); "
@@ -197,12 +219,14 @@ def check_output(module: Module, data: Buffer, plan: Plan,
     try:
         before = ElfFile.from_bytes(module.elf_bytes, f"{module.path} (input)")
         after = ElfFile.from_bytes(data, f"{module.path} (converted)")
+        remove_annotations(before)  # the one change before the conversion, with the thunks
         ibt_checks: list[str] = []
         if ibt is not None and ibt.target_ibt:
             if ibt.applies:
                 apply_ibt(before, ibt)
             ibt_checks = ibt_problems(after, _thunked(ibt), plan.name_width)
-        problems = (loader_problems(after, plan.name_width)
+        problems = (loader_problems(after, plan.name_width, livepatch=plan.livepatch)
+                    + annotation_problems(after)
                     + relocation_changes(before, after)
                     + symbol_changes(before, after, plan.name_width,
                                      (GUARD_SYMBOL,) if guard and guard.adds else ())
@@ -222,3 +246,24 @@ def _thunked(ibt: IbtPlan) -> list[str]:
     """The functions the IBT rule holds the output to: the address-taken
     ones, unless the user turned thunks off (then warned about them)."""
     return [t.name for t in ibt.thunks] if ibt.enabled else []
+
+
+def annotation_problems(elf: ElfFile) -> list[str]:
+    """The output keeps no annotation section (klp-convert's rule: they
+    are removed with their relocations and symbols)."""
+    return [f"{sec.name}: annotation section left in the output"
+            for sec in annotation_sections(elf)]
+
+
+def _module_function_addresses(module: Module, plan: Plan, ibt: IbtPlan) -> list[str]:
+    """On an IBT target, a target module's function whose address the
+    livepatch takes is not thunked (thunks are for vmlinux's functions):
+    x86 module_finalize() seals a module's unused ENDBRs too
+    (apply_seal_endbr(), v6.2 on), so an indirect call may fault."""
+    functions = [s for s in plan.to_convert if s.objname != VMLINUX and s.kind == "text"]
+    if not ibt.target_ibt or not functions:
+        return []
+    uses, _ = address_uses(module.elf, [s.index for s in functions])
+    return [f"{s.objname}:{s.name}: the module takes its address directly (not through an "
+            "IBT thunk; those are for vmlinux functions); on IBT hardware an indirect call "
+            f"through it faults if {s.objname} sealed it" for s in functions if uses[s.index]]

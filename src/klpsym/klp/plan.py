@@ -23,21 +23,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from klpsym.elf.constants import EM, SHN, STB
+from klpsym.elf.constants import EM, SHF, SHN, STB
 from klpsym.errors import ConvertError, param
 from klpsym.kernel.kallsyms import Candidate
+from klpsym.kernel.sympos import PosError, choose_pos
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.version import (
+    KLP_OBJNAME_MAX,
     KernelVersion,
     kallsyms_letters_tell_data,
     klp_sym_name_max,
     supports_klp_for_plain_modules,
 )
+from klpsym.klp.annotations import Annotation, read_annotations
 from klpsym.klp.apply import Conversion, relocation_users
-from klpsym.klp.classify import Fate, classify_unexported, export_fate
-from klpsym.klp.names import parse_symbol_name
+from klpsym.klp.classify import Fate, ObjectCandidates, classify_in_objects, export_fate
+from klpsym.klp.names import VMLINUX, parse_symbol_name
+from klpsym.module.kallsyms import ModuleKallsyms, TargetModules
 from klpsym.module.ko import Module
 from klpsym.module.license import GPL_COMPATIBLE, is_gpl_compatible
+from klpsym.module.tree import module_key
 
 SYMPOS = param("sympos")  # the caller's sympos= (the CLI's --sympos)
 
@@ -55,6 +60,8 @@ class SymbolPlan:
     # 'data' or 'text' for a converted symbol ('' when it cannot be told):
     # KallsymsTable.kind(), by address where known; letters only where trusted.
     kind: str = ""
+    objname: str = VMLINUX  # the object a converted symbol resolves in
+    chosen_by: str = ""  # "annotation", "sympos" or "" (unique name)
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Plan:
     name_width: int
     symbols: list[SymbolPlan]
     notes: list[str]
+    livepatch: bool = False  # MODULE_INFO(livepatch, "Y")
+    annotations: list[Annotation] = field(default_factory=list)
 
     @property
     def to_convert(self) -> list[SymbolPlan]:
@@ -72,7 +81,15 @@ class Plan:
 
     @property
     def conversions(self) -> list[Conversion]:
-        return [Conversion(s.index, s.name, s.pos or 0) for s in self.to_convert]
+        return [Conversion(s.index, s.name, s.pos or 0, s.objname) for s in self.to_convert]
+
+    @property
+    def objects(self) -> list[str]:
+        """The module objects (not vmlinux) converted symbols resolve in:
+        the target modules this livepatch needs."""
+        return sorted({s.objname for s in self.to_convert if s.objname != VMLINUX}
+                      | {s.objname for s in self.symbols
+                         if s.fate == Fate.LIVEPATCH and s.objname != VMLINUX})
 
     @property
     def relocations_to_move(self) -> int:
@@ -80,20 +97,66 @@ class Plan:
 
 
 def parse_sympos(items: list[str]) -> dict[str, int]:
-    """``NAME=N`` pairs from ``--sympos``."""
+    """``NAME=N`` (vmlinux) and ``OBJ:NAME=N`` (object OBJ, a livepatch's
+    target module) pairs from ``--sympos``; keyed ``NAME`` and
+    ``OBJ:NAME`` (``vmlinux:NAME`` is ``NAME``)."""
     out: dict[str, int] = {}
     for item in items:
-        name, sep, num = item.rpartition("=")
-        if not sep or not name or not num.isdigit():
-            raise ConvertError(f"{SYMPOS} {item!r}: expected NAME=N, e.g. {SYMPOS} c_start=2")
-        if name in out and out[name] != int(num):
-            raise ConvertError(f"{SYMPOS} {name} is given twice with different positions")
-        out[name] = int(num)
+        key, sep, num = item.rpartition("=")
+        objname, colon, name = key.rpartition(":")
+        if (not sep or not name or not num.isdigit() or (colon and not objname)
+                or ":" in objname):
+            raise ConvertError(f"{SYMPOS} {item!r}: expected NAME=N or OBJ:NAME=N, e.g. "
+                               f"{SYMPOS} c_start=2")
+        key = name if objname in ("", VMLINUX) else f"{module_key(objname)}:{name}"
+        if key in out and out[key] != int(num):
+            raise ConvertError(f"{SYMPOS} {key} is given twice with different positions")
+        out[key] = int(num)
     return out
 
 
-def classify_symbols(module: Module, target: TargetKernel,
-                     sympos: Mapping[str, int]) -> list[SymbolPlan]:
+def is_livepatch(module: Module) -> bool:
+    """MODULE_INFO(livepatch, "Y"): the loader's is_livepatch_module()
+    (check_modinfo_livepatch(), kernel/module/main.c) tests only that the
+    key is there."""
+    return module.modinfo.get("livepatch") is not None
+
+
+def _choices(module: Module, sympos: Mapping[str, int], annotations: list[Annotation],
+             livepatch: bool) -> dict[str, tuple[str, int, str]]:
+    """Per name: the object and POS the module chose, and how."""
+    where = str(module.path)
+    chosen: dict[str, tuple[str, int, str]] = {}
+    if annotations and not livepatch:
+        raise ConvertError(
+            f"{where}: has {annotations[0].section} (KLP_MODULE_RELOC), but is not a livepatch "
+            "module; module objects are for livepatches only: add MODULE_INFO(livepatch, \"Y\") "
+            "or drop the annotation")
+    for a in annotations:
+        old = chosen.get(a.name)
+        if old is not None and old[:2] != (a.objname, a.pos):
+            raise ConvertError(f"{where}: {a.name} is annotated twice, as {old[0]} POS {old[1]} "
+                               f"and {a.objname} POS {a.pos}; keep one KLP_SYMPOS")
+        chosen[a.name] = (module_key(a.objname), a.pos, "annotation")
+    for key, pos in sympos.items():
+        objname, _, name = key.rpartition(":")
+        objname = objname or VMLINUX
+        if objname != VMLINUX and not livepatch:
+            raise ConvertError(f"{SYMPOS} {key}={pos}: {where} is not a livepatch module "
+                               "(MODULE_INFO(livepatch, \"Y\")), so it can only reference "
+                               f"vmlinux; use {SYMPOS} {name}=N")
+        old = chosen.get(name)
+        if old is not None and old[:2] != (objname, pos):
+            raise ConvertError(f"{SYMPOS} {key}={pos}: {name} is already "
+                               f"{'annotated' if old[2] == 'annotation' else 'chosen'} as "
+                               f"{old[0]} POS {old[1]}; give one choice")
+        chosen[name] = (objname, pos, old[2] if old else "sympos")
+    return chosen
+
+
+def classify_symbols(module: Module, target: TargetKernel, sympos: Mapping[str, int],
+                     targets: TargetModules | None = None,
+                     annotations: list[Annotation] | None = None) -> list[SymbolPlan]:
     """Every undefined and livepatch symbol of ``module`` with its fate.
 
     Unlike :func:`make_plan` this returns ``missing`` symbols instead of
@@ -101,7 +164,16 @@ def classify_symbols(module: Module, target: TargetKernel,
     the exports of the modules being built), and checks nothing about the
     conversion itself.  An ambiguous name without ``--sympos`` is still an
     error.  ``module`` may be a module's object before modpost (``<m>.o``).
+    ``targets``: the modules a livepatch may reference besides vmlinux.
+    ``annotations``: the module's KLP_SYMPOS entries when read (and removed)
+    before; None reads them from the module.
     """
+    return _classify_all(module, target, sympos, targets, annotations)[0]
+
+
+def _classify_all(module: Module, target: TargetKernel, sympos: Mapping[str, int],
+                  targets: TargetModules | None, annotations: list[Annotation] | None
+                  ) -> tuple[list[SymbolPlan], bool, list[Annotation]]:
     elf = module.elf
     if elf.machine != EM.X86_64:
         raise ConvertError(
@@ -110,11 +182,17 @@ def classify_symbols(module: Module, target: TargetKernel,
         )
     version = _target_version(module, target)
     name_width = klp_sym_name_max(version)
+    livepatch = is_livepatch(module)
+    if annotations is None:
+        annotations = read_annotations(elf)
+    chosen = _choices(module, sympos, annotations, livepatch)
     symtab = elf.symtab
     undefined = symtab.undefined()
     binds = symtab.binds
-    livepatch = symtab.special(SHN.LIVEPATCH)
-    users = relocation_users(elf, np.concatenate([undefined, livepatch]))
+    livepatch_syms = symtab.special(SHN.LIVEPATCH)
+    # The annotations' own relocations are not uses: they go with them.
+    users = relocation_users(elf, np.concatenate([undefined, livepatch_syms]),
+                             skip=[a.section for a in annotations])
 
     # Look every name up at once (cheap with tables from the symbol cache).
     names = {i: symtab.name(i) for i in undefined.tolist()}
@@ -123,49 +201,84 @@ def classify_symbols(module: Module, target: TargetKernel,
                   if n and not ((e := target.symvers.get(n)) and e.visible_to(module.name))]
     if unexported:
         target.kallsyms.prefetch(unexported)
+    modules: list[ModuleKallsyms] = []
+    if targets is not None and (livepatch or unexported):
+        modules = list(targets.given)
+        for objname, _, _ in chosen.values():
+            if objname != VMLINUX and all(module_key(m.name) != objname for m in modules):
+                modules.append(targets.get(objname))
+    elif any(o != VMLINUX for o, _, _ in chosen.values()):
+        missing = next(o for o, _, _ in chosen.values() if o != VMLINUX)
+        raise ConvertError(f"{module.path}: references object {missing}, but no target "
+                           f"modules are known; give {param('target_module')} {missing}")
 
     symbols: list[SymbolPlan] = []
-    for i in livepatch.tolist():
+    for i in livepatch_syms.tolist():
         name = symtab.name(i)
         parsed = parse_symbol_name(name, name_width)
         symbols.append(SymbolPlan(i, parsed.name if parsed else name, Fate.LIVEPATCH,
-                                  pos=parsed.pos if parsed else None, relocations=users[i]))
+                                  pos=parsed.pos if parsed else None, relocations=users[i],
+                                  objname=parsed.objname if parsed else VMLINUX))
     trusted = _letters_trusted(target)  # once, not per symbol
     weak = (binds == STB.WEAK).tolist()
     for i, name in names.items():
         if not name:
             continue
-        symbols.append(_classify(i, name, weak[i], module, target, sympos, users[i], trusted))
-    return symbols
+        symbols.append(_classify(i, name, weak[i], module, target, chosen.get(name), users[i],
+                                 trusted, modules, livepatch))
+    return symbols, livepatch, annotations
 
 
-def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int]) -> Plan:
+def make_plan(module: Module, target: TargetKernel, sympos: Mapping[str, int],
+              targets: TargetModules | None = None,
+              annotations: list[Annotation] | None = None) -> Plan:
     where = str(module.path)
-    symbols = classify_symbols(module, target, sympos)
+    symbols, livepatch, annotations = _classify_all(module, target, sympos, targets,
+                                                    annotations)
     version = target.version
     name_width = klp_sym_name_max(version)
     notes: list[str] = list(target.notes)
 
-    unknown = sorted(set(sympos) - {s.name for s in symbols if s.fate == Fate.CONVERT})
-    for name in unknown:
+    converted = {s.name for s in symbols if s.fate == Fate.CONVERT}
+    for key in sorted(sympos):
+        name = key.rpartition(":")[2]
+        if name in converted:
+            continue
         used = next((s for s in symbols if s.name == name), None)
         if used is None:
-            raise ConvertError(f"{SYMPOS} {name}: {where} does not use a symbol named {name}")
-        raise ConvertError(f"{SYMPOS} {name}: {name} is {used.fate.value}, not converted; "
+            raise ConvertError(f"{SYMPOS} {key}: {where} does not use a symbol named {name}")
+        raise ConvertError(f"{SYMPOS} {key}: {name} is {used.fate.value}, not converted; "
                            "drop the flag")
+    for a in annotations:
+        used = next((s for s in symbols if s.name == a.name), None)
+        if used is not None and used.fate != Fate.CONVERT:
+            raise ConvertError(f"{where}: KLP_SYMPOS({a.name}, {a.pos}) in {a.section}: "
+                               f"{a.name} is {used.fate.value} ({used.provider or 'exported'}), "
+                               "an ordinary relocation; drop the annotation")
 
+    only_modules = [s.name for s in symbols if s.fate == Fate.TARGET_MODULE]
+    if only_modules:
+        raise ConvertError(
+            f"{where}: {', '.join(only_modules[:8])} only in a target module, and {module.name} "
+            "is not a livepatch module: the kernel applies a module object's klp relocations "
+            "for livepatches only (kernel/livepatch/core.c klp_apply_object_relocs(), from "
+            "klp_init_object_loaded() and klp_module_coming()); add "
+            "MODULE_INFO(livepatch, \"Y\") and register it with klp_enable_patch()")
     missing = [s.name for s in symbols if s.fate == Fate.MISSING]
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
         shown = ", ".join(missing[:8]) + more
+        given = targets.all if targets is not None else []
+        also = (f" nor in {', '.join(t.name for t in given)}" if given and livepatch else "")
         raise ConvertError(
             f"{where}: undefined symbol{'s' if len(missing) > 1 else ''} {shown} "
             f"{'are' if len(missing) > 1 else 'is'} neither exported by kernel {target.release} "
-            f"({target.symvers.source}) nor in its kallsyms ({target.kallsyms_source}); "
+            f"({target.symvers.source}) nor in its kallsyms ({target.kallsyms_source}){also}; "
             f"check the name, or add the exporting module's Module.symvers with {param('symvers')}"
+            + (f", or the module that has it with {param('target_module')}" if livepatch else "")
         )
 
-    plan = Plan(module, target, version, name_width, symbols, notes)
+    plan = Plan(module, target, version, name_width, symbols, notes, livepatch, annotations)
     if plan.to_convert:
         _check_convertible(plan)
     return plan
@@ -183,32 +296,83 @@ def _target_version(module: Module, target: TargetKernel) -> KernelVersion:
 
 
 def _classify(index: int, name: str, weak: bool, module: Module, target: TargetKernel,
-              sympos: Mapping[str, int], relocations: dict[str, int],
-              letters_trusted: bool) -> SymbolPlan:
+              chosen: tuple[str, int, str] | None, relocations: dict[str, int],
+              letters_trusted: bool, modules: list[ModuleKallsyms],
+              livepatch: bool) -> SymbolPlan:
     export = target.symvers.get(name)
     if export is not None and export.visible_to(module.name):
+        # klp-convert's rule too: an exported symbol stays an ordinary
+        # relocation, whatever the annotations say.
         return SymbolPlan(index, name, export_fate(export.module), provider=export.module,
                           relocations=relocations)
-    candidates = target.kallsyms.candidates(name)
-    wanted = sympos.get(name)
-    found = classify_unexported(candidates, weak, wanted)
+    vmlinux = target.kallsyms.candidates(name)
+    objects = [ObjectCandidates(VMLINUX, vmlinux, choose_pos)]
+    tables = {module_key(m.name): m for m in modules}
+    objects += [ObjectCandidates(key, m.candidates(name), m.choose) for key, m in tables.items()]
+    wanted = None if chosen is None else (chosen[0], chosen[1])
+    found = classify_in_objects(objects, weak, wanted, livepatch)
     if found.fate != Fate.CONVERT:
         return SymbolPlan(index, name, found.fate, relocations=relocations)
+    how = "" if chosen is None else chosen[2]
     if found.candidate is None:  # the POS designates no entry
-        if wanted is None:
-            listing = "; ".join(_describe(c) for c in candidates)
-            raise ConvertError(
-                f"{name} is ambiguous: {len(candidates)} symbols of that name in "
-                f"{target.kallsyms.source} ({listing}); pick one with {SYMPOS} {name}=N"
-            )
-        raise ConvertError(
-            f"{SYMPOS} {name}={wanted}: {target.kallsyms.source} has {len(candidates)} "
-            f"symbol{'s' if len(candidates) > 1 else ''} named {name}; use 1..{len(candidates)}"
-        )
+        raise ConvertError(_no_entry(name, found.error, found.objname, found.pos, objects,
+                                     tables, target, how, livepatch))
+    table = tables.get(found.objname)
+    kind = (table.kind(found.candidate) if table is not None
+            else target.kallsyms.kind(found.candidate, letters_tell_data=letters_trusted))
     return SymbolPlan(index, name, Fate.CONVERT, pos=found.pos, candidate=found.candidate,
-                      candidates=found.candidates, relocations=relocations,
-                      kind=target.kallsyms.kind(found.candidate,
-                                                letters_tell_data=letters_trusted))
+                      candidates=found.candidates, relocations=relocations, kind=kind,
+                      objname=found.objname if table is None else table.name, chosen_by=how)
+
+
+def _listing(obj: ObjectCandidates, tables: Mapping[str, ModuleKallsyms]) -> str:
+    table = tables.get(obj.objname)
+    return "; ".join(table.describe(c) if table is not None else _describe(c)
+                     for c in obj.candidates)
+
+
+def _no_entry(name: str, error: PosError | None, objname: str, pos: int | None,
+              objects: list[ObjectCandidates], tables: Mapping[str, ModuleKallsyms],
+              target: TargetKernel, how: str, livepatch: bool) -> str:
+    """The one line saying why no entry of ``name`` can be chosen."""
+    source = (tables[objname].source if objname in tables
+              else target.kallsyms.source)
+    asked = ("its KLP_SYMPOS annotation" if how == "annotation"
+             else f"{SYMPOS} {name if objname == VMLINUX else objname + ':' + name}={pos}")
+    obj = next((o for o in objects if o.objname == objname), None)
+    count = len(obj.candidates) if obj is not None else 0
+    if error == PosError.AMBIGUOUS and not objname:  # in several objects
+        having = [o for o in objects if o.candidates]
+        listed = " | ".join(f"{o.objname}: {_listing(o, tables)}" for o in having)
+        return (f"{name} is ambiguous: it is in {', '.join(o.objname for o in having)} "
+                f"({listed}); say which with KLP_MODULE_RELOC(OBJ) ... = {{ KLP_SYMPOS({name}, "
+                f"POS) }} (klpsym.h) or {SYMPOS} OBJ:{name}=POS ({SYMPOS} {name}=POS for vmlinux)")
+    if error == PosError.AMBIGUOUS and not how:
+        assert obj is not None
+        fix = (f"pick one with {SYMPOS} {name}=N" if objname == VMLINUX
+               else f"pick one with KLP_MODULE_RELOC({objname}) ... = {{ KLP_SYMPOS({name}, N) }} "
+                    f"or {SYMPOS} {objname}:{name}=N")
+        if objname == VMLINUX and livepatch and how == "":
+            fix += f" (or KLP_MODULE_RELOC(vmlinux) ... = {{ KLP_SYMPOS({name}, N) }})"
+        return (f"{name} is ambiguous: {count} symbols of that name in {source} "
+                f"({_listing(obj, tables)}); {fix}")
+    if error == PosError.MISSING:
+        if objname != VMLINUX and objname not in tables:
+            return (f"{asked}: {objname} is not a target module; give "
+                    f"{param('target_module')} {objname}")
+        return f"{asked}: {source} has no symbol named {name}"
+    if error in (PosError.INIT_ONLY, PosError.SHIFTED):
+        assert obj is not None
+        why = ("is in an init section, gone from the module's kallsyms after its init"
+               if error == PosError.INIT_ONLY else
+               "follows a same-name symbol of an init section, so its POS differs before "
+               "and after the module's init")
+        return (f"{asked}: {name} POS {pos} in {objname} {why} (kernel/module/kallsyms.c "
+                f"add_kallsyms(): klp_module_coming() counts in the init-time table, "
+                f"klp_enable_patch() in the core one): no POS designates it in both "
+                f"({_listing(obj, tables)})")
+    return (f"{asked}: {source} has {count} symbol{'s' if count != 1 else ''} named {name}; "
+            f"use 1..{count}")
 
 
 def _letters_trusted(target: TargetKernel) -> bool:
@@ -254,6 +418,8 @@ def _check_convertible(plan: Plan) -> None:
             f"{', '.join(sorted(GPL_COMPATIBLE))}); unexported symbols are kernel internals"
         )
     for s in plan.to_convert:
+        if s.objname != VMLINUX:
+            _check_module_object(plan, s)
         if "," in s.name:
             raise ConvertError(f"{s.name}: symbol names with ',' cannot be written as "
                                ".klp.sym.vmlinux.NAME,POS")
@@ -267,3 +433,50 @@ def _check_convertible(plan: Plan) -> None:
                 f"{s.name} is a data symbol (type {s.candidate.type if s.candidate else '?'}) and "
                 f"kernel {version.release} lacks CONFIG_KALLSYMS_ALL, so kallsyms cannot find it"
             )
+
+
+#: Sections whose module-object klp relocations work: those the
+#: livepatch's own code reads at run time.  A module object's relocations
+#: are applied late -- when the patch is enabled with the target loaded
+#: (klp_init_object_loaded()) or when the target loads
+#: (klp_module_coming()), kernel/livepatch/core.c klp_apply_object_relocs(),
+#: v5.8 .. v7.x, through text_poke() on a live module (x86
+#: apply_relocate_add(), v5.8 commit 88fc078a7a8f) -- so a section the
+#: kernel reads while the livepatch itself loads would be read before its
+#: relocation: ``__jump_table`` (jump_label_add_module() at the
+#: livepatch's MODULE_STATE_COMING), ``.static_call_sites``,
+#: ``.altinstructions``, ``__ex_table``, ``__bug_table``, ``__dyndbg``,
+#: ``__param``, ``.gnu.linkonce.this_module`` and the like; init sections
+#: are freed after the livepatch's init, before a late target could load;
+#: ``.data..percpu`` is copied to the per-cpu areas at load.  vmlinux
+#: objects are applied at load with the ordinary relocations
+#: (apply_relocations(), since v5.8 commit 7c8e2bdd5f0d), so they work in
+#: any section.
+_MODULE_OBJECT_SECTIONS = (".text", ".data", ".rodata", ".bss")
+_NOT_MODULE_OBJECT_SECTIONS = (".data..percpu",)
+
+
+def module_object_section_ok(secname: str) -> bool:
+    """Whether a module object's klp relocation can be applied in
+    ``secname`` (see above; non-allocated sections keep their ordinary
+    relocations, which the loader never applies)."""
+    if secname.startswith(_NOT_MODULE_OBJECT_SECTIONS):
+        return False
+    return secname.startswith(_MODULE_OBJECT_SECTIONS)
+
+
+def _check_module_object(plan: Plan, s: SymbolPlan) -> None:
+    elf = plan.module.elf
+    if len(s.objname) > KLP_OBJNAME_MAX or "." in s.objname:
+        raise ConvertError(f"{s.name}: object name {s.objname} cannot be written as "
+                           f".klp.sym.OBJ.NAME,POS (at most {KLP_OBJNAME_MAX} characters, no '.')")
+    for secname in s.relocations:
+        sec = elf.section_by_name(secname)
+        if sec is None or not sec.flags & SHF.ALLOC:
+            continue
+        if not module_object_section_ok(secname):
+            raise ConvertError(
+                f"{s.name}: {plan.module.path} uses {s.objname}'s {s.name} in {secname}, where a "
+                "module object's klp relocation cannot work: the kernel applies it when the "
+                f"patch is enabled or {s.objname} loads, after it read {secname} (or freed it); "
+                "reference it from .text/.data/.rodata only")

@@ -18,9 +18,12 @@ from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbo
 from klpsym.klp.x86 import X86_64_SIZES
 
 
-def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
+def loader_problems(elf: ElfFile, name_width: int, *, livepatch: bool = False) -> list[str]:
     """Everything the loader would reject or silently skip in ``elf``'s
-    livepatch symbols and sections; empty when it would apply them all."""
+    livepatch symbols and sections; empty when it would apply them all.
+    ``livepatch``: ``elf`` is a livepatch module (MODULE_INFO(livepatch,
+    "Y")), whose module objects' sections the kernel applies when the
+    object is loaded (kernel/livepatch/core.c klp_apply_object_relocs())."""
     problems: list[str] = []
     if not elf.has_symtab:
         return ["no symbol table"]
@@ -65,7 +68,7 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
         if objname is None:
             problems.append(f"{sec.name}: incorrectly formatted klp section name")
             continue
-        if objname != VMLINUX:
+        if objname != VMLINUX and not livepatch:
             # For a module that is not a livepatch, apply_relocations() only
             # ever passes objname NULL (vmlinux); other sections are skipped.
             problems.append(f"{sec.name}: object {objname!r} is never applied for a plain module "
@@ -92,6 +95,10 @@ def loader_problems(elf: ElfFile, name_width: int) -> list[str]:
                 continue
             parsed = klp_names[s]
             if parsed is not None and parsed.objname != objname:
+                # klp_resolve_symbols() (v5.8 on): "invalid access to vmlinux
+                # symbol '%s' from module-specific livepatch relocation
+                # section"; and a symbol of another module is not resolved in
+                # this one.
                 problems.append(f"{sec.name}: symbol {symtab.name(s)!r} belongs to another object")
         if elf.machine == EM.X86_64:
             problems += _x86_64_targets(elf, sec.name, rela, target)

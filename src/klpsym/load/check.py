@@ -220,7 +220,7 @@ def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     if not f.has_klp:
         return
     names = ", ".join(u.name or u.symbol for u in f.klp_uses[:5])
-    if not supports_klp_for_plain_modules(ctx.target.version):
+    if not supports_klp_for_plain_modules(ctx.target.version) and not f.livepatch:
         v.problems.append(Problem(
             Stage.KLP, f"livepatch relocations ({names}): kernel {ctx.target.release} is older "
             "than 5.8 and applies them to livepatch modules only, so they would stay 0"))
@@ -236,7 +236,21 @@ def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
         v.problems.append(Problem(Stage.KLP, text))
     if not ctx.target.has_kallsyms:
         v.notes.append("no kallsyms source: the livepatch symbols were not looked up")
+    objects = sorted({u.objname for u in f.klp_uses if u.objname not in (None, VMLINUX)})
+    if f.livepatch and objects:
+        # kernel/livepatch/core.c: a module object's .klp.rela sections are
+        # applied by klp_apply_object_relocs() when the patch is enabled
+        # with the object loaded (klp_init_object_loaded()) or when the
+        # object loads later (klp_module_coming()), not by this load.
+        v.notes.append(f"livepatch: needs target module{'s' * (len(objects) != 1)} "
+                       f"{', '.join(objects)}; its klp relocations for "
+                       f"{'them' if len(objects) != 1 else 'it'} are applied when the patch "
+                       "is enabled with the module loaded, or when the module loads later")
     for use in f.klp_uses:
+        if f.livepatch and use.objname not in (None, VMLINUX):
+            v.add_symbol(SymbolCheck(use.name, Fate.LIVEPATCH, True, provider=use.objname,
+                                     pos=use.pos, reason=f"applied when {use.objname} is loaded"))
+            continue
         problem = _klp_resolve(ctx, use)
         v.add_symbol(SymbolCheck(use.name or use.symbol, Fate.LIVEPATCH, problem is None,
                                  provider=use.objname, pos=use.pos,

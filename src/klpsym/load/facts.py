@@ -105,7 +105,7 @@ def facts_of(module: Module) -> ModuleFacts:
         from klpsym.klp.ibt import klp_address_uses
         from klpsym.klp.validate import loader_problems
 
-        f.klp_static = loader_problems(elf, _KLP_NAME_WIDTH)
+        f.klp_static = loader_problems(elf, _KLP_NAME_WIDTH, livepatch=f.livepatch)
         f.klp_addresses = klp_address_uses(elf, _KLP_NAME_WIDTH)
         f.klp_uses = _klp_uses(module)
     f.bad_relocations = [(name, t) for name, types in unhandled_relocation_types(elf)

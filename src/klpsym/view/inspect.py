@@ -12,9 +12,11 @@ from typing import Any
 
 from klpsym.elf import describe
 from klpsym.elf.constants import EI, SHF, SHN, SHT
-from klpsym.errors import KlpsymError, param
+from klpsym.errors import ConvertError, KlpsymError, param
 from klpsym.kernel.version import KLP_SYM_NAME_WIDEST
+from klpsym.klp.annotations import read_annotations
 from klpsym.klp.names import parse_section_name, parse_symbol_name
+from klpsym.klp.plan import is_livepatch
 from klpsym.klp.validate import loader_problems
 from klpsym.module.exports import read_exports
 from klpsym.module.ko import Module
@@ -195,8 +197,20 @@ def klp(m: Module) -> dict[str, Any]:
                          "applies_to": s.info_section.name if s.info_section else None,
                          "relocations": len(elf.rela(s)) if s.type == SHT.RELA else 0,
                          "flags": describe.section_flags(s.flags)})
-    problems = loader_problems(elf, _MAX_KLP_NAME) if (syms or secs) else []
-    return {"symbols": syms, "sections": secs, "problems": problems}
+    livepatch = is_livepatch(m)
+    # A livepatch's module objects are applied when the object is loaded
+    # (kernel/livepatch/core.c klp_apply_object_relocs()): valid there.
+    problems = (loader_problems(elf, _MAX_KLP_NAME, livepatch=livepatch) if (syms or secs)
+                else [])
+    objects = sorted({str(x["object"]) for x in syms + secs if x["object"]})
+    try:
+        found = read_annotations(elf) if elf.has_symtab else []
+        annotations = [{"object": a.objname, "name": a.name, "pos": a.pos} for a in found]
+    except ConvertError as e:
+        annotations = []
+        problems.append(f"annotations: {e}")
+    return {"symbols": syms, "sections": secs, "problems": problems, "livepatch": livepatch,
+            "objects": objects, "annotations": annotations}
 
 
 def signature(m: Module) -> dict[str, Any] | None:
@@ -241,5 +255,7 @@ def summary(m: Module) -> dict[str, Any]:
         "undefined": undefined,
         "klp_sections": [s["section"] for s in k["sections"]],
         "klp_problems": k["problems"],
+        "livepatch": k["livepatch"],
+        "klp_objects": k["objects"],
         "signature": signature(m),
     }
