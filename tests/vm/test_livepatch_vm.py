@@ -427,6 +427,38 @@ def test_converted_lp_a(run: Run) -> None:
     assert not any(".klp.module_relocs" in s for s in section_names(run.lp_a.output).values())
 
 
+def test_ambiguous_names_are_refused(run: Run, kernel: Kernel, kallsyms_file: Path,
+                                     tmp_path: Path) -> None:
+    """lp_b built by plain make and converted without its --sympos: its names
+    that are in two places (lp_target's homonyms; printk_time in vmlinux and
+    in lp_target) are refused with exit 2, one line, and no output file."""
+    try:
+        (ko,) = build_modules(kernel, MODULES / "lp_b", tmp_path / "lp_b",
+                              [f"LPT_COUNT_SYM={run.count_name}"])
+    except BuildError as exc:
+        pytest.fail(f"{exc}\n{exc.log}")
+    out = tmp_path / "lp_b.klp.ko"
+    base = ("convert", ko, "-o", out, "--kernel-dir", kernel.kernel_dir,
+            "--kallsyms", kallsyms_file, "--target-module", run.target_ko)
+    proc = klpsym(*base)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("klpsym: error: "), proc.stderr
+    assert any(n in lines[0] for n in ("lpt_homonym", SHARED_NAME)), lines[0]
+    assert not out.exists()
+    # each choice alone is not enough either
+    for pos in LP_B_SYMPOS:
+        rest = [a for p in LP_B_SYMPOS if p != pos for a in ("--sympos", p)]
+        proc = klpsym(*base, *rest)
+        name = pos.split(":", 1)[1].split("=", 1)[0]
+        assert proc.returncode == 2, (pos, proc.stdout + proc.stderr)
+        assert re.search(rf"\b{name}\b", proc.stderr), (pos, proc.stderr)
+        assert not out.exists()
+    proc = klpsym(*base, *(a for p in LP_B_SYMPOS for a in ("--sympos", p)))
+    assert proc.returncode == 0, proc.stderr
+    assert ".klp.sym.lp_target.lpt_homonym,2" in rela_sections(out)[".klp.rela.lp_target..text"]
+
+
 # ------------------------------------------------------------------ in the guest
 
 
