@@ -427,6 +427,17 @@ def test_converted_lp_a(run: Run) -> None:
     assert not any(".klp.module_relocs" in s for s in section_names(run.lp_a.output).values())
 
 
+def test_built_lp_b(run: Run) -> None:
+    """klpsym build made lp_b.ko with the positions its --sympos chose: the
+    second homonyms in lp_target, printk_time in vmlinux."""
+    run.booted("lp_b")
+    rela = rela_sections(run.lp_b_ko)
+    t = ".klp.sym.lp_target."
+    assert rela[".klp.rela.lp_target..text"] == {
+        f"{t}lpt_homonym,2", f"{t}lpt_homonym_fn,2", f"{t}{run.count_name},0"}, rela
+    assert rela[".klp.rela.vmlinux..text"] == {f".klp.sym.vmlinux.{SHARED_NAME},1"}, rela
+
+
 def test_ambiguous_names_are_refused(run: Run, kernel: Kernel, kallsyms_file: Path,
                                      tmp_path: Path) -> None:
     """lp_b built by plain make and converted without its --sympos: its names
