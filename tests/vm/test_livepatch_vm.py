@@ -17,7 +17,8 @@ they see, one ``klptest LP: sym=NAME ... addr=%px value=N`` line each:
   (the samples/livepatch kind of patch): /proc/cmdline changes, and comes
   back when the patch is disabled.
 * lp_b (``klpsym build --target-module ... --sympos OBJ:NAME=N``): the
-  second homonyms, ``count.N`` and vmlinux's printk_time.
+  second homonyms and vmlinux's printk_time.  (Built to read ``count.N``
+  too, klpsym build fails today: test_klpsym_build_gcc_renamed_static.)
 
 Each runs twice: with lp_target loaded first, and loaded before lp_target
 (late module patching: the kernel applies the .klp.rela.lp_target.*
@@ -243,6 +244,24 @@ def livepatch_config(kernel: Kernel) -> None:
         pytest.skip(f"kernel fact: {kernel.release} is built without CONFIG_LIVEPATCH")
 
 
+def build_lp_b(kernel: Kernel, kallsyms_file: Path, target_ko: Path, dest: Path,
+               count: str | None) -> subprocess.CompletedProcess[str]:
+    """``klpsym build`` of a copy of lp_b in ``dest`` with LP_B_SYMPOS (and, with
+    ``count``, ``-- LPT_COUNT_SYM=count``: lp_b then reads count.N too)."""
+    shutil.copytree(MODULES / "lp_b", dest)
+    where, kdir = runner(kernel)
+    cmd = [sys.executable, "-m", "klpsym.cli.main", "build", str(dest),
+           "--kernel-dir", str(kdir), "--kallsyms", str(kallsyms_file),
+           "--target-module", str(target_ko)]
+    if isinstance(where, ChrootRunner):
+        cmd += ["--chroot", str(where.root)]
+    for pos in LP_B_SYMPOS:
+        cmd += ["--sympos", pos]
+    if count is not None:
+        cmd += ["--", f"LPT_COUNT_SYM={count}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+
+
 @pytest.fixture(scope="module")
 def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[Run]:
@@ -268,17 +287,7 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
 
     # lp_b: klpsym build, positions from the command line.
     lp_b_dir = root / "lp_b"
-    shutil.copytree(MODULES / "lp_b", lp_b_dir)
-    where, kdir = runner(kernel)
-    cmd = [sys.executable, "-m", "klpsym.cli.main", "build", str(lp_b_dir),
-           "--kernel-dir", str(kdir), "--kallsyms", str(kallsyms_file),
-           "--target-module", str(target_ko)]
-    if isinstance(where, ChrootRunner):
-        cmd += ["--chroot", str(where.root)]
-    for pos in LP_B_SYMPOS:
-        cmd += ["--sympos", pos]
-    cmd += ["--", f"LPT_COUNT_SYM={count}"]
-    lp_b = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    lp_b = build_lp_b(kernel, kallsyms_file, target_ko, lp_b_dir, count=None)
 
     result = Run(kernel, target_ko, count, lp_a_ko, lp_a, lp_b, lp_b_dir / "lp_b.ko")
     ready = result.ready()
@@ -340,7 +349,7 @@ Truth = dict[tuple[str, str], tuple[int, int]]
 
 
 def check_lp_target_values(rep: Records, syms: dict[str, list[int]], truth: Truth,
-                           count_name: str, count_value: int, pos: int) -> None:
+                           count_name: str | None, count_value: int, pos: int) -> None:
     """The livepatch's view of lp_target's statics equals the kallsyms entries
     of this load of lp_target, and what lp_target printed of itself."""
     c = lpt_constants()
@@ -356,6 +365,9 @@ def check_lp_target_values(rep: Records, syms: dict[str, list[int]], truth: Trut
     assert int(fn["value"], 0) == c[f"LPT_HOMONYM_FN_{file.upper()}"], fn
     assert truth[("lpt_homonym_fn", file)] == (syms["lpt_homonym_fn"][pos - 1],
                                                int(fn["value"], 0)), truth
+    if count_name is None:  # lp_b, built without LPT_COUNT_SYM
+        assert ("count", "text") not in rep, rep
+        return
     # count.N: gcc's name, unique in lp_target
     cnt = rep[("count", "text")]
     assert syms.get(count_name) is not None and len(syms[count_name]) == 1, (count_name, syms)
@@ -433,9 +445,22 @@ def test_built_lp_b(run: Run) -> None:
     run.booted("lp_b")
     rela = rela_sections(run.lp_b_ko)
     t = ".klp.sym.lp_target."
-    assert rela[".klp.rela.lp_target..text"] == {
-        f"{t}lpt_homonym,2", f"{t}lpt_homonym_fn,2", f"{t}{run.count_name},0"}, rela
+    assert rela[".klp.rela.lp_target..text"] == {f"{t}lpt_homonym,2", f"{t}lpt_homonym_fn,2"}, rela
     assert rela[".klp.rela.vmlinux..text"] == {f".klp.sym.vmlinux.{SHARED_NAME},1"}, rela
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "klpsym build: modpost drops gcc's .N suffix of a local symbol (count.N is"
+    " 'count' to it) and fails: 'ERROR: modpost: \"count\" [lp_b.ko] undefined!',"
+    " while the generated symvers names count.N"))
+def test_klpsym_build_gcc_renamed_static(run: Run, kernel: Kernel, kallsyms_file: Path,
+                                         tmp_path: Path) -> None:
+    """klpsym build of lp_b with -- LPT_COUNT_SYM=count.N: the livepatch
+    references lp_target's count.N, which klpsym convert resolves (lp_a)."""
+    proc = build_lp_b(kernel, kallsyms_file, run.target_ko, tmp_path / "lp_b", run.count_name)
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    rela = rela_sections(tmp_path / "lp_b" / "lp_b.ko")
+    assert f".klp.sym.lp_target.{run.count_name},0" in rela[".klp.rela.lp_target..text"], rela
 
 
 def test_ambiguous_names_are_refused(run: Run, kernel: Kernel, kallsyms_file: Path,
@@ -547,7 +572,7 @@ def test_lp_b(run: Run, late: bool) -> None:
     for value in (0, 1):
         case = guest.case(f"{name}_report{value}")
         rep = report_records(case, "lp_b")
-        check_lp_target_values(rep, syms, truth, run.count_name, count_truth(target), pos=2)
+        check_lp_target_values(rep, syms, truth, None, count_truth(target), pos=2)
         shared = rep[(SHARED_NAME, "text")]
         guest.check_addr(shared["addr"], SHARED_NAME)
         assert shared["value"] == {"Y": "1", "N": "0"}[case.kv["printk_time"]], (shared, case.kv)
