@@ -16,6 +16,7 @@ from klpsym.kbuild.build import (
     _extra_symbols,
     check_make_args,
     extra_symbols_assignment,
+    modpost_names,
     output_dir,
 )
 from klpsym.kernel.symvers import Symvers, parse_symvers
@@ -34,6 +35,23 @@ def test_extra_symvers_reads_back_as_gpl_vmlinux_exports() -> None:
         e = sv.get(name)
         assert e is not None and e.from_vmlinux and e.gpl_only and e.namespace == ""
     assert extra_symvers_text([]) == ""
+
+
+@pytest.mark.parametrize("name, names", [
+    ("count.4", ("count.4", "count")),  # gcc's renamed static: modpost looks up "count"
+    ("x.12.34", ("x.12.34", "x")),  # digits up to another dot
+    ("param_set_uint.0", ("param_set_uint.0", "param_set_uint")),
+    ("foo.constprop.0", ("foo.constprop.0",)),  # no digits right after the first dot
+    ("foo.12abc", ("foo.12abc",)),  # digits not up to a dot or the end
+    ("foo.", ("foo.",)),
+    (".hidden.1", (".hidden.1",)),  # nothing before the dot: remove_dot's "n &&"
+    ("kallsyms_lookup_name", ("kallsyms_lookup_name",)),
+])
+def test_modpost_names_follow_remove_dot(name: str, names: tuple[str, ...]) -> None:
+    """The generated symvers holds each name as modpost's remove_dot() may
+    see the module's reference: a livepatch's count.N is "count" to 6.1's
+    modpost, which otherwise fails with '"count" [M.ko] undefined!'."""
+    assert modpost_names(name) == names
 
 
 def test_modules_in_order_layouts(tmp_path: Path) -> None:

@@ -245,9 +245,9 @@ def livepatch_config(kernel: Kernel) -> None:
 
 
 def build_lp_b(kernel: Kernel, kallsyms_file: Path, target_ko: Path, dest: Path,
-               count: str | None) -> subprocess.CompletedProcess[str]:
-    """``klpsym build`` of a copy of lp_b in ``dest`` with LP_B_SYMPOS (and, with
-    ``count``, ``-- LPT_COUNT_SYM=count``: lp_b then reads count.N too)."""
+               count: str) -> subprocess.CompletedProcess[str]:
+    """``klpsym build`` of a copy of lp_b in ``dest`` with LP_B_SYMPOS and
+    ``-- LPT_COUNT_SYM=count``: lp_b reads lp_target's count.N too."""
     shutil.copytree(MODULES / "lp_b", dest)
     where, kdir = runner(kernel)
     cmd = [sys.executable, "-m", "klpsym.cli.main", "build", str(dest),
@@ -257,8 +257,7 @@ def build_lp_b(kernel: Kernel, kallsyms_file: Path, target_ko: Path, dest: Path,
         cmd += ["--chroot", str(where.root)]
     for pos in LP_B_SYMPOS:
         cmd += ["--sympos", pos]
-    if count is not None:
-        cmd += ["--", f"LPT_COUNT_SYM={count}"]
+    cmd += ["--", f"LPT_COUNT_SYM={count}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -287,7 +286,7 @@ def run(kernel: Kernel, kallsyms_file: Path, tmp_path_factory: pytest.TempPathFa
 
     # lp_b: klpsym build, positions from the command line.
     lp_b_dir = root / "lp_b"
-    lp_b = build_lp_b(kernel, kallsyms_file, target_ko, lp_b_dir, count=None)
+    lp_b = build_lp_b(kernel, kallsyms_file, target_ko, lp_b_dir, count)
 
     result = Run(kernel, target_ko, count, lp_a_ko, lp_a, lp_b, lp_b_dir / "lp_b.ko")
     ready = result.ready()
@@ -349,7 +348,7 @@ Truth = dict[tuple[str, str], tuple[int, int]]
 
 
 def check_lp_target_values(rep: Records, syms: dict[str, list[int]], truth: Truth,
-                           count_name: str | None, count_value: int, pos: int) -> None:
+                           count_name: str, count_value: int, pos: int) -> None:
     """The livepatch's view of lp_target's statics equals the kallsyms entries
     of this load of lp_target, and what lp_target printed of itself."""
     c = lpt_constants()
@@ -365,9 +364,6 @@ def check_lp_target_values(rep: Records, syms: dict[str, list[int]], truth: Trut
     assert int(fn["value"], 0) == c[f"LPT_HOMONYM_FN_{file.upper()}"], fn
     assert truth[("lpt_homonym_fn", file)] == (syms["lpt_homonym_fn"][pos - 1],
                                                int(fn["value"], 0)), truth
-    if count_name is None:  # lp_b, built without LPT_COUNT_SYM
-        assert ("count", "text") not in rep, rep
-        return
     # count.N: gcc's name, unique in lp_target
     cnt = rep[("count", "text")]
     assert syms.get(count_name) is not None and len(syms[count_name]) == 1, (count_name, syms)
@@ -441,26 +437,14 @@ def test_converted_lp_a(run: Run) -> None:
 
 def test_built_lp_b(run: Run) -> None:
     """klpsym build made lp_b.ko with the positions its --sympos chose: the
-    second homonyms in lp_target, printk_time in vmlinux."""
+    second homonyms in lp_target, printk_time in vmlinux; and gcc's count.N,
+    which modpost looks up as "count" (klpsym.kbuild.build.modpost_names)."""
     run.booted("lp_b")
     rela = rela_sections(run.lp_b_ko)
     t = ".klp.sym.lp_target."
-    assert rela[".klp.rela.lp_target..text"] == {f"{t}lpt_homonym,2", f"{t}lpt_homonym_fn,2"}, rela
+    assert rela[".klp.rela.lp_target..text"] == {
+        f"{t}lpt_homonym,2", f"{t}lpt_homonym_fn,2", f"{t}{run.count_name},0"}, rela
     assert rela[".klp.rela.vmlinux..text"] == {f".klp.sym.vmlinux.{SHARED_NAME},1"}, rela
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "klpsym build: modpost drops gcc's .N suffix of a local symbol (count.N is"
-    " 'count' to it) and fails: 'ERROR: modpost: \"count\" [lp_b.ko] undefined!',"
-    " while the generated symvers names count.N"))
-def test_klpsym_build_gcc_renamed_static(run: Run, kernel: Kernel, kallsyms_file: Path,
-                                         tmp_path: Path) -> None:
-    """klpsym build of lp_b with -- LPT_COUNT_SYM=count.N: the livepatch
-    references lp_target's count.N, which klpsym convert resolves (lp_a)."""
-    proc = build_lp_b(kernel, kallsyms_file, run.target_ko, tmp_path / "lp_b", run.count_name)
-    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
-    rela = rela_sections(tmp_path / "lp_b" / "lp_b.ko")
-    assert f".klp.sym.lp_target.{run.count_name},0" in rela[".klp.rela.lp_target..text"], rela
 
 
 def test_ambiguous_names_are_refused(run: Run, kernel: Kernel, kallsyms_file: Path,
@@ -572,7 +556,7 @@ def test_lp_b(run: Run, late: bool) -> None:
     for value in (0, 1):
         case = guest.case(f"{name}_report{value}")
         rep = report_records(case, "lp_b")
-        check_lp_target_values(rep, syms, truth, None, count_truth(target), pos=2)
+        check_lp_target_values(rep, syms, truth, run.count_name, count_truth(target), pos=2)
         shared = rep[(SHARED_NAME, "text")]
         guest.check_addr(shared["addr"], SHARED_NAME)
         assert shared["value"] == {"Y": "1", "N": "0"}[case.kv["printk_time"]], (shared, case.kv)

@@ -102,7 +102,7 @@ from klpsym.module.ko import read_module
 # __export_symbol_NAME since 6.5 (commit ddb5cdbafaaa "kbuild: generate
 # KSYMTAB entries by modpost").
 __all__ = ["MO_SINCE", "BuildResult", "BuiltModule", "build", "check_make_args",
-           "check_module_dir", "extra_symvers_text", "output_dir", "prepare"]
+           "check_module_dir", "extra_symvers_text", "modpost_names", "output_dir", "prepare"]
 
 _EXPORT_MARKERS = ("__ksymtab_", "__export_symbol_")
 # A makefile assignment to KBUILD_EXTRA_SYMBOLS other than += and ?= replaces
@@ -151,6 +151,28 @@ def extra_symvers_text(names: Sequence[str]) -> str:
     """The generated symvers: each name as a GPL export of vmlinux with CRC 0
     (see the module docstring for why modpost and the loader accept it)."""
     return "".join(f"0x00000000\t{n}\tvmlinux\tEXPORT_SYMBOL_GPL\t\n" for n in sorted(names))
+
+
+def modpost_names(name: str) -> tuple[str, ...]:
+    """The names modpost may look ``name`` up by: itself, and without gcc's
+    numeric suffix of a renamed static (``count.4``: ``count``).
+    read_symbols() passes every symbol name through remove_dot() before
+    handle_symbol() records an undefined one, so a livepatch's reference to
+    a target module's ``count.4`` is ``"count" undefined!`` to modpost unless
+    the generated symvers has ``count``.  remove_dot() cuts at the first dot
+    when digits follow it up to the end or another dot (6.1, 6.12 and 7.x
+    all cut: their modpost said ``"count" undefined!``); before the commit
+    "modpost: fix removing numeric suffixes" (Lobakin, acked May 2022) it
+    tested the wrong character and cut nothing, so the name itself is given
+    too."""
+    dot = name.find(".")
+    if dot <= 0:
+        return (name,)
+    rest = name[dot + 1:]
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    if digits and (digits == len(rest) or rest[digits] == "."):
+        return (name, name[:dot])
+    return (name,)
 
 
 def _exported_names(symbol_names: Sequence[str]) -> set[str]:
@@ -310,9 +332,10 @@ class _Stage:
             # The names modpost should take as exported: convertible, and
             # exported by no module being built (modpost would call that an
             # export "twice").
-            self.resolved = sorted({s.name for m in modules for s in m.symbols
-                                    if s.fate == Fate.CONVERT and s.name not in siblings
-                                    and s.name not in self.target.symvers})
+            self.resolved = sorted({n for m in modules for s in m.symbols
+                                    if s.fate == Fate.CONVERT
+                                    for n in modpost_names(s.name)
+                                    if n not in siblings and n not in self.target.symvers})
         return self.modules
 
     def check(self, modules: Sequence[BuiltModule]) -> None:
