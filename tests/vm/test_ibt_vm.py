@@ -18,10 +18,15 @@ through each and prints what it called, its first bytes and the result.
   kernel's kallsyms_lookup_name starts with the IBT poison (sealed); and the
   same module converted with ``--no-ibt-thunks`` prints ``Missing ENDBR:
   kallsyms_lookup_name`` for each of its indirect calls.
+* Bochs, trixie and sid, a second boot: a livepatch (tests/modules/lpc_ibt)
+  calls its target module's static ``homonym`` -- sealed when lpc_target
+  loads -- through a pointer: through the thunk no ``Missing ENDBR``, with
+  ``--no-ibt-thunks`` once.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,8 +42,12 @@ from e2e_support import (
 )
 
 from klpsym.lab.bochs import boot as bochs_boot
+from klpsym.lab.build import build_modules
 from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import BootError, boot
+from klpsym.methods.header import include_dir
+
+REPO = Path(__file__).resolve().parents[2]
 
 ENDBR64 = "f30f1efa"
 FN = "kallsyms_lookup_name"
@@ -174,3 +183,76 @@ def test_ibt_enforced_in_bochs(kernel: Kernel, ibt_variants: dict[str, Converted
     missing = [ln for ln in control.dmesg if f"Missing ENDBR: {FN}+0x0/" in ln]
     assert len(missing) == len(INDIRECT), control.log()
     check_thunked(control, thunked=False)
+
+
+def build_livepatch_pair(kernel: Kernel, root: Path) -> dict[str, Path]:
+    """tests/modules/lpc_target and the livepatch lpc_ibt built with the
+    kernel's kbuild, unconverted; and lpc_ibt again as ``lpc_ibt_ctl`` (the
+    same source under another module name, so that the --no-ibt-thunks
+    control loads beside it).  klpsym.h goes beside the source with the
+    flags ``klpsym cflags --method klp`` gives (no klpsym in the chroot)."""
+    shutil.copytree(REPO / "tests/modules/lpc_target", root / "lpc_target")
+    out = {"lpc_target": build_modules(kernel, root / "lpc_target")[0]}
+    for name in ("lpc_ibt", "lpc_ibt_ctl"):
+        d = root / name
+        d.mkdir()
+        (d / f"{name}.c").write_text((REPO / "tests/modules/lpc_ibt/lpc_ibt.c").read_text())
+        shutil.copy(include_dir() / "klpsym.h", d)
+        (d / "Kbuild").write_text(f"obj-m := {name}.o\n"
+                                  "ccflags-y += -I$(src) -DKLPSYM_METHOD=KLPSYM_METHOD_KLP\n")
+        (out[name],) = build_modules(kernel, d)
+    return out
+
+
+def test_livepatch_target_module_thunk_in_bochs(kernel: Kernel, kallsyms_file: Path,
+                                                tmp_path: Path) -> None:
+    """trixie, sid: one Bochs boot (IBT enforced, ``ibt=warn``).  lpc_target
+    seals its static homonym at load (its .ibt_endbr_seal); the livepatch
+    lpc_ibt, converted by default, calls it through a pointer once the patch
+    is enabled: through klpsym's thunk, no ``Missing ENDBR``.  The same
+    livepatch converted with --no-ibt-thunks (lpc_ibt_ctl) is the control:
+    ``Missing ENDBR: homonym`` once."""
+    if not has_ibt(kernel):
+        pytest.skip(f"kernel fact: {kernel.release} has no CONFIG_X86_KERNEL_IBT")
+    kos = build_livepatch_pair(kernel, tmp_path)
+    args = ("--kernel-dir", kernel.kernel_dir, "--kallsyms", kallsyms_file,
+            "--target-module", kos["lpc_target"])
+    thunk = convert("lpc_ibt", kos["lpc_ibt"], tmp_path / "lpc_ibt.klp.ko", *args)
+    control = convert("lpc_ibt_ctl", kos["lpc_ibt_ctl"], tmp_path / "lpc_ibt_ctl.klp.ko", *args,
+                      "--no-ibt-thunks")
+    assert thunk.ok, thunk.explain()
+    assert control.ok, control.explain()
+    assert "IBT thunk __klpsym_ibt_homonym" in thunk.stdout, thunk.stdout
+    assert "jmp lpc_target:homonym" in thunk.stdout, thunk.stdout
+    assert "the module takes the address of lpc_target:homonym (sealed" in control.stdout, \
+        control.stdout
+    files = {"lpc_target.ko": kos["lpc_target"], "lpc_ibt.ko": thunk.output,
+             "lpc_ibt_ctl.ko": control.output}
+    script = (GUEST_HELPERS
+              + "echo \"@@cet $(dmesg | grep -c 'CET detected: Indirect Branch Tracking "
+                "enabled')\"\n"
+              + "begin target\nload /lab/lpc_target.ko\nend target\n"
+              + "begin thunk\nload /lab/lpc_ibt.ko\n"
+                f"kv thunks \"$(cat /sys/module/lpc_ibt/sections/{THUNK_SECTION})\"\n"
+                "kv enabled \"$(cat /sys/kernel/livepatch/lpc_ibt/enabled)\"\nend thunk\n"
+              + "begin control\nload /lab/lpc_ibt_ctl.ko\nend control\n")
+    try:
+        result = bochs_boot(kernel, files, script, timeout=BOCHS_TIMEOUT, cmdline=("ibt=warn",))
+    except BootError as exc:
+        pytest.fail(f"the Bochs guest did not finish: {exc}\n{exc.console_tail()}")
+    print(f"Bochs boot of {kernel.release}: {result.seconds:.0f} s")
+    assert "@@cet 1" in result.output.splitlines(), result.output[:2000]
+    cases, _ = parse_output(result.output)
+    assert cases["target"].kv.get("insmod_rc") == "0", cases["target"].log()
+    case = cases["thunk"]
+    assert case.kv.get("insmod_rc") == "0" and case.kv.get("enabled") == "1", case.log()
+    assert not [ln for ln in case.dmesg if "Missing ENDBR" in ln], case.log()
+    rec = case.record("lpc_ibt", "via_ptr")
+    assert rec["via_ptr"] == str(0xB0), rec  # lpc_b.c's homonym returns lpc_data
+    start = int(case.kv["thunks"], 16)
+    assert start <= hex_addr(rec["ptr"]) < start + 16, (rec, case.kv)
+    ctl = cases["control"]
+    assert ctl.kv.get("insmod_rc") == "0", ctl.log()
+    missing = [ln for ln in ctl.dmesg if "Missing ENDBR: homonym+0x0/" in ln]
+    assert len(missing) == 1, ctl.log()
+    assert ctl.record("lpc_ibt", "via_ptr")["via_ptr"] == str(0xB0), ctl.log()

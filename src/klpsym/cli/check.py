@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from klpsym.cli.main import printable
-from klpsym.cli.sources import SOURCES_HELP, add_source_flags
+from klpsym.cli.sources import SOURCES_HELP, add_source_flags, add_target_module_flag
 from klpsym.cli.text import columns, is_terminal
 
 _json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
@@ -65,6 +65,7 @@ def register(sub: Any) -> None:
                    help="list only the modules that would not load (the counts stay those of "
                         "every module)")
     add_source_flags(p)
+    add_target_module_flag(p)
     p.set_defaults(run=run)
 
 
@@ -113,9 +114,11 @@ def _run(args: argparse.Namespace) -> int:
     with _progress(len(paths)) as progress:
         if args.json:
             checked = check_paths(paths, target, args.jobs, symbols=False,
-                                  render=json_module, progress=progress)
+                                  render=json_module, progress=progress,
+                                  target_modules=args.target_module)
         else:
-            checked = check_paths(paths, target, args.jobs, symbols=verbose, progress=progress)
+            checked = check_paths(paths, target, args.jobs, symbols=verbose, progress=progress,
+                                  target_modules=args.target_module)
     if args.json:
         assert checked.rendered is not None
         write_json(checked.verdicts, checked.rendered, target, sys.stdout)

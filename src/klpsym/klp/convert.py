@@ -27,14 +27,14 @@ from klpsym.klp.guard import (
 )
 from klpsym.klp.ibt import (
     IbtPlan,
-    address_uses,
+    IbtSymbol,
     apply_ibt,
     ibt_config,
     plan_ibt,
     target_vmlinux,
 )
 from klpsym.klp.names import VMLINUX
-from klpsym.klp.plan import Plan, make_plan
+from klpsym.klp.plan import Plan, SymbolPlan, make_plan
 from klpsym.klp.sign import Signer
 from klpsym.klp.validate import (
     ibt_problems,
@@ -116,14 +116,11 @@ def convert_file(path: Path, target: TargetKernel, sympos: Mapping[str, int], *,
         raise ConvertError(f"{path}: a relocation of a symbol to convert breaks the x86_64 "
                            f"module loader's rules: {moved[0]}{more}; it would not load, "
                            "converted or not")
-    # Thunks are for vmlinux functions (sealed by apply_seal_endbr() at
-    # boot); a module object's are not thunked (noted below).
-    ibt = plan_ibt(module.elf, [(s.index, s.name, s.kind, s.candidate.address if s.candidate
-                                 else None) for s in plan.to_convert
-                                if s.objname == VMLINUX],
+    # Thunks for vmlinux's functions (sealed at boot) and a livepatch's
+    # target modules' (sealed when the module loads): klp.ibt.
+    ibt = plan_ibt(module.elf, [_ibt_symbol(s, targets) for s in plan.to_convert],
                    ibt_config(target.config), ibt_thunks, target_vmlinux(target.kallsyms_source))
     plan.notes.extend(ibt.notes())
-    plan.notes.extend(_module_function_addresses(module, plan, ibt))
     has_livepatch = any(s.fate in (Fate.CONVERT, Fate.LIVEPATCH) for s in plan.symbols)
     guard_plan = plan_guard(module, target, has_livepatch, guard)
     if guard_plan.action == GuardAction.OFF:
@@ -243,9 +240,10 @@ def check_output(module: Module, data: Buffer, plan: Plan,
 
 
 def _thunked(ibt: IbtPlan) -> list[str]:
-    """The functions the IBT rule holds the output to: the address-taken
-    ones, unless the user turned thunks off (then warned about them)."""
-    return [t.name for t in ibt.thunks] if ibt.enabled else []
+    """The functions the IBT rule holds the output to (``NAME``, or
+    ``OBJ:NAME`` for a module object's): the address-taken ones, unless the
+    user turned thunks off (then warned about them)."""
+    return [t.label for t in ibt.thunks] if ibt.enabled else []
 
 
 def annotation_problems(elf: ElfFile) -> list[str]:
@@ -255,15 +253,12 @@ def annotation_problems(elf: ElfFile) -> list[str]:
             for sec in annotation_sections(elf)]
 
 
-def _module_function_addresses(module: Module, plan: Plan, ibt: IbtPlan) -> list[str]:
-    """On an IBT target, a target module's function whose address the
-    livepatch takes is not thunked (thunks are for vmlinux's functions):
-    x86 module_finalize() seals a module's unused ENDBRs too
-    (apply_seal_endbr(), v6.2 on), so an indirect call may fault."""
-    functions = [s for s in plan.to_convert if s.objname != VMLINUX and s.kind == "text"]
-    if not ibt.target_ibt or not functions:
-        return []
-    uses, _ = address_uses(module.elf, [s.index for s in functions])
-    return [f"{s.objname}:{s.name}: the module takes its address directly (not through an "
-            "IBT thunk; those are for vmlinux functions); on IBT hardware an indirect call "
-            f"through it faults if {s.objname} sealed it" for s in functions if uses[s.index]]
+def _ibt_symbol(s: SymbolPlan, targets: TargetModules | None) -> IbtSymbol:
+    """A symbol to convert as klp.ibt sees it: a module object's seal state
+    from the target module's .ibt_endbr_seal."""
+    if s.objname == VMLINUX:
+        return IbtSymbol(s.index, s.name, s.kind, s.candidate.address if s.candidate else None)
+    sealed = targets.get(s.objname).sealed if targets is not None else None
+    return IbtSymbol(s.index, s.name, s.kind, None, s.objname,
+                     None if sealed is None or s.candidate is None
+                     else bool(sealed[s.candidate.index]))

@@ -28,13 +28,38 @@ kernel's ``NAME``.  Data symbols are left alone; function or data is the
 plan's ``kind`` (addresses against the text ranges, letters only where
 trusted), and where that cannot tell, a direct branch to the symbol in the
 module says it is a function.
+
+A livepatch's *target modules* seal too.  kbuild runs objtool ``--ibt``
+on each module's linked object when CONFIG_X86_KERNEL_IBT=y
+(scripts/Makefile.lib: ``delay-objtool``, ``--link``, ``--module``; v5.18
+.. v7.x, the same in Debian's 6.12 and 7.x linux-kbuild), and objtool
+lists in the module's ``.ibt_endbr_seal`` every function-start ENDBR64
+the module never takes the address of (tools/objtool/check.c
+create_ibt_endbr_seal_sections(); only init_module/cleanup_module are
+special-cased, as errors).  module_finalize() (arch/x86/kernel/module.c)
+seals them while the module loads: apply_ibt_endbr() in v5.18 .. v6.1,
+apply_seal_endbr() since v6.2 (arch/x86/kernel/alternative.c), each
+ENDBR64 poisoned by poison_endbr().  Debian trixie's and sid's modules
+carry the section (vsock.ko: ``__vsock_dgram_recvmsg`` and two others).
+The target was built without knowing the livepatch, so a function the
+livepatch alone takes the address of is sealed by then: the same thunk,
+whose ``jmp`` is a klp relocation of that module's object
+(``.klp.rela.<module>..text.klpsym_ibt``, ``.klp.sym.<module>.NAME,POS``),
+applied when the module object is, like the livepatch's other references
+to it (kernel/livepatch/core.c klp_apply_object_relocs(): the patch
+enabled with the module loaded, or the module loading later).  Until then
+the thunk's rel32 is zero: a call through it lands on the int3 padding,
+where the unthunked pointer would have been zero.  Whether the target's
+function is sealed is read from its ``.ibt_endbr_seal``
+(:func:`klpsym.module.kallsyms.endbr_sealed`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,11 +135,53 @@ class Thunk:
     name: str  # the kernel function
     symbol_index: int  # its (undefined, to-be-converted) symbol in the module
     uses: list[ThunkUse] = field(default_factory=list)
-    sealed: bool | None = None  # in the target vmlinux's .ibt_endbr_seal (None: unknown)
+    # in its object's .ibt_endbr_seal: the target vmlinux's, or the target
+    # module's (None: unknown)
+    sealed: bool | None = None
+    objname: str = VMLINUX  # vmlinux, or a livepatch's target module
 
     @property
     def symbol(self) -> str:
         return THUNK_PREFIX + self.name
+
+    @property
+    def label(self) -> str:
+        """``NAME`` for vmlinux, ``OBJ:NAME`` for a module object's (as
+        ``--sympos`` spells them)."""
+        return function_label(self.objname, self.name)
+
+    def seal_state(self) -> str:
+        """What the notes say of :attr:`sealed`."""
+        return seal_note(self.objname, self.sealed)
+
+
+def seal_note(objname: str, sealed: bool | None) -> str:
+    """`` (sealed: ...)`` or `` (not sealed ...)`` for a function of
+    ``objname`` (vmlinux seals at boot, a module when it loads); empty when
+    unknown."""
+    if sealed is None:
+        return ""
+    if objname == VMLINUX:
+        return (" (sealed: its ENDBR64 is removed at boot)" if sealed
+                else " (not sealed in the target's vmlinux)")
+    return (f" (sealed: its ENDBR64 is removed when {objname} loads)" if sealed
+            else f" (not sealed in {objname})")
+
+
+def function_label(objname: str, name: str) -> str:
+    """``NAME`` for vmlinux, ``OBJ:NAME`` for a module object's."""
+    return name if objname == VMLINUX else f"{objname}:{name}"
+
+
+class IbtSymbol(NamedTuple):
+    """A symbol to convert, as the IBT pass needs it."""
+
+    symbol: int  # its index in the module's symbol table
+    name: str
+    kind: str  # "text", "data" or "" (cannot tell)
+    address: int | None = None  # vmlinux's link-time address, when known
+    objname: str = VMLINUX
+    sealed: bool | None = None  # a module object's: in its .ibt_endbr_seal (None: unknown)
 
 
 @dataclass
@@ -133,9 +200,7 @@ class IbtPlan:
         """What the plan and the result print about it."""
         if not self.thunks:
             return []
-        names = ", ".join(t.name for t in self.thunks)
-        seal = {True: " (sealed: its ENDBR64 is removed at boot)",
-                False: " (not sealed in the target's vmlinux)", None: ""}
+        names = ", ".join(t.label for t in self.thunks)
         if not self.target_ibt:
             if self.target_ibt is None:
                 return [f"target .config unknown: could not check CONFIG_X86_KERNEL_IBT; {names} "
@@ -144,16 +209,16 @@ class IbtPlan:
             return []
         if not self.enabled:
             return [f"WARNING: no IBT thunks (--no-ibt-thunks): the module takes the address of "
-                    f"{t.name}{seal[t.sealed]} ({len(t.uses)} relocation"
+                    f"{t.label}{t.seal_state()} ({len(t.uses)} relocation"
                     f"{'s' * (len(t.uses) != 1)}); on IBT hardware an indirect call there faults "
                     f"with \"Missing ENDBR: {t.name}\" if the kernel sealed it"
                     for t in self.thunks]
         return [f"IBT thunk {t.symbol} ({THUNK_SECTION}+{i * THUNK_SIZE:#x}: endbr64; jmp "
-                f"{t.name}) takes {len(t.uses)} address-taking relocation"
+                f"{t.label}) takes {len(t.uses)} address-taking relocation"
                 f"{'s' * (len(t.uses) != 1)}: "
                 + ", ".join(f"{u.section}+{u.offset:#x}" for u in t.uses[:6])
                 + (f" and {len(t.uses) - 6} more" if len(t.uses) > 6 else "")
-                + f"; the module's &{t.name} is the thunk{seal[t.sealed]}"
+                + f"; the module's &{t.name} is the thunk{t.seal_state()}"
                 for i, t in enumerate(self.thunks)]
 
     def to_json(self) -> dict[str, object]:
@@ -161,7 +226,7 @@ class IbtPlan:
             "target_ibt": self.target_ibt,
             "enabled": self.enabled,
             "section": THUNK_SECTION if self.applies else None,
-            "thunks": [{"function": t.name, "symbol": t.symbol,
+            "thunks": [{"function": t.name, "object": t.objname, "symbol": t.symbol,
                         "offset": i * THUNK_SIZE if self.applies else None,
                         "relocations": [{"section": u.section, "offset": u.offset,
                                          "type": u.type} for u in t.uses],
@@ -201,36 +266,40 @@ def address_uses(elf: ElfFile, symbol_indexes: list[int]) -> tuple[dict[int, lis
     return uses, branches
 
 
-def plan_ibt(elf: ElfFile, convert: list[tuple[int, str, str, int | None]],
-             target_ibt: bool | None, enabled: bool, vmlinux: Path | None = None) -> IbtPlan:
-    """Which converted functions the module takes the address of.
+def plan_ibt(elf: ElfFile, convert: Sequence[IbtSymbol], target_ibt: bool | None,
+             enabled: bool, vmlinux: Path | None = None) -> IbtPlan:
+    """Which converted functions the module takes the address of: vmlinux's
+    and, for a livepatch, its target modules' (both seal, see above).
 
-    ``convert``: (symbol index, name, kind, address) of each symbol to
-    convert, kind ``"text"``, ``"data"`` or ``""`` (cannot tell), address
-    link-time or None.  ``vmlinux``: the target's, whose seal list says
-    which of the functions are sealed (:func:`sealed_addresses`).  A symbol of unknown kind
-    that the module also branches to directly is a function; one it only
-    takes the address of is refused on an IBT target (a thunk in front of
-    data would corrupt it, no thunk in front of a function would fault)."""
+    ``convert``: each symbol to convert.  ``vmlinux``: the target's, whose
+    seal list says which of vmlinux's functions are sealed
+    (:func:`sealed_addresses`); a module object's say so themselves
+    (``IbtSymbol.sealed``).  A symbol of unknown kind that the module also
+    branches to directly is a function; one it only takes the address of is
+    refused on an IBT target (a thunk in front of data would corrupt it, no
+    thunk in front of a function would fault)."""
     plan = IbtPlan(target_ibt, enabled)
     if not convert or target_ibt is False:
         return plan
-    uses, branches = address_uses(elf, [c[0] for c in convert])
-    sealed = sealed_addresses(vmlinux) if vmlinux is not None and target_ibt else None
-    for index, name, kind, address in sorted(convert, key=lambda c: c[1]):
-        if not uses[index] or kind == "data":
+    uses, branches = address_uses(elf, [c.symbol for c in convert])
+    sealed: np.ndarray | None = None
+    for c in sorted(convert, key=lambda c: (c.name, c.objname)):
+        if not uses[c.symbol] or c.kind == "data":
             continue
-        if kind == "" and not branches[index]:
+        if c.kind == "" and not branches[c.symbol]:
             if target_ibt and enabled:
                 raise ConvertError(
-                    f"{name}: the module takes its address and the target has IBT, but its "
+                    f"{c.name}: the module takes its address and the target has IBT, but its "
                     "kallsyms entry does not say whether it is a function (no addresses); "
                     "give a kallsyms with addresses (read as root) or a System.map, or "
                     f"{param('no_ibt_thunks')} if it is data")
             continue
-        state = (is_sealed(sealed, address) if sealed is not None and address is not None
-                 else None)
-        plan.thunks.append(Thunk(name, index, uses[index], state))
+        state = c.sealed if target_ibt else None
+        if c.objname == VMLINUX and target_ibt and vmlinux is not None and c.address is not None:
+            if sealed is None:
+                sealed = sealed_addresses(vmlinux)
+            state = is_sealed(sealed, c.address)
+        plan.thunks.append(Thunk(c.name, c.symbol, uses[c.symbol], state, c.objname))
     return plan
 
 
@@ -252,9 +321,6 @@ def apply_ibt(elf: ElfFile, plan: IbtPlan) -> None:
                            addralign=THUNK_SIZE,
                            data=thunk_bytes() * len(plan.thunks))
     elf.insert_section(text, after=execs[-1] if execs else None)
-    klp = elf.new_section(klp_section_name(THUNK_SECTION), SHT.RELA, flags=int(KLP_RELA_FLAGS),
-                          addralign=8, entsize=layout.rela.itemsize, link=symtab.section,
-                          info_section=text)
     jumps = np.zeros(len(plan.thunks), dtype=layout.rela)
     redirect = np.zeros(len(symtab), dtype=np.int64)  # old symbol -> thunk symbol
     for i, t in enumerate(plan.thunks):
@@ -266,8 +332,19 @@ def apply_ibt(elf: ElfFile, plan: IbtPlan) -> None:
         jumps[i]["r_offset"] = i * THUNK_SIZE + JMP_OFFSET + 1
         jumps[i]["r_info"] = _r_info(t.symbol_index, int(R_X86_64.PLT32))
         jumps[i]["r_addend"] = -4
-    klp.table = jumps
-    elf.insert_section(klp, after=text)
+    # One .klp.rela.OBJ..text.klpsym_ibt per object: klp_resolve_symbols()
+    # refuses another object's symbol in a section (v5.8 on), and a module
+    # object's jmp is applied with the module object (klp_apply_object_relocs()).
+    after = text
+    objects = np.array([t.objname for t in plan.thunks], dtype=object)
+    for objname in sorted(set(objects.tolist()), key=lambda o: (o != VMLINUX, o)):
+        klp = elf.new_section(klp_section_name(THUNK_SECTION, objname), SHT.RELA,
+                              flags=int(KLP_RELA_FLAGS), addralign=8,
+                              entsize=layout.rela.itemsize, link=symtab.section,
+                              info_section=text)
+        klp.table = jumps[objects == objname]
+        elf.insert_section(klp, after=after)
+        after = klp
 
     taken = {(u.section, u.offset) for t in plan.thunks for u in t.uses}
     for sec in list(elf.rela_sections()):
@@ -367,9 +444,10 @@ def klp_references(elf: ElfFile, wanted: np.ndarray) -> Iterator[KlpReference]:
 
 def klp_address_uses(elf: ElfFile, name_width: int) -> list[tuple[str, str]]:
     """Every klp relocation of an allocated section that takes the address of
-    a vmlinux livepatch symbol (not a branch displacement), as (NAME, where:
-    ``SECTION+OFFSET (TYPE)``), in file order.  Whether NAME is a function
-    is the target's to say (:func:`symbol_kind`)."""
+    a livepatch symbol (not a branch displacement), as (NAME, where:
+    ``SECTION+OFFSET (TYPE)``), in file order; a module object's symbol is
+    ``OBJ:NAME`` (:func:`function_label`).  Whether NAME is a function is
+    the target's to say (:func:`symbol_kind`, the target module's table)."""
     if elf.machine != EM.X86_64 or not elf.has_symtab:
         return []
     symtab = elf.symtab
@@ -378,10 +456,11 @@ def klp_address_uses(elf: ElfFile, name_width: int) -> list[tuple[str, str]]:
         if ref.branch:
             continue
         parsed = parse_symbol_name(symtab.name(ref.symbol), name_width)
-        if parsed is None or parsed.objname != VMLINUX:
+        if parsed is None:
             continue
-        out.append((parsed.name, f"{ref.target.name}+{ref.offset:#x} "
-                                 f"({relocation_type(EM.X86_64, ref.type)})"))
+        out.append((function_label(parsed.objname, parsed.name),
+                    f"{ref.target.name}+{ref.offset:#x} "
+                    f"({relocation_type(EM.X86_64, ref.type)})"))
     return out
 
 

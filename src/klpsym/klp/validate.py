@@ -13,7 +13,7 @@ import numpy as np
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import EM, SHF, SHN, SHT, STB
 from klpsym.elf.describe import relocation_type
-from klpsym.klp.ibt import ENDBR64, JMP_OFFSET, THUNK_PREFIX, klp_references
+from klpsym.klp.ibt import ENDBR64, JMP_OFFSET, THUNK_PREFIX, function_label, klp_references
 from klpsym.klp.names import VMLINUX, KlpSymbol, parse_section_name, parse_symbol_name
 from klpsym.klp.x86 import X86_64_SIZES
 
@@ -335,10 +335,11 @@ def _symbol_sections(elf: ElfFile, rank: dict[str, int]) -> np.ndarray:
 def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> list[str]:
     """On an IBT target (CONFIG_X86_KERNEL_IBT=y): every klp relocation of an
     allocated section that refers to a livepatch symbol of a function in
-    ``functions`` is the rel32 of a direct branch (an indirect call to a
-    sealed function faults: "Missing ENDBR: %pS", IBT since v5.18), and
-    every IBT thunk (``__klpsym_ibt_NAME``) starts with
-    ENDBR64 and jumps to NAME through a klp relocation."""
+    ``functions`` (``NAME`` for vmlinux's, ``OBJ:NAME`` for a target
+    module's: both seal, klp.ibt) is the rel32 of a direct branch (an
+    indirect call to a sealed function faults: "Missing ENDBR: %pS", IBT
+    since v5.18), and every IBT thunk (``__klpsym_ibt_NAME``) starts with
+    ENDBR64 and jumps to NAME through a klp relocation (of NAME's object)."""
     if elf.machine != EM.X86_64 or not elf.has_symtab:
         return []
     symtab = elf.symtab
@@ -347,10 +348,11 @@ def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> l
     function_of: dict[int, str] = {}
     for i in np.flatnonzero(is_klp_sym).tolist():
         parsed = parse_symbol_name(symtab.name(i), name_width)
-        if parsed is not None and parsed.objname == VMLINUX and parsed.name in wanted:
-            function_of[i] = parsed.name
+        if parsed is not None and function_label(parsed.objname, parsed.name) in wanted:
+            function_of[i] = function_label(parsed.objname, parsed.name)
     problems: list[str] = []
-    jumps: dict[tuple[str, int], str] = {}  # (section, offset of a rel32) -> function
+    # (section, offset of a rel32) -> the function (label) it branches to
+    jumps: dict[tuple[str, int], str] = {}
     marked = np.zeros(len(symtab), dtype=bool)
     marked[list(function_of)] = True
     for ref in klp_references(elf, marked):
@@ -361,8 +363,8 @@ def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> l
         type_name = relocation_type(EM.X86_64, ref.type)
         problems.append(f"{ref.target.name}+{ref.offset:#x} ({type_name}) takes the address of "
                         f"{name} directly; on IBT hardware a call through it faults: "
-                        f"\"Missing ENDBR: {name}\" (thunk it: klpsym convert without "
-                        "--no-ibt-thunks)")
+                        f"\"Missing ENDBR: {name.rpartition(':')[2]}\" (thunk it: klpsym "
+                        "convert without --no-ibt-thunks)")
     names = symtab.names()
     for i, symname in enumerate(names):
         if not symname.startswith(THUNK_PREFIX) or int(symtab.section_ref[i]) <= 0:
@@ -377,6 +379,6 @@ def ibt_problems(elf: ElfFile, functions: Collection[str], name_width: int) -> l
         if head != ENDBR64 + b"\xe9":
             problems.append(f"IBT thunk {symname} at {home.name}+{value:#x} does not start with "
                             f"endbr64; jmp (bytes {head.hex()})")
-        elif jumps.get((home.name, value + JMP_OFFSET + 1)) != function:
+        elif jumps.get((home.name, value + JMP_OFFSET + 1), "").rpartition(":")[2] != function:
             problems.append(f"IBT thunk {symname}'s jmp has no klp relocation to {function}")
     return problems

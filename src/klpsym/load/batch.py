@@ -124,7 +124,8 @@ class Checked:
 
 def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = None, *,
                 symbols: bool = True, render: Callable[[ModuleVerdict], Any] | None = None,
-                progress: Callable[[int], None] | None = None) -> Checked:
+                progress: Callable[[int], None] | None = None,
+                target_modules: Sequence[str] = ()) -> Checked:
     """Check every module against ``target`` and each other (as
     :func:`~klpsym.load.check.check_modules` does), in ``jobs`` processes
     (default: one per CPU).
@@ -134,6 +135,7 @@ def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = 
     sending it between processes.  ``render`` is applied to every final
     verdict (in the workers where it can be) and its results returned in
     ``rendered``.  ``progress`` is called with the number of modules read.
+    ``target_modules``: a livepatch's (``--target-module``).
     """
     jobs = jobs or default_jobs()
     # What every process needs of the target, made once before they fork
@@ -142,9 +144,9 @@ def check_paths(paths: Sequence[Path], target: TargetKernel, jobs: int | None = 
     with _gc_paused():
         if jobs <= 1 or len(paths) < PARALLEL_MIN:
             facts = gather_facts(paths, 1, progress)
-            verdicts = check_modules(facts, target)
+            verdicts = check_modules(facts, target, target_modules)
             return Checked(verdicts, [render(v) for v in verdicts] if render else None)
-        return _parallel(paths, target, jobs, symbols, render, progress)
+        return _parallel(paths, target, jobs, symbols, render, progress, target_modules)
 
 
 @contextmanager
@@ -289,7 +291,8 @@ def _judge(checker: Checker, f: ModuleFacts, symbols: bool,
 
 
 def _worker(chan: _Channel, queue: _Queue, paths: Sequence[Path], target: TargetKernel,
-            symbols: bool, render: Callable[[ModuleVerdict], Any] | None) -> None:
+            symbols: bool, render: Callable[[ModuleVerdict], Any] | None,
+            target_modules: Sequence[str]) -> None:
     facts = queue.read(paths, queue.tell)
     mine = [(i, batch_exports(f)) for i, f in facts.items()]
     chan.send(("exports", mine))
@@ -297,7 +300,7 @@ def _worker(chan: _Channel, queue: _Queue, paths: Sequence[Path], target: Target
     batch: list[BatchExports | None] = [None] * len(paths)
     for i, e in [*mine, *chan.recv()]:
         batch[i] = e
-    checker = Checker(target, batch)
+    checker = Checker(target, batch, target_modules)
     chan.send(("verdicts", [(i, *_judge(checker, f, symbols, render))
                             for i, f in facts.items()]))
 
@@ -393,9 +396,10 @@ def wait_for_workers() -> None:
 
 def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: bool,
               render: Callable[[ModuleVerdict], Any] | None,
-              progress: Callable[[int], None] | None) -> Checked:
+              progress: Callable[[int], None] | None,
+              target_modules: Sequence[str] = ()) -> Checked:
     with _forked(len(paths), jobs, lambda chan, queue: _worker(
-            chan, queue, paths, target, symbols, render)) as (queue, chans):
+            chan, queue, paths, target, symbols, render, target_modules)) as (queue, chans):
         mine = queue.read(paths, queue.reporter(progress))
         parts = [[(i, batch_exports(f)) for i, f in mine.items()]]
         parts += [_receive(chan, "exports") for chan in chans]
@@ -405,7 +409,7 @@ def _parallel(paths: Sequence[Path], target: TargetKernel, jobs: int, symbols: b
         for part in parts:
             for i, e in part:
                 exports[i] = e
-        checker = Checker(target, exports)
+        checker = Checker(target, exports, target_modules)
         results: list[tuple[ModuleVerdict, Any] | None] = [None] * len(paths)
         for i, f in mine.items():
             results[i] = _judge(checker, f, symbols, render)

@@ -43,12 +43,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from klpsym.kernel.sympos import PosError, choose_pos
 from klpsym.kernel.target import TargetKernel
 from klpsym.kernel.vermagic import same_magic
 from klpsym.kernel.version import supports_klp_for_plain_modules
 from klpsym.klp.classify import Fate
-from klpsym.klp.ibt import is_sealed, sealed_addresses, symbol_kind, target_vmlinux
+from klpsym.klp.ibt import (
+    function_label,
+    is_sealed,
+    seal_note,
+    sealed_addresses,
+    symbol_kind,
+    target_vmlinux,
+)
 from klpsym.klp.names import VMLINUX
 from klpsym.load.checker import BatchExports, Checker, batch_exports
 from klpsym.load.model import KlpUse, ModuleFacts
@@ -74,10 +83,12 @@ __all__ = [
 ]
 
 
-def check_modules(facts: Sequence[ModuleFacts], target: TargetKernel) -> list[ModuleVerdict]:
+def check_modules(facts: Sequence[ModuleFacts], target: TargetKernel,
+                  target_modules: Sequence[str] = ()) -> list[ModuleVerdict]:
     """The verdict on each module, in the order given; modules checked
-    together may use each other's exports."""
-    ctx = Checker(target, map(batch_exports, facts))
+    together may use each other's exports.  ``target_modules``: a
+    livepatch's (``--target-module``)."""
+    ctx = Checker(target, map(batch_exports, facts), target_modules)
     verdicts = [check_one(f, ctx) for f in facts]
     propagate_dependencies(verdicts)
     return verdicts
@@ -263,37 +274,67 @@ def _relocations(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
 
 def _ibt(f: ModuleFacts, ctx: Checker, v: ModuleVerdict) -> None:
     """On a CONFIG_X86_KERNEL_IBT=y kernel, a klp relocation that takes an
-    unexported function's address: the module loads, and on IBT hardware
-    its first indirect call there is a #CP, "Missing ENDBR" (klp.ibt)."""
+    unexported function's address -- vmlinux's, or a livepatch's target
+    module's (which seals too, klp.ibt) -- : the module loads, and on IBT
+    hardware its first indirect call there is a #CP, "Missing ENDBR"."""
     cfg = ctx.target.config
     if not f.klp_addresses or cfg is None or not cfg.enabled("X86_KERNEL_IBT"):
         return
-    if not ctx.target.has_kallsyms:
-        return
-    vmlinux = target_vmlinux(ctx.target.kallsyms_source)
-    sealed = sealed_addresses(vmlinux) if vmlinux is not None else None
-    pos = {u.name: u.pos for u in f.klp_uses}
+    pos = {function_label(u.objname, u.name): u.pos for u in f.klp_uses
+           if u.objname is not None}
     where: dict[str, list[str]] = {}
-    for name, at in f.klp_addresses:
-        where.setdefault(name, []).append(at)
-    for name, places in where.items():
-        cands = ctx.kallsyms_candidates(name) or []
-        p = pos.get(name, 0)
-        if not cands or p > len(cands) or (p == 0 and len(cands) > 1):
-            continue  # _klp_resolve() said so
-        cand = cands[max(p, 1) - 1]
-        if symbol_kind(ctx.target, cand) != "text":
-            continue
-        state = ""
-        if sealed is not None and cand.address:
-            state = (" (sealed: its ENDBR64 is removed at boot)" if is_sealed(sealed, cand.address)
-                     else " (not sealed in the target's vmlinux)")
+    for label, at in f.klp_addresses:
+        where.setdefault(label, []).append(at)
+    sealed: np.ndarray | None = None
+    for label, places in where.items():
+        objname, _, name = label.rpartition(":")
+        p = pos.get(label, 0)
+        if objname:
+            if not f.livepatch:
+                continue  # never applied: _klp_resolve() said so
+            state = _module_function(ctx, v, objname, name, p, places)
+            if state is None:
+                continue
+        else:
+            if not ctx.target.has_kallsyms:
+                continue
+            cands = ctx.kallsyms_candidates(name) or []
+            if not cands or p > len(cands) or (p == 0 and len(cands) > 1):
+                continue  # _klp_resolve() said so
+            cand = cands[max(p, 1) - 1]
+            if symbol_kind(ctx.target, cand) != "text":
+                continue
+            state = ""
+            vmlinux = target_vmlinux(ctx.target.kallsyms_source)
+            if vmlinux is not None and cand.address:
+                if sealed is None:
+                    sealed = sealed_addresses(vmlinux)
+                state = seal_note(VMLINUX, is_sealed(sealed, cand.address))
         v.problems.append(Problem(
-            Stage.KLP, f"takes the address of {name} directly{state} at {', '.join(places[:3])}"
+            Stage.KLP, f"takes the address of {label} directly{state} at "
+            f"{', '.join(places[:3])}"
             f"{f' and {len(places) - 3} more' if len(places) > 3 else ''}: the kernel has IBT, "
             "so on IBT hardware a call through it faults; convert the original module with "
             "klpsym and its IBT thunks (the default), which put endbr64 in between",
-            (f"Missing ENDBR: {name}+0x0",), symbol=name, fatal=False))
+            (f"Missing ENDBR: {name}+0x0",), symbol=label, fatal=False))
+
+
+def _module_function(ctx: Checker, v: ModuleVerdict, objname: str, name: str, pos: int,
+                     places: list[str]) -> str | None:
+    """For a livepatch that takes the address of target module
+    ``objname``'s ``name``: the seal state to print when it is a function,
+    None when it is data or cannot be told (then a note says why)."""
+    table = ctx.module_table(objname)
+    if table is None:
+        v.notes.append(f"takes the address of {objname}:{name} directly at {places[0]}: on an "
+                       f"IBT kernel that faults if it is a function {objname} sealed; give "
+                       f"--target-module {objname} to check")
+        return None
+    choice = table.choose(table.candidates(name), pos)
+    if choice.chosen is None or table.kind(choice.chosen) != "text":
+        return None
+    return seal_note(objname, None if table.sealed is None
+                     else bool(table.sealed[choice.chosen.index]))
 
 
 def _klp_resolve(ctx: Checker, use: KlpUse) -> Problem | None:

@@ -4,9 +4,10 @@ vmlinux, a module checked in the same batch, or one of the target's own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from klpsym.elf.constants import EM
+from klpsym.errors import ModuleError
 from klpsym.kernel.kallsyms import Candidate
 from klpsym.kernel.symvers import GPL_ONLY_TYPES, ExportFields
 from klpsym.kernel.target import TargetKernel
@@ -16,6 +17,7 @@ from klpsym.klp.classify import Fate
 from klpsym.klp.names import VMLINUX
 from klpsym.load.model import ModuleFacts
 from klpsym.load.verdict import Provider, provider
+from klpsym.module.kallsyms import ModuleKallsyms, TargetModules
 from klpsym.module.license import is_gpl_compatible
 
 NOT_LOOKED_UP = provider("", False, "", None)  # not looked up yet
@@ -42,9 +44,17 @@ class Checker:
     """What the checks need of the target, computed once for many modules;
     :meth:`check` judges one."""
 
-    def __init__(self, target: TargetKernel, batch: Iterable[BatchExports | None]) -> None:
+    def __init__(self, target: TargetKernel, batch: Iterable[BatchExports | None],
+                 target_modules: Sequence[str] = ()) -> None:
         self.target = target
         cfg = target.config
+        # A livepatch's target modules (--target-module; others by name in
+        # the target's module tree), read when a check needs one.
+        self.target_modules = TargetModules(
+            target_modules, target.release, target.kernel_dir,
+            kallsyms_all=cfg is None or cfg.enabled("KALLSYMS_ALL"),
+            module_unload=cfg is None or cfg.enabled("MODULE_UNLOAD"))
+        self._tables: dict[str, ModuleKallsyms | None] = {}
         self.config_known = cfg is not None
         self.force_load = cfg is not None and cfg.enabled("MODULE_FORCE_LOAD")
         self.sig_force = cfg is not None and cfg.enabled("MODULE_SIG_FORCE")
@@ -105,6 +115,18 @@ class Checker:
             module, proprietary, (_, gpl_only, namespace, crc) = exporter
             return provider(module, gpl_only, namespace, crc, proprietary)
         return _from_fields(e) if e is not None else None
+
+    def module_table(self, objname: str) -> ModuleKallsyms | None:
+        """Target module ``objname``'s symbol table, or None when it is
+        neither given nor in the target's module tree (a bad given one is
+        an error of the arguments, said by the first use)."""
+        _ = self.target_modules.given  # a bad --target-module: raised
+        if objname not in self._tables:
+            try:
+                self._tables[objname] = self.target_modules.get(objname)
+            except ModuleError:
+                self._tables[objname] = None
+        return self._tables[objname]
 
     def kallsyms_candidates(self, name: str) -> list[Candidate] | None:
         if not self.target.has_kallsyms:

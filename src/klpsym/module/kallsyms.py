@@ -59,6 +59,9 @@ class ModuleKallsyms:
     text: np.ndarray  # bool: in an executable section
     sections: np.ndarray  # object array: the symbol's section name ('' if reserved)
     units: np.ndarray  # object array: the STT_FILE a local symbol follows ('' if none)
+    # bool: its ENDBR64 is in the module's .ibt_endbr_seal (endbr_sealed());
+    # None when the module has no such section
+    sealed: np.ndarray | None = None
     _rows: dict[str, list[int]] | None = field(default=None, repr=False)
 
     @property
@@ -149,8 +152,61 @@ def module_kallsyms(module: Module, *, kallsyms_all: bool = True,
     names[:] = [names_all[r] for r in rows.tolist()]
     units = np.empty(len(rows), dtype=object)
     units[:] = [unit_of[r] for r in rows.tolist()]
+    sealed = endbr_sealed(module)
     return ModuleKallsyms(module.name, module.path, names, types, core, text,
-                          secnames[sec], units)
+                          secnames[sec], units, None if sealed is None else sealed[rows])
+
+
+SEAL_SECTION = ".ibt_endbr_seal"
+
+
+def endbr_sealed(module: Module) -> np.ndarray | None:
+    """Per symbol table entry: whether the loader of a CONFIG_X86_KERNEL_IBT
+    kernel overwrites the ENDBR64 at its address (seals the function against
+    indirect calls); None when the module has no ``.ibt_endbr_seal``.
+
+    kbuild runs objtool ``--ibt --link --module`` on a module's linked
+    object (scripts/Makefile.lib: ``delay-objtool`` is set by
+    CONFIG_X86_KERNEL_IBT, and ``--ibt requires --link``), which lists in
+    ``.ibt_endbr_seal`` every function-start ENDBR64 the module itself
+    never takes the address of (tools/objtool/check.c
+    create_ibt_endbr_seal_sections(), v5.18 .. v7.x): one s32 each,
+    relocated R_X86_64_PC32 against the section symbol plus the offset.
+    The loader seals them at load: module_finalize()
+    (arch/x86/kernel/module.c) hands the section to apply_ibt_endbr()
+    (v5.18 .. v6.1), apply_seal_endbr() since v6.2
+    (arch/x86/kernel/alternative.c), which poisons each ENDBR64.  Debian
+    trixie (6.12) and sid (7.x) modules carry the section."""
+    elf = module.elf
+    sec = elf.section_by_name(SEAL_SECTION)
+    if sec is None or not elf.has_symtab:
+        return None
+    symtab = elf.symtab
+    ref = symtab.section_ref
+    value = symtab.array["st_value"].astype(np.int64)
+    places: list[np.ndarray] = []  # (section uid, offset) of each sealed ENDBR64, one key
+    for rel in elf.rela_sections():
+        if rel.info_section is not sec:
+            continue
+        rela = elf.rela(rel)
+        syms = elf.layout.r_sym(rela["r_info"]).astype(np.int64)
+        syms = np.where(syms < len(symtab), syms, 0)  # entry 0 is SHN_UNDEF: skipped
+        ok = ref[syms] > 0
+        addend = rela["r_addend"].astype(np.int64)[ok]
+        places.append(_place(ref[syms[ok]], value[syms[ok]] + addend))
+    funcs = (ref > 0) & (symtab.types == STT.FUNC)
+    keys = _place(np.where(funcs, ref, 0), value)
+    out: np.ndarray = funcs & np.isin(keys, np.concatenate(places) if places
+                                      else np.zeros(0, np.int64))
+    return out
+
+
+def _place(section_uid: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """One int64 key for (section, offset): offsets of a module's sections
+    are far below 2**40."""
+    key: np.ndarray = (section_uid.astype(np.int64) << 40) | (offset.astype(np.int64)
+                                                              & ((1 << 40) - 1))
+    return key
 
 
 def _letter(ref: int, flags: int, nobits: bool, bind: int) -> str:
