@@ -422,10 +422,25 @@ def read_symvers_files(paths: Iterable[Path | str], *, cache: bool = True) -> Sy
     return result
 
 
+# A whole Module.symvers as modpost writes it since v5.6 ("0x%08x" CRC,
+# write_dump() in scripts/mod/modpost.c): every line matches this.
+_MODPOST_LINE = re.compile(
+    r"^0x([0-9a-fA-F]{8})\t([!-~]+)\t([^\t\n]+)\t(EXPORT_SYMBOL(?:_GPL)?)\t([!-~]*)$",
+    re.MULTILINE)
+_HEX_DIGIT = np.full(256, 0, dtype=np.uint64)
+_HEX_DIGIT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint64)
+_HEX_DIGIT[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint64)
+
+
 def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
     """One Module.symvers, straight into columns (as the symbol cache keeps
     them): no :class:`Export` per line, which for a kernel's ~25k exports
-    held ~10 MB of small objects through a first convert."""
+    held ~10 MB of small objects through a first convert.  A file exactly
+    as modpost writes it is read by one regular expression and numpy
+    (:func:`_parse_modpost_output`); anything else line by line."""
+    fast = _parse_modpost_output(text, source)
+    if fast is not None:
+        return fast
     names: list[str] = []
     crcs: list[int] = []
     modules: list[int] = []
@@ -470,6 +485,41 @@ def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
     }
     meta: dict[str, object] = {k: list(v) for k, v in codes.items()}
     meta["layouts"] = sorted(layouts)
+    return Symvers.from_arrays(arrays, meta, source)
+
+
+def _parse_modpost_output(text: str, source: str) -> Symvers | None:
+    """:func:`parse_symvers` of a file in which every line is a modpost line
+    of the 5.6+ layout (no blank line, no CR, ASCII names, no name twice),
+    or None: then the line parser reads it (and says what is wrong).  The
+    same columns as the line parser's: codes in order of first use, line
+    numbers from 1.  ~3x faster for a distribution kernel's ~25k lines."""
+    if not text or "\r" in text:
+        return None
+    rows = _MODPOST_LINE.findall(text)
+    n = len(rows)
+    if n != text.count("\n") + (not text.endswith("\n")):
+        return None  # a line the expression does not take
+    crc_text, names, modules, types, namespaces = zip(*rows, strict=True)
+    if len(set(names)) != n:
+        return None  # a name read again: the line parser decides which counts
+    digits = _HEX_DIGIT[np.frombuffer("".join(crc_text).encode("ascii"),
+                                      dtype=np.uint8)].reshape(n, 8)
+    crc = np.zeros(n, dtype="<u8")
+    for k in range(8):
+        crc = (crc << np.uint64(4)) | digits[:, k]
+    codes: dict[str, list[str]] = {}
+    arrays: dict[str, np.ndarray] = {"crc": crc}
+    for key, kind, column, dtype in (("module", "modules", modules, "<u4"),
+                                     ("type", "types", types, "|u1"),
+                                     ("namespace", "namespaces", namespaces, "<u4")):
+        seen: dict[str, int] = {}
+        arrays[key] = np.array([seen.setdefault(v, len(seen)) for v in column], dtype=dtype)
+        codes[kind] = list(seen)
+    arrays["line"] = np.arange(1, n + 1, dtype="<u4")
+    arrays.update(NameIndex.build(names).arrays("names_"))
+    meta: dict[str, object] = dict(codes)
+    meta["layouts"] = [LAYOUT_NAMESPACE_LAST]
     return Symvers.from_arrays(arrays, meta, source)
 
 
