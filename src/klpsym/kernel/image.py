@@ -120,6 +120,19 @@ def layout_for(version: KernelVersion) -> Layout:
 _BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\0]*) \(")
 
 
+def _banner(buf: bytearray, start: int) -> re.Match[bytes] | None:
+    """The first linux_banner in ``buf`` from ``start`` on: its words found
+    with bytes.find (the regular expression's own scan of ~16 MB of text
+    before it cost ~100 M instructions), the version matched there."""
+    at = buf.find(b"Linux version ", start)
+    while at >= 0:
+        m = _BANNER.match(buf, at)
+        if m is not None:
+            return m
+        at = buf.find(b"Linux version ", at + 1)
+    return None
+
+
 @dataclass(frozen=True)
 class _Rodata:
     """The part of the image the tables are searched in, and its address."""
@@ -130,8 +143,6 @@ class _Rodata:
 
 # -- the tables -----------------------------------------------------------------
 
-_NAME_BYTE = np.zeros(256, dtype=bool)
-_NAME_BYTE[0x21:0x7F] = True
 _LETTER = np.zeros(256, dtype=bool)
 _LETTER[0x41:0x5B] = _LETTER[0x61:0x7B] = True
 _DIGITS = b"".join(bytes([c, 0]) for c in b"0123456789")
@@ -225,7 +236,7 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
     while tokens is None:
         more = stream.ensure(stream.end() + 1)
         if release is None:
-            m = _BANNER.search(stream.buf, max(0, banner_searched - 64 - stream.base))
+            m = _banner(stream.buf, max(0, banner_searched - 64 - stream.base))
             banner_searched = stream.end()
             if m is not None:
                 release = m.group(1).decode("ascii", "replace")
@@ -509,26 +520,28 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     tok_start = np.zeros(256, dtype=np.int64)
     np.cumsum(tok_len[:-1], out=tok_start[1:])
     tok_bytes = np.frombuffer(b"".join(tok.strings), dtype=np.uint8)
-    tbuf = np.empty(int(tok_len[codes_in].sum(dtype=np.int64)), dtype=np.uint8)
+    # (np.take, not fancy indexing: a third faster for these 1-D gathers)
+    code_len = np.take(tok_len, codes_in)
+    tbuf = np.empty(int(code_len.sum(dtype=np.int64)), dtype=np.uint8)
     at = 0
     for c in range(0, len(codes_in), 1 << 18):
         part = codes_in[c: c + (1 << 18)]
-        lens_p = tok_len[part].astype(np.int64)
+        lens_p = code_len[c: c + (1 << 18)].astype(np.int64)
         ends_p = np.cumsum(lens_p)
-        index = np.repeat(tok_start[part] - (ends_p - lens_p), lens_p)
+        index = np.repeat(np.take(tok_start, part) - (ends_p - lens_p), lens_p)
         index += np.arange(len(index))
-        tbuf[at: at + len(index)] = tok_bytes[index]
+        np.take(tok_bytes, index, out=tbuf[at: at + len(index)])
         at += len(index)
     code_starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lens[:-1], out=code_starts[1:])
-    entry_len = np.add.reduceat(tok_len[codes_in], code_starts).astype(np.int64)
+    entry_len = np.add.reduceat(code_len, code_starts).astype(np.int64)
     del codes_in
     if bool(np.any(entry_len < 2)) or int(entry_len.sum()) != len(tbuf):
         raise ImageError(f"{source}: a kallsyms entry expands to no name (damaged image)")
     total = len(tbuf)
     estarts = np.zeros(n, dtype=np.int64)
     np.cumsum(entry_len[:-1], out=estarts[1:])
-    types = tbuf[estarts].copy()
+    types = np.take(tbuf, estarts)
     # The names blob ("name\n" each): the text shifted by one, with each
     # following type letter replaced by the newline.
     blob = np.empty(total, dtype=np.uint8)
@@ -537,7 +550,7 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     blob[-1] = 10
     # Symbol names are printable ASCII without spaces (C, assembler and
     # mangled Rust names); the type is a letter.  Anything else is damage.
-    if not bool(_NAME_BYTE[tbuf].all()) or not bool(_LETTER[types].all()):
+    if int(tbuf.min()) < 0x21 or int(tbuf.max()) > 0x7E or not bool(_LETTER[types].all()):
         raise ImageError(f"{source}: a kallsyms name holds a byte no symbol name has "
                          "(damaged image)")
     starts = np.empty(n + 1, dtype=np.int64)
