@@ -513,9 +513,10 @@ def _parse_modpost_output(text: str, source: str) -> Symvers | None:
     for key, kind, column, dtype in (("module", "modules", modules, "<u4"),
                                      ("type", "types", types, "|u1"),
                                      ("namespace", "namespaces", namespaces, "<u4")):
-        seen: dict[str, int] = {}
-        arrays[key] = np.array([seen.setdefault(v, len(seen)) for v in column], dtype=dtype)
-        codes[kind] = list(seen)
+        seen = list(dict.fromkeys(column))  # in order of first use
+        code = {v: i for i, v in enumerate(seen)}
+        arrays[key] = np.fromiter(map(code.__getitem__, column), dtype=dtype, count=n)
+        codes[kind] = seen
     arrays["line"] = np.arange(1, n + 1, dtype="<u4")
     arrays.update(NameIndex.build(names).arrays("names_"))
     meta: dict[str, object] = dict(codes)
