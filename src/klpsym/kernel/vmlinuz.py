@@ -153,6 +153,13 @@ class VmlinuxStream:
             return b""
         return block
 
+    def close(self) -> None:
+        """Decompress no more: the decompressor (zstd's window buffer grows
+        with the output, ~30 MB by the end of sid's kallsyms) is let go
+        before the caller copies what it keeps out of :attr:`buf`."""
+        self.done = True
+        self._next = _nothing
+
     def end(self) -> int:
         """The file offset decompressed up to."""
         return self.base + len(self.buf)
@@ -182,6 +189,10 @@ class VmlinuxStream:
                                      "or damaged image)")
             self.buf += out
         return self.end() >= n
+
+
+def _nothing(n: int) -> bytes:
+    return b""
 
 
 _LZ4_LEGACY_BLOCK = 8 << 20  # lz4's legacy format: blocks of 8 MB uncompressed
