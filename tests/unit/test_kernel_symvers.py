@@ -191,7 +191,7 @@ def test_modpost_output_read_whole_same_as_line_by_line() -> None:
              f"{'vmlinux' if i % 3 else f'drivers/m{i % 7}'}\t"
              f"EXPORT_SYMBOL{'_GPL' if i % 2 else ''}\t{'NS_' + str(i % 5) if i % 4 == 0 else ''}"
              for i in range(3000)]
-    text = V56 + "0xABCDEF01\tUpper_Hex\tvmlinux\tEXPORT_SYMBOL\t\n" + "\n".join(lines)
+    text = V56 + "0xABCDEF01\tUpper_Hex\tvmlinux\tEXPORT_SYMBOL\t\n" + "\n".join(lines) + "\n"
     fast = _parse_modpost_output(text, "m.symvers")
     assert fast is not None and len(fast) == V56.count("\n") + 1 + 3000
     assert _columns(fast) == _columns(_line_parsed(text, "m.symvers"))
@@ -203,7 +203,15 @@ def test_modpost_output_read_whole_same_as_line_by_line() -> None:
                   V56 + "0x1\tshort_crc\tvmlinux\tEXPORT_SYMBOL\t\n",
                   V56 + "0x00000001\tphys_base\tvmlinux\tEXPORT_SYMBOL_GPL\t\n",  # again
                   V56 + "0x00000001\twith space\tvmlinux\tEXPORT_SYMBOL\t\n",
-                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_UNUSED_SYMBOL\t\n", ""):
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_UNUSED_SYMBOL\t\n", "",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL\t",  # no last newline
+                  V56 + "0x00000001\tx\t\tEXPORT_SYMBOL\t\n",  # no module
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL\tNS x\n",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL_GPX\t\n",
+                  V56 + "0x0000000g\tx\tvmlinux\tEXPORT_SYMBOL\t\n",
+                  V56 + "0y00000001\tx\tvmlinux\tEXPORT_SYMBOL\t\n",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL\t\t\n",
+                  V56 + "0x00000001\tx\u00e9\tvmlinux\tEXPORT_SYMBOL\t\n"):
         assert _parse_modpost_output(other, "o.symvers") is None
     again = V56 + "0x00000001\tphys_base\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
     assert parse_symvers(again, "a.symvers").get("phys_base").crc == 1  # type: ignore[union-attr]
