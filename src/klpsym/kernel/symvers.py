@@ -585,17 +585,24 @@ def _codes(raw: np.ndarray, text: str, start: np.ndarray, size: np.ndarray
     through the fields' hashes; None if two different texts share one
     (checked: as many distinct texts as distinct hashes)."""
     h = symcache.name_hashes(raw, start, size)
-    uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    # Rows grouped by hash (np.unique would import numpy.ma: ~20 ms)
+    by_hash = np.argsort(h, kind="stable")
+    sorted_h = h[by_hash]
+    new = np.ones(len(h), dtype=bool)
+    new[1:] = sorted_h[1:] != sorted_h[:-1]
+    first = by_hash[new]  # each hash's first row (the sort is stable)
+    group = np.empty(len(h), dtype=np.int64)
+    group[by_hash] = np.cumsum(new) - 1
     some = np.flatnonzero(size)  # the empty text has one hash, made of nothing
     starts, ends = start[some].tolist(), (start + size)[some].tolist()
     if len({text[a:b] for a, b in zip(starts, ends, strict=True)}) \
-            != len(np.unique(h[some])):
+            != len(set(group[some].tolist())):
         return None
     order = np.argsort(first, kind="stable")  # codes by first use
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[order] = np.arange(len(uniq))
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
     texts = [text[int(start[r]): int(start[r] + size[r])] for r in first[order].tolist()]
-    return rank[inverse.reshape(-1)], texts
+    return rank[group], texts
 
 
 def _parse_line(fields: list[str], source: str, lineno: int,
