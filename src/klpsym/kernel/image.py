@@ -230,7 +230,7 @@ def read_image_kallsyms(path: Path | str, version: KernelVersion | None = None) 
 def kallsyms_from_image(image: bytes | memoryview, source: str,
                         version: KernelVersion | None = None) -> KallsymsTable:
     """:func:`read_image_kallsyms` of the image's bytes."""
-    stream, how = open_image(image, source)
+    stream, how = open_image(image, source, partial=True)
     segments = load_segments(stream)
     # Decompress until the token table (the anchor) has been seen.
     searched = 0  # file offsets
