@@ -397,3 +397,39 @@ def test_every_symbol_source_command_takes_image(command: str, rest: list[str]) 
     assert args.image == Path("/boot/vmlinuz-R")
     with pytest.raises(SystemExit):  # one symbol source at a time
         build_parser(command).parse_args([command, *rest, "--image", "a", "--kallsyms", "b"])
+
+
+def test_xz_of_one_block_is_read_raw_and_the_same(tmp_path: Path) -> None:
+    """An xz payload as the kernel's (one block, x86 BCJ + LZMA2, size
+    appended) is read by a raw LZMA2 decoder, which skips the block check
+    that a partial read never reaches; the tables are the same.  A stream
+    of another shape (two blocks), or whose headers' CRC32s do not
+    hold, is left to the xz decoder."""
+    import lzma
+
+    from klpsym.kernel import vmlinuz
+
+    elf = elf_for("v6.4")
+    filters = [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
+    kernel_like = lzma.compress(elf, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                                filters=filters) + struct.pack("<I", len(elf))
+    found = vmlinuz._xz_single_block(kernel_like)
+    assert found is not None and [f["id"] for f in found[1]] == [lzma.FILTER_X86,
+                                                                 lzma.FILTER_LZMA2]
+    p = tmp_path / "vmlinuz"
+    p.write_bytes(ib.bzimage(kernel_like))
+    assert list(read_image_kallsyms(p)) == rows_for("v6.4")
+    # an index of two records (two blocks): not read raw
+    index_size = (struct.unpack_from("<I", kernel_like, len(kernel_like) - 16 + 4)[0] + 1) * 4
+    two = bytearray(kernel_like)
+    two[len(two) - 16 - index_size + 1] = 2
+    assert vmlinuz._xz_single_block(bytes(two)) is None
+    # a damaged block header: its CRC32 does not hold
+    broken = bytearray(kernel_like)
+    broken[13 + 1] ^= 0x01
+    assert vmlinuz._xz_single_block(bytes(broken)) is None
+    p.write_bytes(ib.bzimage(bytes(broken)))
+    assert "does not decompress" in one_line_error(p)
+    # the whole vmlinux (the lab's read) goes through the xz decoder, check included
+    stream, _ = vmlinuz.open_image(kernel_like, "x")
+    assert stream.kind == "xz" and vmlinuz.read_vmlinux(kernel_like, "x") == elf

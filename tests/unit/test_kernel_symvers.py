@@ -163,3 +163,55 @@ def test_files(tmp_path: Path) -> None:
     assert len(read_symvers(tmp_path / "empty.symvers")) == 0
 
 
+
+
+def _columns(s: Symvers) -> tuple[dict[str, list[object]], dict[str, object]]:
+    arrays, meta = s.to_arrays()
+    return {k: v.tolist() for k, v in arrays.items()}, meta
+
+
+def _line_parsed(text: str, source: str) -> Symvers:
+    from klpsym.kernel import symvers
+
+    saved = symvers._parse_modpost_output
+    symvers._parse_modpost_output = lambda t, s: None  # type: ignore[assignment]
+    try:
+        return parse_symvers(text, source)
+    finally:
+        symvers._parse_modpost_output = saved
+
+
+def test_modpost_output_read_whole_same_as_line_by_line() -> None:
+    """A file exactly as modpost writes it is read in one pass (regular
+    expression and numpy); the columns, codes and layouts are those the line
+    parser gives, and any other file goes to the line parser."""
+    from klpsym.kernel.symvers import _parse_modpost_output
+
+    lines = [f"0x{(i * 2654435761) % (1 << 32):08x}\tsym_{i}\t"
+             f"{'vmlinux' if i % 3 else f'drivers/m{i % 7}'}\t"
+             f"EXPORT_SYMBOL{'_GPL' if i % 2 else ''}\t{'NS_' + str(i % 5) if i % 4 == 0 else ''}"
+             for i in range(3000)]
+    text = V56 + "0xABCDEF01\tUpper_Hex\tvmlinux\tEXPORT_SYMBOL\t\n" + "\n".join(lines) + "\n"
+    fast = _parse_modpost_output(text, "m.symvers")
+    assert fast is not None and len(fast) == V56.count("\n") + 1 + 3000
+    assert _columns(fast) == _columns(_line_parsed(text, "m.symvers"))
+    assert fast.exports == _line_parsed(text, "m.symvers").exports
+    assert fast.get("Upper_Hex").crc == 0xABCDEF01  # type: ignore[union-attr]
+    assert fast.get("no_crc_sym").crc is None  # type: ignore[union-attr]
+    for other in (V56 + "\n" + V56.replace("\tvmlinux", "\tvmlinux2"),  # a blank line
+                  V56.replace("\n", "\r\n"), OLD, V54,
+                  V56 + "0x1\tshort_crc\tvmlinux\tEXPORT_SYMBOL\t\n",
+                  V56 + "0x00000001\tphys_base\tvmlinux\tEXPORT_SYMBOL_GPL\t\n",  # again
+                  V56 + "0x00000001\twith space\tvmlinux\tEXPORT_SYMBOL\t\n",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_UNUSED_SYMBOL\t\n", "",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL\t",  # no last newline
+                  V56 + "0x00000001\tx\t\tEXPORT_SYMBOL\t\n",  # no module
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL\tNS x\n",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL_GPX\t\n",
+                  V56 + "0x0000000g\tx\tvmlinux\tEXPORT_SYMBOL\t\n",
+                  V56 + "0y00000001\tx\tvmlinux\tEXPORT_SYMBOL\t\n",
+                  V56 + "0x00000001\tx\tvmlinux\tEXPORT_SYMBOL\t\t\n",
+                  V56 + "0x00000001\tx\u00e9\tvmlinux\tEXPORT_SYMBOL\t\n"):
+        assert _parse_modpost_output(other, "o.symvers") is None
+    again = V56 + "0x00000001\tphys_base\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
+    assert parse_symvers(again, "a.symvers").get("phys_base").crc == 1  # type: ignore[union-attr]

@@ -313,3 +313,42 @@ def test_symbol_source_check_slack_and_kallsyms_all(tmp_path: Path) -> None:
     cut = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(1001, 2000)])
     with pytest.raises(KernelSourceError, match="1,001 of the 2,000"):
         _ = discover(kdir, kallsyms=cut, running_release="x").kallsyms
+
+
+def test_cli_symbol_source_check_reads_the_config_only_when_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """addr/insmod/kallsyms --kernel-dir: a source that passes the strictest
+    check is taken without reading the .config; one that does not is judged
+    with the .config (no CONFIG_KALLSYMS_ALL: half may be missing)."""
+    import argparse
+
+    from klpsym.cli.sources import symbols_from_args
+    from klpsym.kernel.config import KernelConfig
+
+    kdir = _exports_kdir(tmp_path / "k", 2000, kallsyms_all=False)
+    read: list[Path] = []
+    real = KernelConfig.from_path.__func__  # type: ignore[attr-defined]
+
+    def from_path(cls: type[KernelConfig], path: Path, **kw: object) -> KernelConfig:
+        read.append(Path(path))
+        return real(cls, path, **kw)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(KernelConfig, "from_path", classmethod(from_path))
+
+    def args(kallsyms: Path) -> argparse.Namespace:
+        return argparse.Namespace(kallsyms=kallsyms, system_map=None, vmlinux=None,
+                                  image=None, kernel_dir=kdir, config=None,
+                                  no_symbol_check=False)
+
+    whole = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(2000)])
+    assert len(symbols_from_args(args(whole)).table) == 2000 and read == []
+    half = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(1000, 2000)])
+    assert len(symbols_from_args(args(half)).table) == 1000
+    assert read == [kdir / ".config"]
+    cut = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(1001, 2000)])
+    with pytest.raises(KernelSourceError, match="1,001 of the 2,000"):
+        symbols_from_args(args(cut))
+    (kdir / ".config").unlink()  # no .config: the strict check's verdict
+    half = _kallsyms_with(tmp_path, [f"exp_{i}" for i in range(1000, 2000)])
+    with pytest.raises(KernelSourceError, match="1,000 of the 2,000"):
+        symbols_from_args(args(half))

@@ -102,6 +102,7 @@ def write_kallsyms(table: KallsymsTable, out: Any, chunk: int = 1 << 14) -> None
     import numpy as np
 
     hexdigits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)  # the 16 nibbles, high first
     arrays, _ = table.to_arrays()
     addrs = arrays["addresses"].astype(np.uint64)
     codes = arrays["types"]
@@ -112,21 +113,23 @@ def write_kallsyms(table: KallsymsTable, out: Any, chunk: int = 1 << 14) -> None
         e = min(c + chunk, len(addrs))
         names = blob[starts[c]: starts[e]]  # each name with its newline
         k = e - c
+        # each line's first 19 bytes: the address in hex, ' ', the type, ' '
+        fixed = np.empty((k, 19), dtype=np.uint8)
+        np.take(hexdigits, ((addrs[c:e, None] >> shifts) & np.uint64(15)).astype(np.intp),
+                out=fixed[:, :16])
+        fixed[:, 16] = 32
+        fixed[:, 17] = codes[c:e]
+        fixed[:, 18] = 32
         line0 = starts[c:e] - starts[c] + 19 * np.arange(k, dtype=np.int64)
+        at = (line0[:, None] + head).reshape(-1)
         buf = np.empty(19 * k + len(names), dtype=np.uint8)
-        fixed = np.zeros(len(buf), dtype=bool)
-        fixed[(line0[:, None] + head).reshape(-1)] = True
-        buf[~fixed] = names
-        a = addrs[c:e]
-        for d in range(16):
-            nibble = (a >> np.uint64(4 * (15 - d))) & np.uint64(15)
-            buf[line0 + d] = hexdigits[nibble.astype(np.intp)]
-        buf[line0 + 16] = 32
-        buf[line0 + 17] = codes[c:e]
-        buf[line0 + 18] = 32
+        buf[at] = fixed.reshape(-1)
+        rest = np.ones(len(buf), dtype=bool)
+        rest[at] = False
+        buf[rest] = names
         if sink is not None:
             out.flush()
-            sink.write(buf.tobytes())
+            sink.write(buf.data)
         else:
             out.write(buf.tobytes().decode("utf-8", "surrogateescape"))
     if sink is not None:

@@ -280,7 +280,7 @@ def build(directory: Path, target: TargetKernel, sympos: Mapping[str, int],
     final = target
     if own.is_file() and own.stat().st_size:
         final = dataclasses.replace(target, symvers=_WithSiblings(target.symvers,
-                                                                  read_symvers(own)))
+                                                                  read_symvers(own, cache=False)))
     for m in modules:
         used = {s.name for s in m.symbols}
         mine = {k: v for k, v in sympos.items() if _sympos_name(k) in used}

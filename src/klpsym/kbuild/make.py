@@ -203,7 +203,7 @@ class KbuildRun:
         """modpost reached the gate (and read the generated symvers)."""
         return self.gate.opened
 
-    def idle(self, poll: float = 0.02) -> bool:
+    def idle(self, poll: float = 0.05) -> bool:
         """Wait until make ends (True) or shows it builds something (False):
         modpost reached the gate, or a file was made, changed or removed in
         the output dir (a compile writes its .d file there first), other than

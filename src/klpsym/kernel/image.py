@@ -120,6 +120,24 @@ def layout_for(version: KernelVersion) -> Layout:
 _BANNER = re.compile(rb"Linux version (\d+\.\d+[^\s\0]*) \(")
 
 
+# Bytes kept at the end of the text searched for the banner, in case it
+# starts there: "Linux version " and a release (UTS_RELEASE: at most 64).
+_BANNER_TAIL = 512
+
+
+def _banner(buf: bytearray, start: int) -> re.Match[bytes] | None:
+    """The first linux_banner in ``buf`` from ``start`` on: its words found
+    with bytes.find (the regular expression's own scan of ~16 MB of text
+    before it cost ~100 M instructions), the version matched there."""
+    at = buf.find(b"Linux version ", start)
+    while at >= 0:
+        m = _BANNER.match(buf, at)
+        if m is not None:
+            return m
+        at = buf.find(b"Linux version ", at + 1)
+    return None
+
+
 @dataclass(frozen=True)
 class _Rodata:
     """The part of the image the tables are searched in, and its address."""
@@ -130,8 +148,6 @@ class _Rodata:
 
 # -- the tables -----------------------------------------------------------------
 
-_NAME_BYTE = np.zeros(256, dtype=bool)
-_NAME_BYTE[0x21:0x7F] = True
 _LETTER = np.zeros(256, dtype=bool)
 _LETTER[0x41:0x5B] = _LETTER[0x61:0x7B] = True
 _DIGITS = b"".join(bytes([c, 0]) for c in b"0123456789")
@@ -214,7 +230,7 @@ def read_image_kallsyms(path: Path | str, version: KernelVersion | None = None) 
 def kallsyms_from_image(image: bytes | memoryview, source: str,
                         version: KernelVersion | None = None) -> KallsymsTable:
     """:func:`read_image_kallsyms` of the image's bytes."""
-    stream, how = open_image(image, source)
+    stream, how = open_image(image, source, partial=True)
     segments = load_segments(stream)
     # Decompress until the token table (the anchor) has been seen.
     searched = 0  # file offsets
@@ -225,9 +241,14 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
     while tokens is None:
         more = stream.ensure(stream.end() + 1)
         if release is None:
-            m = _BANNER.search(stream.buf, max(0, banner_searched - 64 - stream.base))
+            m = _banner(stream.buf, max(0, banner_searched - _BANNER_TAIL - stream.base))
             banner_searched = stream.end()
-            if m is not None:
+            if m is None:
+                # Not yet: the text searched is never needed again (the
+                # tables come after the banner), but for a tail where a
+                # banner may start.
+                stream.drop_before(banner_searched - _BANNER_TAIL)
+            else:
                 release = m.group(1).decode("ascii", "replace")
                 # linux_banner is in .rodata, before the kallsyms tables
                 # (their object is linked last): the text before it is
@@ -269,6 +290,7 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
               0 if tables.relative_base is None else tables.relative_base + 8)
     if not stream.ensure(_view_start(stream, seg) + end):
         raise ImageError(f"{source}: ends inside the kallsyms tables (truncated image)")
+    stream.close()
     # Keep only the tables (a few MB) and let the decompressed image go.
     first = min(tables.names, tables.offsets, tok.start) if tables.relative_base is None \
         else min(tables.names, tables.offsets, tables.relative_base, tok.start)
@@ -480,7 +502,18 @@ def _entry_offsets(names: np.ndarray, markers: np.ndarray, n: int, big: bool,
 
 def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
             source: str) -> tuple[np.ndarray, np.ndarray, NameIndex]:
-    data = ro.data
+    """(addresses, type letters, names) of the tables; each step in a
+    function of its own, so that its temporaries are gone before the next
+    (the peak memory of a first run is here)."""
+    blob, starts, types = _names(ro.data, tok, t, layout, source)
+    addresses = _addresses(ro, t, layout, source)
+    return addresses, types, NameIndex.from_blob(blob, starts)
+
+
+def _names(data: np.ndarray, tok: _Tokens, t: _Tables, layout: Layout,
+           source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The names blob ("name\n" each), its n+1 start offsets, and the type
+    letters."""
     n = t.num
     names = data[t.names: t.names_end]
     markers = np.frombuffer(data, dtype="<u4", count=(n + 255) // 256,
@@ -503,48 +536,70 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
     codes_in = names[keep]
     del keep
     # Expand: every token byte becomes its string (the token table holds
-    # them fully expanded): per code, the indices of its string's bytes in
-    # the joined token table, a slice of codes at a time.
+    # them fully expanded).
     tok_len = np.array([len(x) for x in tok.strings], dtype=np.uint16)
     tok_start = np.zeros(256, dtype=np.int64)
     np.cumsum(tok_len[:-1], out=tok_start[1:])
     tok_bytes = np.frombuffer(b"".join(tok.strings), dtype=np.uint8)
-    tbuf = np.empty(int(tok_len[codes_in].sum(dtype=np.int64)), dtype=np.uint8)
-    at = 0
-    for c in range(0, len(codes_in), 1 << 18):
-        part = codes_in[c: c + (1 << 18)]
-        lens_p = tok_len[part].astype(np.int64)
-        ends_p = np.cumsum(lens_p)
-        index = np.repeat(tok_start[part] - (ends_p - lens_p), lens_p)
-        index += np.arange(len(index))
-        tbuf[at: at + len(index)] = tok_bytes[index]
-        at += len(index)
-    code_starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lens[:-1], out=code_starts[1:])
-    entry_len = np.add.reduceat(tok_len[codes_in], code_starts).astype(np.int64)
-    del codes_in
-    if bool(np.any(entry_len < 2)) or int(entry_len.sum()) != len(tbuf):
-        raise ImageError(f"{source}: a kallsyms entry expands to no name (damaged image)")
-    total = len(tbuf)
-    estarts = np.zeros(n, dtype=np.int64)
-    np.cumsum(entry_len[:-1], out=estarts[1:])
-    types = tbuf[estarts].copy()
-    # The names blob ("name\n" each): the text shifted by one, with each
-    # following type letter replaced by the newline.
+    if int(lens.sum()) != len(codes_in):
+        raise ImageError(f"{source}: kallsyms_names' lengths and bytes disagree (damaged image)")
+    # Each entry expands to its type letter and its name; the names blob
+    # ("name\n" each) is the expansion shifted by one byte, each type
+    # letter after the first overwritten by the newline that ends the name
+    # before it.  So the expansion is written one byte early, straight into
+    # the blob (its first byte, the first type letter, kept aside), a slice
+    # of codes at a time; per slice, the indices of its strings' bytes in
+    # the joined token table.  (np.take, not fancy indexing, for the gathers
+    # by intp indices: a third faster; never by the uint8 codes themselves,
+    # of which it would first make an 8-byte copy each.)
+    step = 1 << 16
+    total = sum(int(tok_len[codes_in[c: c + step]].sum(dtype=np.int64))
+                for c in range(0, len(codes_in), step))
     blob = np.empty(total, dtype=np.uint8)
-    blob[:-1] = tbuf[1:]
-    blob[estarts[1:] - 1] = 10
-    blob[-1] = 10
+    code_starts = np.zeros(n, dtype=np.int64)  # each entry's first code
+    np.cumsum(lens[:-1], out=code_starts[1:])
+    estarts = np.empty(n, dtype=np.int64)  # each entry's first byte, expanded
+    at = 0
+    first_type = 0  # no letter: an image whose entries expand to nothing
+    for c in range(0, len(codes_in), step):
+        part = codes_in[c: c + step]
+        lens_p = tok_len[part].astype(np.int64)
+        begins_p = np.cumsum(lens_p)
+        begins_p -= lens_p
+        lo, hi = (int(x) for x in np.searchsorted(code_starts, (c, c + len(part))))
+        estarts[lo:hi] = begins_p[code_starts[lo:hi] - c] + at
+        index = np.repeat(np.take(tok_start, part) - begins_p, lens_p)
+        index += np.arange(len(index))
+        if at == 0 and len(index):
+            first_type = int(tok_bytes[index[0]])
+            np.take(tok_bytes, index[1:], out=blob[: len(index) - 1])
+        else:
+            np.take(tok_bytes, index, out=blob[at - 1: at - 1 + len(index)])
+        at += len(index)
+    del codes_in
+    if bool(np.any(np.diff(estarts, append=total) < 2)):
+        raise ImageError(f"{source}: a kallsyms entry expands to no name (damaged image)")
     # Symbol names are printable ASCII without spaces (C, assembler and
     # mangled Rust names); the type is a letter.  Anything else is damage.
-    if not bool(_NAME_BYTE[tbuf].all()) or not bool(_LETTER[types].all()):
+    text = blob[:-1]
+    types = np.empty(n, dtype=np.uint8)
+    types[0] = first_type
+    np.take(blob, estarts[1:] - 1, out=types[1:])
+    if int(text.min()) < 0x21 or int(text.max()) > 0x7E or not bool(_LETTER[types].all()):
         raise ImageError(f"{source}: a kallsyms name holds a byte no symbol name has "
                          "(damaged image)")
+    blob[estarts[1:] - 1] = 10
+    blob[-1] = 10
     starts = np.empty(n + 1, dtype=np.int64)
     starts[:-1] = estarts
     starts[-1] = total
-    del tbuf
-    # Addresses.
+    return blob, starts, types
+
+
+def _addresses(ro: _Rodata, t: _Tables, layout: Layout, source: str) -> np.ndarray:
+    """Each symbol's address; kallsyms_seqs_of_names checked on the way."""
+    data = ro.data
+    n = t.num
     off = np.frombuffer(data, dtype="<i4", count=n, offset=t.offsets).astype(np.int64)
     if layout.pc_relative:
         place = np.uint64(ro.addr + t.offsets) + np.arange(n, dtype=np.uint64) * np.uint64(4)
@@ -569,7 +624,7 @@ def _decode(ro: _Rodata, tok: _Tokens, t: _Tables, layout: Layout,
         if not bool(seen.all()):
             raise ImageError(f"{source}: kallsyms_seqs_of_names is not a permutation of the "
                              "symbols (damaged image)")
-    return addresses, types, NameIndex.from_blob(blob, starts)
+    return addresses
 
 
 def read_image(path: Path | str, version: KernelVersion | None = None, *,

@@ -53,13 +53,20 @@ def name_hashes(blob: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
     out = np.full(n, _FNV_OFFSET, dtype=np.uint64)
     if not n:
         return out
-    order = np.argsort(-lengths, kind="stable")  # longest first
-    ln, st = lengths[order], starts[order].astype(np.int64)
+    longest = int(lengths.max())
+    # longest first; as 16-bit keys when they fit, which numpy's stable sort
+    # sorts by radix
+    keys = longest - lengths
+    order = np.argsort(keys.astype(np.uint16) if longest < (1 << 16) else keys, kind="stable")
+    ln, at = lengths[order], starts[order].astype(np.int64)
     h = out[order]
     asc = ln[::-1]  # ascending
-    for k in range(int(ln[0])):
+    for k in range(longest):
         m = n - int(np.searchsorted(asc, k, side="right"))  # names longer than k
-        h[:m] = (h[:m] ^ blob[st[:m] + k]) * _FNV_PRIME
+        hk = h[:m]
+        np.bitwise_xor(hk, np.take(blob, at[:m]), out=hk)
+        np.multiply(hk, _FNV_PRIME, out=hk)
+        at[:m] += 1
     out[order] = h
     return out
 

@@ -422,10 +422,23 @@ def read_symvers_files(paths: Iterable[Path | str], *, cache: bool = True) -> Sy
     return result
 
 
+# Hex digit values by byte; 255: not a hex digit.
+_HEX_DIGIT = np.full(256, 255, dtype=np.uint8)
+_HEX_DIGIT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16)
+_HEX_DIGIT[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16)
+_EXPORT_SYMBOL = np.frombuffer(b"EXPORT_SYMBOL", dtype=np.uint8)
+_GPL = np.frombuffer(b"_GPL", dtype=np.uint8)
+
+
 def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
     """One Module.symvers, straight into columns (as the symbol cache keeps
     them): no :class:`Export` per line, which for a kernel's ~25k exports
-    held ~10 MB of small objects through a first convert."""
+    held ~10 MB of small objects through a first convert.  A file exactly
+    as modpost writes it is read by one regular expression and numpy
+    (:func:`_parse_modpost_output`); anything else line by line."""
+    fast = _parse_modpost_output(text, source)
+    if fast is not None:
+        return fast
     names: list[str] = []
     crcs: list[int] = []
     modules: list[int] = []
@@ -471,6 +484,125 @@ def parse_symvers(text: str, source: str = "<Module.symvers>") -> Symvers:
     meta: dict[str, object] = {k: list(v) for k, v in codes.items()}
     meta["layouts"] = sorted(layouts)
     return Symvers.from_arrays(arrays, meta, source)
+
+
+def _parse_modpost_output(text: str, source: str) -> Symvers | None:
+    """:func:`parse_symvers` of a file exactly as modpost writes it (5.6+
+    layout, write_dump() in scripts/mod/modpost.c: ``0x%08x`` CRC, name,
+    module, EXPORT_SYMBOL or EXPORT_SYMBOL_GPL, namespace; ASCII, every line
+    ending in a newline, no name twice), read with numpy over its bytes; or
+    None for any other file, which the line parser then reads (and says
+    what is wrong).  The same columns as the line parser's: codes in order
+    of first use, line numbers from 1.  A distribution kernel's ~25k lines:
+    ~10 ms instead of ~100 ms."""
+    if not text or not text.isascii() or not text.endswith("\n") or "\r" in text \
+            or "\0" in text:
+        return None
+    raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    n = len(ends)
+    all_tabs = np.flatnonzero(raw == 9)
+    if len(all_tabs) != 4 * n:
+        return None
+    tabs = all_tabs.reshape(n, 4)
+    begins = np.zeros(n, dtype=np.int64)
+    begins[1:] = ends[:-1] + 1
+    # Four tabs in every line (there are 4n in all): fields f0..f4.
+    if bool(np.any(tabs[:, 0] != begins + 10)) or bool(np.any(tabs[:, 3] >= ends)):
+        return None
+    lo = np.column_stack((begins, tabs + 1))  # f0..f4 start
+    hi = np.column_stack((tabs, ends))  # f0..f4 end
+    size = hi - lo
+    # f0: "0x" and 8 hex digits
+    crc_text = raw[begins[:, None] + np.arange(10)]
+    digits = _HEX_DIGIT[crc_text[:, 2:]]
+    if bool(np.any(crc_text[:, 0] != 0x30)) or bool(np.any(crc_text[:, 1] != 0x78)) \
+            or bool(np.any(digits == 255)):
+        return None
+    crc = np.zeros(n, dtype="<u8")
+    for k in range(8):
+        crc = (crc << np.uint64(4)) | digits[:, k].astype(np.uint64)
+    # f1 (name): printable ASCII, no space (the names blob's only bytes
+    # under 0x21 are the n newlines); f1 and f2 not empty
+    if bool(np.any(size[:, 1] < 1)) or bool(np.any(size[:, 2] < 1)):
+        return None
+    names_blob, names_starts = _fields(raw, lo[:, 1], size[:, 1])
+    if int(np.count_nonzero(names_blob < 0x21)) != n or int(names_blob.max()) > 0x7E:
+        return None
+    # f3: EXPORT_SYMBOL or EXPORT_SYMBOL_GPL
+    gpl = size[:, 3] == 17
+    if bool(np.any((size[:, 3] != 13) & ~gpl)) \
+            or not bool(np.array_equal(raw[lo[:, 3, None] + np.arange(13)],
+                                       np.broadcast_to(_EXPORT_SYMBOL, (n, 13)))) \
+            or not bool(np.all(raw[lo[gpl, 3, None] + np.arange(13, 17)] == _GPL)):
+        return None
+    index = NameIndex.from_blob(names_blob, names_starts)
+    if bool(np.any(index.hashes[1:] == index.hashes[:-1])):
+        return None  # a name read again: the line parser decides which counts
+    arrays: dict[str, np.ndarray] = {"crc": crc}
+    meta: dict[str, object] = {}
+    # f3 is one of two texts, told by its size
+    kinds = ["EXPORT_SYMBOL_GPL", "EXPORT_SYMBOL"] if bool(gpl[0]) \
+        else ["EXPORT_SYMBOL", "EXPORT_SYMBOL_GPL"]
+    arrays["type"] = (gpl != gpl[0]).astype("|u1")
+    meta["types"] = kinds if bool(np.any(gpl != gpl[0])) else kinds[:1]
+    for key, kind, f in (("module", "modules", 2), ("namespace", "namespaces", 4)):
+        found = _codes(raw, text, lo[:, f], size[:, f])
+        if found is None:
+            return None
+        arrays[key], meta[kind] = found[0].astype("<u4"), found[1]
+    namespaces = meta["namespaces"]
+    assert isinstance(namespaces, list)
+    if not all(ns.isprintable() and " " not in ns for ns in namespaces):
+        return None  # f4 (namespace): printable ASCII, no space
+    arrays["line"] = np.arange(1, n + 1, dtype="<u4")
+    arrays.update(index.arrays("names_"))
+    meta["layouts"] = [LAYOUT_NAMESPACE_LAST]
+    return Symvers.from_arrays(arrays, meta, source)
+
+
+def _fields(raw: np.ndarray, start: np.ndarray, size: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The fields ``raw[start[i]: start[i] + size[i]]``, each followed in
+    ``raw`` by a separator, as one '\\n'-separated blob and its n+1 start
+    offsets (as :func:`klpsym.kernel.symcache.encode_names` makes them):
+    the bytes of each field and its separator, kept by a mask."""
+    edges = np.zeros(len(raw) + 1, dtype=np.int8)
+    edges[start] = 1
+    edges[start + size + 1] -= 1
+    keep = np.cumsum(edges[:-1], dtype=np.int8).view(bool)
+    blob = raw[keep]
+    starts = np.zeros(len(start) + 1, dtype=np.int64)
+    np.cumsum(size + 1, out=starts[1:])
+    blob[starts[1:] - 1] = 10
+    return blob, starts
+
+
+def _codes(raw: np.ndarray, text: str, start: np.ndarray, size: np.ndarray
+           ) -> tuple[np.ndarray, list[str]] | None:
+    """Each row's code for its field ``text[start: start + size]`` and the
+    fields' texts in order of first use (as the line parser numbers them),
+    through the fields' hashes; None if two different texts share one
+    (checked: as many distinct texts as distinct hashes)."""
+    h = symcache.name_hashes(raw, start, size)
+    # Rows grouped by hash (np.unique would import numpy.ma: ~20 ms)
+    by_hash = np.argsort(h, kind="stable")
+    sorted_h = h[by_hash]
+    new = np.ones(len(h), dtype=bool)
+    new[1:] = sorted_h[1:] != sorted_h[:-1]
+    first = by_hash[new]  # each hash's first row (the sort is stable)
+    group = np.empty(len(h), dtype=np.int64)
+    group[by_hash] = np.cumsum(new) - 1
+    some = np.flatnonzero(size)  # the empty text has one hash, made of nothing
+    starts, ends = start[some].tolist(), (start + size)[some].tolist()
+    if len({text[a:b] for a, b in zip(starts, ends, strict=True)}) \
+            != len(set(group[some].tolist())):
+        return None
+    order = np.argsort(first, kind="stable")  # codes by first use
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first))
+    texts = [text[int(start[r]): int(start[r] + size[r])] for r in first[order].tolist()]
+    return rank[group], texts
 
 
 def _parse_line(fields: list[str], source: str, lineno: int,

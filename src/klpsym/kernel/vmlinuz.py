@@ -55,8 +55,10 @@ class VmlinuxStream:
 
     CHUNK = 1 << 21
 
-    def __init__(self, source: str, kind: str, blob: bytes | memoryview) -> None:
+    def __init__(self, source: str, kind: str, blob: bytes | memoryview, *,
+                 partial: bool = False) -> None:
         self.source, self.kind = source, kind
+        self.partial = partial
         self.buf = bytearray()  # the vmlinux from file offset ``base`` on
         self.base = 0
         self.done = False
@@ -89,18 +91,31 @@ class VmlinuxStream:
                 return out
             return gz
         if kind in ("xz", "lzma", "bzip2"):
+            raw = _xz_single_block(blob) if kind == "xz" and self.partial else None
+            if raw is not None:
+                start, filters = raw
+                blob = blob[start:]
             d: lzma.LZMADecompressor | bz2.BZ2Decompressor = (
-                bz2.BZ2Decompressor() if kind == "bzip2" else lzma.LZMADecompressor(
+                bz2.BZ2Decompressor() if kind == "bzip2"
+                else lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=filters)
+                if raw is not None else lzma.LZMADecompressor(
                     format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE))
-            first: list[bytes | memoryview] = [blob]
+            fed = [0]
 
             def lz(n: int) -> bytes:
-                if d.eof:
-                    return b""
-                data = first.pop() if first else b""
-                if not data and d.needs_input:
-                    return b""
-                return d.decompress(data, n)
+                # Input a slice at a time, as for zstd: given the whole
+                # payload, the decompressor copies what it has not used yet
+                # into a buffer of its own (MBs) whenever it stops at n.
+                out = b""
+                while not out and not d.eof:
+                    piece: bytes | memoryview = b""
+                    if d.needs_input:
+                        if fed[0] >= len(blob):
+                            break
+                        piece = blob[fed[0]: fed[0] + (1 << 18)]
+                        fed[0] += len(piece)
+                    out = d.decompress(piece, n)
+                return out
             return lz
         if kind == "zstd":
             import zstandard
@@ -153,6 +168,13 @@ class VmlinuxStream:
             return b""
         return block
 
+    def close(self) -> None:
+        """Decompress no more: the decompressor (zstd's window buffer grows
+        with the output, ~30 MB by the end of sid's kallsyms) is let go
+        before the caller copies what it keeps out of :attr:`buf`."""
+        self.done = True
+        self._next = _nothing
+
     def end(self) -> int:
         """The file offset decompressed up to."""
         return self.base + len(self.buf)
@@ -184,6 +206,81 @@ class VmlinuxStream:
         return self.end() >= n
 
 
+def _nothing(n: int) -> bytes:
+    return b""
+
+
+# xz (tukaani.org/xz/xz-file-format.txt): filter IDs of the x86 BCJ
+# filter and of LZMA2, as Linux's scripts/xz_wrap.sh writes x86 images.
+_XZ_X86, _XZ_LZMA2 = 0x04, 0x21
+
+
+def _xz_vli(data: bytes, at: int) -> tuple[int, int]:
+    """A variable-length integer of the xz format at ``at``: (value, next)."""
+    value = 0
+    for i in range(9):
+        if at + i >= len(data):
+            raise ValueError("truncated")
+        b = data[at + i]
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return value, at + i + 1
+    raise ValueError("too long")
+
+
+def _xz_single_block(blob: bytes | memoryview) -> tuple[int, list[dict[str, int]]] | None:
+    """Where the compressed data of an xz stream of one block with the x86
+    BCJ and LZMA2 filters (the kernel's) starts, and its filter chain for
+    a raw decoder; None for any other xz stream.  Read as far as the
+    kallsyms tables, the stream never reaches its block's check (CRC32 or
+    CRC64), which an xz decoder computes over every byte it outputs (~3% of
+    decompressing bookworm's kallsyms): the raw decoder skips it.  The
+    appended size (le32) follows the stream."""
+    try:
+        head = bytes(blob[:64])
+        tail = bytes(blob[-4 - 12: -4])  # the stream footer, before the size
+        if head[:6] != b"\xfd7zXZ\x00" or tail[10:12] != b"YZ" or tail[8:10] != head[6:8] \
+                or zlib.crc32(head[6:8]) != int.from_bytes(head[8:12], "little"):
+            return None
+        index_size = (int.from_bytes(tail[4:8], "little") + 1) * 4
+        index_at = len(blob) - 4 - 12 - index_size
+        if index_at < 12:
+            return None
+        index = bytes(blob[index_at: index_at + index_size])
+        records, _ = _xz_vli(index, 1)
+        if index[0] != 0 or records != 1:
+            return None
+        size = (head[12] + 1) * 4  # the block header's
+        flags = head[13]
+        if head[12] == 0 or size + 12 > len(head) or flags & 0x3C \
+                or zlib.crc32(head[12: 12 + size - 4]) != int.from_bytes(
+                    head[12 + size - 4: 12 + size], "little"):
+            return None  # (its own header damaged: the xz decoder says so)
+        at = 14
+        if flags & 0x40:
+            _, at = _xz_vli(head, at)
+        if flags & 0x80:
+            _, at = _xz_vli(head, at)
+        ids = []
+        props = b""
+        for _ in range((flags & 3) + 1):
+            fid, at = _xz_vli(head, at)
+            psize, at = _xz_vli(head, at)
+            props = head[at: at + psize]
+            at += psize
+            ids.append((fid, psize))
+        if ids not in ([(_XZ_LZMA2, 1)], [(_XZ_X86, 0), (_XZ_LZMA2, 1)]) or at > 12 + size - 4:
+            return None
+        d = props[0]
+        if d > 40:
+            return None
+        dict_size = 0xFFFFFFFF if d == 40 else (2 | (d & 1)) << (d // 2 + 11)
+    except ValueError:
+        return None
+    chain = [{"id": lzma.FILTER_X86}] if len(ids) == 2 else []
+    return 12 + size, [*chain, {"id": lzma.FILTER_LZMA2, "dict_size": dict_size}]
+
+
 _LZ4_LEGACY_BLOCK = 8 << 20  # lz4's legacy format: blocks of 8 MB uncompressed
 
 
@@ -205,9 +302,12 @@ def bzimage_payload(image: bytes | memoryview) -> tuple[int, int] | None:
 _DECOMPRESS_ERRORS = (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError, RuntimeError)
 
 
-def open_image(image: bytes | memoryview, source: str) -> tuple[VmlinuxStream, str]:
+def open_image(image: bytes | memoryview, source: str, *,
+               partial: bool = False) -> tuple[VmlinuxStream, str]:
     """The vmlinux in ``image`` as a stream, and how it was stored
-    ("vmlinux", "bzImage, xz", ...)."""
+    ("vmlinux", "bzImage, xz", ...).  ``partial``: the caller reads only a
+    part of it, so the payload's own checksum (checked at its end) is not
+    computed where it can be skipped."""
     head = bytes(image[:8])
     if head[:4] == b"\x7fELF":
         return VmlinuxStream(source, "vmlinux", image), "vmlinux"
@@ -223,10 +323,10 @@ def open_image(image: bytes | memoryview, source: str) -> tuple[VmlinuxStream, s
             raise ImageError(f"{source}: bzImage payload in an unknown compression "
                              f"(starts {bytes(blob[:4]).hex()}); klpsym reads gzip, xz, lzma, "
                              "bzip2, zstd and lz4")
-        return VmlinuxStream(source, kind, blob), f"bzImage, {kind}"
+        return VmlinuxStream(source, kind, blob, partial=partial), f"bzImage, {kind}"
     for kind, magic in _MAGICS:
         if head.startswith(magic):  # a bare compressed vmlinux (vmlinux.gz, ...)
-            return VmlinuxStream(source, kind, image), kind
+            return VmlinuxStream(source, kind, image, partial=partial), kind
     raise ImageError(f"{source}: not a kernel image (no bzImage header, no ELF vmlinux, "
                      "no compressed vmlinux)")
 
