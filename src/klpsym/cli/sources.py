@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,19 +131,39 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
                         "its Module.symvers are missing from it")
 
 
+@contextlib.contextmanager
+def _decompressing_ahead(image: Path, release: str | None) -> Iterator[None]:
+    """While the block runs, ``image`` is being decompressed in a thread
+    (kernel.vmlinuz.prefetch), started before the block's imports (numpy's
+    and the readers', a fifth of a first run), unless the symbol cache
+    holds its kallsyms (the block then reads no image).  No thread is left
+    running after it."""
+    from klpsym.kernel import cachekey, vmlinuz
+
+    if not cachekey.has_entry("image", image, cachekey.image_key(image, release)):
+        vmlinuz.prefetch(image)
+    try:
+        yield
+    finally:
+        vmlinuz.cancel_prefetches()
+
+
 def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
     """The symbol source; with --kernel-dir, held to that kernel's exports
     as convert's is (:func:`klpsym.kernel.target.check_symbol_source`)."""
-    from klpsym.kernel.symbols import SymbolSource, open_symbols
-
     image = getattr(args, "image", None)
     if image is not None:
-        from klpsym.kernel.image import read_image
         from klpsym.kernel.version import read_kernel_version
 
         version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
-        source = SymbolSource(read_image(image, version), f"image {image}", False)
+        with _decompressing_ahead(image, version.release if version is not None else None):
+            from klpsym.kernel.image import read_image
+            from klpsym.kernel.symbols import SymbolSource
+
+            source = SymbolSource(read_image(image, version), f"image {image}", False)
     else:
+        from klpsym.kernel.symbols import open_symbols
+
         source = open_symbols(args.kallsyms, args.system_map, args.vmlinux,
                               kernel_dir=args.kernel_dir, config=args.config)
     own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
