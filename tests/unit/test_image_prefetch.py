@@ -179,3 +179,43 @@ def test_prefetch_imports_no_numpy(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out == "[]\n"
+
+
+def test_module_symvers_is_read_meanwhile_and_its_errors_come_after_the_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --kernel-dir, its Module.symvers is read while the image
+    decompresses; the errors and their order are those of reading it after."""
+    monkeypatch.setenv("KLPSYM_NO_CACHE", "1")
+    release = ib.LAYOUTS["v6.4"][0]
+    kdir = tmp_path / "kdir"
+    (kdir / "include" / "generated").mkdir(parents=True)
+    (kdir / "include" / "generated" / "utsrelease.h").write_text(
+        f'#define UTS_RELEASE "{release}"\n')
+    symvers = kdir / "Module.symvers"
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(ib.bzimage(ib.compress("xz", elf_for("v6.4"))))
+    bad = tmp_path / "damaged"
+    d = bytearray(img.read_bytes())
+    for i in range(len(d) // 2, len(d) // 2 + 256):
+        d[i] ^= 0xA5
+    bad.write_bytes(bytes(d))
+    with pytest.raises(ImageError) as exc:
+        read_image_kallsyms(bad)
+    image_error = f"klpsym: error: {exc.value}\n"
+
+    def run(*flags: str) -> tuple[int, str, str]:
+        rc = main(["kallsyms", "--kernel-dir", str(kdir), *flags])
+        out, err = capsys.readouterr()
+        assert not vmlinuz._PREFETCHED and not decompressor_threads()
+        return rc, out, err
+
+    symvers.write_text("garbage line\n")
+    assert run("--image", str(bad)) == (2, "", image_error)  # the image's error first
+    rc, out, err = run("--image", str(img))
+    assert rc == 2 and out == "" and err.startswith(f"klpsym: error: {symvers}:1: not a "
+                                                    "Module.symvers line")
+    name = next(n for _, t, n in rows_for("v6.4") if t == "T")
+    symvers.write_text(f"0x12345678\t{name}\tvmlinux\tEXPORT_SYMBOL\t\n")
+    rc, out, err = run("--image", str(img))
+    assert rc == 0 and out == "".join(f"{a:016x} {t} {n}\n" for a, t, n in rows_for("v6.4"))

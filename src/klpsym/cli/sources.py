@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
     from klpsym.kernel.symbols import SymbolSource
+    from klpsym.kernel.symvers import Symvers
     from klpsym.kernel.target import TargetKernel
     from klpsym.module.kallsyms import TargetModules
 
@@ -148,10 +149,27 @@ def _decompressing_ahead(image: Path, release: str | None) -> Iterator[None]:
         vmlinuz.cancel_prefetches()
 
 
+def _symvers_meanwhile(path: Path) -> Symvers | None:
+    """The target's Module.symvers, read while its image decompresses
+    (the main thread would only wait; ~35 ms the first time); None when it
+    cannot be read: it is then read again where it was before, so that its
+    error still comes after the image's."""
+    from klpsym.errors import KlpsymError
+    from klpsym.kernel.symvers import read_symvers
+
+    try:
+        return read_symvers(path)
+    except KlpsymError:
+        return None
+
+
 def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
     """The symbol source; with --kernel-dir, held to that kernel's exports
     as convert's is (:func:`klpsym.kernel.target.check_symbol_source`)."""
     image = getattr(args, "image", None)
+    own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
+    check = own is not None and own.is_file() and not args.no_symbol_check
+    early = None
     if image is not None:
         from klpsym.kernel.version import read_kernel_version
 
@@ -160,21 +178,22 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
             from klpsym.kernel.image import read_image
             from klpsym.kernel.symbols import SymbolSource
 
+            if check and own is not None:
+                early = _symvers_meanwhile(own)
             source = SymbolSource(read_image(image, version), f"image {image}", False)
     else:
         from klpsym.kernel.symbols import open_symbols
 
         source = open_symbols(args.kallsyms, args.system_map, args.vmlinux,
                               kernel_dir=args.kernel_dir, config=args.config)
-    own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
-    if own is not None and own.is_file() and not args.no_symbol_check:
+    if check and own is not None:
         from klpsym.errors import KernelSourceError
         from klpsym.kernel.config import KernelConfig
         from klpsym.kernel.symvers import read_symvers
         from klpsym.kernel.target import check_symbol_source
         from klpsym.kernel.version import read_kernel_version
 
-        symvers = read_symvers(own)
+        symvers = early if early is not None else read_symvers(own)
         release = read_kernel_version(args.kernel_dir).release
         named = (args.kallsyms or args.system_map or args.vmlinux or image
                  or source.description)
