@@ -133,18 +133,18 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _decompressing_ahead(image: Path, release: str | None) -> Iterator[None]:
+def _decompressing_ahead(image: Path, release: str | None) -> Iterator[bool]:
     """While the block runs, ``image`` is being decompressed in a thread
     (kernel.vmlinuz.prefetch), started before the block's imports (numpy's
     and the readers', a fifth of a first run), unless the symbol cache
-    holds its kallsyms (the block then reads no image).  No thread is left
-    running after it."""
+    holds its kallsyms (the block then reads no image).  Yields whether the
+    thread runs.  No thread is left running after it."""
     from klpsym.kernel import cachekey, vmlinuz
 
     if not cachekey.has_entry("image", image, cachekey.image_key(image, release)):
         vmlinuz.prefetch(image)
     try:
-        yield
+        yield vmlinuz.prefetching(image)
     finally:
         vmlinuz.cancel_prefetches()
 
@@ -174,11 +174,12 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
         from klpsym.kernel.version import read_kernel_version
 
         version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
-        with _decompressing_ahead(image, version.release if version is not None else None):
+        with _decompressing_ahead(image, version.release if version is not None
+                                  else None) as ahead:
             from klpsym.kernel.image import read_image
             from klpsym.kernel.symbols import SymbolSource
 
-            if check and own is not None:
+            if ahead and check and own is not None:
                 early = _symvers_meanwhile(own)
             source = SymbolSource(read_image(image, version), f"image {image}", False)
     else:
