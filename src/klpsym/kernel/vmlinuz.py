@@ -537,10 +537,17 @@ def prefetch(path: Path | str) -> None:
     except (OSError, ValueError):
         return
     view = memoryview(mapped)
-    try:
-        stream, how = open_image(view, source, partial=True)
-    except Exception:  # the reader opens it again and reports it
-        stream = None
+    found = bzimage_payload(view)
+    payload = view[found[0]: found[0] + found[1]] if found is not None and found[1] > 0 \
+        else view
+    head = bytes(payload[:8])
+    del payload
+    stream = None
+    if any(head.startswith(m) for k, m in _MAGICS if k in _AHEAD_KINDS):
+        try:
+            stream, how = open_image(view, source, partial=True)
+        except Exception:  # the reader opens it again and reports it
+            stream = None
     if stream is None or stream.kind not in _AHEAD_KINDS:
         del stream
         try:
