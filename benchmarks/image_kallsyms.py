@@ -14,11 +14,15 @@ process:
 
 The outputs of klpsym and kallsyms-finder are compared line by line.
 Target (issue 17): first run <= 0.5 s and <= 100 MB peak RSS; the second
-near zero.  The time checked is the CPU time (user + system) of the whole
-command: wall time on a shared machine varies with its load.  Exit status 1
-when a target is missed.
+near zero.  The first run's time is held to the target twice: its wall
+time (what "takes 0.5 s" means; the command decompresses the image in a
+thread while it imports, so wall time is below CPU time on a machine with
+a core to spare, and above it on a loaded one: the load is printed) and
+its CPU time (user + system of the whole command, both threads: the work
+done, which the thread does not reduce).  Exit status 1 when the judged
+measure (--judge, default wall), the memory or the outputs miss.
 
-Usage: python benchmarks/image_kallsyms.py [--runs N] [--venv DIR]
+Usage: python benchmarks/image_kallsyms.py [--runs N] [--venv DIR] [--judge wall|cpu]
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "klpsym-bench-v2e")
+    ap.add_argument("--judge", choices=("wall", "cpu"), default="wall",
+                    help="the first run's time held to the target for the exit status")
     args = ap.parse_args()
     from klpsym.lab.provision import provision
 
@@ -86,6 +92,7 @@ def main() -> int:
           f"Python {platform.python_version()}, runs {args.runs} (median; RSS max)")
     print(f"{'image':<34} {'tool':<28} {'wall':>7} {'CPU':>7} {'peak RSS':>9}")
     missed = False
+    verdicts: list[str] = []
     for suite in ("bookworm", "trixie", "sid"):
         k = provision(suite)
         img = str(k.vmlinuz)
@@ -117,11 +124,22 @@ def main() -> int:
               f"{statistics.median(r[0] for r in reads):6.3f}s "
               f"{statistics.median(r[1] for r in reads):6.3f}s {'':>9}   "
               f"outputs equal: {'yes' if same else 'NO'}")
-        # CPU, not wall: the machines this runs on are shared (load > cpus
-        # stretches wall time at random); on a quiet one they agree.
-        if first[1] > TARGET_SECONDS or first[2] > TARGET_RSS or not same:
+        wall_ok, cpu_ok = first[0] <= TARGET_SECONDS, first[1] <= TARGET_SECONDS
+
+        def said(ok: bool) -> str:
+            return "met" if ok else "MISSED"
+
+        verdicts.append(f"{name}: first run {first[0]:.3f} s wall ({said(wall_ok)}), "
+                        f"{first[1]:.3f} s CPU ({said(cpu_ok)}), {first[2] / 2**20:.0f} MB "
+                        f"({said(first[2] <= TARGET_RSS)}); load now {os.getloadavg()[0]:.1f}")
+        if not (wall_ok if args.judge == "wall" else cpu_ok) or first[2] > TARGET_RSS \
+                or not same:
             missed = True
-    print("targets (first run <= 0.5 s CPU, <= 100 MB):", "missed" if missed else "met")
+    print(f"targets: first run <= {TARGET_SECONDS} s, <= {TARGET_RSS >> 20} MB peak RSS "
+          f"(judged on {args.judge} time)")
+    for v in verdicts:
+        print("  " + v)
+    print("targets:", "missed" if missed else "met")
     return 1 if missed else 0
 
 

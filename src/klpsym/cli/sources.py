@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
     from klpsym.kernel.symbols import SymbolSource
+    from klpsym.kernel.symvers import Symvers
     from klpsym.kernel.target import TargetKernel
     from klpsym.module.kallsyms import TargetModules
 
@@ -129,30 +132,69 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
                         "its Module.symvers are missing from it")
 
 
+@contextlib.contextmanager
+def _decompressing_ahead(image: Path, release: str | None) -> Iterator[bool]:
+    """While the block runs, ``image`` is being decompressed in a thread
+    (kernel.vmlinuz.prefetch), started before the block's imports (numpy's
+    and the readers', a fifth of a first run), unless the symbol cache
+    holds its kallsyms (the block then reads no image).  Yields whether the
+    thread runs.  No thread is left running after it."""
+    from klpsym.kernel import cachekey, vmlinuz
+
+    if not cachekey.has_entry("image", image, cachekey.image_key(image, release)):
+        vmlinuz.prefetch(image)
+    try:
+        yield vmlinuz.prefetching(image)
+    finally:
+        vmlinuz.cancel_prefetches()
+
+
+def _symvers_meanwhile(path: Path) -> Symvers | None:
+    """The target's Module.symvers, read while its image decompresses
+    (the main thread would only wait; ~35 ms the first time); None when it
+    cannot be read: it is then read again where it was before, so that its
+    error still comes after the image's."""
+    from klpsym.errors import KlpsymError
+    from klpsym.kernel.symvers import read_symvers
+
+    try:
+        return read_symvers(path)
+    except KlpsymError:
+        return None
+
+
 def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
     """The symbol source; with --kernel-dir, held to that kernel's exports
     as convert's is (:func:`klpsym.kernel.target.check_symbol_source`)."""
-    from klpsym.kernel.symbols import SymbolSource, open_symbols
-
     image = getattr(args, "image", None)
+    own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
+    check = own is not None and own.is_file() and not args.no_symbol_check
+    early = None
     if image is not None:
-        from klpsym.kernel.image import read_image
         from klpsym.kernel.version import read_kernel_version
 
         version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
-        source = SymbolSource(read_image(image, version), f"image {image}", False)
+        with _decompressing_ahead(image, version.release if version is not None
+                                  else None) as ahead:
+            from klpsym.kernel.image import read_image
+            from klpsym.kernel.symbols import SymbolSource
+
+            if ahead and check and own is not None:
+                early = _symvers_meanwhile(own)
+            source = SymbolSource(read_image(image, version), f"image {image}", False)
     else:
+        from klpsym.kernel.symbols import open_symbols
+
         source = open_symbols(args.kallsyms, args.system_map, args.vmlinux,
                               kernel_dir=args.kernel_dir, config=args.config)
-    own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
-    if own is not None and own.is_file() and not args.no_symbol_check:
+    if check and own is not None:
         from klpsym.errors import KernelSourceError
         from klpsym.kernel.config import KernelConfig
         from klpsym.kernel.symvers import read_symvers
         from klpsym.kernel.target import check_symbol_source
         from klpsym.kernel.version import read_kernel_version
 
-        symvers = read_symvers(own)
+        symvers = early if early is not None else read_symvers(own)
         release = read_kernel_version(args.kernel_dir).release
         named = (args.kallsyms or args.system_map or args.vmlinux or image
                  or source.description)

@@ -4,47 +4,63 @@ them as a :class:`TargetKernel`."""
 
 from typing import TYPE_CHECKING
 
-from klpsym.kernel.config import KernelConfig
-from klpsym.kernel.kallsyms import (
-    AmbiguousSymbolError,
-    Candidate,
-    KallsymsTable,
-    SymbolLookupError,
-    SymbolNotFoundError,
-    is_data,
-    is_text,
-)
-from klpsym.kernel.proc_kallsyms import parse_proc_kallsyms, read_proc_kallsyms
-from klpsym.kernel.symvers import (
-    Export,
-    Symvers,
-    module_name_matches,
-    parse_symvers,
-    read_symvers,
-    read_symvers_files,
-)
-from klpsym.kernel.system_map import read_system_map
-from klpsym.kernel.target import TargetKernel, discover
-from klpsym.kernel.version import (
-    KernelVersion,
-    klp_sym_name_max,
-    ksym_name_len,
-    read_kernel_version,
-    supports_klp_for_plain_modules,
-)
-
 if TYPE_CHECKING:
+    from klpsym.kernel.config import KernelConfig
+    from klpsym.kernel.kallsyms import (
+        AmbiguousSymbolError,
+        Candidate,
+        KallsymsTable,
+        SymbolLookupError,
+        SymbolNotFoundError,
+        is_data,
+        is_text,
+    )
+    from klpsym.kernel.proc_kallsyms import parse_proc_kallsyms, read_proc_kallsyms
+    from klpsym.kernel.symvers import (
+        Export,
+        Symvers,
+        module_name_matches,
+        parse_symvers,
+        read_symvers,
+        read_symvers_files,
+    )
+    from klpsym.kernel.system_map import read_system_map
+    from klpsym.kernel.target import TargetKernel, discover
+    from klpsym.kernel.version import (
+        KernelVersion,
+        klp_sym_name_max,
+        ksym_name_len,
+        read_kernel_version,
+        supports_klp_for_plain_modules,
+    )
     from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
+
+# Where each name of the package lives.  They are imported when first asked
+# for, not with the package: importing one submodule (klpsym.kernel.vmlinuz,
+# whose decompression the command line starts before numpy is imported)
+# must not import numpy and every symbol source with it.
+_HOME = {
+    "KernelConfig": "config",
+    **dict.fromkeys(("AmbiguousSymbolError", "Candidate", "KallsymsTable", "SymbolLookupError",
+                     "SymbolNotFoundError", "is_data", "is_text"), "kallsyms"),
+    **dict.fromkeys(("parse_proc_kallsyms", "read_proc_kallsyms"), "proc_kallsyms"),
+    **dict.fromkeys(("Export", "Symvers", "module_name_matches", "parse_symvers",
+                     "read_symvers", "read_symvers_files"), "symvers"),
+    "read_system_map": "system_map",
+    **dict.fromkeys(("TargetKernel", "discover"), "target"),
+    **dict.fromkeys(("KernelVersion", "klp_sym_name_max", "ksym_name_len",
+                     "read_kernel_version", "supports_klp_for_plain_modules"), "version"),
+    "kallsyms_from_vmlinux": "vmlinux",
+}
 
 
 def __getattr__(name: str) -> object:
-    # imported when asked for: vmlinux reads ELF files (klpsym.elf), which
-    # `klpsym check` of a directory of modules never does
-    if name == "kallsyms_from_vmlinux":
-        from klpsym.kernel.vmlinux import kallsyms_from_vmlinux
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return kallsyms_from_vmlinux
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"klpsym.kernel.{home}"), name)
 
 __all__ = [
     "AmbiguousSymbolError",

@@ -82,10 +82,17 @@ import numpy as np
 
 from klpsym.errors import param
 from klpsym.kernel import symcache
+from klpsym.kernel.cachekey import image_key
 from klpsym.kernel.kallsyms import KallsymsTable
 from klpsym.kernel.symcache import NameIndex
 from klpsym.kernel.version import KernelVersion
-from klpsym.kernel.vmlinuz import ImageError, VmlinuxStream, load_segments, open_image
+from klpsym.kernel.vmlinuz import (
+    ImageError,
+    VmlinuxStream,
+    load_segments,
+    open_image,
+    take_prefetched,
+)
 
 # -- the layouts ------------------------------------------------------------------
 
@@ -201,6 +208,12 @@ def read_image_kallsyms(path: Path | str, version: KernelVersion | None = None) 
     the image's own banner must agree with it.  ImageError when the image is
     not one this can read."""
     source = str(path)
+    ahead = take_prefetched(path)
+    if ahead is not None:  # decompressing since the command line started
+        try:
+            return _kallsyms_of(ahead.stream, ahead.how, source, version)
+        finally:
+            ahead.close()
     try:
         with open(path, "rb") as f:
             try:
@@ -231,6 +244,11 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
                         version: KernelVersion | None = None) -> KallsymsTable:
     """:func:`read_image_kallsyms` of the image's bytes."""
     stream, how = open_image(image, source, partial=True)
+    return _kallsyms_of(stream, how, source, version)
+
+
+def _kallsyms_of(stream: VmlinuxStream, how: str, source: str,
+                 version: KernelVersion | None) -> KallsymsTable:
     segments = load_segments(stream)
     # Decompress until the token table (the anchor) has been seen.
     searched = 0  # file offsets
@@ -635,9 +653,7 @@ def read_image(path: Path | str, version: KernelVersion | None = None, *,
     millisecond."""
     p = Path(path)
     source = str(path)
-    key = symcache.file_key(p)
-    if key is not None:
-        key = key + [version.release if version is not None else ""]
+    key = image_key(p, version.release if version is not None else None)
 
     def from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> KallsymsTable:
         return KallsymsTable.from_arrays(arrays, meta, source)

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
-FORMAT = 1
-_MAGIC = b"KLPSYMC\0"
-_HEAD = struct.Struct("<8sIIQ")  # magic, header length, 0, checksum of everything after
+# Where entries are and what keys them (re-exported: the sources key their
+# entries with file_key).
+from klpsym.kernel.cachekey import FORMAT, cache_dir
+from klpsym.kernel.cachekey import HEAD as _HEAD
+from klpsym.kernel.cachekey import MAGIC as _MAGIC
+from klpsym.kernel.cachekey import entry_path as _entry
+from klpsym.kernel.cachekey import file_key as file_key
+
 _ALIGN = 64
 _DTYPES = frozenset({"<u8", "<u4", "<i8", "|u1"})
 _FNV_OFFSET = 0xCBF29CE484222325
@@ -202,31 +205,6 @@ class NameIndex:
 # -- the cache files ------------------------------------------------------------
 
 
-def cache_dir() -> Path | None:
-    """The cache directory, or None when caching is turned off."""
-    if os.environ.get("KLPSYM_NO_CACHE", "") not in ("", "0"):
-        return None
-    explicit = os.environ.get("KLPSYM_SYMCACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("KLPSYM_CACHE")
-    if base:
-        return Path(base) / "symcache"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "klpsym" / "symcache"
-
-
-def file_key(path: Path) -> list[object] | None:
-    """What identifies this version of a source file, or None if it cannot
-    be keyed (missing file)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
 def proc_kallsyms_key(path: Path) -> list[object] | None:
     """/proc/kallsyms is the same for a whole boot, but shows addresses only
     to some readers."""
@@ -238,18 +216,6 @@ def proc_kallsyms_key(path: Path) -> list[object] | None:
         return None
     shown = bool(first) and first[0].strip(b"0") != b""
     return ["boot", boot, shown, os.uname().release]
-
-
-def _entry(kind: str, path: Path) -> Path | None:
-    d = cache_dir()
-    if d is None:
-        return None
-    real = os.path.realpath(path).encode("utf-8", "surrogateescape")
-    # Two checksums name the entry (hashlib would cost more to import than
-    # this whole lookup); the entry records the real path and is only used
-    # for it, so a clash costs a rebuild, never a wrong table.
-    digest = f"{zlib.crc32(real):08x}{zlib.adler32(real):08x}"
-    return d / f"{kind}-{digest}.klpc"
 
 
 def load(kind: str, path: Path, key: Sequence[object]) -> tuple[dict[str, np.ndarray],
