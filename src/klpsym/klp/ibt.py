@@ -244,17 +244,7 @@ def address_uses(elf: ElfFile, symbol_indexes: list[int]) -> tuple[dict[int, lis
     wanted[np.asarray(symbol_indexes, dtype=np.int64)] = True
     uses: dict[int, list[ThunkUse]] = {i: [] for i in symbol_indexes}
     branches: dict[int, int] = dict.fromkeys(symbol_indexes, 0)
-    for sec in elf.rela_sections():
-        target = sec.info_section
-        if sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
-            continue
-        rela = elf.rela(sec)
-        syms = elf.layout.r_sym(rela["r_info"])
-        if not len(syms) or int(syms.max()) >= len(wanted):
-            continue
-        hit = np.flatnonzero(wanted[syms])
-        if not len(hit):
-            continue
+    for _sec, target, rela, syms, hit in _marked(elf, wanted, livepatch=False):
         branch = branch_mask(elf, target, rela[hit])
         types = elf.layout.r_type(rela["r_info"][hit])
         for j, k in enumerate(hit.tolist()):
@@ -330,8 +320,10 @@ def apply_ibt(elf: ElfFile, plan: IbtPlan) -> None:
         symtab.array["st_size"][s] = THUNK_SIZE - len(_PAD)
         redirect[t.symbol_index] = s
         jumps[i]["r_offset"] = i * THUNK_SIZE + JMP_OFFSET + 1
-        jumps[i]["r_info"] = _r_info(t.symbol_index, int(R_X86_64.PLT32))
         jumps[i]["r_addend"] = -4
+    jumps["r_info"] = layout.r_info(
+        np.array([t.symbol_index for t in plan.thunks], dtype=np.int64),
+        np.full(len(plan.thunks), int(R_X86_64.PLT32), dtype=np.int64))
     # One .klp.rela.OBJ..text.klpsym_ibt per object: klp_resolve_symbols()
     # refuses another object's symbol in a section (v5.8 on), and a module
     # object's jmp is applied with the module object (klp_apply_object_relocs()).
@@ -347,27 +339,35 @@ def apply_ibt(elf: ElfFile, plan: IbtPlan) -> None:
         after = klp
 
     taken = {(u.section, u.offset) for t in plan.thunks for u in t.uses}
-    for sec in list(elf.rela_sections()):
-        target = sec.info_section
-        if sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
-            continue
-        rela = elf.rela(sec)
-        syms = elf.layout.r_sym(rela["r_info"])
-        if not len(syms) or int(syms.max()) >= len(redirect):
-            continue
-        hit = np.flatnonzero(redirect[syms] != 0)
+    for sec, target, rela, syms, hit in _marked(elf, redirect != 0, livepatch=False):
         pick = [k for k in hit.tolist() if (target.name, int(rela["r_offset"][k])) in taken]
         if not pick:
             continue
         table = rela.copy()
         types = layout.r_type(table["r_info"][pick])
-        table["r_info"][pick] = _r_info(redirect[syms[pick]], types)
+        table["r_info"][pick] = layout.r_info(redirect[syms[pick]], types)
         sec.table = table
 
 
-def _r_info(sym: int | np.ndarray, type: int | np.ndarray) -> np.ndarray:
-    """ELF64_R_INFO."""
-    return (np.asarray(sym).astype(np.uint64) << np.uint64(32)) | np.asarray(type).astype(np.uint64)
+def _marked(elf: ElfFile, wanted: np.ndarray, livepatch: bool
+            ) -> Iterator[tuple[Section, Section, np.ndarray, np.ndarray, np.ndarray]]:
+    """The relocation sections of allocated sections, klp ones
+    (``livepatch``) or ordinary, that have entries whose symbol is marked in
+    ``wanted`` (a bool per symbol table entry; an index outside it marks
+    nothing), in file order: (section, the section it relocates, its table,
+    each entry's symbol index, the marked entries' indexes)."""
+    for sec in list(elf.rela_sections()):
+        target = sec.info_section
+        if bool(sec.flags & SHF.RELA_LIVEPATCH) != livepatch or target is None \
+                or not target.flags & SHF.ALLOC:
+            continue
+        rela = elf.rela(sec)
+        syms = elf.layout.r_sym(rela["r_info"])
+        inside = syms < len(wanted)
+        hit = np.flatnonzero(inside & wanted[np.where(inside, syms, 0)]) if len(wanted) \
+            else np.zeros(0, dtype=np.int64)
+        if len(hit):
+            yield sec, target, rela, syms, hit
 
 
 SEAL_SECTION = ".ibt_endbr_seal"
@@ -424,17 +424,7 @@ def klp_references(elf: ElfFile, wanted: np.ndarray) -> Iterator[KlpReference]:
     """The klp relocations of allocated sections whose symbol is marked in
     ``wanted`` (a bool per symbol table entry), in file order; a symbol index
     outside the table marks nothing."""
-    for sec in elf.rela_sections():
-        target = sec.info_section
-        if not sec.flags & SHF.RELA_LIVEPATCH or target is None or not target.flags & SHF.ALLOC:
-            continue
-        rela = elf.rela(sec)
-        syms = elf.layout.r_sym(rela["r_info"])
-        inside = syms < len(wanted)
-        hit = np.flatnonzero(inside & wanted[np.where(inside, syms, 0)]) if len(wanted) \
-            else np.zeros(0, dtype=np.int64)
-        if not len(hit):
-            continue
+    for _sec, target, rela, syms, hit in _marked(elf, wanted, livepatch=True):
         branch = branch_mask(elf, target, rela[hit])
         types = elf.layout.r_type(rela["r_info"][hit])
         for j, k in enumerate(hit.tolist()):
