@@ -30,7 +30,7 @@ from elfbuilder import (
 from klpsym.cli.main import main, message
 from klpsym.elf import ElfFile
 from klpsym.elf.constants import SHN
-from klpsym.errors import ConvertError, ModuleError
+from klpsym.errors import ConvertError, KlpsymError, ModuleError
 from klpsym.klp.classify import Fate
 from klpsym.klp.convert import convert_file
 from klpsym.klp.plan import classify_symbols, make_plan, parse_sympos
@@ -390,6 +390,17 @@ def test_target_module_of_another_kernel_is_refused(tmp_path: Path) -> None:
     src = write(tmp_path, livepatch(("lp_only",)))
     with pytest.raises(ModuleError, match="built for kernel 6.1.0-98-synth"):
         convert_file(src, target(), {}, dry_run=True, targets=targets(tm))
+
+
+def test_given_target_module_is_read_even_when_nothing_needs_it(tmp_path: Path) -> None:
+    """A --target-module that names no module is an error even for a module
+    with nothing to convert, never silently ignored."""
+    src = write(tmp_path, livepatch((), is_livepatch=False))
+    with pytest.raises(KlpsymError) as e:
+        convert_file(src, target(), {}, output=tmp_path / "out.ko",
+                     targets=targets(tmp_path / "nosuch.ko"))
+    assert "nosuch.ko" in message(e.value)
+    assert not (tmp_path / "out.ko").exists()
 
 
 def test_target_module_found_by_name_in_the_tree(tmp_path: Path) -> None:

@@ -202,7 +202,9 @@ def _classify_all(module: Module, target: TargetKernel, sympos: Mapping[str, int
     if unexported:
         target.kallsyms.prefetch(unexported)
     modules: list[ModuleKallsyms] = []
-    if targets is not None and (livepatch or unexported):
+    # The modules given are read even when no name needs them, so that a
+    # wrong --target-module is an error, not silently ignored.
+    if targets is not None and (livepatch or unexported or targets.specs):
         modules = list(targets.given)
         for objname, _, _ in chosen.values():
             if objname != VMLINUX and all(module_key(m.name) != objname for m in modules):
