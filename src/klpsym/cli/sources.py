@@ -133,15 +133,16 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _decompressing_ahead(image: Path, release: str | None) -> Iterator[bool]:
+def _decompressing_ahead(image: Path) -> Iterator[bool]:
     """While the block runs, ``image`` is being decompressed in a thread
     (kernel.vmlinuz.prefetch), started before the block's imports (numpy's
-    and the readers', a fifth of a first run), unless the symbol cache
-    holds its kallsyms (the block then reads no image).  Yields whether the
-    thread runs.  No thread is left running after it."""
+    and the readers', a fifth of a first run) and its reading of the
+    target's release, unless the symbol cache holds the image's kallsyms
+    (the block then reads no image).  Yields whether the thread runs.  No
+    thread is left running after it."""
     from klpsym.kernel import cachekey, vmlinuz
 
-    if not cachekey.has_entry("image", image, cachekey.image_key(image, release)):
+    if not cachekey.has_image_entry(image):
         vmlinuz.prefetch(image)
     try:
         yield vmlinuz.prefetching(image)
@@ -171,11 +172,11 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
     check = own is not None and own.is_file() and not args.no_symbol_check
     early = None
     if image is not None:
-        from klpsym.kernel.version import read_kernel_version
+        with _decompressing_ahead(image) as ahead:
+            from klpsym.kernel.version import read_kernel_version
 
-        version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
-        with _decompressing_ahead(image, version.release if version is not None
-                                  else None) as ahead:
+            version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None \
+                else None
             from klpsym.kernel.image import read_image
             from klpsym.kernel.symbols import SymbolSource
 
