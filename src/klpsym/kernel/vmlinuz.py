@@ -76,11 +76,14 @@ class VmlinuxStream:
         self._next = self._reader(kind, blob)
         self._ahead: _Ahead | None = None
 
-    # How far the thread of decompress_ahead() may run ahead of ensure(),
-    # and how much it decompresses at a time: what the reader may wait for
+    # How far the thread of decompress_ahead() may run ahead of ensure():
+    # the reader takes nothing until the command's imports and its
+    # Module.symvers are done (~0.15 s in), by when bookworm's xz decoder
+    # is ~10 MB in on an idle machine; at 8 MB it had to stop and wait.
+    # And how much it decompresses at a time: what the reader may wait for
     # once it has found the tables, and what close() waits for (bookworm's
     # xz: ~4 ms for 256 kB, ~30 ms for a CHUNK).
-    AHEAD = 4 * CHUNK
+    AHEAD = 8 * CHUNK
     AHEAD_CHUNK = 1 << 18
 
     def decompress_ahead(self) -> None:
