@@ -96,7 +96,9 @@ def test_prefetch_is_taken_by_the_reader(tmp_path: Path) -> None:
     p = tmp_path / "vmlinuz"
     p.write_bytes(ib.bzimage(ib.compress("xz", elf_for("v6.1-seqs"))))
     vmlinuz.prefetch(p)
-    assert str(p) in vmlinuz._PREFETCHED and len(decompressor_threads()) == 1
+    # (its thread may have decoded this small image and ended already)
+    assert vmlinuz._PREFETCHED[str(p)].stream._ahead is not None
+    assert len(decompressor_threads()) <= 1
     assert list(read_image_kallsyms(p)) == rows_for("v6.1-seqs")
     assert not vmlinuz._PREFETCHED and not decompressor_threads()
     # a file changed since: not taken, read afresh

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
     from klpsym.kernel.symbols import SymbolSource
     from klpsym.kernel.symvers import Symvers
     from klpsym.kernel.target import TargetKernel
+    from klpsym.kernel.version import KernelVersion
     from klpsym.module.kallsyms import TargetModules
 
 SOURCES_HELP = """\
@@ -171,12 +172,13 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
     own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
     check = own is not None and own.is_file() and not args.no_symbol_check
     early = None
+    version: KernelVersion | None = None
     if image is not None:
         with _decompressing_ahead(image) as ahead:
             from klpsym.kernel.version import read_kernel_version
 
-            version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None \
-                else None
+            if args.kernel_dir is not None:
+                version = read_kernel_version(args.kernel_dir)
             from klpsym.kernel.image import read_image
             from klpsym.kernel.symbols import SymbolSource
 
@@ -196,7 +198,7 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
         from klpsym.kernel.version import read_kernel_version
 
         symvers = early if early is not None else read_symvers(own)
-        release = read_kernel_version(args.kernel_dir).release
+        release = (version or read_kernel_version(args.kernel_dir)).release
         named = (args.kallsyms or args.system_map or args.vmlinux or image
                  or source.description)
         try:
