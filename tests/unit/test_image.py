@@ -475,6 +475,15 @@ def test_the_x86_filter_restarts_exactly_after_the_banner(ahead: bool) -> None:
             pass
         assert bytes(stream.buf) == data[at:]
         stream.close()
+    # a stream decoded whole before skim(): the paused decoder goes on, to the end
+    small = _calls(rng, 3000) + b"Linux version " + _calls(rng, 3000)
+    stream, _ = vmlinuz.open_image(ib.compress("xz", small), "x", partial=True)
+    assert stream.ensure(64)
+    stream.skim()
+    while stream.ensure(stream.end() + 1):
+        pass
+    stream.keep_from(3014)
+    assert bytes(stream.buf) == small[3014:]
     # the raw bytes do differ from the vmlinux's: the restart is what makes them equal
     import lzma
 

@@ -263,6 +263,8 @@ class VmlinuxStream:
             self._paused = None
             self._x86 = paused
             self.buf += paused.feed(rest)
+            if self.done:  # and the stream's end came while it was paused
+                self.buf += paused.finish()
             self.drop_before(pos)
             return
         if at < 5 or any(b in (0xE8, 0xE9) for b in self.buf[at - 5: at]):
