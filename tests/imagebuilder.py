@@ -266,8 +266,9 @@ def compress(kind: str, data: bytes) -> bytes:
     size = struct.pack("<I", len(data) & 0xFFFFFFFF)
     if kind == "gzip":
         out = gzip.compress(data, 9)
-    elif kind == "xz":
-        out = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    elif kind == "xz":  # scripts/xz_wrap.sh for x86: --check=crc32 --x86 --lzma2
+        out = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                            filters=[{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2}])
     elif kind == "lzma":
         out = lzma.compress(data, format=lzma.FORMAT_ALONE)
     elif kind == "bzip2":

@@ -6,12 +6,14 @@ The bookworm machine is a cached minimal debootstrap (klpsym.lab.machine),
 used through a throwaway overlay in a private mount namespace, so that the
 host's boot configuration, dpkg database and /lib/modules never change.  In
 it: Debian's dkms, klpsym (from this checkout, on Debian's python3 and its
-numpy, rich, zstandard and lz4), the example registered with ``dkms add``
-(AUTOINSTALL=yes; the machine's running kernel is the host's, which no
-Debian headers package provides).  Then ``dpkg -i`` of the packages of
-bookworm's current cloud-amd64 kernel R, the flavour beside the lab's amd64
-one, as apt would install them: image, headers, their common headers,
-kbuild; no -dbg, and Debian's System.map is a placeholder.  Their postinst
+numpy, rich, zstandard and lz4), and the machine's own kernel R0, the lab's
+bookworm amd64 one, installed from its packages (image and headers; in the
+chroot uname still names the host's kernel, so R0 is the kernel this
+machine would boot).  The example is registered with ``dkms add``
+(AUTOINSTALL=yes) and installed for R0 with ``dkms install -k R0``.  Then
+``dpkg -i`` of the packages of bookworm's current cloud-amd64 kernel R, the
+flavour beside R0, as apt would install them: image, headers, their common
+headers, kbuild; no -dbg, and Debian's System.map is a placeholder.  Their postinst
 scripts run /etc/kernel/header_postinst.d and postinst.d, whose dkms hook
 runs ``dkms autoinstall`` for R: that builds the module (MAKE is ``klpsym
 build``, with nothing in $KLPSYM_FLAGS), klpsym reads R's symbols from
@@ -59,6 +61,7 @@ SCRATCH = "klpsym-dkms-upgrade-"
 
 # Each step's output and status go to /klpsym/out/<step>.log and .rc.
 SCRIPT = """R=@RELEASE@
+R0=@RELEASE0@
 out=@OUT@
 step() {
     name=$1; shift; start=$(date +%s.%N)
@@ -66,13 +69,18 @@ step() {
     echo "$name $start $(date +%s.%N)" >>"$out/times"
 }
 step klpsym klpsym --version
+step dpkg0 sh -c 'dpkg -i /klpsym/debs0/*.deb'
 step add dkms add @NAME@/@VERSION@
+step install0 dkms install @NAME@/@VERSION@ -k "$R0"
 step dpkg sh -c 'dpkg -i /klpsym/debs/*.deb'
 step status dkms status
 step packages dpkg-query -W -f '${Package} ${Version} ${Status}\\n' 'linux-*' '*-dbg'
 step uname uname -r
 cp "/lib/modules/$R/updates/dkms/@MODULE@.ko" "$out/" || true
 cp /var/lib/dkms/@NAME@/@VERSION@/"$R"/*/log/make.log "$out/" || true
+mkdir "$out/r0"
+cp "/lib/modules/$R0/updates/dkms/@MODULE@.ko" "$out/r0/" || true
+cp /var/lib/dkms/@NAME@/@VERSION@/"$R0"/*/log/make.log "$out/r0/" || true
 cp "/boot/vmlinuz-$R" "$out/" || true
 head -c 4096 "/boot/System.map-$R" >"$out/System.map" || true
 find /usr/lib/debug -type f >"$out/debug" 2>/dev/null || true
@@ -82,6 +90,7 @@ find /usr/lib/debug -type f >"$out/debug" 2>/dev/null || true
 @dataclass
 class Upgrade:
     kernel: Kernel  # R, as the lab provisioned it
+    kernel0: Kernel  # R0, the machine's own
     out: Path  # the machine's /klpsym/out, after the script
 
     def log(self, step: str) -> str:
@@ -103,10 +112,10 @@ class Upgrade:
         return path.read_text(errors="replace")
 
 
-def _prepare(top: Path, kernel: Kernel) -> None:
+def _prepare(top: Path, kernel: Kernel, kernel0: Kernel) -> None:
     """What the machine holds besides its packages: klpsym (this checkout's
     sources, run by the machine's python3), the example in /usr/src as
-    dkms.conf's comment says, and R's packages."""
+    dkms.conf's comment says, and R0's and R's packages."""
     src = top / "klpsym" / "src" / "klpsym"
     shutil.copytree(Path(klpsym.__file__).parent, src,
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -115,10 +124,11 @@ def _prepare(top: Path, kernel: Kernel) -> None:
     wrapper.write_text('#!/bin/sh\nPYTHONPATH=/klpsym/src exec python3 -m klpsym "$@"\n')
     wrapper.chmod(0o755)
     shutil.copytree(EXAMPLE, top / "usr" / "src" / f"{NAME}-{VERSION}")
-    debs = top / "klpsym" / "debs"
-    debs.mkdir(parents=True)
-    for deb in kernel_debs(kernel, default_cache_dir().expanduser().resolve()):
-        shutil.copy(deb, debs / deb.name)
+    for name, k in (("debs0", kernel0), ("debs", kernel)):
+        debs = top / "klpsym" / name
+        debs.mkdir(parents=True)
+        for deb in kernel_debs(k, default_cache_dir().expanduser().resolve()):
+            shutil.copy(deb, debs / deb.name)
     (top / OUT.lstrip("/")).mkdir(parents=True)
 
 
@@ -127,10 +137,12 @@ def upgrade() -> Iterator[Upgrade]:
     assert os.geteuid() == 0, "the machine needs root; run as root"
     kernel = provision("bookworm", flavour=FLAVOUR)
     assert kernel.flavour == FLAVOUR and kernel.release.endswith(f"-{FLAVOUR}")
-    root = machine(kernel, PACKAGES)
+    kernel0 = provision("bookworm")
+    assert kernel0.release != kernel.release
+    root = machine([kernel0, kernel], PACKAGES)
     script = SCRIPT
-    for key, value in (("RELEASE", kernel.release), ("OUT", OUT), ("NAME", NAME),
-                       ("VERSION", VERSION), ("MODULE", MODULE)):
+    for key, value in (("RELEASE", kernel.release), ("RELEASE0", kernel0.release),
+                       ("OUT", OUT), ("NAME", NAME), ("VERSION", VERSION), ("MODULE", MODULE)):
         script = script.replace(f"@{key}@", value)
     # Not /tmp (often a tmpfs, and R's image, modules and initramfs take ~300 MB).
     # A killed run's scratch stays (its mounts do not: they lived in its namespace).
@@ -139,14 +151,14 @@ def upgrade() -> Iterator[Upgrade]:
             shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH, dir="/var/tmp"))
     try:
-        _prepare(upper(scratch), kernel)
+        _prepare(upper(scratch), kernel, kernel0)
         proc = run_in(root, scratch, script)
         assert proc.returncode == 0, f"the machine's script failed:\n{proc.stderr[-3000:]}"
         out = scratch / "out"
         shutil.copytree(upper(scratch) / OUT.lstrip("/"), out)
         for part in ("upper", "work", "merged"):
             shutil.rmtree(scratch / part)
-        yield Upgrade(kernel, out)
+        yield Upgrade(kernel, kernel0, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -177,6 +189,25 @@ def test_r_is_installed_as_packages_without_symbols(upgrade: Upgrade) -> None:
     assert "The real System.map is in the linux-image" in (upgrade.out / "System.map").read_text()
     kver = upgrade.ok("klpsym")
     assert kver.startswith("klpsym "), kver
+
+
+def test_the_module_is_installed_for_the_machines_kernel_first(upgrade: Upgrade) -> None:
+    """Before R arrives: R0's packages installed, and ``dkms install -k R0``
+    built the module with klpsym (symbols from R0's image, R0 not running
+    either), converted, signed and installed it for R0.  After: installed
+    for both."""
+    r0 = upgrade.kernel0.release
+    upgrade.ok("dpkg0")
+    install = upgrade.ok("install0")
+    assert f"Installing to /lib/modules/{r0}/updates/dkms/" in install, install[-3000:]
+    log = (upgrade.out / "r0" / "make.log").read_text(errors="replace")
+    assert f"klpsym: built for {r0} (symbols from image /boot/vmlinuz-{r0})" in log, log[-3000:]
+    module = upgrade.out / "r0" / f"{MODULE}.ko"
+    check_converted(module, r0)
+    assert module.read_bytes().endswith(MODULE_SIG_STRING), "dkms did not sign it"
+    status = upgrade.ok("status")
+    for r in (r0, upgrade.kernel.release):
+        assert f"{NAME}/{VERSION}, {r}, x86_64: installed" in status, status
 
 
 def test_kernel_postinst_runs_dkms_autoinstall(upgrade: Upgrade) -> None:

@@ -433,3 +433,61 @@ def test_xz_of_one_block_is_read_raw_and_the_same(tmp_path: Path) -> None:
     # the whole vmlinux (the lab's read) goes through the xz decoder, check included
     stream, _ = vmlinuz.open_image(kernel_like, "x")
     assert stream.kind == "xz" and vmlinuz.read_vmlinux(kernel_like, "x") == elf
+
+
+def _calls(rng: random.Random, n: int) -> bytes:
+    """``n`` bytes as dense in what the x86 BCJ filter converts as they come:
+    runs of E8/E9 (calls, jmps, and bytes that only look like them) whose
+    4th byte after is often 00 or FF."""
+    alphabet = b"\xe8\xe9\x00\xff\xe8\x00\x41\x90"
+    return bytes(rng.choice(alphabet) for _ in range(n))
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_the_x86_filter_restarts_exactly_after_the_banner(ahead: bool) -> None:
+    """An xz payload's x86 filter is not undone while the stream is only
+    searched for text (skim), and is undone again from a position after 5
+    bytes of text (keep_from): every byte from there on is the vmlinux's
+    own, whatever E8/E9 runs come right after, wherever the position falls
+    in the filter's stream.  A position after an E8 is refused as a bug."""
+    from klpsym.errors import InternalError
+    from klpsym.kernel import vmlinuz
+
+    rng = random.Random(7)
+    for shift in range(6):
+        head = _calls(rng, 300_000 + shift)
+        data = head + b"Linux version " + _calls(rng, 200_000)
+        stream, _ = vmlinuz.open_image(ib.compress("xz", data), "x", partial=True)
+        stream.CHUNK = stream.AHEAD_CHUNK = 1 << 13
+        if ahead:
+            stream.decompress_ahead()
+        assert stream.ensure(4096) and bytes(stream.buf[:4096]) == data[:4096]
+        stream.skim()
+        at = len(head) + len(b"Linux version ")
+        assert stream.ensure(at + 10)
+        stream.drop_before(at - 1000)  # as the reader drops the text it searched
+        with pytest.raises(InternalError):
+            bad = next(i for i in range(at - 64, at) if data[i - 1] == 0xE8)
+            stream.keep_from(bad)
+        stream.keep_from(at)
+        assert stream.base == at
+        while stream.ensure(stream.end() + 1):
+            pass
+        assert bytes(stream.buf) == data[at:]
+        stream.close()
+    # a stream decoded whole before skim(): the paused decoder goes on, to the end
+    small = _calls(rng, 3000) + b"Linux version " + _calls(rng, 3000)
+    stream, _ = vmlinuz.open_image(ib.compress("xz", small), "x", partial=True)
+    assert stream.ensure(64)
+    stream.skim()
+    while stream.ensure(stream.end() + 1):
+        pass
+    stream.keep_from(3014)
+    assert bytes(stream.buf) == small[3014:]
+    # the raw bytes do differ from the vmlinux's: the restart is what makes them equal
+    import lzma
+
+    raw = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+    blob = ib.compress("xz", data)[:-4]
+    start, _ = vmlinuz._xz_single_block(blob + b"\0" * 4) or (0, [])
+    assert start and raw.decompress(blob[start:])[at:] != data[at:]

@@ -38,7 +38,7 @@ def test_the_same_bytes_as_decompressed_in_the_caller(kind: str) -> None:
     payload = ib.bzimage(ib.compress(kind, elf_for("v6.4")))
     plain, how = vmlinuz.open_image(payload, "p", partial=True)
     ahead, how2 = vmlinuz.open_image(payload, "p", partial=True)
-    ahead.CHUNK = 1 << 12  # many chunks, and the thread held back often
+    ahead.CHUNK = ahead.AHEAD_CHUNK = 1 << 12  # many chunks, the thread held back often
     ahead.AHEAD = 1 << 14
     ahead.decompress_ahead()
     assert how == how2 == f"bzImage, {kind}"
@@ -49,7 +49,7 @@ def test_the_same_bytes_as_decompressed_in_the_caller(kind: str) -> None:
 
 def test_it_stays_a_bounded_amount_ahead_and_close_stops_it() -> None:
     stream, _ = vmlinuz.open_image(ib.compress("gzip", elf_for("v6.4")), "p", partial=True)
-    stream.CHUNK, stream.AHEAD = 1 << 12, 1 << 14
+    stream.CHUNK, stream.AHEAD_CHUNK, stream.AHEAD = 1 << 12, 1 << 11, 1 << 14
     stream.decompress_ahead()
     ahead = stream._ahead
     assert ahead is not None
@@ -57,7 +57,7 @@ def test_it_stays_a_bounded_amount_ahead_and_close_stops_it() -> None:
     while ahead._held < stream.AHEAD and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.05)  # had it not stopped at the limit, it would be past it now
-    assert stream.AHEAD <= ahead._held < stream.AHEAD + stream.CHUNK
+    assert stream.AHEAD <= ahead._held < stream.AHEAD + stream.AHEAD_CHUNK
     assert ahead.running()  # waiting for the reader
     assert stream.ensure(stream.CHUNK)
     stream.close()
@@ -96,7 +96,9 @@ def test_prefetch_is_taken_by_the_reader(tmp_path: Path) -> None:
     p = tmp_path / "vmlinuz"
     p.write_bytes(ib.bzimage(ib.compress("xz", elf_for("v6.1-seqs"))))
     vmlinuz.prefetch(p)
-    assert str(p) in vmlinuz._PREFETCHED and len(decompressor_threads()) == 1
+    # (its thread may have decoded this small image and ended already)
+    assert vmlinuz._PREFETCHED[str(p)].stream._ahead is not None
+    assert len(decompressor_threads()) <= 1
     assert list(read_image_kallsyms(p)) == rows_for("v6.1-seqs")
     assert not vmlinuz._PREFETCHED and not decompressor_threads()
     # a file changed since: not taken, read afresh
@@ -171,7 +173,7 @@ def test_prefetch_imports_no_numpy(tmp_path: Path) -> None:
             "from pathlib import Path\n"
             "from klpsym.kernel import cachekey, vmlinuz\n"
             f"p = Path({str(img)!r})\n"
-            "assert not cachekey.has_entry('image', p, cachekey.image_key(p, None))\n"
+            "assert not cachekey.has_image_entry(p)\n"
             "vmlinuz.prefetch(p)\n"
             "assert vmlinuz._PREFETCHED[str(p)].stream.ensure(1000)\n"
             "vmlinuz.cancel_prefetches()\n"

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # imported when a command runs: `klpsym --help` stays fast
     from klpsym.kernel.symbols import SymbolSource
     from klpsym.kernel.symvers import Symvers
     from klpsym.kernel.target import TargetKernel
+    from klpsym.kernel.version import KernelVersion
     from klpsym.module.kallsyms import TargetModules
 
 SOURCES_HELP = """\
@@ -133,15 +134,16 @@ def add_symbol_source_flags(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _decompressing_ahead(image: Path, release: str | None) -> Iterator[bool]:
+def _decompressing_ahead(image: Path) -> Iterator[bool]:
     """While the block runs, ``image`` is being decompressed in a thread
     (kernel.vmlinuz.prefetch), started before the block's imports (numpy's
-    and the readers', a fifth of a first run), unless the symbol cache
-    holds its kallsyms (the block then reads no image).  Yields whether the
-    thread runs.  No thread is left running after it."""
+    and the readers', a fifth of a first run) and its reading of the
+    target's release, unless the symbol cache holds the image's kallsyms
+    (the block then reads no image).  Yields whether the thread runs.  No
+    thread is left running after it."""
     from klpsym.kernel import cachekey, vmlinuz
 
-    if not cachekey.has_entry("image", image, cachekey.image_key(image, release)):
+    if not cachekey.has_image_entry(image):
         vmlinuz.prefetch(image)
     try:
         yield vmlinuz.prefetching(image)
@@ -170,12 +172,13 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
     own = None if args.kernel_dir is None else Path(args.kernel_dir) / "Module.symvers"
     check = own is not None and own.is_file() and not args.no_symbol_check
     early = None
+    version: KernelVersion | None = None
     if image is not None:
-        from klpsym.kernel.version import read_kernel_version
+        with _decompressing_ahead(image) as ahead:
+            from klpsym.kernel.version import read_kernel_version
 
-        version = read_kernel_version(args.kernel_dir) if args.kernel_dir is not None else None
-        with _decompressing_ahead(image, version.release if version is not None
-                                  else None) as ahead:
+            if args.kernel_dir is not None:
+                version = read_kernel_version(args.kernel_dir)
             from klpsym.kernel.image import read_image
             from klpsym.kernel.symbols import SymbolSource
 
@@ -195,7 +198,7 @@ def symbols_from_args(args: argparse.Namespace) -> SymbolSource:
         from klpsym.kernel.version import read_kernel_version
 
         symvers = early if early is not None else read_symvers(own)
-        release = read_kernel_version(args.kernel_dir).release
+        release = (version or read_kernel_version(args.kernel_dir)).release
         named = (args.kallsyms or args.system_map or args.vmlinux or image
                  or source.description)
         try:

@@ -9,7 +9,6 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 FORMAT = 1
@@ -61,11 +60,15 @@ def entry_path(kind: str, path: Path) -> Path | None:
     return d / f"{kind}-{digest}.klpc"
 
 
-def has_entry(kind: str, path: Path, key: Sequence[object] | None) -> bool:
-    """Whether the cache holds an entry for ``path`` under ``key``, by its
-    header alone (its checksum is checked when it is loaded: a damaged
-    entry is rebuilt then)."""
-    entry = entry_path(kind, path)
+def has_image_entry(path: Path) -> bool:
+    """Whether the cache holds the kallsyms of the kernel image at ``path``
+    as it is now (:func:`image_key`), for whichever target release: the
+    command line asks before it has read the target's release, to start
+    decompressing the image ahead.  By the entry's header alone (its
+    checksum and release are checked when it is loaded: a damaged entry
+    is rebuilt then)."""
+    entry = entry_path("image", path)
+    key = file_key(path)
     if entry is None or key is None:
         return False
     try:
@@ -77,7 +80,7 @@ def has_entry(kind: str, path: Path, key: Sequence[object] | None) -> bool:
             if magic != MAGIC or hlen > 1 << 20:
                 return False
             head = json.loads(f.read(hlen))
-        return bool((head["format"], head["kind"], head["path"], head["key"])
-                    == (FORMAT, kind, os.path.realpath(path), list(key)))
+        return bool((head["format"], head["kind"], head["path"], head["key"][:-1])
+                    == (FORMAT, "image", os.path.realpath(path), key))
     except (OSError, ValueError, KeyError, TypeError):
         return False

@@ -250,6 +250,7 @@ def kallsyms_from_image(image: bytes | memoryview, source: str,
 def _kallsyms_of(stream: VmlinuxStream, how: str, source: str,
                  version: KernelVersion | None) -> KallsymsTable:
     segments = load_segments(stream)
+    stream.skim()  # until the banner, only text is searched
     # Decompress until the token table (the anchor) has been seen.
     searched = 0  # file offsets
     banner_searched = 0
@@ -270,9 +271,9 @@ def _kallsyms_of(stream: VmlinuxStream, how: str, source: str,
                 release = m.group(1).decode("ascii", "replace")
                 # linux_banner is in .rodata, before the kallsyms tables
                 # (their object is linked last): the text before it is
-                # never needed again.
-                at = stream.base + m.start()
-                stream.drop_before(at - at % 4096)
+                # never needed again, nor is its own "Linux version ",
+                # which lets the stream read the rest as it is from there.
+                stream.keep_from(stream.base + m.start() + len(b"Linux version "))
                 searched = max(searched, stream.base)
                 if version is None:
                     version = KernelVersion.parse(release)

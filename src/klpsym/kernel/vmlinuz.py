@@ -13,7 +13,6 @@ EM_X86_64) is read.
 
 from __future__ import annotations
 
-import bz2
 import io
 import lzma
 import mmap
@@ -25,12 +24,11 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from klpsym.elf.constants import EI, ELF_MAGIC, EM, PT, ElfClass, ElfData
-from klpsym.errors import KernelSourceError
+from klpsym.errors import InternalError, KernelSourceError
 
-# numpy and the ELF readers are imported by load_segments(), not with this
-# module: the command line imports it to start decompressing an image
-# (prefetch()) before numpy is imported.
+# numpy, the ELF readers and constants, and bz2 are imported where they are
+# used, not with this module: the command line imports it to start
+# decompressing an image (prefetch()) before anything else it needs.
 
 
 class ImageError(KernelSourceError):
@@ -69,11 +67,24 @@ class VmlinuxStream:
         # compressed vmlinux (scripts/Makefile.lib size_append).
         self.expected = int.from_bytes(bytes(blob[-4:]), "little") \
             if kind != "vmlinux" and len(blob) >= 4 else None
+        # An xz payload's x86 BCJ filter, undone here rather than by the
+        # decoder (see skim()); None once it is not (being) undone.
+        self._x86: _X86Unfilter | None = None
+        # After skim(): the filter's decoder paused, where (the file offset
+        # it had given the bytes up to) and how many bytes it held back.
+        self._paused: tuple[_X86Unfilter, int, int] | None = None
         self._next = self._reader(kind, blob)
         self._ahead: _Ahead | None = None
 
-    # How far the thread of decompress_ahead() may run ahead of ensure().
-    AHEAD = 4 * CHUNK
+    # How far the thread of decompress_ahead() may run ahead of ensure():
+    # the reader takes nothing until the command's imports and its
+    # Module.symvers are done (~0.15 s in), by when bookworm's xz decoder
+    # is ~10 MB in on an idle machine; at 8 MB it had to stop and wait.
+    # And how much it decompresses at a time: what the reader may wait for
+    # once it has found the tables, and what close() waits for (bookworm's
+    # xz: ~4 ms for 256 kB, ~30 ms for a CHUNK).
+    AHEAD = 8 * CHUNK
+    AHEAD_CHUNK = 1 << 18
 
     def decompress_ahead(self) -> None:
         """Decompress in a thread of its own from now on, at most
@@ -84,7 +95,7 @@ class VmlinuxStream:
         the thread."""
         if self.kind == "vmlinux" or self._ahead is not None or self.done:
             return
-        self._ahead = _Ahead(self._next, self.CHUNK, self.AHEAD)
+        self._ahead = _Ahead(self._next, self.AHEAD_CHUNK, self.AHEAD)
         self._next = self._ahead.take
 
     def _reader(self, kind: str, blob: bytes | memoryview) -> Callable[[int], bytes]:
@@ -110,10 +121,15 @@ class VmlinuxStream:
                 return out
             return gz
         if kind in ("xz", "lzma", "bzip2"):
+            import bz2
+
             raw = _xz_single_block(blob) if kind == "xz" and self.partial else None
             if raw is not None:
                 start, filters = raw
                 blob = blob[start:]
+                if filters[0]["id"] == lzma.FILTER_X86:
+                    filters = filters[1:]
+                    self._x86 = _X86Unfilter(0)
             d: lzma.LZMADecompressor | bz2.BZ2Decompressor = (
                 bz2.BZ2Decompressor() if kind == "bzip2"
                 else lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=filters)
@@ -206,29 +222,138 @@ class VmlinuxStream:
             del self.buf[: pos - self.base]
             self.base = pos
 
+    def skim(self) -> None:
+        """What is decompressed from now on, until :meth:`keep_from`, is
+        only searched for text (the banner): for an xz payload it may still
+        be in the form the x86 BCJ filter gave it, which differs from the
+        vmlinux only in the 4 bytes after an E8 or E9 byte (a call or jmp
+        operand made absolute) when the 4th of them is 00 or FF, so never
+        inside or at the start of printable text.  Undoing the filter cost
+        ~45 ms of bookworm's ~0.36 s of decompression, ~80% of it on the
+        text before the banner."""
+        if self._x86 is not None:
+            held = self._x86.held()
+            self._paused = (self._x86, self.end(), len(held))
+            self._x86 = None
+            self.buf += held
+
+    def keep_from(self, pos: int) -> None:
+        """Forget the vmlinux before file offset ``pos``; from there on it is
+        read as it is (the x86 filter undone again after :meth:`skim`).
+        None of the 5 bytes before ``pos`` may be E8 or E9 (the caller
+        passes a position after 5 bytes of text), so the filter's decoder
+        can start afresh at ``pos``: xz's simple/x86.c carries only
+        prev_mask and prev_pos from byte to byte, and with no E8/E9 in the
+        5 bytes before ``pos`` (in either form: the filter never changes a
+        byte it tests) no converted operand covers ``pos`` and the next
+        E8/E9 finds prev_pos more than 5 bytes back and clears prev_mask,
+        as the fresh decoder does.  A ``pos`` before the point where
+        skim() paused the decoder (an image smaller than a chunk) resumes
+        that decoder instead."""
+        if self._paused is None:
+            self.drop_before(pos)
+            return
+        paused, since, held = self._paused
+        at = pos - self.base
+        if not 0 <= at <= len(self.buf):
+            raise InternalError(f"{self.source}: the x86 filter cannot restart at {pos:#x}")
+        if pos < since:  # bytes up to ``since`` are as they are already
+            rest = bytes(self.buf[since + held - self.base:])
+            del self.buf[since - self.base:]
+            self._paused = None
+            self._x86 = paused
+            self.buf += paused.feed(rest)
+            if self.done:  # and the stream's end came while it was paused
+                self.buf += paused.finish()
+            self.drop_before(pos)
+            return
+        if at < 5 or any(b in (0xE8, 0xE9) for b in self.buf[at - 5: at]):
+            raise InternalError(f"{self.source}: the x86 filter cannot restart at {pos:#x} "
+                                "(not after 5 bytes of text)")
+        self._paused = None
+        tail = bytes(self.buf[at:])
+        del self.buf[:]
+        self.base = pos
+        self._x86 = _X86Unfilter(pos)
+        self.buf += self._x86.feed(tail)
+
     def ensure(self, n: int) -> bool:
         """Decompress until file offset ``n`` (False if it ends before)."""
         while self.end() < n and not self.done:
             try:
                 out = self._next(max(self.CHUNK, n - self.end()))
+                if self._x86 is not None:
+                    out = self._x86.feed(out) if out else self._x86.finish()
+                    ended = not out and self._x86.ended()
+                else:
+                    ended = not out
             except ImportError as e:
                 raise ImageError(f"{self.source}: {self.kind}-compressed, and the Python "
                                  f"module '{e.name}' is missing; pip install {e.name}") from None
             except _DECOMPRESS_ERRORS as e:
                 raise ImageError(f"{self.source}: its {self.kind} payload does not decompress "
                                  f"({e}); the image is damaged or truncated") from None
-            if not out:
+            self.buf += out
+            if ended:
                 self.done = True
                 if self.expected is not None and self.end() < self.expected:
                     raise ImageError(f"{self.source}: its {self.kind} payload ends after "
                                      f"{self.end()} of {self.expected} bytes (truncated "
                                      "or damaged image)")
-            self.buf += out
         return self.end() >= n
 
 
 def _nothing(n: int) -> bytes:
     return b""
+
+
+class _X86Unfilter:
+    """The x86 BCJ filter undone by liblzma's own decoder of it (xz's
+    simple/x86.c): the bytes fed in go to a raw decoder whose chain is that
+    filter then LZMA2, framed as LZMA2 uncompressed chunks (control byte 1
+    for the first, which resets the dictionary, then 2; a big-endian size
+    minus one; at most 64 KiB each: xz-file-format and liblzma's
+    lzma2_decoder.c), so LZMA2 only copies them.  ``start`` is the
+    position of the first byte in the filter's stream (the vmlinux file
+    offset), which converted operands are relative to.  The output lags
+    the input by up to 4 bytes (an operand may go on in the next input)
+    until :meth:`finish`, which gives those bytes as they are, as the
+    filter does at the end of a stream."""
+
+    PIECE = 1 << 16
+
+    def __init__(self, start: int) -> None:
+        self._d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=[
+            {"id": lzma.FILTER_X86, "start_offset": start & 0xFFFFFFFF},
+            {"id": lzma.FILTER_LZMA2, "dict_size": 1 << 12}])
+        self._control = 1
+        self._fed = self._given = 0
+        self._tail = b""  # the last bytes fed
+
+    def feed(self, data: bytes) -> bytes:
+        view = memoryview(data)
+        parts: list[bytes | memoryview] = []
+        for i in range(0, len(view), self.PIECE):
+            piece = view[i: i + self.PIECE]
+            parts += (bytes((self._control, (len(piece) - 1) >> 8, (len(piece) - 1) & 0xFF)),
+                      piece)
+            self._control = 2
+        out = self._d.decompress(b"".join(parts))
+        self._fed += len(view)
+        self._given += len(out)
+        self._tail = (self._tail + bytes(view[-8:]))[-8:]
+        return out
+
+    def held(self) -> bytes:
+        """The bytes fed and not given back yet (at most 4), as they were fed."""
+        n = self._fed - self._given
+        return self._tail[len(self._tail) - n:] if n else b""
+
+    def finish(self) -> bytes:
+        return self._d.decompress(b"\x00") if not self._d.eof else b""
+
+    def ended(self) -> bool:
+        return self._d.eof
 
 
 class _Ahead:
@@ -434,6 +559,7 @@ def load_segments(stream: VmlinuxStream) -> list[tuple[int, int, int]]:
     program headers at its start (the section table is at the end)."""
     import numpy as np
 
+    from klpsym.elf.constants import EI, ELF_MAGIC, EM, PT, ElfClass, ElfData
     from klpsym.elf.layout import layout_for
     from klpsym.elf.segments import read_program_headers
 
@@ -466,6 +592,8 @@ def load_segments(stream: VmlinuxStream) -> list[tuple[int, int, int]]:
 def read_vmlinux(image: bytes | memoryview, source: str) -> bytes:
     """The whole vmlinux ELF in ``image`` (the lab boots it through its PVH
     entry); ImageError when there is none or it does not decompress."""
+    from klpsym.elf.constants import ELF_MAGIC
+
     stream, _how = open_image(image, source)
     if stream.kind == "vmlinux":
         return bytes(image)

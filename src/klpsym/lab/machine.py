@@ -87,13 +87,17 @@ def _apt_for(cache: Path, suite: str) -> Apt:
     return HOST_APT if host_codename() == suite else private_apt(cache, suite)
 
 
-def machine(kernel: Kernel, packages: Sequence[str], cache: Path | None = None) -> Path:
-    """The root of a cached minimal debootstrap of ``kernel.suite`` with
-    ``packages`` and whatever the kernel's own packages depend on besides
-    each other (so that dpkg can install them there, offline)."""
+def machine(kernels: Sequence[Kernel], packages: Sequence[str],
+            cache: Path | None = None) -> Path:
+    """The root of a cached minimal debootstrap of the ``kernels``' suite
+    with ``packages`` and whatever the kernels' own packages depend on
+    besides each other (so that dpkg can install them there, offline)."""
     cache = (cache or default_cache_dir()).expanduser().resolve()
+    kernel = kernels[0]
+    if any(k.suite != kernel.suite for k in kernels):
+        raise LabError("a machine holds the kernels of one suite")
     apt = _apt_for(cache, kernel.suite)
-    own = kernel_packages(kernel)
+    own = sorted({pv for k in kernels for pv in kernel_packages(k)})
     shown = apt_show([f"{p}={v}" for p, v in own], apt)
     missing = [p for p, _v in own if p not in shown]
     if missing:
