@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
-from klpsym.cli.main import printable
+from klpsym.cli.main import HelpFormatter, printable
 from klpsym.cli.sources import (
     LIVEPATCH_HELP,
     SOURCES_HELP,
@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
         description="Build the external module(s) in DIR with the target kernel's kbuild, "
                     "letting modpost accept exactly the unexported symbols klpsym can resolve, "
                     "and convert each .ko in place.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("directory", metavar="DIR", type=Path, nargs="?", default=Path("."),
                    help="the module's source dir, with its Kbuild or Makefile (default: .)")
     add_target_module_flag(p)

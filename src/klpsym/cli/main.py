@@ -23,11 +23,14 @@ import functools  # noqa: E402
 import gc  # noqa: E402
 import os  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from types import FrameType  # noqa: E402
-from typing import NoReturn  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from klpsym import __version__  # noqa: E402
 from klpsym.errors import InternalError, KlpsymError  # noqa: E402
+
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import NoReturn
 
 # klpsym does no linear algebra: without this, numpy's OpenBLAS starts a
 # thread per core when it is imported, a third of a small run's time.  Set
@@ -108,6 +111,35 @@ COMMANDS = ("convert", "build", "inspect", "check", "addr", "kallsyms", "insmod"
             "lab")
 
 
+def terminal_columns() -> int:
+    """The width argparse formats help for, as shutil.get_terminal_size()
+    gives it ($COLUMNS, else stdout's terminal, else 80), without importing
+    shutil (zlib, bz2, lzma: ~2 ms of each run's start, paid before ``klpsym
+    build`` starts make: argparse makes a formatter for every argument it
+    adds, and each one asked shutil)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0 and stdout is not None:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's RawDescriptionHelpFormatter, its width from
+    :func:`terminal_columns` (argparse's own default: shutil's width - 2)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
 @functools.cache  # built once per process (tests and the fuzzer call main() often)
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command`` (one of :data:`COMMANDS`) only that
@@ -118,8 +150,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(
-        prog="klpsym", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="klpsym", description=DESCRIPTION, formatter_class=HelpFormatter,
         epilog="Run 'klpsym COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action=_Version, nargs=0,
