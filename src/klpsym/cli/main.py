@@ -7,16 +7,32 @@ import sys
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
-    # Ctrl-C while the modules below are imported: nothing is open yet.
-    # entry() replaces this handler before main() runs.
+    # Ctrl-C while the modules below are imported: nothing is open yet but
+    # the make `klpsym build` may have started.  entry() replaces this
+    # handler before main() runs.
+    _abandon_early_make()
     sys.stderr.write("klpsym: interrupted; no file was left half-written\n")
     sys.exit(130)
+
+
+def _abandon_early_make() -> None:
+    """Stop the make klpsym.kbuild.early.replay started, unless the build
+    took it."""
+    early = sys.modules.get("klpsym.kbuild.early")
+    if early is not None:
+        early.abandon()
 
 
 # Only when this is the klpsym program (the console script, `python -m`), not a
 # module another program imports.
 if __name__ == "__main__" or sys.argv[0].endswith(("/klpsym", "/klpsym/__main__.py")):
     signal.signal(signal.SIGINT, _interrupted_while_starting)
+    if sys.argv[1:2] == ["build"]:
+        # The make the last run with this command line started, started now,
+        # before argparse and the rest are imported (klpsym.kbuild.early).
+        from klpsym.kbuild import early as _early
+
+        _early.replay(sys.argv[1:])
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -258,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    finally:
+        _abandon_early_make()
 
 
 def _json_error(argv: Sequence[str] | None, message: str) -> None:
