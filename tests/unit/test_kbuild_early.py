@@ -144,3 +144,23 @@ def test_records_keep_the_last_builds(tmp_path: Path) -> None:
     records = early._read(str(tmp_path / "cache" / early.RECORDS))
     assert [r[0][-1] for r in records] == [f"--n={i}" for i in
                                            reversed(range(2, early.KEEP + 2))]
+
+
+def test_a_record_runs_only_make_and_empties_only_a_gate_dir(tmp_path: Path) -> None:
+    """A record klpsym did not write (another program's, a corrupt one)
+    starts nothing and removes nothing."""
+    kdir, mod = fake_kernel(tmp_path)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "file").write_text("x")
+    argv = ["build", str(mod)]
+    early.replay(argv)
+    assert early._program is not None
+    gate = str(mod / GATE_DIR)
+    for make, gate_dir in ((["touch", str(tmp_path / "ran")], gate),
+                           (["make", "-C", str(kdir), "modules"], str(keep))):
+        early._write(str(tmp_path / "cache" / early.RECORDS),
+                     [[early._program, make, [], [gate_dir], []]])
+        early.replay(argv)
+        assert early._pending is None
+    assert (keep / "file").read_text() == "x" and not (tmp_path / "ran").exists()

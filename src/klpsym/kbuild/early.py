@@ -31,8 +31,10 @@ from klpsym import __version__
 from klpsym.cachepath import symcache_dir
 from klpsym.errors import KbuildError
 
-#: The modpost gate's files (:mod:`klpsym.kbuild.gate`): two named pipes
-#: and the generated symvers.
+#: The modpost gate's dir in kbuild's output dir (the module dir, or MO=)
+#: and its files (:mod:`klpsym.kbuild.gate`): two named pipes and the
+#: generated symvers.
+GATE_DIR = ".klpsym-modpost"
 GATE_FILES = ("begin", "end", "unexported.symvers")
 #: The records, in the cache dir; the last :data:`KEEP` starts.
 RECORDS = "build-starts"
@@ -190,6 +192,10 @@ def replay(argv: Sequence[str]) -> None:
     if found is None:
         return
     make, env, gate, files = found[1:]
+    # Only what remember() writes: make, and a gate dir (which make_gate
+    # empties first).
+    if make[:1] != ["make"] or os.path.basename(gate[0]) != GATE_DIR:
+        return
     if not all(os.path.isfile(f) for f in files):
         return
     additions = dict(zip(env[::2], env[1::2], strict=True))

@@ -45,10 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from klpsym.errors import KbuildError
-from klpsym.kbuild.early import GATE_FILES, make_gate, remove_gate
-
-#: The gate's dir in kbuild's output dir (the module dir, or MO=).
-GATE_DIR = ".klpsym-modpost"
+from klpsym.kbuild.early import GATE_DIR, GATE_FILES, make_gate, remove_gate
 
 
 class ModpostGate:
