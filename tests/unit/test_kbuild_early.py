@@ -164,3 +164,16 @@ def test_a_record_runs_only_make_and_empties_only_a_gate_dir(tmp_path: Path) -> 
         early.replay(argv)
         assert early._pending is None
     assert (keep / "file").read_text() == "x" and not (tmp_path / "ran").exists()
+
+
+def test_a_current_dir_that_is_gone_starts_and_records_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    early.replay(["build", str(mod)])
+    assert early._program is None and early._pending is None
+    _finish(_build(mod, kdir), mod)
+    assert not (tmp_path / "cache" / early.RECORDS).exists()

@@ -184,7 +184,10 @@ def replay(argv: Sequence[str]) -> None:
     environment started, if a record says which and the files it named are
     still there; never fails (a failure here only loses the head start)."""
     global _program, _pending
-    key = _program = _key(argv)
+    try:
+        key = _program = _key(argv)
+    except OSError:  # the current dir is gone: nothing to file a record under
+        return
     path = _records_file()
     if path is None:
         return
@@ -241,8 +244,12 @@ def remember(argv: Sequence[str], env: Mapping[str, str], gate: os.PathLike[str]
     path = _records_file()
     if _program is None or path is None:
         return
+    try:
+        named = [os.path.abspath(f) for f in files]
+    except OSError:  # the current dir is gone
+        return
     record: Record = [_program, list(argv), [x for kv in sorted(env.items()) for x in kv],
-                      [os.fspath(gate)], [os.path.abspath(f) for f in files]]
+                      [os.fspath(gate)], named]
     records = _read(path)
     if records[:1] == [record]:
         return  # the common case: the same build again
