@@ -22,7 +22,9 @@ klpsym first in odd ones):
 
 for a clean build (``make clean`` before, not timed) and for a rebuild where
 nothing changed (right after it).  The symbol cache is warm (a first build
-of each dir, not timed, fills it): the edit-build-test loop's state.
+of each dir, not timed, fills it, and the cache dir's record of each dir's
+make, which the next run with the same command line starts before it parses
+its arguments: klpsym.kbuild.early): the edit-build-test loop's state.
 Each run's CPU is that of the whole process tree (RUSAGE_CHILDREN).
 
 Target (issue 19): klpsym build <= 1.10x plain kbuild on every case;

@@ -76,3 +76,33 @@ def test_a_run_imports_only_its_command() -> None:
                          check=True, timeout=600).stdout.split()
     assert out == ["klpsym.cli.convert", "klpsym.cli.finish", "klpsym.cli.main",
                    "klpsym.cli.sources"]
+
+
+@pytest.mark.parametrize("columns", [None, "100", "0", "-3", "wide"])
+def test_help_width_is_shutils(columns: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """argparse's default width (shutil.get_terminal_size() - 2), found
+    without importing shutil: $COLUMNS, else stdout's terminal, else 80."""
+    import argparse
+    import shutil
+
+    from klpsym.cli.main import HelpFormatter, terminal_columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert terminal_columns() == shutil.get_terminal_size().columns
+    ours, theirs = HelpFormatter("klpsym"), argparse.RawDescriptionHelpFormatter("klpsym")
+    assert vars(ours).keys() == vars(theirs).keys()
+    assert (ours._width, ours._max_help_position) == (theirs._width, theirs._max_help_position)
+
+
+def test_the_build_parser_imports_no_shutil() -> None:
+    """``klpsym build`` parses its arguments before it starts make: nothing
+    it does not need is imported by then (shutil: zlib, bz2, lzma)."""
+    code = ("import sys; from klpsym.cli.main import _parser_for; "
+            "_parser_for(['build']).parse_known_args(['build', '.']); "
+            "print('shutil' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=600).stdout.split()
+    assert out == ["False"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from klpsym.cli.finish import FINISH_HELP, add_finish_flags, signer_from_args
-from klpsym.cli.main import printable
+from klpsym.cli.main import HelpFormatter, printable
 from klpsym.cli.sources import (
     LIVEPATCH_HELP,
     SOURCES_HELP,
@@ -77,7 +77,7 @@ def register(sub: Any) -> None:
         description="Build the external module(s) in DIR with the target kernel's kbuild, "
                     "letting modpost accept exactly the unexported symbols klpsym can resolve, "
                     "and convert each .ko in place.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("directory", metavar="DIR", type=Path, nargs="?", default=Path("."),
                    help="the module's source dir, with its Kbuild or Makefile (default: .)")
     add_target_module_flag(p)
@@ -116,6 +116,7 @@ class _MakeArgsParser(argparse.ArgumentParser):
 
 
 def run(args: argparse.Namespace) -> int:
+    from klpsym.kbuild import early
     from klpsym.kbuild.make import start_early
 
     # make starts first, so that klpsym's imports and the target's tables load
@@ -125,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
                           {"KLPSYM_METHOD": "klp"}) if _may_start_early(args) else None
     key = None
     try:
-        if started is not None:
+        if started is None:
+            early.abandon()  # a make the last run's record started is not this one
+        else:
+            if started.command is not None and not args.no_cache:
+                # The next run with this command line starts it at once.
+                early.remember(*started.command, started.gate.dir, _given_files(args))
             from klpsym.kbuild import stamp
 
             key = stamp.inputs(_arguments(args), _named_files(args, started.kdir))
@@ -167,11 +173,16 @@ def _may_start_early(args: argparse.Namespace) -> bool:
     method on this machine, and no file argument that is missing (a typo is
     said before kbuild prints anything); --sympos is parsed by klp.plan;
     --json sends make's output to stderr, which the early make does not."""
-    files = [args.kallsyms, args.system_map, args.vmlinux, args.config, *args.symvers,
-             getattr(args, "sign_key", None), getattr(args, "sign_cert", None)]
     return (args.method == "klp" and args.chroot is None and not args.sympos
             and not args.target_module
-            and not args.json and all(f is None or Path(f).is_file() for f in files))
+            and not args.json and all(Path(f).is_file() for f in _given_files(args)))
+
+
+def _given_files(args: argparse.Namespace) -> list[Path]:
+    """The files the arguments name (kernel tables, symvers, signing key)."""
+    files = [args.kallsyms, args.system_map, args.vmlinux, args.config, *args.symvers,
+             getattr(args, "sign_key", None), getattr(args, "sign_cert", None)]
+    return [f for f in files if f is not None]
 
 
 def _run(args: argparse.Namespace, started: KbuildRun | None,

@@ -7,27 +7,46 @@ import sys
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
-    # Ctrl-C while the modules below are imported: nothing is open yet.
-    # entry() replaces this handler before main() runs.
+    # Ctrl-C while the modules below are imported: nothing is open yet but
+    # the make `klpsym build` may have started.  entry() replaces this
+    # handler before main() runs.
+    _abandon_early_make()
     sys.stderr.write("klpsym: interrupted; no file was left half-written\n")
     sys.exit(130)
+
+
+def _abandon_early_make() -> None:
+    """Stop the make klpsym.kbuild.early.replay started, unless the build
+    took it."""
+    early = sys.modules.get("klpsym.kbuild.early")
+    if early is not None:
+        early.abandon()
 
 
 # Only when this is the klpsym program (the console script, `python -m`), not a
 # module another program imports.
 if __name__ == "__main__" or sys.argv[0].endswith(("/klpsym", "/klpsym/__main__.py")):
     signal.signal(signal.SIGINT, _interrupted_while_starting)
+    if sys.argv[1:2] == ["build"]:
+        # The make the last run with this command line started, started now,
+        # before argparse and the rest are imported (klpsym.kbuild.early).
+        from klpsym.kbuild import early as _early
+
+        _early.replay(sys.argv[1:])
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import os  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from types import FrameType  # noqa: E402
-from typing import NoReturn  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from klpsym import __version__  # noqa: E402
 from klpsym.errors import InternalError, KlpsymError  # noqa: E402
+
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import NoReturn
 
 # klpsym does no linear algebra: without this, numpy's OpenBLAS starts a
 # thread per core when it is imported, a third of a small run's time.  Set
@@ -108,6 +127,35 @@ COMMANDS = ("convert", "build", "inspect", "check", "addr", "kallsyms", "insmod"
             "lab")
 
 
+def terminal_columns() -> int:
+    """The width argparse formats help for, as shutil.get_terminal_size()
+    gives it ($COLUMNS, else stdout's terminal, else 80), without importing
+    shutil (zlib, bz2, lzma: ~2 ms of each run's start, paid before ``klpsym
+    build`` starts make: argparse makes a formatter for every argument it
+    adds, and each one asked shutil)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0 and stdout is not None:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's RawDescriptionHelpFormatter, its width from
+    :func:`terminal_columns` (argparse's own default: shutil's width - 2)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
 @functools.cache  # built once per process (tests and the fuzzer call main() often)
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``command`` (one of :data:`COMMANDS`) only that
@@ -118,8 +166,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(
-        prog="klpsym", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="klpsym", description=DESCRIPTION, formatter_class=HelpFormatter,
         epilog="Run 'klpsym COMMAND --help' for a command's options and examples.",
     )
     parser.add_argument("--version", action=_Version, nargs=0,
@@ -227,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    finally:
+        _abandon_early_make()
 
 
 def _json_error(argv: Sequence[str] | None, message: str) -> None:

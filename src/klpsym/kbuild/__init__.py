@@ -9,9 +9,12 @@ klpsym.kbuild.build.build: ``klpsym.kbuild.build`` is that module.)"""
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+# Not typing's: klpsym.kbuild.early runs before anything else is imported.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from klpsym.kbuild.build import BuildResult, BuiltModule, extra_symvers_text
     from klpsym.kbuild.runner import ChrootRunner, HostRunner, Runner, modules_in_order
 

@@ -45,9 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from klpsym.errors import KbuildError
-
-#: The gate's dir in kbuild's output dir (the module dir, or MO=).
-GATE_DIR = ".klpsym-modpost"
+from klpsym.kbuild.early import GATE_DIR, GATE_FILES, make_gate, remove_gate
 
 
 class ModpostGate:
@@ -60,8 +58,7 @@ class ModpostGate:
 
     def __init__(self, objdir: Path, produce: Callable[[], str]) -> None:
         self.dir = objdir / GATE_DIR
-        self.begin, self.end = self.dir / "begin", self.dir / "end"
-        self.symvers = self.dir / "unexported.symvers"
+        self.begin, self.end, self.symvers = (self.dir / name for name in GATE_FILES)
         self._produce = produce
         self._stop = False
         self._ready = threading.Event()
@@ -75,16 +72,17 @@ class ModpostGate:
         return [self.begin, self.end, self.symvers, self.end, self.begin]
 
     def __enter__(self) -> ModpostGate:
-        try:
-            _remove(self.dir)  # left by a killed run
-            self.dir.mkdir()
-            os.mkfifo(self.begin, 0o600)
-            os.mkfifo(self.end, 0o600)
-            self.symvers.write_bytes(b"")
-        except OSError as e:
-            _remove(self.dir)
-            raise KbuildError(f"{self.dir}: cannot create klpsym's modpost gate there "
-                              f"({e.strerror}); is the build dir writable?") from None
+        return self.open()
+
+    def open(self, made: bool = False) -> ModpostGate:
+        """Make the files (unless ``made``: :func:`klpsym.kbuild.early.make_gate`
+        made them for a make already started) and start serving them."""
+        if not made:
+            try:
+                make_gate(str(self.dir))
+            except OSError as e:
+                raise KbuildError(f"{self.dir}: cannot create klpsym's modpost gate there "
+                                  f"({e.strerror}); is the build dir writable?") from None
         self._threads = [threading.Thread(target=self._serve_begin, daemon=True),
                          threading.Thread(target=self._serve_end, daemon=True)]
         for t in self._threads:
@@ -130,7 +128,7 @@ class ModpostGate:
             for t in self._threads:
                 t.join(0.01)
         self._threads = []
-        _remove(self.dir)
+        remove_gate(str(self.dir))
 
 
 def _meet(pipe: Path) -> bool:
@@ -141,18 +139,3 @@ def _meet(pipe: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    elif path.exists():
-        try:  # the gate's own dir: two pipes and a file
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    os.unlink(entry.path)
-            path.rmdir()
-        except OSError:  # anything else in it (a dir someone made there)
-            import shutil  # here: its import (bz2, lzma) costs ~2 ms
-
-            shutil.rmtree(path, ignore_errors=True)

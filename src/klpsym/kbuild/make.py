@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from klpsym.errors import KbuildError, param
+from klpsym.kbuild import early
 from klpsym.kbuild.gate import ModpostGate
 from klpsym.kbuild.runner import HostRunner, Runner
 
@@ -167,22 +168,31 @@ class KbuildRun:
         self._attached = threading.Event()
         self._produce: Callable[[], str] | None = None
         self._proc: subprocess.Popen[str] | None = None
+        self.command: tuple[list[str], dict[str, str]] | None = None
         self._nsdeps_file = self.objdir / "modules.nsdeps"  # modpost's working dir
         self._had_nsdeps_file = self._nsdeps_file.exists()
         self.returncode: int | None = None
 
     def start(self) -> KbuildRun:
-        self.gate.__enter__()
+        """Start make, or adopt the same make started by
+        :func:`klpsym.kbuild.early.replay` (any other it started is stopped
+        first)."""
+        args, env = extra_symbols(self.make_args, [*self.extra_symvers, *self.gate.files],
+                                  self.runner)
+        env.update(self.env)
+        if self.nsdeps:
+            env["KBUILD_NSDEPS"] = "1"
+        argv = make_argv(self.kdir, self.directory, args, "modules", self.runner, self.output)
+        #: What a host make runs with: argv, and what it adds to the environment.
+        self.command = (["make", *argv], env)
+        if isinstance(self.runner, HostRunner):
+            self._proc = early.take(*self.command, self.gate.dir)
+        else:
+            early.abandon()
         try:
-            args, env = extra_symbols(self.make_args, [*self.extra_symvers, *self.gate.files],
-                                      self.runner)
-            env.update(self.env)
-            if self.nsdeps:
-                env["KBUILD_NSDEPS"] = "1"
-            argv = make_argv(self.kdir, self.directory, args, "modules", self.runner,
-                             self.output)
+            self.gate.open(made=self._proc is not None)
             # kbuild's own output goes straight to the user's terminal.
-            self._proc = self.runner.start(argv, env)
+            self._proc = self._proc or self.runner.start(argv, env)
         except BaseException:
             self.close()
             raise

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from klpsym.errors import KbuildError, param
+from klpsym.kbuild.early import MAKE_MISSING, host_env, spawn
 
 #: Where a ChrootRunner shows the host's directories inside the chroot.
 HOST_MOUNT = Path("/klpsym/host")
@@ -66,15 +67,6 @@ class Runner(Protocol):
         ...
 
 
-def _start(argv: Sequence[str], env: Mapping[str, str] | None,
-           what: str) -> subprocess.Popen[str]:
-    try:
-        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
-                                env=None if env is None else dict(env), text=True)
-    except FileNotFoundError:
-        raise KbuildError(f"{argv[0]!r} is not installed; {what}") from None
-
-
 def _run(argv: Sequence[str], env: Mapping[str, str] | None, capture: bool,
          timeout: float | None, what: str) -> subprocess.CompletedProcess[str]:
     try:
@@ -89,8 +81,7 @@ def _run(argv: Sequence[str], env: Mapping[str, str] | None, capture: bool,
         raise KbuildError(f"make timed out after {timeout:g} s ({what})") from None
 
 
-_MAKE_MISSING = ("install make and the compiler the kernel headers use "
-                 "(Debian: build-essential)")
+_MAKE_MISSING = MAKE_MISSING
 
 
 class HostRunner:
@@ -105,13 +96,11 @@ class HostRunner:
     def make(self, args: Sequence[str], env: Mapping[str, str] | None = None, *,
              capture: bool = False,
              timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        full = None if not env else {**os.environ, **env}
-        return _run(["make", *args], full, capture, timeout, _MAKE_MISSING)
+        return _run(["make", *args], host_env(env), capture, timeout, _MAKE_MISSING)
 
     def start(self, args: Sequence[str],
               env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-        full = None if not env else {**os.environ, **env}
-        return _start(["make", *args], full, _MAKE_MISSING)
+        return spawn(["make", *args], host_env(env), _MAKE_MISSING)
 
     def describe(self) -> str:
         return "this machine"
@@ -169,7 +158,7 @@ class ChrootRunner:
 
     def start(self, args: Sequence[str],
               env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-        return _start(self._argv(args, env), {"PATH": CHROOT_PATH},
+        return spawn(self._argv(args, env), {"PATH": CHROOT_PATH},
                       "apt-get install util-linux")
 
     def _argv(self, args: Sequence[str], env: Mapping[str, str] | None) -> list[str]:

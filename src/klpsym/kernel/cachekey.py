@@ -11,6 +11,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from klpsym.cachepath import symcache_dir
+
 FORMAT = 1
 MAGIC = b"KLPSYMC\0"
 HEAD = struct.Struct("<8sIIQ")  # magic, header length, 0, checksum of everything after
@@ -18,17 +20,8 @@ HEAD = struct.Struct("<8sIIQ")  # magic, header length, 0, checksum of everythin
 
 def cache_dir() -> Path | None:
     """The cache directory, or None when caching is turned off."""
-    if os.environ.get("KLPSYM_NO_CACHE", "") not in ("", "0"):
-        return None
-    explicit = os.environ.get("KLPSYM_SYMCACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("KLPSYM_CACHE")
-    if base:
-        return Path(base) / "symcache"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "klpsym" / "symcache"
+    found = symcache_dir()
+    return None if found is None else Path(found)
 
 
 def file_key(path: Path) -> list[object] | None:

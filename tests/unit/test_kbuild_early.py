@@ -1,0 +1,179 @@
+"""klpsym.kbuild.early: the make the last run with the same command line
+started, started again before the arguments are parsed, and adopted by
+KbuildRun.start only when it is the run the parsed arguments start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_kbuild_gate import fake_kernel
+
+from klpsym.kbuild import early
+from klpsym.kbuild.gate import GATE_DIR
+from klpsym.kbuild.make import KbuildRun, start_early
+
+SYMVERS = "0x00000000\tfoo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("KLPSYM_SYMCACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KLPSYM_NO_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(early, "_program", None)
+    monkeypatch.setattr(early, "_pending", None)
+    yield
+    early.abandon()
+
+
+def _build(mod: Path, kdir: Path, env: dict[str, str] | None = None) -> KbuildRun:
+    """What ``klpsym build`` does: start make early and record it."""
+    run = start_early(mod, kdir, None, [], [], env or {"KLPSYM_METHOD": "klp"})
+    assert run is not None and run.command is not None
+    early.remember(*run.command, run.gate.dir, [])
+    return run
+
+
+def _finish(run: KbuildRun, mod: Path) -> None:
+    run.attach(lambda: SYMVERS)
+    assert run.wait() == 0 and run.gated
+    assert (mod / "modpost-read").read_text() == SYMVERS
+    assert not (mod / GATE_DIR).exists()
+
+
+def test_the_same_command_line_starts_make_before_it_is_parsed(tmp_path: Path) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    argv = ["build", str(mod), "--kernel-dir", str(kdir)]
+    early.replay(argv)  # no record yet: nothing started
+    assert early._pending is None
+    _finish(_build(mod, kdir), mod)
+    (mod / "modpost-read").unlink()
+
+    early.replay(argv)  # the next run: make starts at once
+    pending = early._pending
+    assert pending is not None and (mod / GATE_DIR / "begin").is_fifo()
+    run = _build(mod, kdir)
+    assert run._proc is pending.proc and early._pending is None  # adopted, not started again
+    _finish(run, mod)
+
+
+def test_a_started_make_that_is_not_the_parsed_one_is_stopped(tmp_path: Path) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    argv = ["build", str(mod), "--kernel-dir", str(kdir)]
+    early.replay(argv)
+    _finish(_build(mod, kdir), mod)
+    early.replay(argv)
+    pending = early._pending
+    assert pending is not None
+    # The arguments now mean another make (here: another environment for it).
+    run = _build(mod, kdir, {"KLPSYM_METHOD": "klp", "OTHER": "1"})
+    assert pending.proc.poll() is not None and run._proc is not pending.proc
+    _finish(run, mod)
+
+
+def test_nothing_is_started_for_another_command_line_dir_or_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    argv = ["build", str(mod), "--kernel-dir", str(kdir)]
+    early.replay(argv)
+    _finish(_build(mod, kdir), mod)
+    early.replay([*argv, "--no-guard"])
+    assert early._pending is None
+    monkeypatch.setenv("SOMETHING_ELSE", "1")
+    early.replay(argv)
+    assert early._pending is None
+    monkeypatch.delenv("SOMETHING_ELSE")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    early.replay(argv)
+    assert early._pending is None
+    monkeypatch.chdir(tmp_path)
+    early.replay(argv)
+    assert early._pending is not None  # the same again: started
+    early.abandon()
+    assert not (mod / GATE_DIR).exists()
+
+
+def test_a_named_file_gone_starts_nothing(tmp_path: Path) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("")
+    argv = ["build", str(mod), "--kallsyms", str(kallsyms)]
+    early.replay(argv)
+    run = start_early(mod, kdir, None, [], [], {})
+    assert run is not None and run.command is not None
+    early.remember(*run.command, run.gate.dir, [kallsyms])
+    _finish(run, mod)
+    kallsyms.unlink()
+    early.replay(argv)
+    assert early._pending is None and not (mod / GATE_DIR).exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"3\0a\0", b"1\0x\0" * 7, b"\xff\0"])
+def test_an_unreadable_record_starts_nothing(tmp_path: Path, content: bytes) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    argv = ["build", str(mod)]
+    early.replay(argv)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / early.RECORDS).write_bytes(content)
+    early.replay(argv)
+    assert early._pending is None
+    _finish(_build(mod, kdir), mod)  # and the record is written anew
+    early.replay(argv)
+    assert early._pending is not None
+
+
+def test_no_record_outside_the_program_or_without_a_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    _finish(_build(mod, kdir), mod)  # replay() never ran: not the program
+    assert not (tmp_path / "cache" / early.RECORDS).exists()
+    monkeypatch.setenv("KLPSYM_NO_CACHE", "1")
+    early.replay(["build", str(mod)])
+    _finish(_build(mod, kdir), mod)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_records_keep_the_last_builds(tmp_path: Path) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    for i in range(early.KEEP + 2):
+        early.replay(["build", str(mod), f"--n={i}"])
+        _finish(_build(mod, kdir), mod)
+    records = early._read(str(tmp_path / "cache" / early.RECORDS))
+    assert [r[0][-1] for r in records] == [f"--n={i}" for i in
+                                           reversed(range(2, early.KEEP + 2))]
+
+
+def test_a_record_runs_only_make_and_empties_only_a_gate_dir(tmp_path: Path) -> None:
+    """A record klpsym did not write (another program's, a corrupt one)
+    starts nothing and removes nothing."""
+    kdir, mod = fake_kernel(tmp_path)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "file").write_text("x")
+    argv = ["build", str(mod)]
+    early.replay(argv)
+    assert early._program is not None
+    gate = str(mod / GATE_DIR)
+    for make, gate_dir in ((["touch", str(tmp_path / "ran")], gate),
+                           (["make", "-C", str(kdir), "modules"], str(keep))):
+        early._write(str(tmp_path / "cache" / early.RECORDS),
+                     [[early._program, make, [], [gate_dir], []]])
+        early.replay(argv)
+        assert early._pending is None
+    assert (keep / "file").read_text() == "x" and not (tmp_path / "ran").exists()
+
+
+def test_a_current_dir_that_is_gone_starts_and_records_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kdir, mod = fake_kernel(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    early.replay(["build", str(mod)])
+    assert early._program is None and early._pending is None
+    _finish(_build(mod, kdir), mod)
+    assert not (tmp_path / "cache" / early.RECORDS).exists()
