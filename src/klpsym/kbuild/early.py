@@ -92,20 +92,25 @@ def remove_gate(directory: str) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """End make ``proc`` if it still runs: SIGTERM, which make passes on to
+    the commands it runs, then SIGKILL if it has not ended within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class _Started:
     def __init__(self, argv: list[str], env: dict[str, str], gate: str,
                  proc: subprocess.Popen[str]) -> None:
         self.argv, self.env, self.gate, self.proc = argv, env, gate, proc
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc.poll() is None:
-            proc.terminate()  # make passes it on to the commands it runs
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(self.proc)
         remove_gate(self.gate)
 
 

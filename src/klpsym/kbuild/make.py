@@ -256,14 +256,8 @@ class KbuildRun:
         return self.returncode
 
     def close(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # make passes it on to the commands it runs
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self._proc is not None:
+            early.stop(self._proc)
         self._attached.set()
         self.gate.close()
         if self.nsdeps and not self._had_nsdeps_file:
