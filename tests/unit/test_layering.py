@@ -18,7 +18,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 # Bottom up.  A module belongs to the layer of the longest prefix naming it
 # (a prefix names itself and, but for the package root, what is under it).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("klpsym", "klpsym.errors", "klpsym.fsutil", "klpsym.cachepath")),
+    ("foundation", ("klpsym", "klpsym.errors", "klpsym.fsutil", "klpsym.cachepath",
+                    "klpsym.procutil")),
     ("elf", ("klpsym.elf",)),
     ("kernel", ("klpsym.kernel",)),
     ("module", ("klpsym.module",)),

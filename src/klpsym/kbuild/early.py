@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from klpsym import __version__
 from klpsym.cachepath import symcache_dir
 from klpsym.errors import KbuildError
+from klpsym.procutil import stop
 
 #: The modpost gate's dir in kbuild's output dir (the module dir, or MO=)
 #: and its files (:mod:`klpsym.kbuild.gate`): two named pipes and the
@@ -90,18 +91,6 @@ def remove_gate(directory: str) -> None:
             import shutil  # here: its import (bz2, lzma) costs ~2 ms
 
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """End make ``proc`` if it still runs: SIGTERM, which make passes on to
-    the commands it runs, then SIGKILL if it has not ended within 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class _Started:

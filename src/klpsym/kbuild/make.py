@@ -20,6 +20,7 @@ from klpsym.errors import KbuildError, param
 from klpsym.kbuild import early
 from klpsym.kbuild.gate import ModpostGate
 from klpsym.kbuild.runner import HostRunner, Runner
+from klpsym.procutil import stop
 
 # MO= (external module output dir) came with Linux 6.13 (commit 11b3d5175e6b
 # "kbuild: support building external modules in a separate build directory").
@@ -257,7 +258,7 @@ class KbuildRun:
 
     def close(self) -> None:
         if self._proc is not None:
-            early.stop(self._proc)
+            stop(self._proc)
         self._attached.set()
         self.gate.close()
         if self.nsdeps and not self._had_nsdeps_file:

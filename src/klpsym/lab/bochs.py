@@ -50,6 +50,7 @@ from klpsym.lab.qemu import (
     exit_marker,
     script_result,
 )
+from klpsym.procutil import stop
 
 BOCHS = "bochs"
 BOOT_TIMEOUT = 600.0
@@ -199,13 +200,7 @@ def boot(
                     failure = f"timed out after {timeout:g} s; console ends: {_tail(console)}"
                     break
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
             stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             if proc.stderr:
                 proc.stderr.close()
