@@ -4,7 +4,9 @@ KbuildRun.start only when it is the run the parsed arguments start."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,56 @@ def test_a_current_dir_that_is_gone_starts_and_records_nothing(
     assert early._program is None and early._pending is None
     _finish(_build(mod, kdir), mod)
     assert not (tmp_path / "cache" / early.RECORDS).exists()
+
+
+# kbuild's recipes trap SIGTERM to delete their target (delete-on-interrupt in
+# scripts/Kbuild.include, 6.1 to 7.x); the shell runs the trap only once the
+# command it waits for has ended, which for modpost at the gate is never.
+TRAPPING_KBUILD = """\
+modules:
+\t@trap 'rm -f $(M)/modpost-read; trap - TERM; kill -s TERM $$$$' TERM; \\
+\tfor f in $$KBUILD_EXTRA_SYMBOLS; do cat $$f; done > $(M)/modpost-read
+"""
+
+
+def _using(path: Path) -> list[int]:
+    """The processes whose command line names ``path`` or a file under it."""
+    return [int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and str(path).encode() in _cmdline(int(pid))]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _until(condition: Callable[[], bool], seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_stopping_make_lets_go_of_a_reader_waiting_at_the_gate(tmp_path: Path) -> None:
+    """A make that is stopped while its modpost (here cat) waits at the gate
+    ends at once, and leaves no process behind blocked on a removed pipe."""
+    kdir, mod = fake_kernel(tmp_path)
+    (kdir / "Makefile").write_text(TRAPPING_KBUILD)
+    argv = ["build", str(mod)]
+    early.replay(argv)
+    _finish(_build(mod, kdir), mod)
+    early.replay(argv)  # make starts again, and nobody serves the gate
+    gate = mod / GATE_DIR
+    reader = gate / "begin"
+    assert _until(lambda: any(_cmdline(pid).startswith(b"cat\0") for pid in _using(reader)),
+                  10), "make never reached the gate"
+    start = time.monotonic()
+    early.abandon()
+    assert time.monotonic() - start < 5
+    assert _until(lambda: not _using(gate), 5), f"left running: {_using(gate)}"
+    assert not gate.exists() and not (mod / "modpost-read").exists()

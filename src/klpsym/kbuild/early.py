@@ -93,13 +93,35 @@ def remove_gate(directory: str) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+def release_readers(directory: str) -> None:
+    """Let every process waiting to open one of the gate's pipes for reading
+    go on (it reads end of file): a writer's open meets it (fifo(7)), and
+    opens nothing when no reader waits (ENXIO)."""
+    for name in GATE_FILES[:2]:
+        try:
+            os.close(os.open(os.path.join(directory, name), os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def stop_make(proc: subprocess.Popen[str], gate: str) -> None:
+    """End make ``proc`` (:func:`klpsym.procutil.stop`), letting go of its
+    modpost if it waits at the gate ``gate`` unserved.  make passes SIGTERM
+    to the shell running the recipe, but kbuild's recipes trap it
+    (delete-on-interrupt, scripts/Kbuild.include, 6.1 to 7.x) and a shell
+    runs a trap only once the command it waits for has ended: without the
+    release, make would wait for a modpost blocked in open(2) until its
+    SIGKILL, and that modpost would stay blocked for good."""
+    stop(proc, nudge=lambda: release_readers(gate))
+
+
 class _Started:
     def __init__(self, argv: list[str], env: dict[str, str], gate: str,
                  proc: subprocess.Popen[str]) -> None:
         self.argv, self.env, self.gate, self.proc = argv, env, gate, proc
 
     def stop(self) -> None:
-        stop(self.proc)
+        stop_make(self.proc, self.gate)
         remove_gate(self.gate)
 
 

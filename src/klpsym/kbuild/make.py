@@ -20,7 +20,6 @@ from klpsym.errors import KbuildError, param
 from klpsym.kbuild import early
 from klpsym.kbuild.gate import ModpostGate
 from klpsym.kbuild.runner import HostRunner, Runner
-from klpsym.procutil import stop
 
 # MO= (external module output dir) came with Linux 6.13 (commit 11b3d5175e6b
 # "kbuild: support building external modules in a separate build directory").
@@ -258,7 +257,7 @@ class KbuildRun:
 
     def close(self) -> None:
         if self._proc is not None:
-            stop(self._proc)
+            early.stop_make(self._proc, str(self.gate.dir))
         self._attached.set()
         self.gate.close()
         if self.nsdeps and not self._had_nsdeps_file:
