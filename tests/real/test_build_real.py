@@ -317,3 +317,49 @@ def test_mo_module_only_export_leaves_no_nsdeps(sid: Kernel, tmp_path: Path) -> 
     assert tree(d) == before
     assert not (out / "modules.nsdeps").exists()
     assert symbols(out / "ns_mod.ko")[".klp.sym.vmlinux.cr4_read_shadow,0"] == "OS [0xff20]"
+
+
+def _naming(text: str) -> list[int]:
+    """The processes whose command line contains ``text``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_sigterm_stops_the_build_and_its_make(bookworm: Kernel, kallsyms: Path,
+                                              tmp_path: Path) -> None:
+    """SIGTERM (timeout(1), a stopped DKMS run) while kbuild compiles: klpsym
+    stops make and its commands and exits 143; nothing is left running (a
+    make left behind would reach modpost, which would wait at the gate for
+    good) and the gate is gone."""
+    import signal
+    import time
+
+    d = copy("two_files", tmp_path)
+    proc = subprocess.Popen(
+        [*KLPSYM, "build", str(d), "--kernel-dir", str(bookworm.kernel_dir),
+         "--kallsyms", str(kallsyms)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(pid != proc.pid for pid in _naming(f"M={d}")):
+        assert proc.poll() is None and time.monotonic() < deadline, "make never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out + err
+    assert err.strip().endswith("klpsym: interrupted; no file was left half-written")
+    assert "Traceback" not in err
+    end = time.monotonic() + 10
+    while _naming(str(d)) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not _naming(str(d)), "left running: " + " | ".join(
+        open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        for pid in _naming(str(d)))
+    assert not (d / ".klpsym-modpost").exists()
+    assert not list(d.glob("*.ko"))

@@ -192,7 +192,8 @@ def man_page(parser: argparse.ArgumentParser) -> str:
                       _roff(" ".join(o.help.split())) if o.help else ""]
     lines += [".SH EXIT STATUS",
               "0 success; 1 \\fBcheck\\fR: a module would not load; 2 refused or bad input "
-              "(one line on stderr says why); 130 interrupted.",
+              "(one line on stderr says why); 70 a bug in klpsym; 130 interrupted "
+              "(143: SIGTERM).",
               ".SH SEE ALSO",
               "\\fBklpsym COMMAND \\-\\-help\\fR for each command's examples; "
               "docs/json.md for \\fB\\-\\-json\\fR.", ""]

@@ -7,12 +7,12 @@ import sys
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
-    # Ctrl-C while the modules below are imported: nothing is open yet but
-    # the make `klpsym build` may have started.  entry() replaces this
+    # Ctrl-C or SIGTERM while the modules below are imported: nothing is open
+    # yet but the make `klpsym build` may have started.  entry() replaces this
     # handler before main() runs.
     _abandon_early_make()
     sys.stderr.write("klpsym: interrupted; no file was left half-written\n")
-    sys.exit(130)
+    sys.exit(128 + signum)
 
 
 def _abandon_early_make() -> None:
@@ -27,6 +27,7 @@ def _abandon_early_make() -> None:
 # module another program imports.
 if __name__ == "__main__" or sys.argv[0].endswith(("/klpsym", "/klpsym/__main__.py")):
     signal.signal(signal.SIGINT, _interrupted_while_starting)
+    signal.signal(signal.SIGTERM, _interrupted_while_starting)
     if sys.argv[1:2] == ["build"]:
         # The make the last run with this command line started, started now,
         # before argparse and the rest are imported (klpsym.kbuild.early).
@@ -79,7 +80,7 @@ def printable(text: str) -> str:
 # return 1 for a negative answer (check: a module would not load).
 EXIT_ERROR = 2  # bad input: one "klpsym: error:" line
 EXIT_BUG = 70  # EX_SOFTWARE (sysexits.h): klpsym's check of its own work failed
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT; 143 (128 + SIGTERM) when that ended the run
 
 # The lower layers' parameters whose option is not the parameter spelt
 # with dashes.
@@ -296,7 +297,10 @@ def entry() -> NoReturn:
     interrupt that lands after that, while the interpreter shuts down, would
     only make Python print a KeyboardInterrupt traceback from its threading
     module (seen in tests/unit/test_interrupt.py).  So SIGINT raises only
-    while main() runs, and is ignored from the moment it returns.
+    while main() runs, and is ignored from the moment it returns.  SIGTERM
+    (timeout(1), systemd, a DKMS run being stopped) is handled the same way,
+    exit status 143: without it, a ``klpsym build`` it killed left its make
+    running, and that make's modpost would wait at the gate for good.
 
     A run's objects (numpy's and klpsym's modules, the tables of a module)
     live until it ends: the cyclic garbage collector is off while main()
@@ -305,12 +309,16 @@ def entry() -> NoReturn:
     walk them (amdgpu convert: ~18 ms CPU of a 0.19 s run); and the process
     ends without the interpreter's teardown (see below)."""
     working = True
+    signalled = 0
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signalled
         if working:
+            signalled = signum
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     if sys.argv[1:2] != ["lab"]:
         gc.disable()
     try:
@@ -319,6 +327,8 @@ def entry() -> NoReturn:
     except KeyboardInterrupt:  # after main()'s own handler, before the line above
         working = False
         code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED and signalled:
+        code = 128 + signalled
     gc.freeze()
     # Everything main() made is complete (outputs committed and synced,
     # temporary directories removed, workers done): the interpreter's
