@@ -1,16 +1,20 @@
 """Ending a child process that may still run.
 
-With nothing but ``subprocess`` and ``time``: ``klpsym build`` stops a make
-it started before it has imported anything else (:mod:`klpsym.kbuild.early`),
-and the lab stops the emulators it runs (:mod:`klpsym.lab.bochs`).
+With nothing but ``subprocess`` and ``time`` (not even ``typing``, ~1.7 ms):
+``klpsym build`` stops a make it started before it has imported anything
+else (:mod:`klpsym.kbuild.early`), and the lab stops the emulators it runs
+(:mod:`klpsym.lab.bochs`).
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 #: How often ``nudge`` runs while :func:`stop` waits.
 NUDGE_INTERVAL = 0.05
@@ -26,13 +30,13 @@ def stop(proc: subprocess.Popen[Any], grace: float = 10.0,
     if proc.poll() is not None:
         return
     proc.terminate()
+    step = grace if nudge is None else NUDGE_INTERVAL
     deadline = time.monotonic() + grace
     while True:
         if nudge is not None:
             nudge()
-        left = deadline - time.monotonic()
         try:
-            proc.wait(max(0.0, min(left, NUDGE_INTERVAL)) if nudge is not None else left)
+            proc.wait(max(0.0, min(deadline - time.monotonic(), step)))
             return
         except subprocess.TimeoutExpired:
             if time.monotonic() >= deadline:

@@ -81,9 +81,6 @@ def _run(argv: Sequence[str], env: Mapping[str, str] | None, capture: bool,
         raise KbuildError(f"make timed out after {timeout:g} s ({what})") from None
 
 
-_MAKE_MISSING = MAKE_MISSING
-
-
 class HostRunner:
     """make on this machine, with this process's environment."""
 
@@ -96,11 +93,11 @@ class HostRunner:
     def make(self, args: Sequence[str], env: Mapping[str, str] | None = None, *,
              capture: bool = False,
              timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        return _run(["make", *args], host_env(env), capture, timeout, _MAKE_MISSING)
+        return _run(["make", *args], host_env(env), capture, timeout, MAKE_MISSING)
 
     def start(self, args: Sequence[str],
               env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-        return spawn(["make", *args], host_env(env), _MAKE_MISSING)
+        return spawn(["make", *args], host_env(env), MAKE_MISSING)
 
     def describe(self) -> str:
         return "this machine"
@@ -159,7 +156,7 @@ class ChrootRunner:
     def start(self, args: Sequence[str],
               env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         return spawn(self._argv(args, env), {"PATH": CHROOT_PATH},
-                      "apt-get install util-linux")
+                     "apt-get install util-linux")
 
     def _argv(self, args: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
         self._check()
