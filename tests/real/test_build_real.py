@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from klpsym.lab.provision import Kernel
 from klpsym.lab.qemu import capture_kallsyms
 from klpsym.module.ko import read_module
 from klpsym.module.signature import MODULE_SIG_STRING
+from process_support import naming, until
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = REPO / "tests/modules"
@@ -319,35 +322,19 @@ def test_mo_module_only_export_leaves_no_nsdeps(sid: Kernel, tmp_path: Path) -> 
     assert symbols(out / "ns_mod.ko")[".klp.sym.vmlinux.cr4_read_shadow,0"] == "OS [0xff20]"
 
 
-def _naming(text: str) -> list[int]:
-    """The processes whose command line contains ``text``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def test_sigterm_stops_the_build_and_its_make(bookworm: Kernel, kallsyms: Path,
                                               tmp_path: Path) -> None:
     """SIGTERM (timeout(1), a stopped DKMS run) while kbuild compiles: klpsym
     stops make and its commands and exits 143; nothing is left running (a
     make left behind would reach modpost, which would wait at the gate for
     good) and the gate is gone."""
-    import signal
-    import time
-
     d = copy("two_files", tmp_path)
     proc = subprocess.Popen(
         [*KLPSYM, "build", str(d), "--kernel-dir", str(bookworm.kernel_dir),
          "--kallsyms", str(kallsyms)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not any(pid != proc.pid for pid in _naming(f"M={d}")):
+    while not any(pid != proc.pid for pid in naming(f"M={d}")):
         assert proc.poll() is None and time.monotonic() < deadline, "make never started"
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -355,11 +342,6 @@ def test_sigterm_stops_the_build_and_its_make(bookworm: Kernel, kallsyms: Path,
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert err.strip().endswith("klpsym: interrupted; no file was left half-written")
     assert "Traceback" not in err
-    end = time.monotonic() + 10
-    while _naming(str(d)) and time.monotonic() < end:
-        time.sleep(0.05)
-    assert not _naming(str(d)), "left running: " + " | ".join(
-        open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-        for pid in _naming(str(d)))
+    assert until(lambda: not naming(d), 10), f"left running: {naming(d)}"
     assert not (d / ".klpsym-modpost").exists()
     assert not list(d.glob("*.ko"))

@@ -4,9 +4,8 @@ KbuildRun.start only when it is the run the parsed arguments start."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from test_kbuild_gate import fake_kernel
 from klpsym.kbuild import early
 from klpsym.kbuild.gate import GATE_DIR
 from klpsym.kbuild.make import KbuildRun, start_early
+from process_support import naming, until
 
 SYMVERS = "0x00000000\tfoo\tvmlinux\tEXPORT_SYMBOL_GPL\t\n"
 
@@ -191,29 +191,6 @@ modules:
 """
 
 
-def _using(path: Path) -> list[int]:
-    """The processes whose command line names ``path`` or a file under it."""
-    return [int(pid) for pid in os.listdir("/proc")
-            if pid.isdigit() and str(path).encode() in _cmdline(int(pid))]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _until(condition: Callable[[], bool], seconds: float) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_stopping_make_lets_go_of_a_reader_waiting_at_the_gate(tmp_path: Path) -> None:
     """A make that is stopped while its modpost (here cat) waits at the gate
     ends at once, and leaves no process behind blocked on a removed pipe."""
@@ -225,10 +202,10 @@ def test_stopping_make_lets_go_of_a_reader_waiting_at_the_gate(tmp_path: Path) -
     early.replay(argv)  # make starts again, and nobody serves the gate
     gate = mod / GATE_DIR
     reader = gate / "begin"
-    assert _until(lambda: any(_cmdline(pid).startswith(b"cat\0") for pid in _using(reader)),
-                  10), "make never reached the gate"
+    assert until(lambda: any(c.startswith("cat ") for c in naming(reader).values()),
+                 10), "make never reached the gate"
     start = time.monotonic()
     early.abandon()
     assert time.monotonic() - start < 5
-    assert _until(lambda: not _using(gate), 5), f"left running: {_using(gate)}"
+    assert until(lambda: not naming(gate), 5), f"left running: {naming(gate)}"
     assert not gate.exists() and not (mod / "modpost-read").exists()
