@@ -209,3 +209,35 @@ def test_stopping_make_lets_go_of_a_reader_waiting_at_the_gate(tmp_path: Path) -
     assert time.monotonic() - start < 5
     assert until(lambda: not naming(gate), 5), f"left running: {naming(gate)}"
     assert not gate.exists() and not (mod / "modpost-read").exists()
+
+
+def test_removing_the_gate_strands_no_reader(tmp_path: Path) -> None:
+    """A process that opened a gate pipe for reading, or waits to (a
+    command whose make was stopped before anyone served the gate), ends
+    when the gate is removed, with nothing read."""
+    import subprocess
+
+    gate = tmp_path / GATE_DIR
+    early.make_gate(str(gate))
+    readers = [subprocess.Popen(["cat", str(gate / name)], stdout=subprocess.PIPE)
+               for name in ("begin", "end")]
+    assert until(lambda: all(_waiting_in_open(r.pid) for r in readers), 10)
+    early.remove_gate(str(gate))
+    try:
+        for r in readers:
+            out, _ = r.communicate(timeout=5)
+            assert r.returncode == 0 and out == b""
+    finally:
+        for r in readers:
+            r.kill()
+            r.wait()
+    assert not gate.exists()
+
+
+def _waiting_in_open(pid: int) -> bool:
+    """Whether process ``pid`` waits in open(2) for a FIFO's other end."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read() == "wait_for_partner"
+    except OSError:
+        return False

@@ -78,10 +78,24 @@ def make_gate(directory: str) -> None:
 
 
 def remove_gate(directory: str) -> None:
+    """Remove the gate's dir (or whatever is at its path), stranding no
+    process on its pipes: each is held open for reading and writing while
+    it is unlinked.  That open wakes a process waiting to open it (fifo(7);
+    Linux allows O_RDWR on a FIFO), a later open finds no pipe, and one in
+    between reads end of file once the hold is let go.  A modpost or a
+    recipe's command that a stopped make left behind (its shell gone
+    before it opened the pipe) ends instead of waiting for good."""
     if os.path.islink(directory) or (os.path.exists(directory)
                                      and not os.path.isdir(directory)):
         os.unlink(directory)
     elif os.path.exists(directory):
+        held = []
+        for name in GATE_FILES[:2]:
+            try:
+                held.append(os.open(os.path.join(directory, name),
+                                    os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW))
+            except OSError:
+                pass
         try:  # the gate's own dir: two pipes and a file
             with os.scandir(directory) as entries:
                 for entry in entries:
@@ -91,6 +105,9 @@ def remove_gate(directory: str) -> None:
             import shutil  # here: its import (bz2, lzma) costs ~2 ms
 
             shutil.rmtree(directory, ignore_errors=True)
+        finally:
+            for fd in held:
+                os.close(fd)
 
 
 def release_readers(directory: str) -> None:
